@@ -1,0 +1,360 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	// The re-executed test binary plays the daemon in the process tests.
+	if os.Getenv("FANOUT_TEST_RUN_MAIN") == "1" {
+		main()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// redisServer is a real redis-server on a free loopback port, owned by one
+// test and stopped by its cleanup.
+type redisServer struct {
+	tb   testing.TB
+	port int
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *syncBuffer
+}
+
+// startRedis starts a redis-server for tb on a free loopback port.
+func startRedis(tb testing.TB, extraArgs ...string) *redisServer {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		tb.Fatal("redis-server is not installed: run ./test.sh, which installs it")
+	}
+	var lastErr error
+	for range 5 {
+		r := &redisServer{tb: tb, port: freePort(tb)}
+		if lastErr = r.startArgs(extraArgs...); lastErr == nil {
+			tb.Cleanup(r.stop)
+			return r
+		}
+	}
+	tb.Fatalf("start redis-server: %v", lastErr)
+	return nil
+}
+
+// redisAt returns a redisServer for a free port with nothing running on it
+// yet; start brings it up.
+func redisAt(tb testing.TB) *redisServer {
+	r := &redisServer{tb: tb, port: freePort(tb)}
+	tb.Cleanup(r.stop)
+	return r
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("find a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func (r *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+
+// start (re)starts redis-server on the same port.
+func (r *redisServer) start() {
+	r.tb.Helper()
+	if err := r.startArgs(); err != nil {
+		r.tb.Fatalf("start redis-server: %v", err)
+	}
+}
+
+func (r *redisServer) startArgs(extraArgs ...string) error {
+	args := append([]string{
+		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		"--loglevel", "warning",
+	}, extraArgs...)
+	cmd := exec.Command("redis-server", args...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("exec redis-server: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+
+	client := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1})
+	defer client.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return fmt.Errorf("redis-server exited: %s", strings.TrimSpace(out.String()))
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := client.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			r.mu.Lock()
+			r.cmd, r.done, r.out = cmd, done, out
+			r.mu.Unlock()
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	<-done
+	return errors.New("redis-server did not answer PING within 10s")
+}
+
+// kill stops redis-server at once, as a crash would.
+func (r *redisServer) kill() {
+	r.mu.Lock()
+	cmd, done := r.cmd, r.done
+	r.cmd = nil
+	r.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+func (r *redisServer) stop() { r.kill() }
+
+// client returns a go-redis client for publishing in tests.
+func (r *redisServer) client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: r.addr()})
+	r.tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testDaemon is the whole daemon, wired as main wires it, serving on a
+// loopback port against a real Redis.
+type testDaemon struct {
+	t       *testing.T
+	d       *daemon
+	redis   *redisServer
+	pub     *redis.Client
+	baseURL string
+	wsURL   string
+	logs    *syncBuffer
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+// testEnv is the environment the test daemons start from: short timings so
+// that tests of keepalive and probes run in milliseconds.
+func testEnv(r *redisServer) map[string]string {
+	return map[string]string{
+		"REDIS_HOST":      "127.0.0.1",
+		"REDIS_PORT":      strconv.Itoa(r.port),
+		"LOG_LEVEL":       "debug",
+		"PROBE_INTERVAL":  "100ms",
+		"PROBE_TIMEOUT":   "400ms",
+		"REDIS_RETRY_MAX": "300ms",
+	}
+}
+
+// startDaemon runs a daemon for t against r with env overriding testEnv.
+func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemon {
+	t.Helper()
+	vars := testEnv(r)
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := loadConfig(func(k string) string { return vars[k] })
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	td := &testDaemon{
+		t:       t,
+		d:       newDaemon(cfg, logger),
+		redis:   r,
+		pub:     r.client(),
+		baseURL: "http://" + ln.Addr().String(),
+		wsURL:   "ws://" + ln.Addr().String() + "/ws",
+		logs:    logs,
+		cancel:  cancel,
+		done:    make(chan error, 1),
+	}
+	go func() { td.done <- td.d.run(ctx, ln) }()
+	t.Cleanup(func() {
+		td.stop()
+		if t.Failed() {
+			t.Logf("daemon logs:\n%s", logs.String())
+		}
+	})
+	return td
+}
+
+// stop shuts the daemon down and returns what run returned.
+func (td *testDaemon) stop() error {
+	td.cancel()
+	select {
+	case err, ok := <-td.done:
+		if ok {
+			close(td.done)
+		}
+		return err
+	case <-time.After(20 * time.Second):
+		td.t.Fatal("daemon did not stop within 20s")
+		return nil
+	}
+}
+
+// waitReady waits until /ready answers 200.
+func (td *testDaemon) waitReady() {
+	td.t.Helper()
+	eventually(td.t, 10*time.Second, "daemon ready", func() bool { return td.readyStatus() == http.StatusOK })
+}
+
+func (td *testDaemon) readyStatus() int {
+	resp, err := http.Get(td.baseURL + "/ready")
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// dial opens a WebSocket for username and waits until the hub has it.
+func (td *testDaemon) dial(username string) *websocket.Conn {
+	td.t.Helper()
+	before := td.d.hub.connectionCount(username)
+	conn := dialWS(td.t, td.wsURL+"?username="+username, nil)
+	eventually(td.t, 5*time.Second, "connection registered", func() bool {
+		return td.d.hub.connectionCount(username) > before
+	})
+	return conn
+}
+
+// dialWS opens a WebSocket and closes it at cleanup.
+func dialWS(t *testing.T, url string, header http.Header) *websocket.Conn {
+	t.Helper()
+	conn, resp, err := websocket.DefaultDialer.Dial(url, header)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// publish publishes payload on username's channel.
+func (td *testDaemon) publish(username, payload string) {
+	td.t.Helper()
+	if err := td.pub.Publish(context.Background(), channelPrefix+username, payload).Err(); err != nil {
+		td.t.Fatalf("publish: %v", err)
+	}
+}
+
+// publishPaced publishes payload count times, letting the daemon catch up
+// every 4 MiB: Redis drops a subscriber that falls 32 MiB behind, and under
+// the race detector the daemon reads far slower than Redis accepts.
+func (td *testDaemon) publishPaced(username, payload string, count int) {
+	td.t.Helper()
+	start := td.d.stats.MessagesReceived.Load()
+	every := max(1, (4<<20)/len(payload))
+	for i := 1; i <= count; i++ {
+		td.publish(username, payload)
+		if i%every == 0 || i == count {
+			want := start + uint64(i)
+			eventually(td.t, 20*time.Second, "daemon caught up with publishes", func() bool {
+				return td.d.stats.MessagesReceived.Load() >= want
+			})
+		}
+	}
+}
+
+// readText reads the next frame, which must be a text frame, within d.
+func readText(t *testing.T, conn *websocket.Conn, d time.Duration) string {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	typ, data, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if typ != websocket.TextMessage {
+		t.Fatalf("frame type %d, want text", typ)
+	}
+	return string(data)
+}
+
+// eventually polls cond every few milliseconds until it holds or d passes.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// event returns a small valid event for username with sequence n.
+func event(username string, n int) string {
+	return fmt.Sprintf(`{"type":"node_completed","run_id":"r:1","username":%q,"counter":%d}`, username, n)
+}
+
+// countLines counts the log lines that contain s.
+func countLines(logs, s string) int {
+	n := 0
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
+}

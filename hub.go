@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+)
+
+// hubShardCount is the number of independently locked parts of the hub, so
+// that connects, disconnects and broadcasts for different users rarely wait
+// for one another.
+const hubShardCount = 64
+
+// errHubClosed is returned by register once shutdown has begun.
+var errHubClosed = errors.New("server shutting down")
+
+// Hub keeps the open connections by username and hands each published
+// message to the connections of its user. It never blocks on a connection:
+// a client that cannot keep up is disconnected, not waited for.
+type Hub struct {
+	shards [hubShardCount]hubShard
+	seed   maphash.Seed
+
+	settings clientSettings
+	logger   *slog.Logger
+	stats    *Stats
+
+	// closing is set when shutdown begins; register refuses from then on.
+	closing atomic.Bool
+	// connections and users are the current totals, for logs and stats.
+	connections atomic.Int64
+	users       atomic.Int64
+	// wg counts the read and write pumps of every client; the hub owns them
+	// and shutdown waits for them.
+	wg sync.WaitGroup
+}
+
+// hubShard is one part of the username → connections map.
+type hubShard struct {
+	// mu guards users; broadcasts take it for reading.
+	mu    sync.RWMutex
+	users map[string]map[*Client]struct{}
+}
+
+func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
+	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats}
+	for i := range h.shards {
+		h.shards[i].users = make(map[string]map[*Client]struct{})
+	}
+	return h
+}
+
+func (h *Hub) shard(username string) *hubShard {
+	return &h.shards[maphash.String(h.seed, username)%hubShardCount]
+}
+
+// register adds c to the hub and starts its pumps. It fails once shutdown
+// has begun.
+func (h *Hub) register(c *Client) error {
+	if err := h.add(c); err != nil {
+		return err
+	}
+	go c.writePump()
+	go c.readPump()
+	return nil
+}
+
+// add puts c in the username map and counts its two pumps, which the
+// caller must start.
+func (h *Hub) add(c *Client) error {
+	s := h.shard(c.username)
+	s.mu.Lock()
+	// Checked under the shard lock: shutdown sets closing before it walks
+	// the shards, so it either sees c or register sees closing.
+	if h.closing.Load() {
+		s.mu.Unlock()
+		return errHubClosed
+	}
+	conns := s.users[c.username]
+	if conns == nil {
+		conns = make(map[*Client]struct{}, 1)
+		s.users[c.username] = conns
+		h.users.Add(1)
+	}
+	conns[c] = struct{}{}
+	h.connections.Add(1)
+	h.wg.Add(2)
+	s.mu.Unlock()
+	return nil
+}
+
+// unregister removes c and returns how many connections its user has left.
+func (h *Hub) unregister(c *Client) int {
+	s := h.shard(c.username)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	conns := s.users[c.username]
+	if _, ok := conns[c]; !ok {
+		return len(conns)
+	}
+	delete(conns, c)
+	h.connections.Add(-1)
+	if len(conns) == 0 {
+		delete(s.users, c.username)
+		h.users.Add(-1)
+	}
+	return len(conns)
+}
+
+// broadcast queues msg for every connection of username and returns how many
+// took it. msg is shared by those connections and must not be changed.
+func (h *Hub) broadcast(username string, msg []byte) int {
+	s := h.shard(username)
+	delivered, dropped := 0, 0
+	s.mu.RLock()
+	for c := range s.users[username] {
+		if c.enqueue(msg) == enqueued {
+			delivered++
+		} else {
+			dropped++
+		}
+	}
+	s.mu.RUnlock()
+	if dropped > 0 {
+		h.stats.FramesDropped.Add(uint64(dropped))
+	}
+	return delivered
+}
+
+// connectionCount returns the number of open connections of username.
+func (h *Hub) connectionCount(username string) int {
+	s := h.shard(username)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.users[username])
+}
+
+// shutdown refuses new connections, sends every client a going-away close
+// frame after its queued messages, and waits for all pumps to end. When ctx
+// ends first, the remaining sockets are closed outright.
+func (h *Hub) shutdown(ctx context.Context) error {
+	h.closing.Store(true)
+	var all []*Client
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		for _, conns := range s.users {
+			for c := range conns {
+				all = append(all, c)
+			}
+		}
+		s.mu.RUnlock()
+	}
+	for _, c := range all {
+		c.close(disconnectShutdown)
+	}
+
+	done := make(chan struct{})
+	go func() {
+		h.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		for _, c := range all {
+			// Unblocks a write pump stuck on a client that does not read;
+			// Close may be called concurrently with the pumps.
+			_ = c.conn.Close()
+		}
+		<-done
+		return ctx.Err()
+	}
+}

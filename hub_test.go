@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// newTestHub returns a hub whose clients have the given queue bounds.
+func newTestHub(queueSize, queueBytes int) *Hub {
+	return newHub(clientSettings{sendQueueSize: queueSize, sendQueueBytes: queueBytes},
+		slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
+}
+
+// addClient adds a connection-less client; its pumps are never started,
+// so the test reads its queue directly.
+func addClient(t testing.TB, h *Hub, username string) *Client {
+	t.Helper()
+	c := newClient(h, nil, username, "test")
+	if err := h.add(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func queued(c *Client) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, m := range c.sendQueue {
+		out = append(out, string(m))
+	}
+	return out
+}
+
+func TestBroadcastReachesOnlyTheUsersClientsInOrder(t *testing.T) {
+	h := newTestHub(100, 1<<20)
+	a1, a2 := addClient(t, h, "alice"), addClient(t, h, "alice")
+	others := []*Client{addClient(t, h, "alice2"), addClient(t, h, "ALICE"), addClient(t, h, "alic")}
+
+	for i := range 3 {
+		if n := h.broadcast("alice", []byte(fmt.Sprint(i))); n != 2 {
+			t.Fatalf("broadcast reached %d clients, want 2", n)
+		}
+	}
+	for _, c := range []*Client{a1, a2} {
+		if got := strings.Join(queued(c), ","); got != "0,1,2" {
+			t.Fatalf("alice queue %q, want 0,1,2", got)
+		}
+	}
+	for _, c := range others {
+		if q := queued(c); len(q) != 0 {
+			t.Fatalf("%s received %v", c.username, q)
+		}
+	}
+	if n := h.broadcast("nobody", []byte("x")); n != 0 {
+		t.Fatalf("broadcast to a user without connections reached %d", n)
+	}
+}
+
+func TestUnregisterReportsRemainingAndForgetsEmptyUsers(t *testing.T) {
+	h := newTestHub(10, 1<<20)
+	a, b := addClient(t, h, "u"), addClient(t, h, "u")
+	if h.users.Load() != 1 || h.connections.Load() != 2 {
+		t.Fatalf("users %d connections %d, want 1 and 2", h.users.Load(), h.connections.Load())
+	}
+	if n := h.unregister(a); n != 1 {
+		t.Fatalf("remaining %d, want 1", n)
+	}
+	if n := h.unregister(a); n != 1 {
+		t.Fatalf("second unregister of the same client changed the count to %d", n)
+	}
+	if n := h.unregister(b); n != 0 {
+		t.Fatalf("remaining %d, want 0", n)
+	}
+	if h.users.Load() != 0 || h.connections.Load() != 0 || h.connectionCount("u") != 0 {
+		t.Fatal("empty user not forgotten")
+	}
+}
+
+func TestSendQueueOverflowClosesOnlyThatClient(t *testing.T) {
+	cases := []struct {
+		name              string
+		size, bytes, msgs int
+		msgLen            int
+	}{
+		{"by count", 4, 1 << 20, 5, 10},
+		{"by bytes", 1000, 100, 11, 10},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHub(tc.size, tc.bytes)
+			slow, other := addClient(t, h, "slow"), addClient(t, h, "other")
+			msg := []byte(strings.Repeat("x", tc.msgLen))
+			for i := 0; i < tc.msgs-1; i++ {
+				if r := slow.enqueue(msg); r != enqueued {
+					t.Fatalf("message %d refused (%v) before the bound", i, r)
+				}
+			}
+			if r := slow.enqueue(msg); r != enqueueOverflow {
+				t.Fatalf("message past the bound: %v, want overflow", r)
+			}
+			if r := slow.enqueue(msg); r != enqueueClosing {
+				t.Fatalf("message after overflow: %v, want closing", r)
+			}
+			if len(queued(slow)) != 0 || slow.queuedBytes != 0 {
+				t.Fatal("overflowed queue not released")
+			}
+			if *slow.closing != disconnectSlow || h.stats.SlowDisconnects.Load() != 1 {
+				t.Fatal("overflow did not close the client as slow")
+			}
+			if h.broadcast("other", msg) != 1 || other.closing != nil {
+				t.Fatal("another client was affected")
+			}
+			if h.broadcast("slow", msg) != 0 || h.stats.FramesDropped.Load() != 1 {
+				t.Fatal("a message to a closing client was not counted as dropped")
+			}
+		})
+	}
+}
+
+func TestEmptyQueueTakesAMessageLargerThanItsByteBound(t *testing.T) {
+	h := newTestHub(10, 1024)
+	c := addClient(t, h, "u")
+	if r := c.enqueue(make([]byte, 4096)); r != enqueued {
+		t.Fatalf("large message into an empty queue: %v", r)
+	}
+	if r := c.enqueue([]byte("x")); r != enqueueOverflow {
+		t.Fatalf("message behind it: %v, want overflow", r)
+	}
+}
+
+func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
+	h := newTestHub(10, 1<<20)
+	c := addClient(t, h, "u")
+	c.enqueue([]byte("a"))
+	c.enqueue([]byte("b"))
+	batch, pong, closing := c.takeWork(nil)
+	if len(batch) != 2 || pong != nil || closing != nil {
+		t.Fatalf("batch %q pong %v closing %v", batch, pong, closing)
+	}
+	c.enqueue([]byte("c"))
+	c.close(disconnectShutdown)
+	c.close(disconnectSlow) // only the first reason counts
+	batch, _, closing = c.takeWork(batch)
+	if len(batch) != 1 || string(batch[0]) != "c" || *closing != disconnectShutdown {
+		t.Fatalf("after close: batch %q closing %v; queued messages go before the close", batch, closing)
+	}
+}
+
+func TestRegisterIsRefusedOnceShutdownBegins(t *testing.T) {
+	h := newTestHub(10, 1<<20)
+	if err := h.shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.add(newClient(h, nil, "late", "test")); err != errHubClosed {
+		t.Fatalf("add after shutdown: %v, want errHubClosed", err)
+	}
+}
+
+func BenchmarkBroadcast(b *testing.B) {
+	for _, conns := range []int{1, 100} {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
+			h := newTestHub(1<<20, 1<<30)
+			clients := make([]*Client, conns)
+			for i := range clients {
+				clients[i] = addClient(b, h, "org_acme")
+			}
+			for i := range 1000 {
+				addClient(b, h, fmt.Sprintf("user%d", i))
+			}
+			msg := []byte(`{"type":"node_completed","run_id":"flight-search:186e185fcb360f00"}`)
+			batches := make([][][]byte, conns)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				h.broadcast("org_acme", msg)
+				if i%256 == 255 {
+					for k, c := range clients {
+						batches[k], _, _ = c.takeWork(batches[k])
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// newLogger builds the daemon's slog logger from LOG_FORMAT and LOG_LEVEL.
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// logLimiter lets through a few lines a second of one kind, so a flood of
+// bad input cannot fill the disk, and reports how many it held back.
+type logLimiter struct {
+	limiter    *rate.Limiter
+	suppressed atomic.Uint64
+}
+
+func newLogLimiter(perSecond float64, burst int) *logLimiter {
+	return &logLimiter{limiter: rate.NewLimiter(rate.Limit(perSecond), burst)}
+}
+
+// log writes the line when the limiter allows it, with the number of lines
+// suppressed since the last one written.
+func (l *logLimiter) log(logger *slog.Logger, level slog.Level, msg string, args ...any) {
+	if !l.limiter.Allow() {
+		l.suppressed.Add(1)
+		return
+	}
+	if n := l.suppressed.Swap(0); n > 0 {
+		args = append(args, "suppressed_since_last", n)
+	}
+	logger.Log(context.Background(), level, msg, args...)
+}
+
+// redisLogger routes go-redis's internal messages to slog at warn level,
+// rate-limited: while Redis is down it would otherwise repeat itself.
+type redisLogger struct {
+	logger  *slog.Logger
+	limiter *logLimiter
+}
+
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	msg := strings.TrimSpace(fmt.Sprintf(format, v...))
+	r.limiter.log(r.logger, slog.LevelWarn, "go-redis", "detail", msg)
+}
+
+// sleepCtx waits for d or until ctx ends, and reports whether d elapsed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

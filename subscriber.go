@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// channelPrefix is the seed's channel convention: workflow:events:{username}.
+	channelPrefix = "workflow:events:"
+	// channelPattern is what the daemon subscribes to.
+	channelPattern = channelPrefix + "*"
+	// probePrefix starts the channels of the self-probes. It holds ':', which
+	// no username may contain, so a probe never reaches a user.
+	probePrefix = channelPrefix + "_fanout:probe:"
+	// receivePoll bounds each blocking read of the subscription so the loop
+	// notices shutdown and resubscribe requests.
+	receivePoll = time.Second
+	// retryMin is the first delay after a failed subscription.
+	retryMin = 100 * time.Millisecond
+)
+
+// errProbeOverdue ends a subscription that stopped delivering silently.
+var errProbeOverdue = errors.New("self-probe did not come back: subscription stopped delivering")
+
+// Subscriber holds the Redis PSUBSCRIBE on workflow:events:* and hands each
+// message to the hub. It reads the subscription itself rather than through
+// go-redis's Channel(), whose buffer drops messages once it sits full: here
+// nothing is buffered between Redis and the hub, and the hub never blocks.
+type Subscriber struct {
+	rdb    *redis.Client
+	hub    *Hub
+	cfg    Config
+	logger *slog.Logger
+	stats  *Stats
+
+	// probeChannel is this instance's own probe channel.
+	probeChannel string
+	// notReady is nil while the subscription is confirmed and probes come
+	// back; otherwise it holds the reason /ready reports.
+	notReady atomic.Pointer[string]
+	// confirmed is true from the PSUBSCRIBE confirmation until the session ends.
+	confirmed atomic.Bool
+	// probePending is when the oldest probe not yet back was published
+	// (UnixNano), or 0 when none is outstanding.
+	probePending atomic.Int64
+	// lastReceived is when the session last read anything (UnixNano).
+	lastReceived atomic.Int64
+	// resubscribe carries the prober's request to drop the session
+	// (capacity 1).
+	resubscribe chan struct{}
+
+	invalidLog *logLimiter
+}
+
+func newSubscriber(rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
+	s := &Subscriber{
+		rdb:          rdb,
+		hub:          hub,
+		cfg:          cfg,
+		logger:       logger,
+		stats:        stats,
+		probeChannel: probePrefix + newInstanceID(),
+		resubscribe:  make(chan struct{}, 1),
+		invalidLog:   newLogLimiter(1, 5),
+	}
+	s.setNotReady("waiting for the Redis subscription")
+	return s
+}
+
+// newInstanceID returns a random name for this process's probe channel.
+func newInstanceID() string {
+	b := make([]byte, 8)
+	_, _ = crand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// ready reports whether the subscription is live, or why not.
+func (s *Subscriber) ready() (bool, string) {
+	if reason := s.notReady.Load(); reason != nil {
+		return false, *reason
+	}
+	return true, ""
+}
+
+func (s *Subscriber) setNotReady(reason string) { s.notReady.Store(&reason) }
+
+// run subscribes until ctx ends, reconnecting with capped, jittered backoff
+// after every failure. It owns the prober goroutine and waits for it.
+func (s *Subscriber) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.probe(ctx) })
+	defer wg.Wait()
+
+	delay := retryMin
+	for ctx.Err() == nil {
+		confirmed, err := s.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.stats.RedisFailures.Add(1)
+		s.setNotReady(fmt.Sprintf("redis subscription lost: %v", err))
+		if confirmed {
+			delay = retryMin
+		}
+		wait := delay/2 + rand.N(delay/2+1)
+		s.logger.Warn("Redis subscription failed; retrying", "addr", s.cfg.Redis.Addr, "err", err, "retry_in", wait.Round(time.Millisecond))
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+		delay = min(delay*2, s.cfg.RedisRetryMax)
+	}
+}
+
+// session runs one subscription until it fails, the prober asks for a new
+// one, or ctx ends. confirmed reports whether Redis confirmed it.
+func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
+	pubsub := s.rdb.PSubscribe(ctx, channelPattern)
+	defer pubsub.Close()
+	defer s.confirmed.Store(false)
+	// Drop a request aimed at the previous session.
+	select {
+	case <-s.resubscribe:
+	default:
+	}
+
+	for ctx.Err() == nil {
+		select {
+		case <-s.resubscribe:
+			return confirmed, errProbeOverdue
+		default:
+		}
+		msg, err := pubsub.ReceiveTimeout(ctx, receivePoll)
+		if err != nil {
+			// An idle confirmed subscription times out between messages;
+			// before the confirmation a timeout means Redis is not answering.
+			var netErr net.Error
+			if confirmed && errors.As(err, &netErr) && netErr.Timeout() {
+				continue
+			}
+			return confirmed, fmt.Errorf("receive from %s: %w", channelPattern, err)
+		}
+		s.lastReceived.Store(time.Now().UnixNano())
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "psubscribe" && m.Channel == channelPattern {
+				confirmed = true
+				s.probePending.Store(0)
+				s.confirmed.Store(true)
+				s.notReady.Store(nil)
+				s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "pattern", channelPattern)
+			}
+		case *redis.Message:
+			s.handle(m.Channel, m.Payload)
+		}
+	}
+	return confirmed, ctx.Err()
+}
+
+// handle validates one published payload and broadcasts it to its user.
+func (s *Subscriber) handle(channel, payload string) {
+	if strings.HasPrefix(channel, probePrefix) {
+		if channel == s.probeChannel {
+			// Redis keeps publish order, so every earlier probe is back too.
+			s.probePending.Store(0)
+		}
+		return // another instance's probe
+	}
+	username := strings.TrimPrefix(channel, channelPrefix)
+	s.stats.MessagesReceived.Add(1)
+	switch {
+	case len(payload) > s.cfg.MaxMessageBytes:
+		s.stats.MessagesTooLarge.Add(1)
+		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: larger than MAX_MESSAGE_BYTES",
+			"channel", channel, "bytes", len(payload), "max_bytes", s.cfg.MaxMessageBytes, "dropped_total", s.stats.MessagesTooLarge.Load())
+		return
+	case len(payload) == 0:
+		s.stats.MessagesInvalid.Add(1)
+		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: empty payload",
+			"channel", channel, "dropped_total", s.stats.MessagesInvalid.Load())
+		return
+	case !json.Valid([]byte(payload)):
+		s.stats.MessagesInvalid.Add(1)
+		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: not valid JSON",
+			"channel", channel, "bytes", len(payload), "dropped_total", s.stats.MessagesInvalid.Load())
+		return
+	}
+	n := s.hub.broadcast(username, []byte(payload))
+	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.logger.Debug("Broadcasting to username", "username", username, "client_count", n)
+	}
+}
+
+// probe publishes to this instance's probe channel every ProbeInterval.
+// When a published probe has not come back within ProbeTimeout while the
+// subscription claims to be live, it marks the daemon not ready and asks
+// for a new subscription: pub/sub connections can stop delivering after a
+// failover while every health check stays green. A probe that cannot be
+// published proves nothing about the subscription and is only logged.
+func (s *Subscriber) probe(ctx context.Context) {
+	ticker := time.NewTicker(s.cfg.ProbeInterval)
+	defer ticker.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if !s.confirmed.Load() {
+			continue // the session is failing already; run is retrying it
+		}
+		now := time.Now()
+		if pending := s.probePending.Load(); pending != 0 {
+			// A subscription still delivering other messages is alive: the
+			// probe is queued behind them.
+			waited := now.Sub(time.Unix(0, pending))
+			silent := now.Sub(time.Unix(0, s.lastReceived.Load()))
+			if waited > s.cfg.ProbeTimeout && silent > s.cfg.ProbeTimeout {
+				s.stats.ProbesMissed.Add(1)
+				s.setNotReady(errProbeOverdue.Error())
+				s.logger.Warn("Redis self-probe overdue; resubscribing", "waited", waited.Round(time.Millisecond), "silent_for", silent.Round(time.Millisecond))
+				s.confirmed.Store(false)
+				select {
+				case s.resubscribe <- struct{}{}:
+				default:
+				}
+			}
+			continue
+		}
+		// Marked before publishing: the probe may come back before Publish returns.
+		s.probePending.Store(now.UnixNano())
+		seq++
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+		err := s.rdb.Publish(pctx, s.probeChannel, seq).Err()
+		cancel()
+		if err != nil {
+			s.probePending.CompareAndSwap(now.UnixNano(), 0)
+			if ctx.Err() == nil {
+				s.logger.Warn("Redis self-probe publish failed", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestBadPublishesAreDroppedCountedAndLoggedSparingly(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"MAX_MESSAGE_BYTES": "1024", "LOG_LEVEL": "info"})
+	td.waitReady()
+	conn := td.dial("u")
+
+	td.publish("u", "")
+	td.publish("u", "not json")
+	td.publish("u", `{"type":"truncated"`)
+	td.publish("u", `{"type":"big","data":"`+strings.Repeat("x", 1100)+`"}`)
+	td.publish("u", `{"type":"ok","n":1}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"type":"ok","n":1}` {
+		t.Fatalf("first frame %q, want the first valid event", got)
+	}
+	// Exactly at the limit is forwarded.
+	exact := `{"d":"` + strings.Repeat("y", 1024-8) + `"}`
+	td.publish("u", exact)
+	if got := readText(t, conn, 5*time.Second); got != exact {
+		t.Fatalf("a payload of exactly MAX_MESSAGE_BYTES was not forwarded")
+	}
+	if got := td.d.stats.MessagesInvalid.Load(); got != 3 {
+		t.Fatalf("MessagesInvalid = %d, want 3", got)
+	}
+	if got := td.d.stats.MessagesTooLarge.Load(); got != 1 {
+		t.Fatalf("MessagesTooLarge = %d, want 1", got)
+	}
+
+	// A flood of bad payloads is counted in full but logged only a little.
+	const flood = 500
+	pipe := td.pub.Pipeline()
+	for i := range flood {
+		pipe.Publish(t.Context(), channelPrefix+"u", fmt.Sprintf("garbage %d", i))
+	}
+	if _, err := pipe.Exec(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	td.publish("u", `{"type":"after flood"}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"type":"after flood"}` {
+		t.Fatalf("got %q after the flood", got)
+	}
+	if got := td.d.stats.MessagesInvalid.Load(); got != 3+flood {
+		t.Fatalf("MessagesInvalid = %d, want %d", got, 3+flood)
+	}
+	if lines := countLines(td.logs.String(), "Dropped published message"); lines > 20 {
+		t.Fatalf("%d log lines for %d bad payloads: not rate-limited", lines, flood+4)
+	}
+}
+
+func TestStartsWhileRedisIsDownAndSubscribesWhenItComesUp(t *testing.T) {
+	r := redisAt(t) // nothing listens yet
+	td := startDaemon(t, r, nil)
+
+	resp, err := http.Get(td.baseURL + "/health")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/health while Redis is down: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get(td.baseURL + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.HasPrefix(string(body), "not ready: ") {
+		t.Fatalf("/ready while Redis is down: %d %q, want 503 with a reason", resp.StatusCode, body)
+	}
+	eventually(t, 10*time.Second, "retries logged", func() bool {
+		return countLines(td.logs.String(), "Redis subscription failed; retrying") >= 3
+	})
+	conn := td.dial("u") // clients may connect before Redis is there
+
+	r.start()
+	td.waitReady()
+	td.publish("u", `{"type":"first"}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"type":"first"}` {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestRedisRestartKeepsClientsConnectedAndDeliveryResumes(t *testing.T) {
+	r := startRedis(t)
+	td := startDaemon(t, r, nil)
+	td.waitReady()
+	conn := td.dial("u")
+	td.publish("u", `{"n":1}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"n":1}` {
+		t.Fatalf("got %q", got)
+	}
+
+	r.kill()
+	eventually(t, 10*time.Second, "not ready after Redis died", func() bool {
+		return td.readyStatus() == http.StatusServiceUnavailable
+	})
+	r.start()
+	restarted := time.Now()
+	td.waitReady()
+	if took := time.Since(restarted); took > 5*time.Second {
+		t.Fatalf("ready again %v after the restart, want a few seconds", took)
+	}
+	td.publish("u", `{"n":2}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"n":2}` {
+		t.Fatalf("after restart got %q on the same connection", got)
+	}
+	if td.d.stats.RedisFailures.Load() == 0 {
+		t.Fatal("the lost subscription was not counted")
+	}
+}
+
+func TestSubscriptionThatSilentlyStopsDeliveringIsCaughtByProbe(t *testing.T) {
+	r := startRedis(t)
+	proxy := newBlackholeProxy(t, r.addr())
+	td := startDaemon(t, r, map[string]string{"REDIS_PORT": strconv.Itoa(proxy.port())})
+	td.waitReady()
+	conn := td.dial("u")
+	td.publish("u", `{"n":1}`) // published straight to Redis, not through the proxy
+	if got := readText(t, conn, 5*time.Second); got != `{"n":1}` {
+		t.Fatalf("got %q", got)
+	}
+
+	// Every connection the daemon has open now goes silent, as a pub/sub
+	// connection can after a failover; the sockets stay up.
+	proxy.blackholeExisting()
+	eventually(t, 10*time.Second, "not ready once probes stop coming back", func() bool {
+		return td.readyStatus() == http.StatusServiceUnavailable
+	})
+	td.waitReady()
+	td.publish("u", `{"n":2}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"n":2}` {
+		t.Fatalf("after resubscribing got %q", got)
+	}
+	if td.d.stats.ProbesMissed.Load() == 0 {
+		t.Fatal("missed probe not counted")
+	}
+	if !strings.Contains(td.logs.String(), "Redis self-probe overdue; resubscribing") {
+		t.Fatal("missed probe not logged")
+	}
+}
+
+func TestProbesOfOtherInstancesReachNoUser(t *testing.T) {
+	r := startRedis(t)
+	a := startDaemon(t, r, nil)
+	b := startDaemon(t, r, nil)
+	a.waitReady()
+	b.waitReady()
+	conn := a.dial("_fanout")
+	// Let several rounds of b's probes pass through a; there is no signal
+	// for "nothing happened".
+	time.Sleep(300 * time.Millisecond)
+	a.publish("_fanout", `{"type":"mine"}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"type":"mine"}` {
+		t.Fatalf("user _fanout got %q", got)
+	}
+	if got := a.d.stats.MessagesReceived.Load(); got != 1 {
+		t.Fatalf("MessagesReceived = %d: probes were counted as user messages", got)
+	}
+}
+
+// blackholeProxy forwards TCP to a target until told to silently drop all
+// traffic of the connections open at that moment.
+type blackholeProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	pairs  []*proxyPair
+	wg     sync.WaitGroup
+}
+
+type proxyPair struct {
+	client, server net.Conn
+	mu             sync.Mutex
+	silent         bool
+}
+
+func newBlackholeProxy(t *testing.T, target string) *blackholeProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &blackholeProxy{ln: ln, target: target}
+	p.wg.Go(p.accept)
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, pair := range p.pairs {
+			pair.client.Close()
+			pair.server.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *blackholeProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+func (p *blackholeProxy) accept() {
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		pair := &proxyPair{client: client, server: server}
+		p.mu.Lock()
+		p.pairs = append(p.pairs, pair)
+		p.mu.Unlock()
+		p.wg.Go(func() { pair.pipe(server, client) })
+		p.wg.Go(func() { pair.pipe(client, server) })
+	}
+}
+
+// pipe copies src to dst, discarding the bytes once the pair is silent.
+func (pair *proxyPair) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			dst.Close()
+			return
+		}
+		pair.mu.Lock()
+		silent := pair.silent
+		pair.mu.Unlock()
+		if silent {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			src.Close()
+			return
+		}
+	}
+}
+
+func (p *blackholeProxy) blackholeExisting() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pair := range p.pairs {
+		pair.mu.Lock()
+		pair.silent = true
+		pair.mu.Unlock()
+	}
+}
