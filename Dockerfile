@@ -1,0 +1,17 @@
+# Build: docker build -t fanout .
+# Run:   docker run -p 8084:8084 -e REDIS_HOST=redis fanout
+FROM golang:1.26-alpine AS builder
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/fanout .
+
+FROM alpine:3.22
+RUN addgroup -S fanout && adduser -S -G fanout -H -s /sbin/nologin fanout
+COPY --from=builder /out/fanout /fanout
+USER fanout
+EXPOSE 8084
+HEALTHCHECK --interval=10s --timeout=3s CMD wget -qO- "http://127.0.0.1:${PORT:-8084}/health" >/dev/null || exit 1
+CMD ["/fanout"]

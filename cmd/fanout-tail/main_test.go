@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestPrintsEachEventOnItsOwnLine(t *testing.T) {
+	var gotUser string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotUser = r.URL.Query().Get("username")
+		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		for _, msg := range []string{`{"type":"a"}`, `{"type":"b"}`} {
+			_ = conn.WriteMessage(websocket.TextMessage, []byte(msg))
+		}
+		_, _, _ = conn.ReadMessage() // until the client goes
+	}))
+	defer srv.Close()
+
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", "-username", "a.b+c", "-count", "2"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if stdout.String() != "{\"type\":\"a\"}\n{\"type\":\"b\"}\n" {
+		t.Fatalf("stdout %q", stdout.String())
+	}
+	if gotUser != "a.b+c" {
+		t.Fatalf("server saw username %q: the query was not escaped", gotUser)
+	}
+}
+
+func TestRefusedConnectionPrintsTheServersReason(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "missing username", http.StatusBadRequest)
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http")}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "HTTP 400: missing username") {
+		t.Fatalf("stderr %q", stderr.String())
+	}
+}

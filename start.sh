@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs the fanout daemon in the foreground. When no Redis answers at
+# REDIS_HOST:REDIS_PORT and that host is this machine, it first starts a local
+# redis-server (installing Debian's package when missing and running as root).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+REDIS_HOST="${REDIS_HOST:-localhost}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "start.sh: Go is not installed: install Go 1.26 or newer (https://go.dev/doc/install) and run again" >&2
+  exit 1
+fi
+
+# redis_answers HOST PORT: true when something speaking RESP answers PING
+# (a +PONG, or an error such as -NOAUTH from a password-protected Redis).
+redis_answers() {
+  local reply
+  reply=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "PING\r\n" >&3 && IFS= read -r line <&3 && printf "%s" "$line"' _ "$1" "$2" 2>/dev/null) || return 1
+  [[ "$reply" == +* || "$reply" == -* ]]
+}
+
+is_local() {
+  case "$1" in
+    localhost|127.*|::1|"[::1]") return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+if [ -n "${REDIS_URL:-}" ]; then
+  echo "start.sh: REDIS_URL is set; not checking for or starting a local Redis"
+elif redis_answers "$REDIS_HOST" "$REDIS_PORT"; then
+  echo "start.sh: Redis answers at $REDIS_HOST:$REDIS_PORT"
+elif ! is_local "$REDIS_HOST"; then
+  echo "start.sh: no Redis answers at $REDIS_HOST:$REDIS_PORT; fanout will keep retrying until it does"
+else
+  if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "start.sh: installing redis-server from Debian's packages"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+      echo "start.sh: no Redis at $REDIS_HOST:$REDIS_PORT and redis-server is not installed: run 'sudo apt-get install redis-server' (or point REDIS_HOST/REDIS_PORT at a Redis) and run again" >&2
+      exit 1
+    fi
+  fi
+  mkdir -p .run
+  args=(--port "$REDIS_PORT" --bind "127.0.0.1 -::1" --daemonize yes
+        --dir "$PWD/.run" --logfile "$PWD/.run/redis-$REDIS_PORT.log" --pidfile "$PWD/.run/redis-$REDIS_PORT.pid"
+        --save "" --appendonly no)
+  if [ -n "${REDIS_PASSWORD:-}" ]; then
+    args+=(--requirepass "$REDIS_PASSWORD")
+  fi
+  redis-server "${args[@]}"
+  for _ in $(seq 50); do
+    redis_answers 127.0.0.1 "$REDIS_PORT" && break
+    sleep 0.1
+  done
+  if ! redis_answers 127.0.0.1 "$REDIS_PORT"; then
+    echo "start.sh: the local redis-server did not come up; see .run/redis-$REDIS_PORT.log" >&2
+    exit 1
+  fi
+  echo "start.sh: started a local redis-server on port $REDIS_PORT (log .run/redis-$REDIS_PORT.log; stop it with: kill \$(cat .run/redis-$REDIS_PORT.pid))"
+fi
+
+version=$(git describe --always --dirty 2>/dev/null || echo dev)
+go build -ldflags "-X main.version=$version" -o fanout .
+exec ./fanout
