@@ -51,7 +51,7 @@ func TestConfigReadsEveryVariable(t *testing.T) {
 		"REDIS_HOST": "redis.internal", "REDIS_PORT": "6380", "REDIS_PASSWORD": "s3cret",
 		"REDIS_USERNAME": "fanout", "REDIS_DB": "2", "REDIS_TLS": "true",
 		"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
-		"ALLOWED_ORIGINS": "https://a.example.com, http://localhost:3000/",
+		"ALLOWED_ORIGINS":   "https://a.example.com, http://localhost:3000/",
 		"MAX_MESSAGE_BYTES": "2048", "SEND_QUEUE_SIZE": "10", "SEND_QUEUE_BYTES": "4096",
 		"PING_INTERVAL": "5s", "PONG_WAIT": "7s", "WRITE_WAIT": "1s", "SHUTDOWN_TIMEOUT": "3s",
 	}))
