@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,10 @@ func TestMain(m *testing.M) {
 type redisServer struct {
 	tb   testing.TB
 	port int
+	// tls, when set, is the client config for a TLS-only server.
+	tls  *tls.Config
+	// password is the requirepass of the server, if any.
+	password string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -94,6 +99,10 @@ func (r *redisServer) startArgs(extraArgs ...string) error {
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
 		"--loglevel", "warning",
 	}, extraArgs...)
+	if r.tls != nil {
+		args[0], args[1] = "--tls-port", strconv.Itoa(r.port)
+		args = append(args, "--port", "0")
+	}
 	cmd := exec.Command("redis-server", args...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -103,7 +112,7 @@ func (r *redisServer) startArgs(extraArgs ...string) error {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 
-	client := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1})
+	client := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1, TLSConfig: r.tls, Password: r.password})
 	defer client.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -145,7 +154,7 @@ func (r *redisServer) stop() { r.kill() }
 
 // client returns a go-redis client for publishing in tests.
 func (r *redisServer) client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: r.addr()})
+	c := redis.NewClient(&redis.Options{Addr: r.addr(), TLSConfig: r.tls, Password: r.password})
 	r.tb.Cleanup(func() { _ = c.Close() })
 	return c
 }

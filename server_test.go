@@ -369,3 +369,23 @@ func readUntilError(conn *websocket.Conn) error {
 		}
 	}
 }
+
+// FuzzValidateUsername checks that no accepted username can carry a Redis
+// pattern character or the channel separator, whatever the input.
+func FuzzValidateUsername(f *testing.F) {
+	for _, seed := range []string{"alice", "org_acme", "a*", "a:b", "", strings.Repeat("x", 129), "é", "a.b_c@d+e-f"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, username string) {
+		err := validateUsername(username)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error %q", err)
+			}
+			return
+		}
+		if username == "" || len(username) > maxUsernameBytes || strings.ContainsAny(username, "*?[]:\\ \x00") {
+			t.Fatalf("accepted %q", username)
+		}
+	})
+}
