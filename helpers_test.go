@@ -38,13 +38,13 @@ type redisServer struct {
 	tb   testing.TB
 	port int
 	// tls, when set, is the client config for a TLS-only server.
-	tls  *tls.Config
+	tls *tls.Config
 	// password is the requirepass of the server, if any.
 	password string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	out  *syncBuffer
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{}
+	out      *syncBuffer
 }
 
 // startRedis starts a redis-server for tb on a free loopback port.

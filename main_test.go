@@ -17,7 +17,7 @@ import (
 )
 
 // daemonCommand runs this test binary as the real fanout process.
-func daemonCommand(t *testing.T, env ...string) *exec.Cmd {
+func daemonCommand(t testing.TB, env ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append([]string{"FANOUT_TEST_RUN_MAIN=1"}, env...)...)
 	return cmd

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// BenchmarkIdleConnectionRSS measures the resident memory an idle WebSocket
+// connection costs the daemon: the test binary runs as the real daemon in
+// its own process, b.N connections are opened to it, and the growth of its
+// VmRSS over the idle baseline is reported per connection.
+//
+//	go test -run '^$' -bench IdleConnectionRSS -benchtime 5000x
+func BenchmarkIdleConnectionRSS(b *testing.B) {
+	r := startRedis(b)
+	port := freePort(b)
+	cmd := daemonCommand(b, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var connected atomic.Int64
+	subscribed := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		once := false
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, "New WebSocket connection") {
+				connected.Add(1)
+			} else if !once && strings.Contains(line, "Subscribed to Redis") {
+				once = true
+				close(subscribed)
+			}
+		}
+	}()
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		b.Fatal("daemon did not subscribe")
+	}
+	time.Sleep(200 * time.Millisecond) // let start-up allocations settle
+	before := vmRSS(b, cmd.Process.Pid)
+
+	url := fmt.Sprintf("ws://127.0.0.1:%d/ws?username=", port)
+	conns := make([]*websocket.Conn, 0, b.N)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, _, err := websocket.DefaultDialer.Dial(url+"user"+strconv.Itoa(i/2), nil)
+		if err != nil {
+			b.Fatalf("dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	b.StopTimer()
+	eventually(b, 30*time.Second, "all connections registered", func() bool { return connected.Load() == int64(b.N) })
+	time.Sleep(500 * time.Millisecond)
+	after := vmRSS(b, cmd.Process.Pid)
+	b.ReportMetric(float64(after-before)/float64(b.N), "rss-bytes/conn")
+}
+
+// vmRSS returns the resident set size of pid in bytes.
+func vmRSS(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
+}
