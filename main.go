@@ -31,6 +31,8 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, a second one kills the process at once.
+	context.AfterFunc(ctx, stop)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

@@ -102,15 +102,18 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := newClient(s.hub, conn, username, remote)
+	// Logged before register starts the pumps, so that it always comes
+	// before the connection's "Client unregistered" line.
+	s.logger.Info("New WebSocket connection", "username", username, "remote", remote)
 	if err := s.hub.register(c); err != nil {
 		s.stats.ConnectionsRejected.Add(1)
+		s.logger.Info("Closing new connection: server shutting down", "username", username, "remote", remote)
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)
 		_ = conn.WriteControl(websocket.CloseMessage, msg, deadlineIn(s.cfg.WriteWait))
 		_ = conn.Close()
 		return
 	}
 	s.stats.ConnectionsAccepted.Add(1)
-	s.logger.Info("New WebSocket connection", "username", username, "remote", remote)
 }
 
 // reject answers a /ws request that cannot be upgraded with a one-line reason.

@@ -130,6 +130,9 @@ func (s *Subscriber) run(ctx context.Context) {
 func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 	pubsub := s.rdb.PSubscribe(ctx, channelPattern)
 	defer pubsub.Close()
+	// Closing the connection ends a blocked read at once on shutdown.
+	stopClose := context.AfterFunc(ctx, func() { _ = pubsub.Close() })
+	defer stopClose()
 	defer s.confirmed.Store(false)
 	// Drop a request aimed at the previous session.
 	select {
