@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,36 +22,11 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 	port := freePort(b)
 	cmd := daemonCommand(b, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
 		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	var connected atomic.Int64
-	subscribed := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		once := false
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.Contains(line, "New WebSocket connection") {
-				connected.Add(1)
-			} else if !once && strings.Contains(line, "Subscribed to Redis") {
-				once = true
-				close(subscribed)
-			}
-		}
-	}()
-	select {
-	case <-subscribed:
-	case <-time.After(10 * time.Second):
-		b.Fatal("daemon did not subscribe")
-	}
+	p := startProcess(b, cmd)
+	p.waitLog(b, 10*time.Second, "Subscribed to Redis")
 	time.Sleep(200 * time.Millisecond) // let start-up allocations settle
 	before := vmRSS(b, cmd.Process.Pid)
+	connected := func() int { return countLines(p.logs.String(), "New WebSocket connection") }
 
 	url := fmt.Sprintf("ws://127.0.0.1:%d/ws?username=", port)
 	conns := make([]*websocket.Conn, 0, b.N)
@@ -71,7 +44,7 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 		conns = append(conns, c)
 	}
 	b.StopTimer()
-	eventually(b, 30*time.Second, "all connections registered", func() bool { return connected.Load() == int64(b.N) })
+	eventually(b, 30*time.Second, "all connections registered", func() bool { return connected() == b.N })
 	time.Sleep(500 * time.Millisecond)
 	after := vmRSS(b, cmd.Process.Pid)
 	b.ReportMetric(float64(after-before)/float64(b.N), "rss-bytes/conn")

@@ -1,12 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,45 +40,49 @@ func TestBadConfigExitsWithCode2AndOneLine(t *testing.T) {
 	}
 }
 
+// daemonProcess is a fanout process started by a test, with its output.
+type daemonProcess struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	// done is closed when the process has exited; err is what Wait returned.
+	done chan struct{}
+	err  error
+}
+
+// startProcess starts cmd, collects its output and kills it at cleanup.
+func startProcess(tb testing.TB, cmd *exec.Cmd) *daemonProcess {
+	tb.Helper()
+	p := &daemonProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	tb.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if tb.Failed() {
+			tb.Logf("%s output:\n%s", cmd.Path, p.logs.String())
+		}
+	})
+	return p
+}
+
+// waitLog waits until the process has written a line containing s.
+func (p *daemonProcess) waitLog(tb testing.TB, d time.Duration, s string) {
+	tb.Helper()
+	eventually(tb, d, "log line "+s, func() bool { return strings.Contains(p.logs.String(), s) })
+}
+
 func TestSIGTERMSendsGoingAwayAndExits(t *testing.T) {
 	r := startRedis(t)
 	port := freePort(t)
-	cmd := daemonCommand(t, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
-		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	logs := &syncBuffer{}
-	subscribed := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		signalled := false
-		for sc.Scan() {
-			logs.Write(append(sc.Bytes(), '\n'))
-			if !signalled && strings.Contains(sc.Text(), "Subscribed to Redis") {
-				close(subscribed)
-				signalled = true
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("daemon output:\n%s", logs.String())
-		}
-	})
-	select {
-	case <-subscribed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon did not subscribe")
-	}
+	p := startProcess(t, daemonCommand(t, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port)))
+	p.waitLog(t, 10*time.Second, "Subscribed to Redis")
 
 	url := "ws://127.0.0.1:" + strconv.Itoa(port) + "/ws?username=u"
 	var conns []*websocket.Conn
@@ -87,11 +90,11 @@ func TestSIGTERMSendsGoingAwayAndExits(t *testing.T) {
 		conns = append(conns, dialWS(t, url, nil))
 	}
 	eventually(t, 5*time.Second, "connections logged", func() bool {
-		return countLines(logs.String(), "New WebSocket connection") == 3
+		return countLines(p.logs.String(), "New WebSocket connection") == 3
 	})
 
 	start := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	for i, conn := range conns {
@@ -100,15 +103,15 @@ func TestSIGTERMSendsGoingAwayAndExits(t *testing.T) {
 		}
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit: %v, want 0", err)
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("exit: %v, want 0", p.err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("daemon did not exit within 10s of SIGTERM")
 	}
 	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
-	if !strings.Contains(logs.String(), `msg=Stopped`) {
+	if !strings.Contains(p.logs.String(), `msg=Stopped`) {
 		t.Fatal("final counters not logged")
 	}
 }
@@ -127,5 +130,52 @@ func TestShutdownDropsClientsThatDoNotReadWithinTheTimeout(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("shutdown took %v with SHUTDOWN_TIMEOUT=1s", took)
+	}
+}
+
+func TestStartScriptStartsALocalRedisAndTheDaemon(t *testing.T) {
+	redisPort, httpPort := freePort(t), freePort(t)
+	cmd := exec.Command("./start.sh")
+	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(httpPort), "LISTEN_HOST=127.0.0.1",
+		"REDIS_HOST=localhost", "REDIS_PORT="+strconv.Itoa(redisPort))
+	p := startProcess(t, cmd)
+	pidFile := filepath.Join(".run", "redis-"+strconv.Itoa(redisPort)+".pid")
+	t.Cleanup(func() {
+		// The local Redis outlives the daemon by design; stop this one.
+		if pid, err := os.ReadFile(pidFile); err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+				_ = syscall.Kill(n, syscall.SIGTERM)
+			}
+		}
+		eventually(t, 10*time.Second, "local redis stopped", func() bool {
+			_, err := os.Stat(pidFile) // Redis removes it on exit
+			return err != nil
+		})
+		_ = os.Remove(filepath.Join(".run", "redis-"+strconv.Itoa(redisPort)+".log"))
+	})
+
+	p.waitLog(t, 30*time.Second, "start.sh: started a local redis-server on port "+strconv.Itoa(redisPort))
+	p.waitLog(t, 120*time.Second, "Subscribed to Redis") // includes go build
+	conn := dialWS(t, "ws://127.0.0.1:"+strconv.Itoa(httpPort)+"/ws?username=test-user", nil)
+	p.waitLog(t, 5*time.Second, "New WebSocket connection")
+	r := &redisServer{tb: t, port: redisPort}
+	if err := r.client().Publish(t.Context(), "workflow:events:test-user", `{"type":"test","message":"hello"}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readText(t, conn, 5*time.Second); got != `{"type":"test","message":"hello"}` {
+		t.Fatalf("got %q", got)
+	}
+
+	// start.sh execs the daemon, so the signal reaches it directly.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("exit: %v", p.err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("daemon started by start.sh did not exit after SIGTERM")
 	}
 }

@@ -8,13 +8,9 @@ cd "$(dirname "$0")"
 REDIS_HOST="${REDIS_HOST:-localhost}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 
-if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
-  export PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-  echo "start.sh: Go is not installed: install Go 1.26 or newer (https://go.dev/doc/install) and run again" >&2
-  exit 1
-fi
+script=start.sh
+. scripts/ensure.sh
+ensure_go
 
 # redis_answers HOST PORT: true when something speaking RESP answers PING
 # (a +PONG, or an error such as -NOAUTH from a password-protected Redis).
@@ -38,16 +34,7 @@ elif redis_answers "$REDIS_HOST" "$REDIS_PORT"; then
 elif ! is_local "$REDIS_HOST"; then
   echo "start.sh: no Redis answers at $REDIS_HOST:$REDIS_PORT; fanout will keep retrying until it does"
 else
-  if ! command -v redis-server >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "start.sh: installing redis-server from Debian's packages"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-    else
-      echo "start.sh: no Redis at $REDIS_HOST:$REDIS_PORT and redis-server is not installed: run 'sudo apt-get install redis-server' (or point REDIS_HOST/REDIS_PORT at a Redis) and run again" >&2
-      exit 1
-    fi
-  fi
+  ensure_redis_server
   mkdir -p .run
   args=(--port "$REDIS_PORT" --bind "127.0.0.1 -::1" --daemonize yes
         --dir "$PWD/.run" --logfile "$PWD/.run/redis-$REDIS_PORT.log" --pidfile "$PWD/.run/redis-$REDIS_PORT.pid"

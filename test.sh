@@ -5,24 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
-  export PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-  echo "test.sh: Go is not installed: install Go 1.26 or newer (https://go.dev/doc/install) and run again" >&2
-  exit 1
-fi
-
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing redis-server from Debian's packages"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "test.sh: redis-server is missing: run 'sudo apt-get install redis-server' (or your system's equivalent) and run again" >&2
-    exit 1
-  fi
-fi
+script=test.sh
+. scripts/ensure.sh
+ensure_go
+ensure_redis_server
 
 # The concurrency tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
