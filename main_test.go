@@ -54,6 +54,10 @@ func startProcess(tb testing.TB, cmd *exec.Cmd) *daemonProcess {
 	tb.Helper()
 	p := &daemonProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	// Its own process group, so cleanup also stops children (nginx workers)
+	// that would otherwise hold the output pipe open.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start %s: %v", cmd.Path, err)
 	}
@@ -62,7 +66,7 @@ func startProcess(tb testing.TB, cmd *exec.Cmd) *daemonProcess {
 		close(p.done)
 	}()
 	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 		if tb.Failed() {
 			tb.Logf("%s output:\n%s", cmd.Path, p.logs.String())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing
-# (redis-server from Debian's packages), then checks formatting, runs
+# (redis-server and nginx from Debian's packages), then checks formatting, runs
 # go vet and the whole suite under the race detector.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,6 +9,7 @@ script=test.sh
 . scripts/ensure.sh
 ensure_go
 ensure_redis_server
+ensure_package nginx nginx
 
 # The concurrency tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

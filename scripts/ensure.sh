@@ -13,16 +13,24 @@ ensure_go() {
   fi
 }
 
-# ensure_redis_server: installs Debian's redis-server package when the
-# binary is missing and we are root; otherwise says how to install it.
-ensure_redis_server() {
-  command -v redis-server >/dev/null 2>&1 && return 0
+# ensure_package COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is
+# neither on PATH nor in /usr/sbin and we are root; otherwise says how to
+# install it.
+ensure_package() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  [ -x "/usr/sbin/$1" ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "$script: installing redis-server from Debian's packages"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    echo "$script: installing $2 from Debian's packages"
+    if [ -z "${apt_updated:-}" ]; then
+      apt-get update -qq
+      apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
   else
-    echo "$script: redis-server is not installed: run 'sudo apt-get install redis-server' (or your system's equivalent) and run again" >&2
+    echo "$script: $1 is not installed: run 'sudo apt-get install $2' (or your system's equivalent) and run again" >&2
     exit 1
   fi
 }
+
+# ensure_redis_server: redis-server, for the daemon or the tests.
+ensure_redis_server() { ensure_package redis-server redis-server; }

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// readmeNginxBlock returns the load balancer configuration that README.md
+// documents, so that the test runs exactly what users copy.
+func readmeNginxBlock(t *testing.T) string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "```nginx\n")
+	block, _, ok2 := strings.Cut(after, "```")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no nginx block")
+	}
+	return block
+}
+
+// startNginx runs nginx with the README's block, its upstream servers
+// pointed at backends, listening on a free loopback port; it returns the
+// port.
+func startNginx(t *testing.T, backends []string) int {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		bin = "/usr/sbin/nginx"
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatal("nginx is not installed: run ./test.sh, which installs it")
+		}
+	}
+	block := readmeNginxBlock(t)
+	for i, port := range []string{"8084", "8085", "8086"} {
+		if !strings.Contains(block, "server localhost:"+port+";") {
+			t.Fatalf("README's nginx block lacks upstream localhost:%s", port)
+		}
+		block = strings.Replace(block, "server localhost:"+port+";", "server "+backends[i%len(backends)]+";", 1)
+	}
+	port := freePort(t)
+	block = strings.Replace(block, "server {\n", fmt.Sprintf("server {\n    listen 127.0.0.1:%d;\n", port), 1)
+
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+%[2]s
+}
+`, dir, block)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startProcess(t, exec.Command(bin, "-p", dir, "-c", confPath, "-g", "daemon off;"))
+	eventually(t, 10*time.Second, "nginx listening", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("nginx exited: %v\n%s", p.err, p.logs.String())
+		default:
+		}
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return port
+}
+
+func TestBehindTheReadmesNginxEveryInstanceDelivers(t *testing.T) {
+	r := startRedis(t)
+	var daemons []*testDaemon
+	var backends []string
+	for range 3 {
+		td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+		td.waitReady()
+		daemons = append(daemons, td)
+		backends = append(backends, strings.TrimPrefix(td.baseURL, "http://"))
+	}
+	port := startNginx(t, backends)
+	url := fmt.Sprintf("ws://127.0.0.1:%d/ws?username=org_acme", port)
+
+	// least_conn spreads the connections over the instances.
+	var conns []*websocket.Conn
+	for range 6 {
+		conns = append(conns, dialWS(t, url, nil))
+	}
+	total := func() (n int) {
+		for _, td := range daemons {
+			n += td.d.hub.connectionCount("org_acme")
+		}
+		return n
+	}
+	eventually(t, 5*time.Second, "all connections registered", func() bool { return total() == len(conns) })
+	for i, td := range daemons {
+		if td.d.hub.connectionCount("org_acme") == 0 {
+			t.Fatalf("instance %d got no connection through nginx", i)
+		}
+	}
+
+	// One publish reaches every connection exactly once, whichever
+	// instance holds it.
+	daemons[0].publish("org_acme", `{"type":"workflow_started","run_id":"r:1"}`)
+	daemons[0].publish("org_acme", `{"type":"end"}`)
+	for i, conn := range conns {
+		if got := readText(t, conn, 5*time.Second); got != `{"type":"workflow_started","run_id":"r:1"}` {
+			t.Fatalf("conn %d got %q", i, got)
+		}
+		if got := readText(t, conn, 5*time.Second); got != `{"type":"end"}` {
+			t.Fatalf("conn %d got %q, want exactly one copy of the event", i, got)
+		}
+	}
+
+	// An instance shutting down sends 1001 through nginx, so its clients
+	// reconnect, and nginx routes them to the instances left.
+	stopping := daemons[2]
+	held := stopping.d.hub.connectionCount("org_acme")
+	go stopping.stop()
+	var wg sync.WaitGroup
+	var closed atomic.Int64
+	for _, conn := range conns {
+		wg.Go(func() {
+			// Connections on the other instances just time out here.
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, _, err := conn.ReadMessage(); websocket.IsCloseError(err, websocket.CloseGoingAway) {
+				closed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if int(closed.Load()) != held {
+		t.Fatalf("%d clients saw 1001 through nginx, want the %d the stopped instance held", closed.Load(), held)
+	}
+	conn := dialWS(t, url, nil)
+	eventually(t, 5*time.Second, "reconnected", func() bool {
+		return daemons[0].d.hub.connectionCount("org_acme")+daemons[1].d.hub.connectionCount("org_acme") == len(conns)-held+1
+	})
+	daemons[0].publish("org_acme", `{"type":"after failover"}`)
+	if got := readText(t, conn, 5*time.Second); got != `{"type":"after failover"}` {
+		t.Fatalf("reconnected client got %q", got)
+	}
+}
