@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing
-# (redis-server and nginx from Debian's packages), then checks formatting, runs
+# (redis-server, nginx, chromium and Node.js from Debian's packages,
+# playwright-core from npm), then checks formatting, runs
 # go vet and the whole suite under the race detector.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,6 +11,13 @@ script=test.sh
 ensure_go
 ensure_redis_server
 ensure_package nginx nginx
+ensure_package chromium chromium
+ensure_package node nodejs
+ensure_package npm npm
+if [ ! -d e2e/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core into e2e/ (npm)"
+  npm install --prefix e2e --no-audit --no-fund --loglevel=error >/dev/null
+fi
 
 # The concurrency tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
