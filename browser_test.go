@@ -48,31 +48,19 @@ func openInChromium(t *testing.T, wsURL, wantTitle string) (*daemonProcess, stri
 	return startProcess(t, cmd), page.URL
 }
 
-func waitExit(t *testing.T, p *daemonProcess, d time.Duration) {
-	t.Helper()
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Fatalf("browser did not reach the expected state: %v\n%s", p.err, p.logs.String())
-		}
-	case <-time.After(d):
-		t.Fatalf("browser still running after %v:\n%s", d, p.logs.String())
-	}
-}
-
 func TestBrowserOnAnotherOriginReceivesEventsWithTheDefaultConfig(t *testing.T) {
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	browser, _ := openInChromium(t, td.wsURL+"?username=test-user", "event test hello")
 	eventually(t, 30*time.Second, "browser connected", func() bool { return td.d.hub.connectionCount("test-user") == 1 })
 	td.publish("test-user", `{"type":"test","message":"hello"}`)
-	waitExit(t, browser, 30*time.Second)
+	browser.waitExit(t, 30*time.Second)
 }
 
 func TestBrowserOnAnOriginOutsideAllowedOriginsIsRefused(t *testing.T) {
 	td := startDaemon(t, startRedis(t), map[string]string{"ALLOWED_ORIGINS": "https://app.example.com"})
 	browser, pageURL := openInChromium(t, td.wsURL+"?username=test-user", "closed 1006")
-	waitExit(t, browser, 30*time.Second)
+	browser.waitExit(t, 30*time.Second)
 	want := fmt.Sprintf(`origin %q is not in ALLOWED_ORIGINS`, pageURL)
 	if !strings.Contains(td.logs.String(), strings.ReplaceAll(want, `"`, `\"`)) {
 		t.Fatalf("daemon did not log the refused origin %s:\n%s", pageURL, td.logs.String())

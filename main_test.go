@@ -75,6 +75,19 @@ func startProcess(tb testing.TB, cmd *exec.Cmd) *daemonProcess {
 	return p
 }
 
+// waitExit waits up to d for the process to exit with status 0.
+func (p *daemonProcess) waitExit(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("%s exited with %v, want status 0", p.cmd.Path, p.err)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s still running after %v", p.cmd.Path, d)
+	}
+}
+
 // waitLog waits until the process has written a line containing s.
 func (p *daemonProcess) waitLog(tb testing.TB, d time.Duration, s string) {
 	tb.Helper()
@@ -106,14 +119,7 @@ func TestSIGTERMSendsGoingAwayAndExits(t *testing.T) {
 			t.Fatalf("conn %d: %v, want close 1001", i, err)
 		}
 	}
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Fatalf("exit: %v, want 0", p.err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon did not exit within 10s of SIGTERM")
-	}
+	p.waitExit(t, 10*time.Second)
 	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
 	if !strings.Contains(p.logs.String(), `msg=Stopped`) {
 		t.Fatal("final counters not logged")
@@ -174,12 +180,5 @@ func TestStartScriptStartsALocalRedisAndTheDaemon(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Fatalf("exit: %v", p.err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("daemon started by start.sh did not exit after SIGTERM")
-	}
+	p.waitExit(t, 15*time.Second)
 }
