@@ -104,12 +104,14 @@ func TestRedisRestartKeepsClientsConnectedAndDeliveryResumes(t *testing.T) {
 	eventually(t, 10*time.Second, "not ready after Redis died", func() bool {
 		return td.readyStatus() == http.StatusServiceUnavailable
 	})
-	r.start()
 	restarted := time.Now()
+	r.start()
 	td.waitReady()
-	if took := time.Since(restarted); took > 5*time.Second {
+	took := time.Since(restarted)
+	if took > 5*time.Second {
 		t.Fatalf("ready again %v after the restart, want a few seconds", took)
 	}
+	t.Logf("ready again %v after redis-server was started again", took.Round(time.Millisecond))
 	td.publish("u", `{"n":2}`)
 	if got := readText(t, conn, 5*time.Second); got != `{"n":2}` {
 		t.Fatalf("after restart got %q on the same connection", got)
@@ -133,10 +135,14 @@ func TestSubscriptionThatSilentlyStopsDeliveringIsCaughtByProbe(t *testing.T) {
 	// Every connection the daemon has open now goes silent, as a pub/sub
 	// connection can after a failover; the sockets stay up.
 	proxy.blackholeExisting()
+	silenced := time.Now()
 	eventually(t, 10*time.Second, "not ready once probes stop coming back", func() bool {
 		return td.readyStatus() == http.StatusServiceUnavailable
 	})
+	detected := time.Since(silenced)
 	td.waitReady()
+	t.Logf("silent subscription detected after %v, resubscribed after %v (PROBE_INTERVAL=100ms, PROBE_TIMEOUT=400ms)",
+		detected.Round(time.Millisecond), time.Since(silenced).Round(time.Millisecond))
 	td.publish("u", `{"n":2}`)
 	if got := readText(t, conn, 5*time.Second); got != `{"n":2}` {
 		t.Fatalf("after resubscribing got %q", got)
