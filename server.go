@@ -43,6 +43,12 @@ func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, ready fu
 			WriteBufferPool: &sync.Pool{},
 			// The origin was checked, with a clear answer, before Upgrade.
 			CheckOrigin: func(*http.Request) bool { return true },
+			// Say what was wrong with the handshake, not just "Bad Request";
+			// the handler logs and counts it.
+			Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+				w.Header().Set("Sec-WebSocket-Version", "13")
+				http.Error(w, reason.Error(), status)
+			},
 		},
 		rejectLog: newLogLimiter(2, 10),
 	}

@@ -121,6 +121,17 @@ func TestUsernameIsValidatedBeforeUpgrade(t *testing.T) {
 		})
 	}
 
+	// A valid username on a request that is not a WebSocket handshake.
+	resp, err := http.Get(td.baseURL + "/ws?username=alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "not using the websocket protocol") {
+		t.Fatalf("plain GET /ws: %d %q, want 400 saying it is not a WebSocket handshake", resp.StatusCode, body)
+	}
+
 	for _, ok := range []string{strings.Repeat("a", 128), "a.b_c@d%2Be-f", "org_acme", "sdutt", "test-user"} {
 		conn, resp, err := websocket.DefaultDialer.Dial(td.wsURL+"?username="+ok, nil)
 		if err != nil {
