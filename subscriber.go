@@ -112,7 +112,8 @@ func (s *Subscriber) run(ctx context.Context) {
 			return
 		}
 		s.stats.RedisFailures.Add(1)
-		s.setNotReady(fmt.Sprintf("redis subscription lost: %v", err))
+		// /ready is public: the reason names no address; the log has the error.
+		s.setNotReady("redis subscription lost; retrying (the daemon's log says why)")
 		if confirmed {
 			delay = retryMin
 		}
