@@ -61,9 +61,7 @@ type Client struct {
 	mu sync.Mutex
 	// sendQueue holds messages the write pump has not written yet; the
 	// byte slices are shared by every client of the user and never changed.
-	sendQueue [][]byte
-	// spareQueue is the slice the write pump hands back for reuse.
-	spareQueue  [][]byte
+	sendQueue   [][]byte
 	queuedBytes int
 	// pendingPong is the payload of a client ping still to be answered.
 	pendingPong *string

@@ -264,14 +264,24 @@ func (td *testDaemon) waitReady() {
 	eventually(td.t, 10*time.Second, "daemon ready", func() bool { return td.readyStatus() == http.StatusOK })
 }
 
+// readyStatus returns the status of /ready, or 0 when it cannot be reached.
 func (td *testDaemon) readyStatus() int {
-	resp, err := http.Get(td.baseURL + "/ready")
+	status, _, err := get(td.baseURL + "/ready")
 	if err != nil {
 		return 0
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	return status
+}
+
+// get fetches url and returns its status and body.
+func get(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
 }
 
 // dial opens a WebSocket for username and waits until the hub has it.

@@ -132,6 +132,3 @@ func (d *daemon) run(ctx context.Context, ln net.Listener) error {
 	}
 	return err
 }
-
-// deadlineIn returns the deadline d from now.
-func deadlineIn(d time.Duration) time.Time { return time.Now().Add(d) }

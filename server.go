@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -115,7 +116,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.stats.ConnectionsRejected.Add(1)
 		s.logger.Info("Closing new connection: server shutting down", "username", username, "remote", remote)
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)
-		_ = conn.WriteControl(websocket.CloseMessage, msg, deadlineIn(s.cfg.WriteWait))
+		_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
 		_ = conn.Close()
 		return
 	}

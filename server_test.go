@@ -122,14 +122,12 @@ func TestUsernameIsValidatedBeforeUpgrade(t *testing.T) {
 	}
 
 	// A valid username on a request that is not a WebSocket handshake.
-	resp, err := http.Get(td.baseURL + "/ws?username=alice")
+	status, body, err := get(td.baseURL + "/ws?username=alice")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "not using the websocket protocol") {
-		t.Fatalf("plain GET /ws: %d %q, want 400 saying it is not a WebSocket handshake", resp.StatusCode, body)
+	if status != http.StatusBadRequest || !strings.Contains(body, "not using the websocket protocol") {
+		t.Fatalf("plain GET /ws: %d %q, want 400 saying it is not a WebSocket handshake", status, body)
 	}
 
 	for _, ok := range []string{strings.Repeat("a", 128), "a.b_c@d%2Be-f", "org_acme", "sdutt", "test-user"} {
@@ -169,14 +167,12 @@ func TestHealthAndReadyEndpoints(t *testing.T) {
 	td := startDaemon(t, startRedis(t), nil)
 	td.waitReady()
 	for path, want := range map[string]string{"/health": "OK\n", "/ready": "ready\n"} {
-		resp, err := http.Get(td.baseURL + path)
+		status, body, err := get(td.baseURL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(body) != want {
-			t.Fatalf("%s: %d %q, want 200 %q", path, resp.StatusCode, body, want)
+		if status != http.StatusOK || body != want {
+			t.Fatalf("%s: %d %q, want 200 %q", path, status, body, want)
 		}
 	}
 }

@@ -259,3 +259,15 @@ func (s *Subscriber) probe(ctx context.Context) {
 		}
 	}
 }
+
+// sleepCtx waits for d or until ctx ends, and reports whether d elapsed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

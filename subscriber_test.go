@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -63,19 +62,15 @@ func TestStartsWhileRedisIsDownAndSubscribesWhenItComesUp(t *testing.T) {
 	r := redisAt(t) // nothing listens yet
 	td := startDaemon(t, r, nil)
 
-	resp, err := http.Get(td.baseURL + "/health")
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("/health while Redis is down: %v %v", resp, err)
+	if status, _, err := get(td.baseURL + "/health"); err != nil || status != http.StatusOK {
+		t.Fatalf("/health while Redis is down: %d %v", status, err)
 	}
-	resp.Body.Close()
-	resp, err = http.Get(td.baseURL + "/ready")
+	status, body, err := get(td.baseURL + "/ready")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.HasPrefix(string(body), "not ready: ") {
-		t.Fatalf("/ready while Redis is down: %d %q, want 503 with a reason", resp.StatusCode, body)
+	if status != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: ") {
+		t.Fatalf("/ready while Redis is down: %d %q, want 503 with a reason", status, body)
 	}
 	eventually(t, 10*time.Second, "retries logged", func() bool {
 		return countLines(td.logs.String(), "Redis subscription failed; retrying") >= 3
