@@ -54,8 +54,11 @@ type Client struct {
 	settings *clientSettings
 	// username is the user whose events this connection receives.
 	username string
-	// remote is the peer address, for logs.
+	// remote is the client address, for logs.
 	remote string
+	// expires is when the connection's token expires (zero: never); the
+	// write pump closes the connection then with disconnectExpired.
+	expires time.Time
 
 	// mu guards sendQueue, queuedBytes, pendingPong and closing.
 	mu sync.Mutex
@@ -155,11 +158,20 @@ func (c *Client) writePump() {
 	defer ping.Stop()
 	defer c.conn.Close()
 	defer c.logDisconnect()
+	var expired <-chan time.Time
+	if !c.expires.IsZero() {
+		expiry := time.NewTimer(time.Until(c.expires))
+		defer expiry.Stop()
+		expired = expiry.C
+	}
 
 	var batch [][]byte
 	for {
 		select {
 		case <-c.wake:
+		case <-expired:
+			c.hub.stats.ExpiredDisconnects.Add(1)
+			c.close(disconnectExpired)
 		case <-ping.C:
 			if err := c.write(websocket.PingMessage, nil); err != nil {
 				c.close(disconnectGone)
@@ -272,7 +284,11 @@ func (c *Client) logDisconnect() {
 	c.mu.Lock()
 	d := c.closing
 	c.mu.Unlock()
-	if d != nil && (*d == disconnectSlow || *d == disconnectFlood) {
+	switch {
+	case d == nil:
+	case *d == disconnectSlow, *d == disconnectFlood:
 		c.hub.logger.Warn("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
+	case *d == disconnectExpired:
+		c.hub.logger.Info("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
 	}
 }

@@ -1,13 +1,22 @@
 package main
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +60,63 @@ type Config struct {
 	ProbeTimeout  time.Duration
 	// RedisRetryMax caps the backoff between Redis reconnection attempts.
 	RedisRetryMax time.Duration
+
+	// AuthMode is authJWT, authLoopback (protected mode) or authNone.
+	AuthMode string
+	// JWT configures token verification when AuthMode is authJWT.
+	JWT JWTConfig
+
+	// MaxConnections bounds the open connections of the instance (0: no bound).
+	MaxConnections int
+	// MaxConnectionsPerUser bounds the open connections of one username.
+	MaxConnectionsPerUser int
+	// ConnectRatePerIP and ConnectBurstPerIP are the token bucket each client
+	// address gets for /ws requests (rate 0: no limit).
+	ConnectRatePerIP  float64
+	ConnectBurstPerIP int
+	// TrustedProxies are the peers whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+
+	// AdminAddr is the listener for stats and pprof ("" when off).
+	AdminAddr string
+	// AdminToken, when set, is required as a bearer token on AdminAddr.
+	AdminToken string
+	// Pprof mounts net/http/pprof on the admin listener.
+	Pprof bool
+}
+
+// The values of AUTH_MODE.
+const (
+	// authJWT requires a valid JWT on /ws.
+	authJWT = "jwt"
+	// authLoopback is protected mode: no authentication, loopback peers only.
+	authLoopback = "loopback"
+	// authNone accepts anyone who can reach the port.
+	authNone = "none"
+)
+
+// JWTConfig is how /ws tokens are verified and read.
+type JWTConfig struct {
+	// Exactly one key source is set: Secret (HMAC), PublicKey (from
+	// JWT_PUBLIC_KEY_FILE) or JWKSURL.
+	Secret    []byte
+	PublicKey crypto.PublicKey
+	JWKSURL   string
+	// JWKSRefresh is how often the JWKS is fetched again.
+	JWKSRefresh time.Duration
+	// Methods are the only signing algorithms accepted, pinned by the key.
+	Methods []string
+	// Issuer and Audience, when set, must match the token's iss and aud.
+	Issuer   string
+	Audience string
+	// UsernameClaim names the claim holding the username; GroupsClaim, when
+	// set, names a claim listing further channels the holder may watch.
+	UsernameClaim string
+	GroupsClaim   string
+	// Cookie, when set, is the cookie a browser may carry the token in.
+	Cookie string
+	// Leeway tolerates clock skew on exp and nbf.
+	Leeway time.Duration
 }
 
 // configError names the environment variable whose value is wrong.
@@ -172,7 +238,246 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	cfg.ProbeTimeout = r.duration("PROBE_TIMEOUT", 5*time.Second)
 	cfg.RedisRetryMax = r.duration("REDIS_RETRY_MAX", 5*time.Second)
 
+	cfg.AuthMode, cfg.JWT = r.auth()
+	if r.err == nil && cfg.JWT.Cookie != "" && cfg.AllowedOrigins == nil {
+		r.fail("ALLOWED_ORIGINS", r.str("ALLOWED_ORIGINS", "*"), "must list your frontend's origins when JWT_COOKIE is set; with * any website could open a WebSocket with your users' cookie (cross-site WebSocket hijacking)")
+	}
+
+	cfg.MaxConnections = r.intRange("MAX_CONNECTIONS", 0, 0, 1<<30)
+	cfg.MaxConnectionsPerUser = r.intRange("MAX_CONNECTIONS_PER_USER", 32, 0, 1<<30)
+	cfg.ConnectRatePerIP = r.float("CONNECT_RATE_PER_IP", 20, 0, 1e6)
+	cfg.ConnectBurstPerIP = r.intRange("CONNECT_BURST_PER_IP", 100, 1, 1<<30)
+	cfg.TrustedProxies = r.prefixes("TRUSTED_PROXIES")
+
+	cfg.AdminAddr, cfg.AdminToken = r.admin()
+	cfg.Pprof = r.boolean("PPROF", false)
+	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
+		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")
+	}
+
 	return cfg, r.err
+}
+
+func (r *envReader) float(name string, def, lo, hi float64) float64 {
+	v := strings.TrimSpace(r.getenv(name))
+	if v == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < lo || f > hi {
+		r.fail(name, v, fmt.Sprintf("must be a number from %g to %g", lo, hi))
+		return def
+	}
+	return f
+}
+
+// nonNegativeDuration is duration that also accepts 0.
+func (r *envReader) nonNegativeDuration(name string, def, hi time.Duration) time.Duration {
+	v := strings.TrimSpace(r.getenv(name))
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > hi {
+		r.fail(name, v, fmt.Sprintf("must be a duration from 0s to %s", hi))
+		return def
+	}
+	return d
+}
+
+// prefixes parses a comma-separated list of IP addresses and CIDR prefixes.
+func (r *envReader) prefixes(name string) []netip.Prefix {
+	var list []netip.Prefix
+	for _, item := range strings.Split(r.getenv(name), ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(item); err == nil {
+			list = append(list, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			r.fail(name, item, "each entry must be an IP address or a CIDR prefix such as 10.0.0.0/8")
+			return nil
+		}
+		a = a.Unmap()
+		list = append(list, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return list
+}
+
+// auth reads AUTH_MODE and the JWT_* variables. Without AUTH_MODE, a JWT key
+// source selects authJWT and its absence selects protected mode.
+func (r *envReader) auth() (string, JWTConfig) {
+	var j JWTConfig
+	secret := r.getenv("JWT_SECRET")
+	keyFile := r.str("JWT_PUBLIC_KEY_FILE", "")
+	j.JWKSURL = r.str("JWT_JWKS_URL", "")
+	var sources []string
+	for name, v := range map[string]string{"JWT_SECRET": secret, "JWT_PUBLIC_KEY_FILE": keyFile, "JWT_JWKS_URL": j.JWKSURL} {
+		if v != "" {
+			sources = append(sources, name)
+		}
+	}
+	slices.Sort(sources)
+
+	mode := strings.ToLower(r.str("AUTH_MODE", ""))
+	switch mode {
+	case "":
+		mode = authLoopback
+		if len(sources) > 0 {
+			mode = authJWT
+		}
+	case authJWT:
+		if len(sources) == 0 {
+			r.fail("AUTH_MODE", mode, "needs one of JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL")
+		}
+	case authNone, authLoopback:
+		if len(sources) > 0 {
+			r.fail("AUTH_MODE", mode, fmt.Sprintf("turns authentication off, but %s is set; unset one of them", sources[0]))
+		}
+	default:
+		r.fail("AUTH_MODE", mode, "must be jwt, loopback or none")
+	}
+	if len(sources) > 1 {
+		r.fail(sources[1], "", fmt.Sprintf("cannot be combined with %s; set exactly one JWT key source", sources[0]))
+	}
+	if mode != authJWT || r.err != nil {
+		return mode, j
+	}
+
+	switch {
+	case secret != "":
+		if len(secret) < 32 {
+			// The secret itself is never echoed.
+			r.fail("JWT_SECRET", "", fmt.Sprintf("is %d bytes; HMAC keys must be at least 32 bytes (generate one with: openssl rand -base64 32)", len(secret)))
+		}
+		j.Secret = []byte(secret)
+		j.Methods = []string{"HS256", "HS384", "HS512"}
+	case keyFile != "":
+		key, methods, err := readPublicKey(keyFile)
+		if err != nil {
+			r.fail("JWT_PUBLIC_KEY_FILE", keyFile, err.Error())
+		}
+		j.PublicKey, j.Methods = key, methods
+	default:
+		if u, err := url.Parse(j.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			r.fail("JWT_JWKS_URL", j.JWKSURL, "must be an http:// or https:// URL")
+		}
+		// A JWKS never holds a shared secret: HMAC algorithms stay out.
+		j.Methods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+	}
+	j.JWKSRefresh = r.duration("JWT_JWKS_REFRESH", 15*time.Minute)
+	j.Issuer = r.str("JWT_ISSUER", "")
+	j.Audience = r.str("JWT_AUDIENCE", "")
+	j.UsernameClaim = r.str("JWT_USERNAME_CLAIM", "sub")
+	j.GroupsClaim = r.str("JWT_GROUPS_CLAIM", "")
+	j.Cookie = r.str("JWT_COOKIE", "")
+	if j.Cookie != "" && !validCookieName(j.Cookie) {
+		r.fail("JWT_COOKIE", j.Cookie, "is not a valid cookie name")
+	}
+	j.Leeway = r.nonNegativeDuration("JWT_LEEWAY", 0, 5*time.Minute)
+	return mode, j
+}
+
+// readPublicKey reads a PEM public key (or certificate) and returns it with
+// the signing algorithms its type allows, so that a token can never choose
+// an algorithm of another family.
+func readPublicKey(path string) (crypto.PublicKey, []string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot read: %v", errors.Unwrap(err))
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, nil, errors.New("holds no PEM block")
+	}
+	var key any
+	switch block.Type {
+	case "CERTIFICATE":
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bad certificate: %v", err)
+		}
+		key = cert.PublicKey
+	case "RSA PUBLIC KEY":
+		key, err = x509.ParsePKCS1PublicKey(block.Bytes)
+	case "PUBLIC KEY":
+		key, err = x509.ParsePKIXPublicKey(block.Bytes)
+	default:
+		return nil, nil, fmt.Errorf("holds a %q PEM block; give the PUBLIC KEY (never the private key)", block.Type)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("bad public key: %v", err)
+	}
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return nil, nil, fmt.Errorf("RSA key is %d bits; at least 2048 are required", k.N.BitLen())
+		}
+		return k, []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}, nil
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return k, []string{"ES256"}, nil
+		case elliptic.P384():
+			return k, []string{"ES384"}, nil
+		case elliptic.P521():
+			return k, []string{"ES512"}, nil
+		}
+		return nil, nil, fmt.Errorf("ECDSA curve %s is not supported; use P-256, P-384 or P-521", k.Curve.Params().Name)
+	case ed25519.PublicKey:
+		return k, []string{"EdDSA"}, nil
+	}
+	return nil, nil, fmt.Errorf("key type %T is not supported; use RSA, ECDSA or Ed25519", key)
+}
+
+// validCookieName reports whether name is an RFC 6265 token.
+func validCookieName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if b <= ' ' || b >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", b) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// admin reads ADMIN_ADDR and ADMIN_TOKEN. An admin listener reachable from
+// the network needs a token.
+func (r *envReader) admin() (addr, token string) {
+	addr = r.str("ADMIN_ADDR", "127.0.0.1:9084")
+	token = r.getenv("ADMIN_TOKEN")
+	if token != "" && len(token) < 16 {
+		r.fail("ADMIN_TOKEN", "", fmt.Sprintf("is %d characters; use at least 16 (for example: openssl rand -hex 16)", len(token)))
+	}
+	if strings.EqualFold(addr, "off") {
+		return "", token
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		r.fail("ADMIN_ADDR", addr, "must be host:port (for example 127.0.0.1:9084) or off")
+		return addr, token
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		r.fail("ADMIN_ADDR", addr, "has a bad port")
+		return addr, token
+	}
+	if token == "" && !loopbackHost(host) {
+		r.fail("ADMIN_ADDR", addr, "is reachable from the network; set ADMIN_TOKEN, or listen on 127.0.0.1")
+	}
+	return addr, token
+}
+
+// loopbackHost reports whether a listen host only accepts local peers.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 // redisOptions builds the go-redis options from REDIS_URL, or from

@@ -19,6 +19,9 @@ var (
 	// disconnectFlood ends a connection that sends more than a push-only
 	// endpoint expects.
 	disconnectFlood = disconnect{websocket.ClosePolicyViolation, "too many messages from client"}
+	// disconnectExpired ends a connection when its token expires; the client
+	// reconnects with a fresh token.
+	disconnectExpired = disconnect{4001, "token expired"}
 	// disconnectGone ends a connection whose peer closed it or stopped
 	// answering; no close frame is sent.
 	disconnectGone = disconnect{0, "connection closed by peer"}

@@ -186,9 +186,11 @@ type testDaemon struct {
 	pub     *redis.Client
 	baseURL string
 	wsURL   string
-	logs    *syncBuffer
-	cancel  context.CancelFunc
-	done    chan error
+	// adminURL is the admin listener's base URL ("" when it is off).
+	adminURL string
+	logs     *syncBuffer
+	cancel   context.CancelFunc
+	done     chan error
 }
 
 // testEnv is the environment the test daemons start from: short timings so
@@ -201,6 +203,11 @@ func testEnv(r *redisServer) map[string]string {
 		"PROBE_INTERVAL":  "100ms",
 		"PROBE_TIMEOUT":   "400ms",
 		"REDIS_RETRY_MAX": "300ms",
+		// Tests open many connections from 127.0.0.1; the limit tests
+		// set their own.
+		"CONNECT_RATE_PER_IP":      "0",
+		"MAX_CONNECTIONS_PER_USER": "0",
+		"ADMIN_ADDR":               "127.0.0.1:0",
 	}
 }
 
@@ -221,10 +228,20 @@ func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemo
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
+	var adminLn net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+	}
+	d, err := newDaemon(cfg, logger)
+	if err != nil {
+		t.Fatalf("newDaemon: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	td := &testDaemon{
 		t:       t,
-		d:       newDaemon(cfg, logger),
+		d:       d,
 		redis:   r,
 		pub:     r.client(),
 		baseURL: "http://" + ln.Addr().String(),
@@ -233,7 +250,10 @@ func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemo
 		cancel:  cancel,
 		done:    make(chan error, 1),
 	}
-	go func() { td.done <- td.d.run(ctx, ln) }()
+	if adminLn != nil {
+		td.adminURL = "http://" + adminLn.Addr().String()
+	}
+	go func() { td.done <- td.d.run(ctx, ln, adminLn) }()
 	t.Cleanup(func() {
 		td.stop()
 		if t.Failed() {

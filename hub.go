@@ -28,11 +28,19 @@ type Hub struct {
 	logger   *slog.Logger
 	stats    *Stats
 
+	// maxConnections and maxPerUser are MAX_CONNECTIONS and
+	// MAX_CONNECTIONS_PER_USER (0: no limit).
+	maxConnections int64
+	maxPerUser     int
+
 	// closing is set when shutdown begins; register refuses from then on.
 	closing atomic.Bool
 	// connections and users are the current totals, for logs and stats.
 	connections atomic.Int64
 	users       atomic.Int64
+	// slots counts open connections plus reserved ones (upgrades under
+	// way), against maxConnections.
+	slots atomic.Int64
 	// wg counts the read and write pumps of every client; the hub owns them
 	// and shutdown waits for them.
 	wg sync.WaitGroup
@@ -40,25 +48,73 @@ type Hub struct {
 
 // hubShard is one part of the username → connections map.
 type hubShard struct {
-	// mu guards users; broadcasts take it for reading.
+	// mu guards users and reserved; broadcasts take it for reading.
 	mu    sync.RWMutex
 	users map[string]map[*Client]struct{}
+	// reserved counts, per username, the connections being upgraded.
+	reserved map[string]int
 }
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
 	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats}
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})
+		h.shards[i].reserved = make(map[string]int)
 	}
 	return h
+}
+
+// setLimits sets MAX_CONNECTIONS and MAX_CONNECTIONS_PER_USER (0: none).
+func (h *Hub) setLimits(maxConnections, maxPerUser int) {
+	h.maxConnections = int64(maxConnections)
+	h.maxPerUser = maxPerUser
+}
+
+// reserve claims a connection slot for username before the WebSocket
+// upgrade, so that a request over a limit gets an HTTP answer. A reserved
+// slot ends in register (which uses it) or release.
+func (h *Hub) reserve(username string) error {
+	s := h.shard(username)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h.closing.Load() {
+		return errHubClosed
+	}
+	if h.maxPerUser > 0 && len(s.users[username])+s.reserved[username] >= h.maxPerUser {
+		return errUserLimit
+	}
+	if n := h.slots.Add(1); h.maxConnections > 0 && n > h.maxConnections {
+		h.slots.Add(-1)
+		return errInstanceLimit
+	}
+	s.reserved[username]++
+	return nil
+}
+
+// release gives back a slot reserved for username whose upgrade failed.
+func (h *Hub) release(username string) {
+	s := h.shard(username)
+	s.mu.Lock()
+	h.unreserve(s, username)
+	s.mu.Unlock()
+	h.slots.Add(-1)
+}
+
+// unreserve drops one reservation of username; s.mu must be held.
+func (*Hub) unreserve(s *hubShard, username string) {
+	if s.reserved[username] <= 1 {
+		delete(s.reserved, username)
+		return
+	}
+	s.reserved[username]--
 }
 
 func (h *Hub) shard(username string) *hubShard {
 	return &h.shards[maphash.String(h.seed, username)%hubShardCount]
 }
 
-// register adds c to the hub and starts its pumps. It fails once shutdown
-// has begun.
+// register adds c, whose slot was reserved, to the hub and starts its
+// pumps. It fails once shutdown has begun, and the slot is then released.
 func (h *Hub) register(c *Client) error {
 	if err := h.add(c); err != nil {
 		return err
@@ -68,15 +124,17 @@ func (h *Hub) register(c *Client) error {
 	return nil
 }
 
-// add puts c in the username map and counts its two pumps, which the
-// caller must start.
+// add turns the slot reserved for c into an entry in the username map and
+// counts its two pumps, which the caller must start.
 func (h *Hub) add(c *Client) error {
 	s := h.shard(c.username)
 	s.mu.Lock()
+	h.unreserve(s, c.username)
 	// Checked under the shard lock: shutdown sets closing before it walks
 	// the shards, so it either sees c or register sees closing.
 	if h.closing.Load() {
 		s.mu.Unlock()
+		h.slots.Add(-1)
 		return errHubClosed
 	}
 	conns := s.users[c.username]
@@ -103,6 +161,7 @@ func (h *Hub) unregister(c *Client) int {
 	}
 	delete(conns, c)
 	h.connections.Add(-1)
+	h.slots.Add(-1)
 	if len(conns) == 0 {
 		delete(s.users, c.username)
 		h.users.Add(-1)

@@ -18,6 +18,9 @@ func newTestHub(queueSize, queueBytes int) *Hub {
 // so the test reads its queue directly.
 func addClient(t testing.TB, h *Hub, username string) *Client {
 	t.Helper()
+	if err := h.reserve(username); err != nil {
+		t.Fatal(err)
+	}
 	c := newClient(h, nil, username, "test")
 	if err := h.add(c); err != nil {
 		t.Fatal(err)
@@ -152,11 +155,60 @@ func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
 
 func TestRegisterIsRefusedOnceShutdownBegins(t *testing.T) {
 	h := newTestHub(10, 1<<20)
+	if err := h.reserve("late"); err != nil {
+		t.Fatal(err)
+	}
 	if err := h.shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.add(newClient(h, nil, "late", "test")); err != errHubClosed {
 		t.Fatalf("add after shutdown: %v, want errHubClosed", err)
+	}
+	if n := h.slots.Load(); n != 0 {
+		t.Fatalf("the refused connection still holds a slot: slots = %d", n)
+	}
+	if err := h.reserve("later"); err != errHubClosed {
+		t.Fatalf("reserve after shutdown: %v, want errHubClosed", err)
+	}
+}
+
+func TestReserveEnforcesPerUserAndInstanceLimits(t *testing.T) {
+	h := newTestHub(10, 1<<20)
+	h.setLimits(3, 2)
+
+	a1 := addClient(t, h, "alice")
+	if err := h.reserve("alice"); err != nil {
+		t.Fatalf("alice's second connection: %v", err)
+	}
+	// A reservation counts like an open connection.
+	if err := h.reserve("alice"); err != errUserLimit {
+		t.Fatalf("alice's third connection: %v, want errUserLimit", err)
+	}
+	addClient(t, h, "bob")
+	if err := h.reserve("carol"); err != errInstanceLimit {
+		t.Fatalf("fourth connection on the instance: %v, want errInstanceLimit", err)
+	}
+
+	// A failed upgrade gives its slot back; so does a closed connection.
+	h.release("alice")
+	if err := h.reserve("carol"); err != nil {
+		t.Fatalf("carol after alice's failed upgrade: %v", err)
+	}
+	h.release("carol")
+	h.unregister(a1)
+	if err := h.reserve("alice"); err != nil {
+		t.Fatalf("alice after one of hers closed: %v", err)
+	}
+	if err := h.reserve("alice"); err != nil {
+		t.Fatalf("alice's second slot: %v", err)
+	}
+	if err := h.reserve("dave"); err != errInstanceLimit {
+		t.Fatalf("instance full again: %v, want errInstanceLimit", err)
+	}
+	h.release("alice")
+	h.release("alice")
+	if n, left := h.slots.Load(), len(h.shard("alice").reserved); n != 1 || left != 0 {
+		t.Fatalf("slots = %d (want 1: bob), alice reservations left = %d", n, left)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,7 +40,19 @@ func main() {
 		logger.Error("Cannot listen", "addr", cfg.ListenAddr, "err", err)
 		os.Exit(1)
 	}
-	if err := newDaemon(cfg, logger).run(ctx, ln); err != nil {
+	var adminLn net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			logger.Error("Cannot listen", "addr", cfg.AdminAddr, "variable", "ADMIN_ADDR", "err", err)
+			os.Exit(1)
+		}
+	}
+	d, err := newDaemon(cfg, logger)
+	if err != nil {
+		logger.Error("Cannot start", "err", err)
+		os.Exit(1)
+	}
+	if err := d.run(ctx, ln, adminLn); err != nil {
 		logger.Error("Stopped with an error", "err", err)
 		os.Exit(1)
 	}
@@ -47,16 +60,28 @@ func main() {
 
 // daemon wires the hub, the Redis subscriber and the HTTP server together.
 type daemon struct {
-	cfg    Config
-	logger *slog.Logger
-	stats  *Stats
-	rdb    *redis.Client
-	hub    *Hub
-	sub    *Subscriber
-	server *Server
+	cfg     Config
+	logger  *slog.Logger
+	stats   *Stats
+	rdb     *redis.Client
+	hub     *Hub
+	sub     *Subscriber
+	auth    *Authenticator
+	server  *Server
+	started time.Time
+	// stopAuth ends the JWKS refresh; run calls it on the way out.
+	stopAuth context.CancelFunc
 }
 
-func newDaemon(cfg Config, logger *slog.Logger) *daemon {
+// newDaemon builds the daemon for cfg. Its background work (the JWKS
+// refresh) ends when run returns.
+func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
+	authCtx, stopAuth := context.WithCancel(context.Background())
+	auth, err := newAuthenticator(authCtx, cfg, logger)
+	if err != nil {
+		stopAuth()
+		return nil, fmt.Errorf("authentication: %w", err)
+	}
 	stats := &Stats{}
 	opts := *cfg.Redis
 	// Failing fast lets the subscriber's own backoff decide when to retry.
@@ -70,30 +95,69 @@ func newDaemon(cfg Config, logger *slog.Logger) *daemon {
 		pongWait:       cfg.PongWait,
 		writeWait:      cfg.WriteWait,
 	}, logger, stats)
-	sub := newSubscriber(rdb, hub, cfg, logger, stats)
-	return &daemon{
-		cfg:    cfg,
-		logger: logger,
-		stats:  stats,
-		rdb:    rdb,
-		hub:    hub,
-		sub:    sub,
-		server: newServer(hub, cfg, logger, stats, sub.ready),
+	hub.setLimits(cfg.MaxConnections, cfg.MaxConnectionsPerUser)
+	d := &daemon{
+		cfg:      cfg,
+		logger:   logger,
+		stats:    stats,
+		rdb:      rdb,
+		hub:      hub,
+		sub:      newSubscriber(rdb, hub, cfg, logger, stats),
+		auth:     auth,
+		started:  time.Now(),
+		stopAuth: stopAuth,
+	}
+	d.server = newServer(hub, cfg, logger, stats, auth, func() (bool, string) { return d.ready(context.Background()) })
+	return d, nil
+}
+
+// ready reports whether the daemon can deliver events to new connections:
+// the Redis subscription is confirmed and tokens can be verified.
+func (d *daemon) ready(ctx context.Context) (bool, string) {
+	if ok, why := d.sub.ready(); !ok {
+		return false, why
+	}
+	return d.auth.ready(ctx)
+}
+
+// logAuthMode says at start-up who may connect; the modes without
+// authentication are loud about it.
+func (d *daemon) logAuthMode() {
+	switch d.cfg.AuthMode {
+	case authLoopback:
+		d.logger.Warn("PROTECTED MODE: no authentication is configured, so WebSocket connections are accepted from loopback clients only. " +
+			"Set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL to serve browsers on other hosts (or AUTH_MODE=none to accept anyone)")
+	case authNone:
+		d.logger.Warn("AUTHENTICATION IS OFF (AUTH_MODE=none): anyone who can reach this port can read any user's events. " +
+			"Set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL for production")
+	case authJWT:
+		source := "JWT_JWKS_URL"
+		switch {
+		case d.cfg.JWT.Secret != nil:
+			source = "JWT_SECRET"
+		case d.cfg.JWT.PublicKey != nil:
+			source = "JWT_PUBLIC_KEY_FILE"
+		}
+		d.logger.Info("JWT authentication", "key", source, "algorithms", strings.Join(d.cfg.JWT.Methods, ","),
+			"username_claim", d.cfg.JWT.UsernameClaim, "groups_claim", d.cfg.JWT.GroupsClaim, "cookie", d.cfg.JWT.Cookie)
 	}
 }
 
 // redisLogOnce routes go-redis's package-level logger to slog once per process.
 var redisLogOnce sync.Once
 
-// run serves on ln until ctx ends, then shuts down gracefully within
-// ShutdownTimeout: it stops accepting, stops the subscriber and sends every
-// client a going-away close frame. It owns every goroutine it starts.
-func (d *daemon) run(ctx context.Context, ln net.Listener) error {
+// run serves on ln (and the admin routes on adminLn, unless nil) until ctx
+// ends, then shuts down gracefully within ShutdownTimeout: it stops
+// accepting, stops the subscriber and sends every client a going-away close
+// frame. It owns every goroutine it starts.
+func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
+	defer d.stopAuth()
 	redisLogOnce.Do(func() {
 		redis.SetLogger(redisLogger{logger: d.logger, limiter: newLogLimiter(1, 5)})
 	})
 	d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
 		"redis", d.cfg.Redis.Addr, "pattern", channelPattern)
+	d.logAuthMode()
 
 	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -104,14 +168,27 @@ func (d *daemon) run(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
 	}
-	serveErr := make(chan error, 1)
-	wg.Go(func() { serveErr <- httpServer.Serve(ln) })
+	serveErr := make(chan error, 2)
+	wg.Go(func() { serveErr <- fmt.Errorf("serve %s: %w", ln.Addr(), httpServer.Serve(ln)) })
+	var adminServer *http.Server
+	if adminLn != nil {
+		adminServer = &http.Server{
+			Handler:           d.adminRoutes(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
+		}
+		d.logger.Info("Admin listener", "addr", adminLn.Addr().String(), "token_required", d.cfg.AdminToken != "", "pprof", d.cfg.Pprof)
+		wg.Go(func() {
+			if err := adminServer.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("serve admin %s: %w", adminLn.Addr(), err)
+			}
+		})
+	}
 
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:
-		err = fmt.Errorf("serve %s: %w", ln.Addr(), err)
 	}
 
 	d.logger.Info("Shutting down", "connections", d.hub.connections.Load(), "timeout", d.cfg.ShutdownTimeout)
@@ -119,6 +196,10 @@ func (d *daemon) run(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	if serr := httpServer.Shutdown(shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		d.logger.Warn("HTTP shutdown incomplete", "err", serr)
+	}
+	if adminServer != nil {
+		// A pprof profile in progress is cut short rather than waited for.
+		_ = adminServer.Close()
 	}
 	stopSub()
 	if herr := d.hub.shutdown(shutdownCtx); herr != nil {

@@ -18,7 +18,8 @@ import (
 // daemonCommand runs this test binary as the real fanout process.
 func daemonCommand(t testing.TB, env ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), append([]string{"FANOUT_TEST_RUN_MAIN=1"}, env...)...)
+	// A free admin port, so that daemons of parallel tests never collide.
+	cmd.Env = append(os.Environ(), append([]string{"FANOUT_TEST_RUN_MAIN=1", "ADMIN_ADDR=127.0.0.1:0"}, env...)...)
 	return cmd
 }
 
@@ -147,7 +148,7 @@ func TestStartScriptStartsALocalRedisAndTheDaemon(t *testing.T) {
 	redisPort, httpPort := freePort(t), freePort(t)
 	cmd := exec.Command("./start.sh")
 	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(httpPort), "LISTEN_HOST=127.0.0.1",
-		"REDIS_HOST=localhost", "REDIS_PORT="+strconv.Itoa(redisPort))
+		"REDIS_HOST=localhost", "REDIS_PORT="+strconv.Itoa(redisPort), "ADMIN_ADDR=127.0.0.1:"+strconv.Itoa(freePort(t)))
 	p := startProcess(t, cmd)
 	pidFile := filepath.Join(".run", "redis-"+strconv.Itoa(redisPort)+".pid")
 	t.Cleanup(func() {
@@ -166,6 +167,8 @@ func TestStartScriptStartsALocalRedisAndTheDaemon(t *testing.T) {
 
 	p.waitLog(t, 30*time.Second, "start.sh: started a local redis-server on port "+strconv.Itoa(redisPort))
 	p.waitLog(t, 120*time.Second, "Subscribed to Redis") // includes go build
+	// The quick start runs in protected mode, and says so.
+	p.waitLog(t, time.Second, "PROTECTED MODE")
 	conn := dialWS(t, "ws://127.0.0.1:"+strconv.Itoa(httpPort)+"/ws?username=test-user", nil)
 	p.waitLog(t, 5*time.Second, "New WebSocket connection")
 	r := &redisServer{tb: t, port: redisPort}

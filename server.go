@@ -1,13 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -22,19 +24,30 @@ type Server struct {
 	cfg      Config
 	logger   *slog.Logger
 	stats    *Stats
+	auth     *Authenticator
 	ready    func() (bool, string)
 	upgrader websocket.Upgrader
+	// addrLimiter rate-limits /ws requests per client address (nil: off).
+	addrLimiter *ipLimiter
 	// rejectLog rate-limits the lines for refused requests.
 	rejectLog *logLimiter
+	// untrustedForwardWarned is set once the TRUSTED_PROXIES warning is out.
+	untrustedForwardWarned atomic.Bool
 }
 
-func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, ready func() (bool, string)) *Server {
+func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Authenticator, ready func() (bool, string)) *Server {
+	var addrLimiter *ipLimiter
+	if cfg.ConnectRatePerIP > 0 {
+		addrLimiter = newIPLimiter(cfg.ConnectRatePerIP, cfg.ConnectBurstPerIP)
+	}
 	return &Server{
-		hub:    hub,
-		cfg:    cfg,
-		logger: logger,
-		stats:  stats,
-		ready:  ready,
+		hub:         hub,
+		cfg:         cfg,
+		logger:      logger,
+		stats:       stats,
+		auth:        auth,
+		ready:       ready,
+		addrLimiter: addrLimiter,
 		upgrader: websocket.Upgrader{
 			// Clients only send pongs and close frames: a small read buffer.
 			ReadBufferSize: 1024,
@@ -83,38 +96,88 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ready")
 }
 
-// handleWebSocket validates the request, upgrades it and registers the
-// connection with the hub.
+// handleWebSocket checks the request (address rate, protected mode, origin,
+// identity, connection limits) before the upgrade, so that every refusal is
+// an HTTP status with a one-line reason, then registers the connection.
 func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
-	remote := remoteHost(r)
-	username := r.URL.Query().Get("username")
-	if err := validateUsername(username); err != nil {
-		s.reject(w, r, remote, http.StatusBadRequest, err.Error())
+	client := clientAddr(r, s.cfg.TrustedProxies)
+	remote := client.String()
+	if !client.IsValid() {
+		remote = r.RemoteAddr
+	}
+	s.warnUntrustedForward(r)
+	if s.hub.closing.Load() {
+		s.reject(w, remote, http.StatusServiceUnavailable, rejectShuttingDown, errHubClosed.Error())
 		return
+	}
+	if ok, wait := s.addrLimiter.allow(client, time.Now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
+		s.reject(w, remote, http.StatusTooManyRequests, rejectRateLimited, "too many connection attempts from this address (CONNECT_RATE_PER_IP); retry later")
+		return
+	}
+	if s.cfg.AuthMode == authLoopback {
+		if reason := protectedModeRefusal(r); reason != "" {
+			s.reject(w, remote, http.StatusForbidden, rejectProtectedMode, reason)
+			return
+		}
 	}
 	if origin := r.Header.Get("Origin"); origin != "" && !s.originAllowed(origin) {
-		s.reject(w, r, remote, http.StatusForbidden, fmt.Sprintf("origin %q is not in ALLOWED_ORIGINS", origin))
+		s.reject(w, remote, http.StatusForbidden, rejectOrigin, fmt.Sprintf("origin %q is not in ALLOWED_ORIGINS", origin))
 		return
 	}
-	if s.hub.closing.Load() {
-		s.reject(w, r, remote, http.StatusServiceUnavailable, errHubClosed.Error())
+	id, err := s.auth.authenticate(r)
+	if err != nil {
+		var aerr *authError
+		if !errors.As(err, &aerr) {
+			aerr = &authError{status: http.StatusUnauthorized, reason: "invalid token"}
+		}
+		reason := rejectForbidden
+		switch aerr.status {
+		case http.StatusBadRequest:
+			reason = rejectBadRequest
+		case http.StatusUnauthorized:
+			reason = rejectUnauthorized
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
+		}
+		s.reject(w, remote, aerr.status, reason, aerr.reason)
+		return
+	}
+	switch err := s.hub.reserve(id.username); err {
+	case nil:
+	case errUserLimit:
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterUserLimit))
+		s.reject(w, remote, http.StatusTooManyRequests, rejectUserLimit,
+			fmt.Sprintf("%q already has %d connections (MAX_CONNECTIONS_PER_USER); close one and retry", id.username, s.cfg.MaxConnectionsPerUser))
+		return
+	case errInstanceLimit:
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterInstanceLimit))
+		s.reject(w, remote, http.StatusServiceUnavailable, rejectInstanceLimit, err.Error()+"; retry later or on another instance")
+		return
+	default:
+		s.reject(w, remote, http.StatusServiceUnavailable, rejectShuttingDown, err.Error())
 		return
 	}
 
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
-		s.stats.ConnectionsRejected.Add(1)
-		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "err", err)
+		s.hub.release(id.username)
+		s.stats.reject(rejectUpgradeFailed)
+		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "reason", rejectUpgradeFailed, "err", err)
 		return
 	}
-	c := newClient(s.hub, conn, username, remote)
+	c := newClient(s.hub, conn, id.username, remote)
+	c.expires = id.expires
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
-	s.logger.Info("New WebSocket connection", "username", username, "remote", remote)
+	if id.subject != "" && id.subject != id.username {
+		s.logger.Info("New WebSocket connection", "username", id.username, "remote", remote, "subject", id.subject)
+	} else {
+		s.logger.Info("New WebSocket connection", "username", id.username, "remote", remote)
+	}
 	if err := s.hub.register(c); err != nil {
-		s.stats.ConnectionsRejected.Add(1)
-		s.logger.Info("Closing new connection: server shutting down", "username", username, "remote", remote)
+		s.stats.reject(rejectShuttingDown)
+		s.logger.Info("Closing new connection: server shutting down", "username", id.username, "remote", remote)
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)
 		_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
 		_ = conn.Close()
@@ -123,11 +186,39 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	s.stats.ConnectionsAccepted.Add(1)
 }
 
-// reject answers a /ws request that cannot be upgraded with a one-line reason.
-func (s *Server) reject(w http.ResponseWriter, r *http.Request, remote string, status int, reason string) {
-	s.stats.ConnectionsRejected.Add(1)
-	s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "status", status, "reason", reason)
+// reject answers a /ws request that cannot be upgraded with a one-line
+// reason, and logs (rate-limited) and counts it.
+func (s *Server) reject(w http.ResponseWriter, remote string, status int, why rejectReason, reason string) {
+	s.stats.reject(why)
+	s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "status", status, "reason", why, "detail", reason)
 	http.Error(w, reason, status)
+}
+
+// protectedModeRefusal returns why protected mode refuses r, or "" when r
+// comes from a loopback peer that no proxy header places elsewhere.
+func protectedModeRefusal(r *http.Request) string {
+	const how = "; set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL (or AUTH_MODE=none to accept anyone)"
+	if !peerAddr(r).IsLoopback() {
+		return "protected mode: no authentication is configured, so only loopback clients may connect" + how
+	}
+	if fwd := forwardedForRemote(r.Header); fwd != "" {
+		return "protected mode: no authentication is configured, and this request was forwarded for a non-loopback client" + how
+	}
+	return ""
+}
+
+// warnUntrustedForward says once that X-Forwarded-For arrives from a peer
+// outside TRUSTED_PROXIES, the usual sign of a proxy left out of it.
+func (s *Server) warnUntrustedForward(r *http.Request) {
+	if r.Header.Get("X-Forwarded-For") == "" || s.untrustedForwardWarned.Load() {
+		return
+	}
+	peer := peerAddr(r)
+	if inPrefixes(peer, s.cfg.TrustedProxies) || !s.untrustedForwardWarned.CompareAndSwap(false, true) {
+		return
+	}
+	s.logger.Warn("X-Forwarded-For ignored: the peer is not in TRUSTED_PROXIES, so per-address limits and logs use the peer's address; list your proxies in TRUSTED_PROXIES",
+		"peer", peer.String())
 }
 
 // originAllowed reports whether a browser origin may connect.
@@ -164,13 +255,4 @@ func usernameByte(b byte) bool {
 		return true
 	}
 	return false
-}
-
-// remoteHost returns the peer's IP address without the port.
-func remoteHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }

@@ -7,8 +7,10 @@ import "sync/atomic"
 type Stats struct {
 	// ConnectionsAccepted counts WebSocket upgrades that were registered.
 	ConnectionsAccepted atomic.Uint64
-	// ConnectionsRejected counts /ws requests refused before the upgrade.
+	// ConnectionsRejected counts /ws requests refused before the upgrade;
+	// Rejected splits it by reason.
 	ConnectionsRejected atomic.Uint64
+	Rejected            [rejectReasonCount]atomic.Uint64
 	// MessagesReceived counts payloads read from user channels in Redis.
 	MessagesReceived atomic.Uint64
 	// MessagesInvalid counts payloads dropped for being empty or not JSON.
@@ -25,10 +27,51 @@ type Stats struct {
 	SlowDisconnects atomic.Uint64
 	// FloodDisconnects counts connections closed for sending too much.
 	FloodDisconnects atomic.Uint64
+	// ExpiredDisconnects counts connections closed when their token expired.
+	ExpiredDisconnects atomic.Uint64
 	// RedisFailures counts Redis subscription sessions that ended in an error.
 	RedisFailures atomic.Uint64
 	// ProbesMissed counts self-probes that did not come back in time.
 	ProbesMissed atomic.Uint64
+}
+
+// rejectReason is why a /ws request was refused, as counted.
+type rejectReason int
+
+const (
+	rejectBadRequest rejectReason = iota
+	rejectUnauthorized
+	rejectForbidden
+	rejectOrigin
+	rejectProtectedMode
+	rejectRateLimited
+	rejectUserLimit
+	rejectInstanceLimit
+	rejectShuttingDown
+	rejectUpgradeFailed
+	rejectReasonCount
+)
+
+// rejectReasonNames are the reasons' names in logs and stats.
+var rejectReasonNames = [rejectReasonCount]string{
+	rejectBadRequest:    "bad_request",
+	rejectUnauthorized:  "unauthorized",
+	rejectForbidden:     "forbidden",
+	rejectOrigin:        "origin",
+	rejectProtectedMode: "protected_mode",
+	rejectRateLimited:   "rate_limited",
+	rejectUserLimit:     "user_limit",
+	rejectInstanceLimit: "instance_limit",
+	rejectShuttingDown:  "shutting_down",
+	rejectUpgradeFailed: "upgrade_failed",
+}
+
+func (r rejectReason) String() string { return rejectReasonNames[r] }
+
+// reject counts one refused /ws request.
+func (s *Stats) reject(reason rejectReason) {
+	s.ConnectionsRejected.Add(1)
+	s.Rejected[reason].Add(1)
 }
 
 // logValues returns the counters as slog key-value pairs.
@@ -43,6 +86,7 @@ func (s *Stats) logValues() []any {
 		"frames_dropped", s.FramesDropped.Load(),
 		"slow_disconnects", s.SlowDisconnects.Load(),
 		"flood_disconnects", s.FloodDisconnects.Load(),
+		"expired_disconnects", s.ExpiredDisconnects.Load(),
 		"redis_failures", s.RedisFailures.Load(),
 		"probes_missed", s.ProbesMissed.Load(),
 	}
