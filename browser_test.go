@@ -8,8 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // browserPage is the README's browser example, reporting what happens in
@@ -64,5 +67,73 @@ func TestBrowserOnAnOriginOutsideAllowedOriginsIsRefused(t *testing.T) {
 	want := fmt.Sprintf(`origin %q is not in ALLOWED_ORIGINS`, pageURL)
 	if !strings.Contains(td.logs.String(), strings.ReplaceAll(want, `"`, `\"`)) {
 		t.Fatalf("daemon did not log the refused origin %s:\n%s", pageURL, td.logs.String())
+	}
+}
+
+// readmeRefreshSnippet returns the README's token-refresh example, wired to
+// the test daemon and reporting each event's n in the page title.
+func readmeRefreshSnippet(t *testing.T, wsURL string) string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const marker = "// fanout: connect with a fresh token"
+	_, after, ok := strings.Cut(string(readme), "```javascript\n"+marker)
+	snippet, _, ok2 := strings.Cut(marker+after, "```")
+	call := `connectFanout('wss://events.example.com/ws', '/api/fanout-token', (data) => console.log('Event:', data));`
+	if !ok || !ok2 || !strings.Contains(snippet, call) {
+		t.Fatal("README.md has no token-refresh snippet ending with the connectFanout call")
+	}
+	return strings.Replace(snippet, call,
+		fmt.Sprintf(`connectFanout(%q, '/api/fanout-token', (data) => { document.title = 'event ' + data.n; });`, wsURL), 1)
+}
+
+func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
+	td := startDaemon(t, startRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
+	td.waitReady()
+	var tokensIssued atomic.Int64
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/fanout-token" {
+			tokensIssued.Add(1)
+			// Expires within 1 to 2 seconds (exp has whole seconds).
+			c := claims("alice", 0)
+			c["exp"] = time.Now().Add(2 * time.Second).Unix()
+			fmt.Fprint(w, mint(t, jwt.SigningMethodHS256, []byte(testSecret), c, ""))
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, "<!doctype html>\n<title>loading</title>\n<script>\n%s</script>\n", readmeRefreshSnippet(t, td.wsURL))
+	}))
+	t.Cleanup(page.Close)
+	cmd := exec.Command("node", "open-page.mjs", page.URL, "event after-expiry", "30000")
+	cmd.Dir = "e2e"
+	browser := startProcess(t, cmd)
+
+	// Events reach the first connection; then its token expires twice.
+	eventually(t, 30*time.Second, "browser connected", func() bool { return td.d.hub.connectionCount("alice") == 1 })
+	eventually(t, 15*time.Second, "two expiries", func() bool {
+		td.publish("alice", `{"n":"before"}`)
+		time.Sleep(50 * time.Millisecond)
+		return td.d.stats.ExpiredDisconnects.Load() >= 2
+	})
+	// Only a connection opened with a fresh token can receive this one.
+	deadline := time.After(30 * time.Second)
+	for {
+		td.publish("alice", `{"n":"after-expiry"}`)
+		select {
+		case <-deadline:
+			t.Fatalf("the page never showed an event sent after the expiries; it printed:\n%s", browser.logs.String())
+		case <-browser.done:
+			browser.waitExit(t, time.Second)
+			if n := tokensIssued.Load(); n < 3 {
+				t.Fatalf("the page fetched %d tokens, want at least 3", n)
+			}
+			if logs := td.logs.String(); !strings.Contains(logs, `msg="Closing client" username=alice remote=127.0.0.1 code=4001 reason="token expired"`) {
+				t.Fatalf("expiry not logged:\n%s", logs)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }

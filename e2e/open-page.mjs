@@ -20,6 +20,7 @@ let status = 1;
 try {
   const page = await browser.newPage();
   page.on('console', (msg) => console.error(`console: ${msg.text()}`));
+  page.on('pageerror', (err) => console.error(`page error: ${err.message}`));
   await page.goto(url);
   const deadline = Date.now() + timeout;
   let last = null;

@@ -3,6 +3,7 @@
 // browser example in README.md.
 //
 //	go run ./cmd/fanout-tail -username test-user
+//	FANOUT_TOKEN=eyJ… go run ./cmd/fanout-tail -url wss://events.example.com/ws
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -28,7 +30,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("fanout-tail", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	server := flags.String("url", "ws://localhost:8084/ws", "the daemon's WebSocket URL")
-	username := flags.String("username", "test-user", "whose events to receive")
+	username := flags.String("username", "test-user", "whose events to receive (with -token: the token's user unless set)")
+	token := flags.String("token", os.Getenv("FANOUT_TOKEN"), "JWT sent as Authorization: Bearer (default $FANOUT_TOKEN)")
 	count := flags.Int("count", 0, "exit after this many events (0: run until interrupted)")
 	timeout := flags.Duration("timeout", 0, "exit with status 1 when no event arrives for this long (0: wait forever)")
 	if err := flags.Parse(args); err != nil {
@@ -39,13 +42,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fanout-tail: -url: %v\n", err)
 		return 2
 	}
+	usernameSet := false
+	flags.Visit(func(f *flag.Flag) { usernameSet = usernameSet || f.Name == "username" })
 	q := u.Query()
-	q.Set("username", *username)
+	if *token == "" || usernameSet {
+		q.Set("username", *username)
+	}
 	u.RawQuery = q.Encode()
+	header := http.Header{}
+	if *token != "" {
+		header.Set("Authorization", "Bearer "+*token)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, u.String(), nil)
+	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, u.String(), header)
 	if err != nil {
 		if resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -62,7 +73,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 		_ = conn.Close()
 	}()
-	fmt.Fprintf(stderr, "fanout-tail: connected to %s as %s\n", u.Host, *username)
+	if q.Has("username") {
+		fmt.Fprintf(stderr, "fanout-tail: connected to %s as %s\n", u.Host, *username)
+	} else {
+		fmt.Fprintf(stderr, "fanout-tail: connected to %s with a token\n", u.Host)
+	}
 
 	for n := 0; *count == 0 || n < *count; n++ {
 		if *timeout > 0 {

@@ -55,3 +55,23 @@ func TestRefusedConnectionPrintsTheServersReason(t *testing.T) {
 		t.Fatalf("stderr %q", stderr.String())
 	}
 }
+
+func TestTokenIsSentAsBearerAndTheUsernameLeftToIt(t *testing.T) {
+	var gotAuth string
+	var hasUser bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth, hasUser = r.Header.Get("Authorization"), r.URL.Query().Has("username")
+		http.Error(w, "invalid token: expired", http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http"), "-token", "abc.def.ghi"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	if gotAuth != "Bearer abc.def.ghi" || hasUser {
+		t.Fatalf("server saw Authorization %q, username given: %v", gotAuth, hasUser)
+	}
+	if !strings.Contains(stderr.String(), "HTTP 401: invalid token: expired") || strings.Contains(stderr.String(), "abc.def.ghi") {
+		t.Fatalf("stderr %q", stderr.String())
+	}
+}
