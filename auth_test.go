@@ -511,3 +511,51 @@ func FuzzAuthenticate(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAuthenticate measures the token check each /ws request pays,
+// for each kind of key.
+func BenchmarkAuthenticate(b *testing.B) {
+	dir := b.TempDir()
+	writeKey := func(name string, public any) string {
+		der, err := x509.MarshalPKIXPublicKey(public)
+		if err != nil {
+			b.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		return path
+	}
+	cases := []struct {
+		name   string
+		env    map[string]string
+		method jwt.SigningMethod
+		signer any
+	}{
+		{"HS256", map[string]string{"JWT_SECRET": testSecret}, jwt.SigningMethodHS256, []byte(testSecret)},
+		{"RS256", map[string]string{"JWT_PUBLIC_KEY_FILE": writeKey("rsa.pem", &testRSAKey().PublicKey)}, jwt.SigningMethodRS256, testRSAKey()},
+		{"ES256", map[string]string{"JWT_PUBLIC_KEY_FILE": writeKey("ec.pem", &testECKey().PublicKey)}, jwt.SigningMethodES256, testECKey()},
+		{"EdDSA", map[string]string{"JWT_PUBLIC_KEY_FILE": writeKey("ed.pem", testEdKey().Public())}, jwt.SigningMethodEdDSA, testEdKey()},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			cfg, err := loadConfig(envOf(c.env))
+			if err != nil {
+				b.Fatal(err)
+			}
+			auth, err := newAuthenticator(b.Context(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			token := mint(b, c.method, c.signer, claims("alice", time.Hour), "")
+			r := httptest.NewRequest(http.MethodGet, "/ws?token="+token, nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := auth.authenticate(r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -264,7 +264,9 @@ func (r *envReader) float(name string, def, lo, hi float64) float64 {
 		return def
 	}
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < lo || f > hi {
+	// Written so that NaN, which ParseFloat accepts and which fails every
+	// comparison, is out of range too.
+	if err != nil || !(f >= lo && f <= hi) {
 		r.fail(name, v, fmt.Sprintf("must be a number from %g to %g", lo, hi))
 		return def
 	}
@@ -449,7 +451,8 @@ func validCookieName(name string) bool {
 // the network needs a token.
 func (r *envReader) admin() (addr, token string) {
 	addr = r.str("ADMIN_ADDR", "127.0.0.1:9084")
-	token = r.getenv("ADMIN_TOKEN")
+	// Trimmed like the token clients send: a secret file often ends in a newline.
+	token = strings.TrimSpace(r.getenv("ADMIN_TOKEN"))
 	if token != "" && len(token) < 16 {
 		r.fail("ADMIN_TOKEN", "", fmt.Sprintf("is %d characters; use at least 16 (for example: openssl rand -hex 16)", len(token)))
 	}

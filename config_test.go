@@ -1,9 +1,22 @@
 package main
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"log/slog"
+	"math/big"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,5 +148,275 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 		if strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("error leaks the Redis password: %q", err)
 		}
+	}
+}
+
+// writePEM writes one PEM block of typ holding der into dir and returns its path.
+func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// writePublicKeyPEM writes pub as a PKIX "PUBLIC KEY" PEM file into dir.
+func writePublicKeyPEM(t *testing.T, dir, name string, pub any) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writePEM(t, dir, name, "PUBLIC KEY", der)
+}
+
+func TestConfigBadAuthAndLimitValuesNameTheVariable(t *testing.T) {
+	dir := t.TempDir()
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(ecKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privateKeyFile := writePEM(t, dir, "private.pem", "PRIVATE KEY", pkcs8)
+	smallRSA, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	smallRSAFile := writePublicKeyPEM(t, dir, "rsa1024.pem", &smallRSA.PublicKey)
+	p224, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p224File := writePublicKeyPEM(t, dir, "p224.pem", &p224.PublicKey)
+	notPEM := filepath.Join(dir, "key.txt")
+	if err := os.WriteFile(notPEM, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Secrets that must never appear in an error.
+	const shortSecret = "short-secret-hunter2"
+	const longSecret = "a-long-enough-secret-hunter2-0123456789"
+	const shortToken = "hunter2"
+	cases := []struct {
+		env  map[string]string
+		want []string
+	}{
+		{map[string]string{"JWT_SECRET": shortSecret}, []string{"JWT_SECRET", "20 bytes", "at least 32"}},
+		{map[string]string{"JWT_SECRET": strings.Repeat("x", 31)}, []string{"JWT_SECRET", "31 bytes"}},
+		{map[string]string{"JWT_SECRET": longSecret, "JWT_JWKS_URL": "https://idp.example.com/jwks"}, []string{"JWT_SECRET", "JWT_JWKS_URL", "exactly one"}},
+		{map[string]string{"JWT_PUBLIC_KEY_FILE": notPEM, "JWT_JWKS_URL": "https://idp.example.com/jwks"}, []string{"JWT_PUBLIC_KEY_FILE", "JWT_JWKS_URL", "exactly one"}},
+		{map[string]string{"AUTH_MODE": "bogus"}, []string{`AUTH_MODE="bogus"`, "jwt, loopback or none"}},
+		{map[string]string{"AUTH_MODE": "jwt"}, []string{`AUTH_MODE="jwt"`, "JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL"}},
+		{map[string]string{"AUTH_MODE": "none", "JWT_SECRET": longSecret}, []string{`AUTH_MODE="none"`, "JWT_SECRET is set"}},
+		{map[string]string{"AUTH_MODE": "loopback", "JWT_JWKS_URL": "https://idp.example.com/jwks"}, []string{`AUTH_MODE="loopback"`, "JWT_JWKS_URL is set"}},
+		{map[string]string{"JWT_SECRET": longSecret, "JWT_COOKIE": "session"}, []string{"ALLOWED_ORIGINS", "JWT_COOKIE"}},
+		{map[string]string{"JWT_SECRET": longSecret, "JWT_COOKIE": "session", "ALLOWED_ORIGINS": "*"}, []string{`ALLOWED_ORIGINS="*"`, "JWT_COOKIE"}},
+		{map[string]string{"JWT_SECRET": longSecret, "JWT_COOKIE": "a b", "ALLOWED_ORIGINS": "https://app.example.com"}, []string{`JWT_COOKIE="a b"`}},
+		{map[string]string{"JWT_PUBLIC_KEY_FILE": filepath.Join(dir, "missing.pem")}, []string{"JWT_PUBLIC_KEY_FILE", "missing.pem", "cannot read"}},
+		{map[string]string{"JWT_PUBLIC_KEY_FILE": notPEM}, []string{"JWT_PUBLIC_KEY_FILE", "holds no PEM"}},
+		{map[string]string{"JWT_PUBLIC_KEY_FILE": privateKeyFile}, []string{"JWT_PUBLIC_KEY_FILE", `"PRIVATE KEY"`, "never the private key"}},
+		{map[string]string{"JWT_PUBLIC_KEY_FILE": smallRSAFile}, []string{"JWT_PUBLIC_KEY_FILE", "1024 bits", "2048"}},
+		{map[string]string{"JWT_PUBLIC_KEY_FILE": p224File}, []string{"JWT_PUBLIC_KEY_FILE", "P-224", "not supported"}},
+		{map[string]string{"JWT_JWKS_URL": "ftp://x"}, []string{`JWT_JWKS_URL="ftp://x"`, "http"}},
+		{map[string]string{"JWT_JWKS_URL": "https://"}, []string{"JWT_JWKS_URL"}},
+		{map[string]string{"JWT_SECRET": longSecret, "JWT_LEEWAY": "10m"}, []string{`JWT_LEEWAY="10m"`, "5m0s"}},
+		{map[string]string{"JWT_SECRET": longSecret, "JWT_LEEWAY": "-1s"}, []string{`JWT_LEEWAY="-1s"`}},
+		{map[string]string{"JWT_JWKS_URL": "https://idp.example.com/jwks", "JWT_JWKS_REFRESH": "0"}, []string{`JWT_JWKS_REFRESH="0"`}},
+		{map[string]string{"TRUSTED_PROXIES": "not-an-ip"}, []string{`TRUSTED_PROXIES="not-an-ip"`, "CIDR"}},
+		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8, 300.1.2.3"}, []string{`TRUSTED_PROXIES="300.1.2.3"`}},
+		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, []string{`TRUSTED_PROXIES="10.0.0.0/33"`}},
+		{map[string]string{"ADMIN_ADDR": "0.0.0.0:9084"}, []string{`ADMIN_ADDR="0.0.0.0:9084"`, "ADMIN_TOKEN"}},
+		{map[string]string{"ADMIN_ADDR": ":9084"}, []string{`ADMIN_ADDR=":9084"`, "ADMIN_TOKEN"}},
+		{map[string]string{"ADMIN_ADDR": "9084"}, []string{`ADMIN_ADDR="9084"`, "host:port"}},
+		{map[string]string{"ADMIN_ADDR": "127.0.0.1:99999"}, []string{`ADMIN_ADDR="127.0.0.1:99999"`, "port"}},
+		{map[string]string{"ADMIN_TOKEN": shortToken}, []string{"ADMIN_TOKEN", "7 characters", "at least 16"}},
+		{map[string]string{"ADMIN_TOKEN": shortToken, "ADMIN_ADDR": "off"}, []string{"ADMIN_TOKEN"}},
+		{map[string]string{"PPROF": "true", "ADMIN_ADDR": "off"}, []string{`PPROF="true"`, "ADMIN_ADDR"}},
+		{map[string]string{"PPROF": "sometimes"}, []string{`PPROF="sometimes"`}},
+		{map[string]string{"CONNECT_RATE_PER_IP": "-1"}, []string{`CONNECT_RATE_PER_IP="-1"`}},
+		{map[string]string{"CONNECT_RATE_PER_IP": "fast"}, []string{`CONNECT_RATE_PER_IP="fast"`}},
+		{map[string]string{"CONNECT_RATE_PER_IP": "NaN"}, []string{`CONNECT_RATE_PER_IP="NaN"`}},
+		{map[string]string{"CONNECT_RATE_PER_IP": "Inf"}, []string{`CONNECT_RATE_PER_IP="Inf"`}},
+		{map[string]string{"CONNECT_BURST_PER_IP": "0"}, []string{`CONNECT_BURST_PER_IP="0"`}},
+		{map[string]string{"MAX_CONNECTIONS": "-1"}, []string{`MAX_CONNECTIONS="-1"`}},
+		{map[string]string{"MAX_CONNECTIONS_PER_USER": "lots"}, []string{`MAX_CONNECTIONS_PER_USER="lots"`}},
+	}
+	for _, tc := range cases {
+		_, err := loadConfig(envOf(tc.env))
+		if err == nil {
+			t.Errorf("%v accepted", tc.env)
+			continue
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "\n") {
+			t.Errorf("%v: error %q is not one line", tc.env, msg)
+		}
+		for _, want := range tc.want {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%v: error %q lacks %s", tc.env, msg, want)
+			}
+		}
+		if strings.Contains(msg, "hunter2") {
+			t.Errorf("%v: error %q leaks a secret", tc.env, msg)
+		}
+	}
+}
+
+func TestConfigAuthAndLimitDefaults(t *testing.T) {
+	cfg, err := loadConfig(envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"auth mode", cfg.AuthMode, authLoopback},
+		{"max connections", cfg.MaxConnections, 0},
+		{"max per user", cfg.MaxConnectionsPerUser, 32},
+		{"rate per ip", cfg.ConnectRatePerIP, 20.0},
+		{"burst per ip", cfg.ConnectBurstPerIP, 100},
+		{"trusted proxies", len(cfg.TrustedProxies), 0},
+		{"admin addr", cfg.AdminAddr, "127.0.0.1:9084"},
+		{"admin token", cfg.AdminToken, ""},
+		{"pprof", cfg.Pprof, false},
+		{"jwt methods", len(cfg.JWT.Methods), 0},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestConfigKeyTypePinsTheJWTAlgorithms(t *testing.T) {
+	dir := t.TempDir()
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edPub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(1)},
+		&x509.Certificate{SerialNumber: big.NewInt(1)}, &p256.PublicKey, p256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaMethods := "RS256 RS384 RS512 PS256 PS384 PS512"
+	cases := []struct {
+		name    string
+		file    string
+		key     interface{ Equal(crypto.PublicKey) bool }
+		methods string
+	}{
+		{"RSA-2048", writePublicKeyPEM(t, dir, "rsa.pem", &rsaKey.PublicKey), &rsaKey.PublicKey, rsaMethods},
+		{"RSA-2048 PKCS#1", writePEM(t, dir, "rsa1.pem", "RSA PUBLIC KEY", x509.MarshalPKCS1PublicKey(&rsaKey.PublicKey)), &rsaKey.PublicKey, rsaMethods},
+		{"ECDSA P-256", writePublicKeyPEM(t, dir, "p256.pem", &p256.PublicKey), &p256.PublicKey, "ES256"},
+		{"ECDSA P-384", writePublicKeyPEM(t, dir, "p384.pem", &p384.PublicKey), &p384.PublicKey, "ES384"},
+		{"Ed25519", writePublicKeyPEM(t, dir, "ed.pem", edPub), edPub, "EdDSA"},
+		{"certificate", writePEM(t, dir, "cert.pem", "CERTIFICATE", certDER), &p256.PublicKey, "ES256"},
+	}
+	for _, tc := range cases {
+		cfg, err := loadConfig(envOf(map[string]string{"JWT_PUBLIC_KEY_FILE": tc.file}))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if cfg.AuthMode != authJWT || strings.Join(cfg.JWT.Methods, " ") != tc.methods ||
+			cfg.JWT.PublicKey == nil || !tc.key.Equal(cfg.JWT.PublicKey) || cfg.JWT.Secret != nil || cfg.JWT.JWKSURL != "" {
+			t.Errorf("%s: mode %q, methods %v, key %T; want jwt, %s and the file's key", tc.name, cfg.AuthMode, cfg.JWT.Methods, cfg.JWT.PublicKey, tc.methods)
+		}
+	}
+
+	secret := strings.Repeat("s", 32)
+	cfg, err := loadConfig(envOf(map[string]string{"JWT_SECRET": secret}))
+	if err != nil {
+		t.Fatalf("32-byte JWT_SECRET: %v", err)
+	}
+	if cfg.AuthMode != authJWT || strings.Join(cfg.JWT.Methods, " ") != "HS256 HS384 HS512" || string(cfg.JWT.Secret) != secret {
+		t.Fatalf("JWT_SECRET: mode %q, methods %v", cfg.AuthMode, cfg.JWT.Methods)
+	}
+	if cfg.JWT.UsernameClaim != "sub" || cfg.JWT.Leeway != 0 || cfg.JWT.Cookie != "" {
+		t.Fatalf("JWT defaults: %+v", cfg.JWT)
+	}
+
+	cfg, err = loadConfig(envOf(map[string]string{"AUTH_MODE": "JWT", "JWT_JWKS_URL": "https://idp.example.com/jwks", "JWT_LEEWAY": "5m"}))
+	if err != nil {
+		t.Fatalf("JWT_JWKS_URL: %v", err)
+	}
+	if cfg.AuthMode != authJWT || cfg.JWT.JWKSRefresh != 15*time.Minute || cfg.JWT.Leeway != 5*time.Minute ||
+		slices.ContainsFunc(cfg.JWT.Methods, func(m string) bool { return strings.HasPrefix(m, "HS") }) ||
+		!slices.Contains(cfg.JWT.Methods, "RS256") || !slices.Contains(cfg.JWT.Methods, "ES256") || !slices.Contains(cfg.JWT.Methods, "EdDSA") {
+		t.Fatalf("JWT_JWKS_URL: mode %q, refresh %v, methods %v; want asymmetric algorithms only", cfg.AuthMode, cfg.JWT.JWKSRefresh, cfg.JWT.Methods)
+	}
+}
+
+func TestConfigReadsLimitsProxiesAndAdminVariables(t *testing.T) {
+	cfg, err := loadConfig(envOf(map[string]string{
+		"AUTH_MODE": "None", "MAX_CONNECTIONS": "5000", "MAX_CONNECTIONS_PER_USER": "0",
+		"CONNECT_RATE_PER_IP": "0.5", "CONNECT_BURST_PER_IP": "3",
+		"TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
+		"ADMIN_ADDR":      "0.0.0.0:9100", "ADMIN_TOKEN": "0123456789abcdef", "PPROF": "true",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8")}
+	if cfg.AuthMode != authNone || cfg.MaxConnections != 5000 || cfg.MaxConnectionsPerUser != 0 ||
+		cfg.ConnectRatePerIP != 0.5 || cfg.ConnectBurstPerIP != 3 || !slices.Equal(cfg.TrustedProxies, want) ||
+		cfg.AdminAddr != "0.0.0.0:9100" || cfg.AdminToken != "0123456789abcdef" || !cfg.Pprof {
+		t.Fatalf("not read as set: %+v", cfg)
+	}
+
+	// Prefixes are masked, IPv4-mapped addresses unmapped, IPv6 accepted.
+	cfg, err = loadConfig(envOf(map[string]string{"TRUSTED_PROXIES": "10.1.2.3/8,::ffff:192.0.2.1,fd00::/8,::1,"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.1/32"),
+		netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("::1/128")}
+	if !slices.Equal(cfg.TrustedProxies, want) {
+		t.Fatalf("TRUSTED_PROXIES parsed to %v, want %v", cfg.TrustedProxies, want)
+	}
+
+	// Loopback admin addresses need no token; off turns the listener off.
+	for addr, want := range map[string]string{"localhost:9084": "localhost:9084", "[::1]:0": "[::1]:0", "OFF": ""} {
+		cfg, err := loadConfig(envOf(map[string]string{"ADMIN_ADDR": addr}))
+		if err != nil || cfg.AdminAddr != want {
+			t.Errorf("ADMIN_ADDR=%s: %q, %v; want %q", addr, cfg.AdminAddr, err, want)
+		}
+	}
+}
+
+func TestAdminAddrOnTheNetworkWithoutTokenExitsWithCode2(t *testing.T) {
+	// startProcess kills it at cleanup, should it start serving instead.
+	p := startProcess(t, daemonCommand(t, "ADMIN_ADDR=0.0.0.0:9084"))
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("still running after 10s, want exit code 2 at once")
+	}
+	var exit *exec.ExitError
+	if !errors.As(p.err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("%v, want exit code 2", p.err)
+	}
+	// Nothing but the one line: the daemon did not start.
+	out := strings.TrimSuffix(p.logs.String(), "\n")
+	if strings.Contains(out, "\n") || !strings.Contains(out, `ADMIN_ADDR="0.0.0.0:9084"`) || !strings.Contains(out, "ADMIN_TOKEN") {
+		t.Fatalf("output %q, want one line naming ADMIN_ADDR and ADMIN_TOKEN", out)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,6 +216,69 @@ func TestMaxConnectionsRefusesWith503AndRecoversWhenOneCloses(t *testing.T) {
 	_ = td.dial("c")
 	if got := dialRefused(t, td.wsURL+"?username=d", nil); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("instance full again: %+v, want 503", got)
+	}
+}
+
+// dialAll dials the /ws URLs all at once and returns the HTTP status of
+// each (101 for an open WebSocket, closed at cleanup).
+func dialAll(t *testing.T, urls []string) []int {
+	t.Helper()
+	statuses := make([]int, len(urls))
+	conns := make([]*websocket.Conn, len(urls))
+	var wg sync.WaitGroup
+	for i, url := range urls {
+		wg.Go(func() {
+			conn, resp, err := websocket.DefaultDialer.Dial(url, nil)
+			switch {
+			case err == nil:
+				conns[i], statuses[i] = conn, http.StatusSwitchingProtocols
+			case resp != nil:
+				statuses[i] = resp.StatusCode
+			}
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	})
+	return statuses
+}
+
+// countStatuses counts each status in statuses.
+func countStatuses(statuses []int) map[int]int {
+	n := map[int]int{}
+	for _, s := range statuses {
+		n[s]++
+	}
+	return n
+}
+
+func TestConcurrentDialsCannotOvershootTheConnectionLimits(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"MAX_CONNECTIONS": "8", "MAX_CONNECTIONS_PER_USER": "3", "LOG_LEVEL": "warn"})
+	// Upgrades under way hold their slot: however many dials race, alice
+	// gets exactly 3 connections and the instance exactly 8.
+	urls := make([]string, 30)
+	for i := range urls {
+		urls[i] = td.wsURL + "?username=alice"
+	}
+	got := countStatuses(dialAll(t, urls))
+	if got[http.StatusSwitchingProtocols] != 3 || got[http.StatusTooManyRequests] != 27 {
+		t.Fatalf("30 concurrent dials for alice: %v, want 3 × 101 and 27 × 429", got)
+	}
+	for i := range urls {
+		urls[i] = td.wsURL + "?username=user" + strconv.Itoa(i)
+	}
+	got = countStatuses(dialAll(t, urls))
+	if got[http.StatusSwitchingProtocols] != 5 || got[http.StatusServiceUnavailable] != 25 {
+		t.Fatalf("30 concurrent dials for other users with 3 of 8 slots taken: %v, want 5 × 101 and 25 × 503", got)
+	}
+	eventually(t, 5*time.Second, "accepted connections registered", func() bool { return td.d.hub.connections.Load() == 8 })
+	if slots, alice := td.d.hub.slots.Load(), td.d.hub.connectionCount("alice"); slots != 8 || alice != 3 {
+		t.Fatalf("slots %d (want 8), alice %d (want 3)", slots, alice)
 	}
 }
 
