@@ -21,7 +21,9 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 	r := startRedis(b)
 	port := freePort(b)
 	cmd := daemonCommand(b, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
-		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port))
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port),
+		// One client address opens every connection: no per-address limit.
+		"CONNECT_RATE_PER_IP=0")
 	p := startProcess(b, cmd)
 	p.waitLog(b, 10*time.Second, "Subscribed to Redis")
 	time.Sleep(200 * time.Millisecond) // let start-up allocations settle

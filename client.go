@@ -56,9 +56,13 @@ type Client struct {
 	username string
 	// remote is the client address, for logs.
 	remote string
-	// expires is when the connection's token expires (zero: never); the
-	// write pump closes the connection then with disconnectExpired.
+	// expires is when the connection's token expires (zero: never).
 	expires time.Time
+	// expiry, when expires is set, closes the connection at that time with
+	// disconnectExpired. A timer rather than a case in the write pump's
+	// select: that case made every pump's stack bigger, token or not.
+	// register starts it; the read pump stops it.
+	expiry *time.Timer
 
 	// mu guards sendQueue, queuedBytes, pendingPong and closing.
 	mu sync.Mutex
@@ -128,6 +132,20 @@ func (c *Client) close(d disconnect) {
 	c.signal()
 }
 
+// expire closes the connection because its token expired.
+func (c *Client) expire() {
+	c.mu.Lock()
+	first := c.closing == nil
+	if first {
+		c.closing = &disconnectExpired
+	}
+	c.mu.Unlock()
+	if first {
+		c.hub.stats.ExpiredDisconnects.Add(1)
+		c.signal()
+	}
+}
+
 func (c *Client) signal() {
 	select {
 	case c.wake <- struct{}{}:
@@ -158,20 +176,11 @@ func (c *Client) writePump() {
 	defer ping.Stop()
 	defer c.conn.Close()
 	defer c.logDisconnect()
-	var expired <-chan time.Time
-	if !c.expires.IsZero() {
-		expiry := time.NewTimer(time.Until(c.expires))
-		defer expiry.Stop()
-		expired = expiry.C
-	}
 
 	var batch [][]byte
 	for {
 		select {
 		case <-c.wake:
-		case <-expired:
-			c.hub.stats.ExpiredDisconnects.Add(1)
-			c.close(disconnectExpired)
 		case <-ping.C:
 			if err := c.write(websocket.PingMessage, nil); err != nil {
 				c.close(disconnectGone)
@@ -236,6 +245,9 @@ func (c *Client) readPump() {
 	defer c.hub.wg.Done()
 	defer func() {
 		close(c.readDone)
+		if c.expiry != nil {
+			c.expiry.Stop()
+		}
 		c.close(disconnectGone)
 		remaining := c.hub.unregister(c)
 		c.hub.logger.Info("Client unregistered", "username", c.username, "remaining_for_user", remaining)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // hubShardCount is the number of independently locked parts of the hub, so
@@ -118,6 +119,9 @@ func (h *Hub) shard(username string) *hubShard {
 func (h *Hub) register(c *Client) error {
 	if err := h.add(c); err != nil {
 		return err
+	}
+	if !c.expires.IsZero() {
+		c.expiry = time.AfterFunc(time.Until(c.expires), c.expire)
 	}
 	go c.writePump()
 	go c.readPump()
