@@ -1,30 +1,52 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
+const (
+	// rateWindow is the span of the rates and the throughput series in
+	// /admin/stats.
+	rateWindow = time.Minute
+	// topUsersCount is how many users /admin/stats lists by connections.
+	topUsersCount = 20
+	// topUsersMaxAge is how long a top-users list is reused, so that polling
+	// /admin/stats walks the user maps at most once a second.
+	topUsersMaxAge = time.Second
+)
+
 // adminRoutes returns the handler for the admin listener (ADMIN_ADDR): what
-// is for operators, not browsers. With ADMIN_TOKEN every request needs it.
+// is for operators, not browsers. With ADMIN_TOKEN every request needs it,
+// except the operator page itself, which holds no data: it asks for the
+// token and sends it with each request.
 func (d *daemon) adminRoutes() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /admin/stats", d.handleStats)
+	api := http.NewServeMux()
+	api.HandleFunc("GET /admin/stats", d.handleStats)
+	api.Handle("GET /metrics", d.metrics.handler())
 	if d.cfg.Pprof {
-		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		api.HandleFunc("GET /debug/pprof/", pprof.Index)
+		api.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		api.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		api.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		api.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
-	if d.cfg.AdminToken == "" {
-		return mux
+	var protected http.Handler = api
+	if d.cfg.AdminToken != "" {
+		protected = requireBearer(d.cfg.AdminToken, api)
 	}
-	return requireBearer(d.cfg.AdminToken, mux)
+	mux := http.NewServeMux()
+	mux.Handle("/", protected)
+	mux.Handle("GET /admin/{$}", operatorPage())
+	return mux
 }
 
 // requireBearer lets through only requests carrying token as a bearer token.
@@ -41,44 +63,223 @@ func requireBearer(token string, next http.Handler) http.Handler {
 	})
 }
 
+// counterSample is the counters at one instant, for rates.
+type counterSample struct {
+	at     time.Time
+	values map[string]uint64
+}
+
+// statsSampler keeps one sample of the counters a second for the last
+// rateWindow, so that /admin/stats can report rates and a throughput
+// series without touching any connection. Its goroutine is owned by
+// daemon.run.
+type statsSampler struct {
+	stats *Stats
+	// mu guards samples, oldest first.
+	mu      sync.Mutex
+	samples []counterSample
+}
+
+func newStatsSampler(stats *Stats) *statsSampler {
+	s := &statsSampler{stats: stats}
+	s.sample(time.Now())
+	return s
+}
+
+// run samples every second until ctx ends.
+func (s *statsSampler) run(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			s.sample(now)
+		}
+	}
+}
+
+func (s *statsSampler) sample(now time.Time) {
+	values := s.stats.counters()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.samples = append(s.samples, counterSample{at: now, values: values})
+	// Keep one sample older than the window, to measure the whole window.
+	for len(s.samples) > 2 && now.Sub(s.samples[1].at) >= rateWindow {
+		s.samples = s.samples[1:]
+	}
+}
+
+// throughputPoint is one second of the throughput series.
+type throughputPoint struct {
+	// Time is the end of the second (Unix seconds).
+	Time             int64  `json:"t"`
+	MessagesReceived uint64 `json:"messages_received"`
+	FramesDelivered  uint64 `json:"frames_delivered"`
+}
+
+// window returns, for the last rateWindow (or since start, when shorter),
+// what each counter grew by, its span, and the per-second series.
+func (s *statsSampler) window(now time.Time) (growth map[string]uint64, span time.Duration, series []throughputPoint) {
+	current := s.stats.counters()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	oldest := s.samples[0]
+	span = now.Sub(oldest.at)
+	growth = make(map[string]uint64, len(current))
+	for name, v := range current {
+		growth[name] = v - oldest.values[name]
+	}
+	for i := 1; i < len(s.samples); i++ {
+		prev, cur := s.samples[i-1], s.samples[i]
+		series = append(series, throughputPoint{
+			Time:             cur.at.Unix(),
+			MessagesReceived: cur.values["messages_received"] - prev.values["messages_received"],
+			FramesDelivered:  cur.values["frames_delivered"] - prev.values["frames_delivered"],
+		})
+	}
+	return growth, span, series
+}
+
+// userConnections is one row of the top-users list.
+type userConnections struct {
+	Username    string `json:"username"`
+	Connections int    `json:"connections"`
+}
+
+// topUsers returns the users with the most connections, most first. It
+// locks one hub shard at a time, briefly, and counts users, not connections.
+func (h *Hub) topUsers(n int) []userConnections {
+	var top []userConnections
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		for name, conns := range s.users {
+			top = append(top, userConnections{Username: name, Connections: len(conns)})
+		}
+		s.mu.RUnlock()
+	}
+	slices.SortFunc(top, func(a, b userConnections) int {
+		return cmp.Or(cmp.Compare(b.Connections, a.Connections), strings.Compare(a.Username, b.Username))
+	})
+	return top[:min(n, len(top))]
+}
+
 // statsSnapshot is the body of /admin/stats.
 type statsSnapshot struct {
+	Instance      string            `json:"instance"`
 	Version       string            `json:"version"`
+	StartedAt     time.Time         `json:"started_at"`
 	UptimeSeconds float64           `json:"uptime_seconds"`
 	AuthMode      string            `json:"auth_mode"`
 	Ready         bool              `json:"ready"`
 	NotReady      string            `json:"not_ready,omitempty"`
 	Connections   int64             `json:"connections"`
 	Users         int64             `json:"users"`
-	Counters      map[string]uint64 `json:"counters"`
-	Rejected      map[string]uint64 `json:"rejected"`
+	TopUsers      []userConnections `json:"top_users"`
+	// Counters are totals since start; LastMinute is their growth over
+	// WindowSeconds (a minute, or the uptime when shorter) and
+	// RatesPerSecond that growth per second.
+	Counters       map[string]uint64  `json:"counters"`
+	Rejected       map[string]uint64  `json:"rejected"`
+	WindowSeconds  float64            `json:"window_seconds"`
+	LastMinute     map[string]uint64  `json:"last_minute"`
+	RatesPerSecond map[string]float64 `json:"rates_per_second"`
+	Throughput     []throughputPoint  `json:"throughput"`
+	Redis          redisState         `json:"redis"`
+	SendQueues     sendQueueState     `json:"send_queues"`
 }
 
-// handleStats serves the counters as JSON. It reads atomics only, so it is
-// cheap to poll under load.
+// redisState is the subscription's health in /admin/stats.
+type redisState struct {
+	Addr       string `json:"addr"`
+	Subscribed bool   `json:"subscribed"`
+	Ready      bool   `json:"ready"`
+	NotReady   string `json:"not_ready,omitempty"`
+	// LastReceivedSecondsAgo is the age of the last message or probe read
+	// (-1 before the first).
+	LastReceivedSecondsAgo float64 `json:"last_received_seconds_ago"`
+	Failures               uint64  `json:"failures"`
+	ProbesMissed           uint64  `json:"probes_missed"`
+}
+
+// sendQueueState is the send-queue pressure in /admin/stats.
+type sendQueueState struct {
+	QueuedFrames int64 `json:"queued_frames"`
+	QueuedBytes  int64 `json:"queued_bytes"`
+	// LimitFrames and LimitBytes are the per-connection bounds.
+	LimitFrames int `json:"limit_frames_per_connection"`
+	LimitBytes  int `json:"limit_bytes_per_connection"`
+}
+
+// handleStats serves the stats as JSON. It reads counters, the sampler's
+// window and at most once a second the per-user connection counts; it
+// never walks the connections, so polling it under load costs little.
 func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
 	ready, why := d.ready(r.Context())
-	snap := statsSnapshot{
-		Version:       version,
-		UptimeSeconds: time.Since(d.started).Seconds(),
-		AuthMode:      d.cfg.AuthMode,
-		Ready:         ready,
-		NotReady:      why,
-		Connections:   d.hub.connections.Load(),
-		Users:         d.hub.users.Load(),
-		Counters:      map[string]uint64{},
-		Rejected:      map[string]uint64{},
+	subReady, subWhy := d.sub.ready()
+	growth, span, series := d.sampler.window(now)
+	rates := make(map[string]float64, len(growth))
+	for name, n := range growth {
+		rates[name] = float64(n) / max(span.Seconds(), 1)
 	}
-	values := d.stats.logValues()
-	for i := 0; i+1 < len(values); i += 2 {
-		snap.Counters[values[i].(string)] = values[i+1].(uint64)
+	lastAgo := -1.0
+	if ns := d.sub.lastReceived.Load(); ns > 0 {
+		lastAgo = now.Sub(time.Unix(0, ns)).Seconds()
 	}
+	rejected := make(map[string]uint64, rejectReasonCount)
 	for reason := range rejectReasonCount {
-		snap.Rejected[reason.String()] = d.stats.Rejected[reason].Load()
+		rejected[reason.String()] = d.stats.Rejected[reason].Load()
+	}
+	snap := statsSnapshot{
+		Instance:       d.instance,
+		Version:        version,
+		StartedAt:      d.started.UTC(),
+		UptimeSeconds:  now.Sub(d.started).Seconds(),
+		AuthMode:       d.cfg.AuthMode,
+		Ready:          ready,
+		NotReady:       why,
+		Connections:    d.hub.connections.Load(),
+		Users:          d.hub.users.Load(),
+		TopUsers:       d.cachedTopUsers(now),
+		Counters:       d.stats.counters(),
+		Rejected:       rejected,
+		WindowSeconds:  span.Seconds(),
+		LastMinute:     growth,
+		RatesPerSecond: rates,
+		Throughput:     series,
+		Redis: redisState{
+			Addr:                   d.cfg.Redis.Addr,
+			Subscribed:             d.sub.confirmed.Load(),
+			Ready:                  subReady,
+			NotReady:               subWhy,
+			LastReceivedSecondsAgo: lastAgo,
+			Failures:               d.stats.RedisFailures.Load(),
+			ProbesMissed:           d.stats.ProbesMissed.Load(),
+		},
+		SendQueues: sendQueueState{
+			QueuedFrames: d.hub.queuedFrames.Load(),
+			QueuedBytes:  d.hub.queuedBytes.Load(),
+			LimitFrames:  d.cfg.SendQueueSize,
+			LimitBytes:   d.cfg.SendQueueBytes,
+		},
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(snap)
+}
+
+// cachedTopUsers returns the top users, recomputed at most once a second.
+func (d *daemon) cachedTopUsers(now time.Time) []userConnections {
+	d.topMu.Lock()
+	defer d.topMu.Unlock()
+	if d.top == nil || now.Sub(d.topAt) >= topUsersMaxAge {
+		d.top = d.hub.topUsers(topUsersCount)
+		d.topAt = now
+	}
+	return d.top
 }

@@ -68,7 +68,7 @@ type Client struct {
 	mu sync.Mutex
 	// sendQueue holds messages the write pump has not written yet; the
 	// byte slices are shared by every client of the user and never changed.
-	sendQueue   [][]byte
+	sendQueue   []*message
 	queuedBytes int
 	// pendingPong is the payload of a client ping still to be answered.
 	pendingPong *string
@@ -93,19 +93,21 @@ func newClient(hub *Hub, conn *websocket.Conn, username, remote string) *Client 
 	}
 }
 
-// enqueue offers msg to the client without blocking. When the send queue is
+// enqueue offers msg to the client without blocking; the caller adds what
+// was enqueued to the hub's send-queue pressure. When the send queue is
 // over its count or byte bound the queue is discarded and the client is
 // closed with disconnectSlow; an empty queue always takes one message, so
 // any message up to MAX_MESSAGE_BYTES can be delivered.
-func (c *Client) enqueue(msg []byte) enqueueResult {
+func (c *Client) enqueue(msg *message) enqueueResult {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
 		return enqueueClosing
 	}
-	if n := len(c.sendQueue); n > 0 && (n >= c.settings.sendQueueSize || c.queuedBytes+len(msg) > c.settings.sendQueueBytes) {
+	if n := len(c.sendQueue); n > 0 && (n >= c.settings.sendQueueSize || c.queuedBytes+len(msg.data) > c.settings.sendQueueBytes) {
 		c.closing = &disconnectSlow
 		c.hub.stats.SlowDisconnects.Add(1)
+		c.hub.queued(-n, -c.queuedBytes)
 		clear(c.sendQueue)
 		c.sendQueue = c.sendQueue[:0]
 		c.queuedBytes = 0
@@ -114,7 +116,7 @@ func (c *Client) enqueue(msg []byte) enqueueResult {
 		return enqueueOverflow
 	}
 	c.sendQueue = append(c.sendQueue, msg)
-	c.queuedBytes += len(msg)
+	c.queuedBytes += len(msg.data)
 	c.mu.Unlock()
 	c.signal()
 	return enqueued
@@ -155,11 +157,14 @@ func (c *Client) signal() {
 
 // takeWork swaps out the send queue, the pending pong and the close reason
 // for the write pump. done is the batch the pump has finished writing.
-func (c *Client) takeWork(done [][]byte) (batch [][]byte, pong *string, closing *disconnect) {
+func (c *Client) takeWork(done []*message) (batch []*message, pong *string, closing *disconnect) {
 	clear(done)
 	c.mu.Lock()
 	batch = c.sendQueue
 	c.sendQueue = done[:0]
+	if len(batch) > 0 {
+		c.hub.queued(-len(batch), -c.queuedBytes)
+	}
 	c.queuedBytes = 0
 	pong, c.pendingPong = c.pendingPong, nil
 	closing = c.closing
@@ -175,9 +180,9 @@ func (c *Client) writePump() {
 	ping := time.NewTicker(c.settings.pingInterval)
 	defer ping.Stop()
 	defer c.conn.Close()
-	defer c.logDisconnect()
+	defer c.cleanup()
 
-	var batch [][]byte
+	var batch []*message
 	for {
 		select {
 		case <-c.wake:
@@ -199,10 +204,11 @@ func (c *Client) writePump() {
 			}
 		}
 		for _, msg := range batch {
-			if err := c.write(websocket.TextMessage, msg); err != nil {
+			if err := c.write(websocket.TextMessage, msg.data); err != nil {
 				c.close(disconnectGone)
 				return
 			}
+			c.hub.deliveryLatency.Observe(time.Since(msg.received).Seconds())
 		}
 		c.hub.stats.FramesDelivered.Add(uint64(len(batch)))
 		if closing != nil {
@@ -290,12 +296,21 @@ func (c *Client) readPump() {
 	}
 }
 
-// logDisconnect logs a connection the daemon itself ended; the ordinary
-// ends are logged by the read pump as "Client unregistered".
-func (c *Client) logDisconnect() {
+// cleanup runs when the write pump ends: it takes what is left in the send
+// queue off the hub's pressure count, and logs a connection the daemon
+// itself ended; the ordinary ends are logged by the read pump as "Client
+// unregistered".
+func (c *Client) cleanup() {
 	c.mu.Lock()
 	d := c.closing
+	frames, bytes := len(c.sendQueue), c.queuedBytes
+	clear(c.sendQueue)
+	c.sendQueue = c.sendQueue[:0]
+	c.queuedBytes = 0
 	c.mu.Unlock()
+	if frames > 0 {
+		c.hub.queued(-frames, -bytes)
+	}
 	switch {
 	case d == nil:
 	case *d == disconnectSlow, *d == disconnectFlood:

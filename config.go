@@ -83,6 +83,8 @@ type Config struct {
 	AdminToken string
 	// Pprof mounts net/http/pprof on the admin listener.
 	Pprof bool
+	// Console serves the live console page at / on the public listener.
+	Console bool
 }
 
 // The values of AUTH_MODE.
@@ -251,6 +253,13 @@ func loadConfig(getenv func(string) string) (Config, error) {
 
 	cfg.AdminAddr, cfg.AdminToken = r.admin()
 	cfg.Pprof = r.boolean("PPROF", false)
+	switch v := strings.ToLower(r.str("CONSOLE", "on")); v {
+	case "on", "true", "1":
+		cfg.Console = true
+	case "off", "false", "0":
+	default:
+		r.fail("CONSOLE", v, "must be on or off")
+	}
 	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
 		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")
 	}

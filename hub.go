@@ -42,9 +42,40 @@ type Hub struct {
 	// slots counts open connections plus reserved ones (upgrades under
 	// way), against maxConnections.
 	slots atomic.Int64
+	// queuedFrames and queuedBytes are what waits in all send queues: the
+	// send-queue pressure, readable without walking the connections.
+	queuedFrames atomic.Int64
+	queuedBytes  atomic.Int64
+	// deliveryLatency observes, per frame written, the seconds since the
+	// message was read from Redis.
+	deliveryLatency observer
 	// wg counts the read and write pumps of every client; the hub owns them
 	// and shutdown waits for them.
 	wg sync.WaitGroup
+}
+
+// message is one published event on its way to the sockets: its bytes,
+// shared by every connection of the user and never changed, and when it was
+// read from Redis.
+type message struct {
+	data     []byte
+	received time.Time
+}
+
+// observer takes one observation, such as a latency in seconds; a
+// prometheus.Histogram is one.
+type observer interface{ Observe(float64) }
+
+// discard is an observer that keeps nothing.
+type discard struct{}
+
+func (discard) Observe(float64) {}
+
+// queued adds to the hub-wide count of frames and bytes waiting in send
+// queues (negative to take away).
+func (h *Hub) queued(frames, bytes int) {
+	h.queuedFrames.Add(int64(frames))
+	h.queuedBytes.Add(int64(bytes))
 }
 
 // hubShard is one part of the username → connections map.
@@ -57,7 +88,7 @@ type hubShard struct {
 }
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
-	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats}
+	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}}
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})
 		h.shards[i].reserved = make(map[string]int)
@@ -175,7 +206,7 @@ func (h *Hub) unregister(c *Client) int {
 
 // broadcast queues msg for every connection of username and returns how many
 // took it. msg is shared by those connections and must not be changed.
-func (h *Hub) broadcast(username string, msg []byte) int {
+func (h *Hub) broadcast(username string, msg *message) int {
 	s := h.shard(username)
 	delivered, dropped := 0, 0
 	s.mu.RLock()
@@ -187,6 +218,10 @@ func (h *Hub) broadcast(username string, msg []byte) int {
 		}
 	}
 	s.mu.RUnlock()
+	if delivered > 0 {
+		// Once per broadcast, not per connection: it is a shared counter.
+		h.queued(delivered, delivered*len(msg.data))
+	}
 	if dropped > 0 {
 		h.stats.FramesDropped.Add(uint64(dropped))
 	}

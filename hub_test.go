@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 // newTestHub returns a hub whose clients have the given queue bounds.
@@ -28,12 +29,17 @@ func addClient(t testing.TB, h *Hub, username string) *Client {
 	return c
 }
 
+// msgOf is a message of s, as the subscriber makes it.
+func msgOf(s string) *message {
+	return &message{data: []byte(s), received: time.Now()}
+}
+
 func queued(c *Client) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []string
 	for _, m := range c.sendQueue {
-		out = append(out, string(m))
+		out = append(out, string(m.data))
 	}
 	return out
 }
@@ -44,7 +50,7 @@ func TestBroadcastReachesOnlyTheUsersClientsInOrder(t *testing.T) {
 	others := []*Client{addClient(t, h, "alice2"), addClient(t, h, "ALICE"), addClient(t, h, "alic")}
 
 	for i := range 3 {
-		if n := h.broadcast("alice", []byte(fmt.Sprint(i))); n != 2 {
+		if n := h.broadcast("alice", msgOf(fmt.Sprint(i))); n != 2 {
 			t.Fatalf("broadcast reached %d clients, want 2", n)
 		}
 	}
@@ -58,7 +64,7 @@ func TestBroadcastReachesOnlyTheUsersClientsInOrder(t *testing.T) {
 			t.Fatalf("%s received %v", c.username, q)
 		}
 	}
-	if n := h.broadcast("nobody", []byte("x")); n != 0 {
+	if n := h.broadcast("nobody", msgOf("x")); n != 0 {
 		t.Fatalf("broadcast to a user without connections reached %d", n)
 	}
 }
@@ -96,7 +102,7 @@ func TestSendQueueOverflowClosesOnlyThatClient(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHub(tc.size, tc.bytes)
 			slow, other := addClient(t, h, "slow"), addClient(t, h, "other")
-			msg := []byte(strings.Repeat("x", tc.msgLen))
+			msg := msgOf(strings.Repeat("x", tc.msgLen))
 			for i := 0; i < tc.msgs-1; i++ {
 				if r := slow.enqueue(msg); r != enqueued {
 					t.Fatalf("message %d refused (%v) before the bound", i, r)
@@ -127,10 +133,10 @@ func TestSendQueueOverflowClosesOnlyThatClient(t *testing.T) {
 func TestEmptyQueueTakesAMessageLargerThanItsByteBound(t *testing.T) {
 	h := newTestHub(10, 1024)
 	c := addClient(t, h, "u")
-	if r := c.enqueue(make([]byte, 4096)); r != enqueued {
+	if r := c.enqueue(msgOf(strings.Repeat("x", 4096))); r != enqueued {
 		t.Fatalf("large message into an empty queue: %v", r)
 	}
-	if r := c.enqueue([]byte("x")); r != enqueueOverflow {
+	if r := c.enqueue(msgOf("x")); r != enqueueOverflow {
 		t.Fatalf("message behind it: %v, want overflow", r)
 	}
 }
@@ -138,18 +144,42 @@ func TestEmptyQueueTakesAMessageLargerThanItsByteBound(t *testing.T) {
 func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
 	h := newTestHub(10, 1<<20)
 	c := addClient(t, h, "u")
-	c.enqueue([]byte("a"))
-	c.enqueue([]byte("b"))
+	h.broadcast("u", msgOf("a"))
+	h.broadcast("u", msgOf("b"))
 	batch, pong, closing := c.takeWork(nil)
 	if len(batch) != 2 || pong != nil || closing != nil {
-		t.Fatalf("batch %q pong %v closing %v", batch, pong, closing)
+		t.Fatalf("batch of %d, pong %v, closing %v", len(batch), pong, closing)
 	}
-	c.enqueue([]byte("c"))
+	h.broadcast("u", msgOf("c"))
 	c.close(disconnectShutdown)
 	c.close(disconnectSlow) // only the first reason counts
 	batch, _, closing = c.takeWork(batch)
-	if len(batch) != 1 || string(batch[0]) != "c" || *closing != disconnectShutdown {
-		t.Fatalf("after close: batch %q closing %v; queued messages go before the close", batch, closing)
+	if len(batch) != 1 || string(batch[0].data) != "c" || *closing != disconnectShutdown {
+		t.Fatalf("after close: batch of %d, closing %v; queued messages go before the close", len(batch), closing)
+	}
+	if f, b := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 0 || b != 0 {
+		t.Fatalf("send-queue pressure %d frames, %d bytes after every queue was taken", f, b)
+	}
+}
+
+func TestSendQueuePressureFollowsEnqueueTakeAndOverflow(t *testing.T) {
+	h := newTestHub(3, 1<<20)
+	b := addClient(t, h, "b")
+	addClient(t, h, "a")
+	h.broadcast("a", msgOf("12345"))
+	h.broadcast("a", msgOf("123"))
+	h.broadcast("b", msgOf("1"))
+	if f, n := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 3 || n != 9 {
+		t.Fatalf("pressure %d frames %d bytes, want 3 and 9", f, n)
+	}
+	h.broadcast("a", msgOf("x"))
+	h.broadcast("a", msgOf("y")) // over 3 frames: a's queue is dropped
+	if f, n := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 1 || n != 1 {
+		t.Fatalf("after a overflowed: %d frames %d bytes, want b's 1 and 1", f, n)
+	}
+	b.cleanup() // what the write pump does when it ends
+	if f, n := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 0 || n != 0 {
+		t.Fatalf("after b ended: %d frames %d bytes, want 0", f, n)
 	}
 }
 
@@ -223,8 +253,8 @@ func BenchmarkBroadcast(b *testing.B) {
 			for i := range 1000 {
 				addClient(b, h, fmt.Sprintf("user%d", i))
 			}
-			msg := []byte(`{"type":"node_completed","run_id":"flight-search:186e185fcb360f00"}`)
-			batches := make([][][]byte, conns)
+			msg := msgOf(`{"type":"node_completed","run_id":"flight-search:186e185fcb360f00"}`)
+			batches := make([][]*message, conns)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {

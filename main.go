@@ -68,7 +68,15 @@ type daemon struct {
 	sub     *Subscriber
 	auth    *Authenticator
 	server  *Server
-	started time.Time
+	metrics *metrics
+	sampler *statsSampler
+	// instance names this process in /admin/stats: host and a random id.
+	instance string
+	started  time.Time
+	// topMu guards top and topAt, the cached top-users list.
+	topMu sync.Mutex
+	top   []userConnections
+	topAt time.Time
 	// stopAuth ends the JWKS refresh; run calls it on the way out.
 	stopAuth context.CancelFunc
 }
@@ -104,9 +112,14 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		hub:      hub,
 		sub:      newSubscriber(rdb, hub, cfg, logger, stats),
 		auth:     auth,
+		sampler:  newStatsSampler(stats),
 		started:  time.Now(),
 		stopAuth: stopAuth,
 	}
+	host, _ := os.Hostname()
+	d.instance = host + "/" + d.sub.instanceID
+	d.metrics = newMetrics(d)
+	hub.deliveryLatency = d.metrics.deliveryLatency
 	d.server = newServer(hub, cfg, logger, stats, auth, func() (bool, string) { return d.ready(context.Background()) })
 	return d, nil
 }
@@ -162,6 +175,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { d.sub.run(subCtx) })
+	wg.Go(func() { d.sampler.run(subCtx) })
 
 	httpServer := &http.Server{
 		Handler:           d.server.routes(),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,6 +75,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /ws", s.handleWebSocket)
 	mux.HandleFunc("GET /health", s.handleHealth)
 	mux.HandleFunc("GET /ready", s.handleReady)
+	s.webRoutes(mux)
 	return mux
 }
 
@@ -121,7 +123,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if origin := r.Header.Get("Origin"); origin != "" && !s.originAllowed(origin) {
+	if origin := r.Header.Get("Origin"); origin != "" && !s.originAllowed(r, origin) {
 		s.reject(w, remote, http.StatusForbidden, rejectOrigin, fmt.Sprintf("origin %q is not in ALLOWED_ORIGINS", origin))
 		return
 	}
@@ -221,12 +223,17 @@ func (s *Server) warnUntrustedForward(r *http.Request) {
 		"peer", peer.String())
 }
 
-// originAllowed reports whether a browser origin may connect.
-func (s *Server) originAllowed(origin string) bool {
+// originAllowed reports whether a browser origin may connect: one listed in
+// ALLOWED_ORIGINS, or the daemon's own (the console page it serves).
+func (s *Server) originAllowed(r *http.Request, origin string) bool {
 	if s.cfg.AllowedOrigins == nil {
 		return true
 	}
-	return slices.Contains(s.cfg.AllowedOrigins, strings.ToLower(strings.TrimRight(origin, "/")))
+	origin = strings.ToLower(strings.TrimRight(origin, "/"))
+	if u, err := url.Parse(origin); err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	return slices.Contains(s.cfg.AllowedOrigins, origin)
 }
 
 // validateUsername accepts 1 to 128 bytes of letters, digits and . _ @ + -,

@@ -74,6 +74,16 @@ func (s *Stats) reject(reason rejectReason) {
 	s.Rejected[reason].Add(1)
 }
 
+// counters returns the counters by their log names.
+func (s *Stats) counters() map[string]uint64 {
+	values := s.logValues()
+	m := make(map[string]uint64, len(values)/2)
+	for i := 0; i+1 < len(values); i += 2 {
+		m[values[i].(string)] = values[i+1].(uint64)
+	}
+	return m
+}
+
 // logValues returns the counters as slog key-value pairs.
 func (s *Stats) logValues() []any {
 	return []any{

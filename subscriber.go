@@ -47,6 +47,8 @@ type Subscriber struct {
 	logger *slog.Logger
 	stats  *Stats
 
+	// instanceID names this process: in its probe channel and in /admin/stats.
+	instanceID string
 	// probeChannel is this instance's own probe channel.
 	probeChannel string
 	// notReady is nil while the subscription is confirmed and probes come
@@ -67,13 +69,15 @@ type Subscriber struct {
 }
 
 func newSubscriber(rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
+	id := newInstanceID()
 	s := &Subscriber{
+		instanceID:   id,
 		rdb:          rdb,
 		hub:          hub,
 		cfg:          cfg,
 		logger:       logger,
 		stats:        stats,
-		probeChannel: probePrefix + newInstanceID(),
+		probeChannel: probePrefix + id,
 		resubscribe:  make(chan struct{}, 1),
 		invalidLog:   newLogLimiter(1, 5),
 	}
@@ -202,7 +206,7 @@ func (s *Subscriber) handle(channel, payload string) {
 			"channel", channel, "bytes", len(payload), "dropped_total", s.stats.MessagesInvalid.Load())
 		return
 	}
-	n := s.hub.broadcast(username, []byte(payload))
+	n := s.hub.broadcast(username, &message{data: []byte(payload), received: time.Now()})
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
 		s.logger.Debug("Broadcasting to username", "username", username, "client_count", n)
 	}
