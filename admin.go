@@ -46,6 +46,8 @@ func (d *daemon) adminRoutes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", protected)
 	mux.Handle("GET /admin/{$}", operatorPage())
+	mux.Handle("GET /admin/admin.js", operatorAsset("admin.js"))
+	mux.Handle("GET /admin/admin.css", operatorAsset("admin.css"))
 	return mux
 }
 
@@ -125,6 +127,8 @@ func (s *statsSampler) window(now time.Time) (growth map[string]uint64, span tim
 	current := s.stats.counters()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Never nil: /admin/stats shows an empty series as [], not null.
+	series = make([]throughputPoint, 0, len(s.samples)-1)
 	oldest := s.samples[0]
 	span = now.Sub(oldest.at)
 	growth = make(map[string]uint64, len(current))
@@ -151,7 +155,8 @@ type userConnections struct {
 // topUsers returns the users with the most connections, most first. It
 // locks one hub shard at a time, briefly, and counts users, not connections.
 func (h *Hub) topUsers(n int) []userConnections {
-	var top []userConnections
+	// Never nil: /admin/stats shows no users as [], not null.
+	top := make([]userConnections, 0, max(h.users.Load(), 0))
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.RLock()

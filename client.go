@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"sync"
 	"time"
@@ -203,8 +204,10 @@ func (c *Client) writePump() {
 				return
 			}
 		}
-		for _, msg := range batch {
+		for i, msg := range batch {
 			if err := c.write(websocket.TextMessage, msg.data); err != nil {
+				// The frames before this one were written: count them.
+				c.hub.stats.FramesDelivered.Add(uint64(i))
 				c.close(disconnectGone)
 				return
 			}
@@ -285,15 +288,49 @@ func (c *Client) readPump() {
 			if websocket.IsUnexpectedCloseError(err, websocket.CloseGoingAway, websocket.CloseNormalClosure, websocket.CloseNoStatusReceived) {
 				c.hub.logger.Debug("Read failed", "username", c.username, "remote", c.remote, "err", err)
 			}
+			if errors.Is(err, websocket.ErrReadLimit) {
+				// gorilla has sent the 1009 close frame.
+				c.drainSocket()
+			}
 			return
 		}
 		extend()
 		if !limiter.Allow() {
 			c.hub.stats.FloodDisconnects.Add(1)
 			c.close(disconnectFlood)
+			c.drainFrames()
 			return
 		}
 	}
+}
+
+// drainFrames reads and discards the client's frames until its answer to
+// our close frame, or for at most closeGrace. Closing a socket with unread
+// data resets the connection, and a browser then reports 1006 instead of
+// the close code it was sent.
+func (c *Client) drainFrames() {
+	_ = c.conn.SetReadDeadline(time.Now().Add(closeGrace))
+	for {
+		_, r, err := c.conn.NextReader()
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				c.drainSocket()
+			}
+			return
+		}
+	}
+}
+
+// drainSocket does what drainFrames does once gorilla can read no more
+// frames (after ErrReadLimit): it discards the socket's bytes until the
+// client closes it, or for at most closeGrace.
+func (c *Client) drainSocket() {
+	nc := c.conn.NetConn()
+	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
+	_, _ = io.Copy(io.Discard, nc)
 }
 
 // cleanup runs when the write pump ends: it takes what is left in the send

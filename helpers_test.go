@@ -214,6 +214,13 @@ func testEnv(r *redisServer) map[string]string {
 // startDaemon runs a daemon for t against r with env overriding testEnv.
 func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemon {
 	t.Helper()
+	return startDaemonOn(t, r, env, "127.0.0.1:0")
+}
+
+// startDaemonOn is startDaemon listening on addr, so that a test can start
+// another daemon where a stopped one was.
+func startDaemonOn(t *testing.T, r *redisServer, env map[string]string, addr string) *testDaemon {
+	t.Helper()
 	vars := testEnv(r)
 	for k, v := range env {
 		vars[k] = v
@@ -224,7 +231,7 @@ func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemo
 	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}

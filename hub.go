@@ -180,6 +180,9 @@ func (h *Hub) add(c *Client) error {
 	}
 	conns[c] = struct{}{}
 	h.connections.Add(1)
+	// Counted here, with connections, so that no reader sees more open
+	// connections than accepted ones.
+	h.stats.ConnectionsAccepted.Add(1)
 	h.wg.Add(2)
 	s.mu.Unlock()
 	return nil

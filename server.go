@@ -108,6 +108,16 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		remote = r.RemoteAddr
 	}
 	s.warnUntrustedForward(r)
+	if origin := r.Header.Get("Origin"); origin != "" && s.originAllowed(r, origin) {
+		// A browser hides why a handshake was refused; fanout-client.js
+		// then fetches the same URL, and these let a page on an allowed
+		// origin read the status, the reason and Retry-After (no
+		// credentials: the answer is about the request the page made).
+		// The upgrade response ignores them.
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
+		w.Header().Add("Vary", "Origin")
+	}
 	if s.hub.closing.Load() {
 		s.reject(w, remote, http.StatusServiceUnavailable, rejectShuttingDown, errHubClosed.Error())
 		return
@@ -185,7 +195,6 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
-	s.stats.ConnectionsAccepted.Add(1)
 }
 
 // reject answers a /ws request that cannot be upgraded with a one-line

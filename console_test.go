@@ -1,0 +1,484 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// The browser side of the daemon: fanout-client.js, the console page (/)
+// and the operator page (/admin/), each driven in headless Chromium by a
+// script in e2e/. FANOUT_SCREENSHOTS=docs makes the console and operator
+// tests save docs/console.png and docs/operator.png (the operator test then
+// runs 30 s longer, for a fuller chart).
+
+// needChromium fails t when the browser tests' tools are missing.
+func needChromium(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join("e2e", "node_modules", "playwright-core")); err != nil {
+		t.Fatal("playwright-core is not installed: run ./test.sh, which installs it with chromium")
+	}
+	if _, err := os.Stat("/usr/bin/chromium"); err != nil {
+		t.Fatal("chromium is not installed: run ./test.sh, which installs it")
+	}
+}
+
+// e2eCommand is node running an e2e/ script, with FANOUT_SCREENSHOTS made
+// absolute (the script runs in e2e/).
+func e2eCommand(t *testing.T, script string, args ...string) *exec.Cmd {
+	t.Helper()
+	needChromium(t)
+	cmd := exec.Command("node", append([]string{script}, args...)...)
+	cmd.Dir = "e2e"
+	cmd.Env = os.Environ()
+	if dir := os.Getenv("FANOUT_SCREENSHOTS"); dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Env = append(cmd.Env, "FANOUT_SCREENSHOTS="+abs)
+	}
+	return cmd
+}
+
+// startE2E runs an e2e/ script.
+func startE2E(t *testing.T, script string, args ...string) *daemonProcess {
+	t.Helper()
+	return startProcess(t, e2eCommand(t, script, args...))
+}
+
+// waitStep waits for the script to print a line containing s.
+func waitStep(t *testing.T, p *daemonProcess, s string) {
+	t.Helper()
+	select {
+	case <-p.done:
+		if !strings.Contains(p.logs.String(), s) {
+			t.Fatalf("the script exited (%v) before %q; it printed:\n%s", p.err, s, p.logs.String())
+		}
+	default:
+		p.waitLog(t, 15*time.Second, s)
+	}
+}
+
+// consoleEvent is a workflow event as an engine would publish it.
+func consoleEvent(typ, runID string, extra string) string {
+	return fmt.Sprintf(`{"type":%q,"run_id":%q,"workflow":"nightly-report",%s}`, typ, runID, extra)
+}
+
+func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
+	r := startRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	td.waitReady()
+
+	first := consoleEvent("workflow_started", "run-7f3a9c", `"trigger":"schedule","started_at":"2026-11-27T09:00:00Z"`)
+	afterRestart := consoleEvent("node_completed", "run-7f3a9c", `"node":"fetch-sales","status":"succeeded","duration_ms":1840`)
+	batch := []string{
+		consoleEvent("node_completed", "run-7f3a9c", `"node":"aggregate","status":"succeeded","duration_ms":5210`),
+		consoleEvent("workflow_started", "run-b81d04", `"trigger":"manual","started_by":"alice"`),
+		consoleEvent("node_completed", "run-b81d04", `"node":"fetch-sales","status":"failed","error":"upstream timeout after 30s","attempt":1`),
+		consoleEvent("node_completed", "run-7f3a9c", `"node":"render-pdf","status":"succeeded","duration_ms":930`),
+		consoleEvent("workflow_completed", "run-7f3a9c", `"status":"succeeded","duration_ms":7980,"outputs":{"report":"s3://reports/2026-11-27.pdf","rows":18422}`),
+	}
+	held := consoleEvent("node_completed", "run-b81d04", `"node":"fetch-sales","status":"succeeded","attempt":2,"duration_ms":2210`)
+	spec, err := json.Marshal(map[string]any{
+		"url":           td.baseURL + "/",
+		"username":      "alice",
+		"first":         map[string]string{"type": "workflow_started", "run_id": "run-7f3a9c"},
+		"afterRestart":  map[string]string{"type": "node_completed", "run_id": "run-7f3a9c"},
+		"total":         2 + len(batch),
+		"filter":        "run-b81d04",
+		"filterMatches": 2,
+		"select":        map[string]string{"type": "workflow_completed", "run_id": "run-7f3a9c"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := startE2E(t, "console.mjs", string(spec))
+
+	waitStep(t, page, "open")
+	eventually(t, 5*time.Second, "console connected", func() bool { return td.d.hub.connectionCount("alice") == 1 })
+	td.publish("alice", first)
+	waitStep(t, page, "detail ok")
+
+	// The same address, the same Redis: a rolling restart.
+	if err := td.stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	td2 := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	waitStep(t, page, "reconnected")
+	eventually(t, 5*time.Second, "console reconnected", func() bool { return td2.d.hub.connectionCount("alice") == 1 })
+	td2.waitReady()
+	td2.publish("alice", afterRestart)
+	waitStep(t, page, "shown after restart")
+	for _, e := range batch {
+		td2.publish("alice", e)
+	}
+	waitStep(t, page, "paused")
+	td2.publish("alice", held)
+	waitStep(t, page, "done")
+	page.waitExit(t, 10*time.Second)
+}
+
+func TestConsoleOffServesNoPageButStillTheClient(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"CONSOLE": "off"})
+	for _, path := range []string{"/", "/console.js", "/console.css"} {
+		if status, _, err := get(td.baseURL + path); err != nil || status != http.StatusNotFound {
+			t.Fatalf("CONSOLE=off: GET %s: %d %v, want 404", path, status, err)
+		}
+	}
+	resp, body := adminGet(t, td.baseURL+"/fanout-client.js", "")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "export function connect(") {
+		t.Fatalf("CONSOLE=off: GET /fanout-client.js: %d", resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/javascript") {
+		t.Fatalf("fanout-client.js Content-Type %q", ct)
+	}
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "*" {
+		t.Fatalf("fanout-client.js Access-Control-Allow-Origin %q, want * (pages on any origin import it)", got)
+	}
+}
+
+func TestConsoleAndOperatorPagesSendAStrictContentSecurityPolicy(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	for _, page := range []struct{ url, connect string }{
+		{td.baseURL + "/", "connect-src 'self' ws: wss:"},
+		{td.adminURL + "/admin/", "connect-src 'self';"},
+	} {
+		resp, body := adminGet(t, page.url, "")
+		csp := resp.Header.Get("Content-Security-Policy")
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, "<title>fanout ") {
+			t.Fatalf("GET %s: %d", page.url, resp.StatusCode)
+		}
+		for _, want := range []string{"default-src 'self'", "script-src 'self';", "style-src 'self';", page.connect, "frame-ancestors 'none'"} {
+			if !strings.Contains(csp, want) {
+				t.Fatalf("GET %s: Content-Security-Policy %q lacks %q", page.url, csp, want)
+			}
+		}
+		if strings.Contains(csp, "unsafe-") {
+			t.Fatalf("GET %s: Content-Security-Policy %q allows unsafe sources", page.url, csp)
+		}
+		// Nothing inline: the policy would block it.
+		if strings.Contains(body, "<script>") || strings.Contains(body, "style=") || strings.Contains(body, "<style") {
+			t.Fatalf("GET %s: the page has inline script or style", page.url)
+		}
+	}
+	// The pages' assets; the operator page's need no ADMIN_TOKEN (checked
+	// with a token in TestOperatorPageShowsConnectionsAndThroughput).
+	for _, url := range []string{td.baseURL + "/console.js", td.baseURL + "/console.css", td.adminURL + "/admin/admin.js", td.adminURL + "/admin/admin.css"} {
+		if status, _, err := get(url); err != nil || status != http.StatusOK {
+			t.Fatalf("GET %s: %d %v", url, status, err)
+		}
+	}
+}
+
+func TestOperatorPageShowsConnectionsAndThroughput(t *testing.T) {
+	const adminToken = "operator-token-0123456789"
+	td := startDaemon(t, startRedis(t), map[string]string{"ADMIN_TOKEN": adminToken, "LOG_LEVEL": "info"})
+	td.waitReady()
+	for _, path := range []string{"/admin/", "/admin/admin.js", "/admin/admin.css"} {
+		if status, _, err := get(td.adminURL + path); err != nil || status != http.StatusOK {
+			t.Fatalf("GET %s without the token: %d %v, want 200 (it holds no data)", path, status, err)
+		}
+	}
+	users := map[string]int{"alice": 3, "bob": 2, "carol": 1}
+	page := startE2E(t, "operator.mjs", td.adminURL, adminToken, "6")
+	waitStep(t, page, "token kept")
+
+	for name, n := range users {
+		for range n {
+			conn := td.dial(name)
+			go func() { // read, so that the daemon's queues never fill
+				for {
+					if _, _, err := conn.ReadMessage(); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}
+	stop := publishWaves(td, []string{"alice", "bob", "carol"})
+	t.Cleanup(stop)
+	waitStep(t, page, "connections 6")
+	waitStep(t, page, "chart drawn")
+	timeout := 15 * time.Second
+	if os.Getenv("FANOUT_SCREENSHOTS") != "" {
+		timeout = 60 * time.Second
+	}
+	page.waitLog(t, timeout, "done")
+	page.waitExit(t, 10*time.Second)
+}
+
+// publishWaves publishes to users in the background, at a rate that rises
+// and falls over about half a minute, until the returned function is called.
+func publishWaves(td *testDaemon, users []string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		types := []string{"workflow_started", "node_completed", "node_completed", "node_completed", "workflow_completed"}
+		start := time.Now()
+		for i := 0; ; i++ {
+			perTick := 1 + int(3+3*math.Sin(time.Since(start).Seconds()/5))
+			for j := range perTick {
+				user := users[(i+j)%len(users)]
+				payload := consoleEvent(types[(i+j)%len(types)], fmt.Sprintf("run-%04d", i/5), fmt.Sprintf(`"seq":%d`, i))
+				_ = td.pub.Publish(ctx, channelPrefix+user, payload).Err()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	return func() { cancel(); wg.Wait() }
+}
+
+// clientHarness is e2e/client.mjs: fanout-client.js in Chromium, in a
+// blank page on its own origin, importing the client from the daemon.
+type clientHarness struct {
+	t     *testing.T
+	p     *daemonProcess
+	stdin io.WriteCloser
+	page  *httptest.Server
+}
+
+// startClientHarness serves a blank page (and, on /token, what token
+// answers) and opens it with the client imported from daemonURL.
+func startClientHarness(t *testing.T, daemonURL string, token http.HandlerFunc) *clientHarness {
+	t.Helper()
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" && token != nil {
+			token(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprint(w, "<!doctype html><title>fanout-client.js test</title>\n")
+	}))
+	t.Cleanup(page.Close)
+	cmd := e2eCommand(t, "client.mjs", page.URL, daemonURL+"/fanout-client.js")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &clientHarness{t: t, stdin: stdin, page: page}
+	h.p = startProcess(t, cmd)
+	waitStep(t, h.p, "ready")
+	return h
+}
+
+// send writes one command to the harness.
+func (h *clientHarness) send(cmd map[string]any) {
+	h.t.Helper()
+	line, err := json.Marshal(cmd)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := h.stdin.Write(append(line, '\n')); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			h.t.Fatalf("write to client.mjs: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		h.t.Fatalf("client.mjs did not read %s", line)
+	}
+}
+
+// connect opens client name with options (and a token function fetching
+// from the page's /token when tokenFn).
+func (h *clientHarness) connect(name string, options map[string]any, tokenFn bool) {
+	h.t.Helper()
+	cmd := map[string]any{"cmd": "connect", "name": name, "options": options}
+	if tokenFn {
+		cmd["tokenURL"] = h.page.URL + "/token"
+	}
+	h.send(cmd)
+}
+
+// sockets returns how many WebSockets client name has opened.
+func (h *clientHarness) sockets(name string) int {
+	h.t.Helper()
+	before := countLines(h.p.logs.String(), "sockets "+name+" ")
+	h.send(map[string]any{"cmd": "sockets", "name": name})
+	eventually(h.t, 10*time.Second, "socket count", func() bool {
+		return countLines(h.p.logs.String(), "sockets "+name+" ") > before
+	})
+	lines := strings.Split(h.p.logs.String(), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var n int
+		if _, err := fmt.Sscanf(lines[i], "sockets "+name+" %d", &n); err == nil {
+			return n
+		}
+	}
+	h.t.Fatal("no socket count")
+	return 0
+}
+
+// exit ends the harness, which must exit 0 (no page errors).
+func (h *clientHarness) exit() {
+	h.t.Helper()
+	h.send(map[string]any{"cmd": "exit"})
+	h.p.waitExit(h.t, 10*time.Second)
+}
+
+// fastRetry makes a reconnect loop show within a second.
+var fastRetry = map[string]any{"minDelay": 50, "maxDelay": 200}
+
+// withOptions returns fastRetry plus the given options.
+func withOptions(kv ...any) map[string]any {
+	o := map[string]any{}
+	for k, v := range fastRetry {
+		o[k] = v
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		o[kv[i].(string)] = kv[i+1]
+	}
+	return o
+}
+
+func TestFanoutClientStopsOnAPolicyViolationInsteadOfLooping(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
+	td.waitReady()
+	h := startClientHarness(t, td.baseURL, nil)
+	h.connect("a", withOptions("url", td.wsURL, "username", "alice"), false)
+	waitStep(t, h.p, "status a open code=0")
+	// Well past the burst (clientMessageBurst): the daemon closes with 1008
+	// while frames are still arriving, and must read them off the socket
+	// first; closing with unread data would be a TCP reset, which browsers
+	// report as 1006 instead of 1008.
+	h.send(map[string]any{"cmd": "flood", "name": "a", "count": 3 * clientMessageBurst})
+	waitStep(t, h.p, "status a failed code=1008 http=0 reconnects=0 reason=too many messages from client")
+	// With 50 ms backoff a loop would have dialled again many times.
+	time.Sleep(time.Second)
+	if n := h.sockets("a"); n != 1 {
+		t.Fatalf("the client opened %d WebSockets after 1008, want 1 (no reconnect)", n)
+	}
+	if n := td.d.stats.ConnectionsAccepted.Load(); n != 1 {
+		t.Fatalf("the daemon accepted %d connections, want 1", n)
+	}
+	h.exit()
+}
+
+func TestFanoutClientWaitsRetryAfterWhenRefusedForLoad(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"MAX_CONNECTIONS_PER_USER": "1"})
+	td.waitReady()
+	_ = td.dial("dave")
+	h := startClientHarness(t, td.baseURL, nil)
+	h.connect("busy", withOptions("url", td.wsURL, "username", "dave"), false)
+	// The page is on another origin: reading the reason and Retry-After
+	// takes the daemon's CORS headers.
+	want := `status busy reconnecting code=1006 http=429 reconnects=0 reason="dave" already has 1 connections (MAX_CONNECTIONS_PER_USER); close one and retry delay=`
+	waitStep(t, h.p, want)
+	_, after, _ := strings.Cut(h.p.logs.String(), want)
+	var delay int
+	if _, err := fmt.Sscanf(after, "%d", &delay); err != nil || delay < retryAfterUserLimit*1000 {
+		t.Fatalf("the client waits %d ms (%v), want at least Retry-After: %d s", delay, err, retryAfterUserLimit)
+	}
+	time.Sleep(time.Second)
+	if n := h.sockets("busy"); n != 1 {
+		t.Fatalf("the client opened %d WebSockets within a second of a 429 with Retry-After, want 1", n)
+	}
+	h.exit()
+}
+
+func TestFanoutClientReconnectsWhenTheDaemonShutsDown(t *testing.T) {
+	r := startRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	td.waitReady()
+	h := startClientHarness(t, td.baseURL, nil)
+	h.connect("a", map[string]any{"url": td.wsURL, "username": "alice", "minDelay": 200, "maxDelay": 1000}, false)
+	waitStep(t, h.p, "status a open code=0 http=0 reconnects=0")
+	eventually(t, 5*time.Second, "client registered", func() bool { return td.d.hub.connectionCount("alice") == 1 })
+	td.publish("alice", `{"type":"before","n":1}`)
+	waitStep(t, h.p, `event a {"type":"before","n":1}`)
+
+	if err := td.stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	waitStep(t, h.p, "status a reconnecting code=1001 http=0 reconnects=0 reason=server shutting down")
+	td2 := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	waitStep(t, h.p, "status a open code=0 http=0 reconnects=1")
+	eventually(t, 5*time.Second, "client registered again", func() bool { return td2.d.hub.connectionCount("alice") == 1 })
+	td2.waitReady()
+	td2.publish("alice", `{"type":"after","n":2}`)
+	waitStep(t, h.p, `event a {"type":"after","n":2}`)
+	h.exit()
+}
+
+func TestFanoutClientStopsOnARefusedTokenInsteadOfLooping(t *testing.T) {
+	td := startDaemon(t, startRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
+	td.waitReady()
+	h := startClientHarness(t, td.baseURL, nil)
+	forged := mint(t, jwt.SigningMethodHS256, []byte("not-the-secret-0123456789-abcdefghijklm"), claims("alice", time.Minute), "")
+	alice := mint(t, jwt.SigningMethodHS256, []byte(testSecret), claims("alice", time.Minute), "")
+	h.connect("bad", withOptions("url", td.wsURL, "token", forged), false)
+	h.connect("other", withOptions("url", td.wsURL, "token", alice, "username", "bob"), false)
+	waitStep(t, h.p, "status bad unauthorized code=1006 http=401 reconnects=0 reason=invalid token: bad signature or algorithm not allowed")
+	waitStep(t, h.p, `status other forbidden code=1006 http=403 reconnects=0 reason=token is for "alice", and "bob" is not in its orgs claim`)
+	time.Sleep(time.Second)
+	for _, name := range []string{"bad", "other"} {
+		if n := h.sockets(name); n != 1 {
+			t.Fatalf("client %s opened %d WebSockets, want 1 (no reconnect loop)", name, n)
+		}
+	}
+	// One handshake and one fetch each, then nothing.
+	if n := td.d.stats.Rejected[rejectUnauthorized].Load(); n != 2 {
+		t.Fatalf("%d requests refused as unauthorized, want 2", n)
+	}
+	if n := td.d.stats.Rejected[rejectForbidden].Load(); n != 2 {
+		t.Fatalf("%d requests refused as forbidden, want 2", n)
+	}
+	h.exit()
+}
+
+func TestFanoutClientGetsAFreshTokenOnExpiryOrStopsWithAFixedOne(t *testing.T) {
+	td := startDaemon(t, startRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
+	td.waitReady()
+	// Tokens expire within 1 to 2 seconds (exp has whole seconds).
+	shortLived := func(sub string) string {
+		c := claims(sub, 0)
+		c["exp"] = time.Now().Add(2 * time.Second).Unix()
+		return mint(t, jwt.SigningMethodHS256, []byte(testSecret), c, "")
+	}
+	var mu sync.Mutex
+	issued := 0
+	h := startClientHarness(t, td.baseURL, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		issued++
+		mu.Unlock()
+		fmt.Fprint(w, shortLived("alice"))
+	})
+	h.connect("fixed", withOptions("url", td.wsURL, "token", shortLived("bob")), false)
+	h.connect("fresh", withOptions("url", td.wsURL), true)
+	waitStep(t, h.p, "status fixed expired code=4001 http=0 reconnects=0 reason=token expired")
+	waitStep(t, h.p, "status fresh reconnecting code=4001 http=0 reconnects=0 reason=token expired")
+	waitStep(t, h.p, "status fresh open code=0 http=0 reconnects=1")
+	eventually(t, 5*time.Second, "fresh client registered again", func() bool { return td.d.hub.connectionCount("alice") == 1 })
+	td.publish("alice", `{"type":"after-expiry"}`)
+	waitStep(t, h.p, `event fresh {"type":"after-expiry"}`)
+	if n := h.sockets("fixed"); n != 1 {
+		t.Fatalf("the client with a fixed token opened %d WebSockets, want 1", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if issued < 2 {
+		t.Fatalf("the token function was called %d times, want at least 2", issued)
+	}
+	h.exit()
+}
