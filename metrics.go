@@ -18,15 +18,17 @@ type metrics struct {
 	deliveryLatency prometheus.Histogram
 }
 
+// deliveryLatencyBuckets go from 100 µs to 2.5 s: a healthy delivery takes
+// well under a millisecond; seconds mean a backlog.
+var deliveryLatencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+
 func newMetrics(d *daemon) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "fanout_delivery_latency_seconds",
-			Help: "Time from reading an event from Redis to writing its frame to a socket.",
-			// 100 µs to 2.5 s: a healthy delivery takes well under a
-			// millisecond; seconds mean a backlog.
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+			Name:    "fanout_delivery_latency_seconds",
+			Help:    "Time from reading an event from Redis to writing its frame to a socket.",
+			Buckets: deliveryLatencyBuckets,
 		}),
 	}
 	m.registry.MustRegister(
