@@ -1,5 +1,6 @@
 # Build: docker build -t fanout .
-# Run:   docker run -p 8084:8084 -e REDIS_HOST=redis fanout
+# Run:   docker run -p 8084:8084 -e REDIS_HOST=redis -e JWT_SECRET="$(cat fanout-jwt.key)" fanout
+#        (without a JWT key the daemon only admits loopback clients: none, inside a container)
 FROM golang:1.26-alpine AS builder
 WORKDIR /src
 COPY go.mod go.sum ./
