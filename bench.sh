@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# bench.sh: run the fanout load-generator scenarios (cmd/fanout-bench)
+# against a fresh daemon each, all on loopback.
+#
+#   ./bench.sh                 # every scenario: S1 S1-max S2 S3 S4 connect
+#   ./bench.sh S2 S3           # a subset
+#   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
+#
+# It raises the soft open-files limit to the hard one, builds the daemon and
+# the bench into a temporary directory, starts its own redis-server on a free
+# loopback port (no persistence), and for each scenario starts the daemon on
+# a free port with LOG_LEVEL=warn (info logs a line per connection),
+# CONNECT_RATE_PER_IP=0 and MAX_CONNECTIONS_PER_USER=0 (one client address
+# opens thousands of connections) and ADMIN_ADDR=off, waits for /ready, runs
+# fanout-bench with -pid set to the daemon, and stops the daemon. Everything
+# it started is stopped on exit. Reports (table + BENCH_JSON line) go to
+# stdout; a summary table of all scenarios is printed at the end.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+ALL=(S1 S1-max S2 S3 S4 connect)
+if (($# == 0)); then set -- "${ALL[@]}"; fi
+for s in "$@"; do
+  case " ${ALL[*]} " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (known: ${ALL[*]})" >&2; exit 2 ;; esac
+done
+
+# Installs what is missing, as test.sh does (Debian packages, as root).
+. scripts/ensure.sh
+ensure_go
+ensure_redis_server
+ensure_package curl curl
+
+ulimit -n "$(ulimit -Hn)"
+QUICK=${QUICK:-0}
+# Each source address gives ~28 000 client ports; scenarios follow each
+# other within TIME_WAIT (60 s), so spread the sockets over 8 addresses.
+SOURCES=${SOURCES:-8}
+TIMEOUT=${TIMEOUT:-60s}
+
+WORK=$(mktemp -d /tmp/fanout-bench.XXXXXX)
+REDIS_PID="" DAEMON_PID=""
+cleanup() {
+  [[ -n $DAEMON_PID ]] && kill -TERM "$DAEMON_PID" 2>/dev/null && wait_gone "$DAEMON_PID" 15
+  [[ -n $REDIS_PID ]] && kill -TERM "$REDIS_PID" 2>/dev/null && wait_gone "$REDIS_PID" 5
+  rm -rf "$WORK"
+}
+# wait_gone PID SECONDS: wait for PID to exit, SIGKILL it after SECONDS.
+wait_gone() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# free_port: a loopback TCP port nobody listens on, below the ephemeral
+# range so client sockets never take it.
+free_port() {
+  local p i
+  for ((i = 0; i < 100; i++)); do
+    p=$((20000 + RANDOM % 12000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  echo "bench.sh: no free port" >&2; exit 1
+}
+
+echo "building daemon and fanout-bench..."
+go build -o "$WORK/fanout" .
+go build -o "$WORK/fanout-bench" ./cmd/fanout-bench
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --maxclients 10000 --daemonize no --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+for ((i = 0; i < 50; i++)); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "bench.sh: redis did not start" >&2; cat "$WORK/redis.log" >&2; exit 1; }
+
+start_daemon() {
+  DAEMON_PORT=$(free_port)
+  PORT=$DAEMON_PORT LISTEN_HOST=127.0.0.1 REDIS_HOST=127.0.0.1 REDIS_PORT=$REDIS_PORT \
+    LOG_LEVEL=warn CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 ADMIN_ADDR=off \
+    "$WORK/fanout" >"$WORK/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  for ((i = 0; i < 150; i++)); do
+    curl -fs "http://127.0.0.1:$DAEMON_PORT/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$DAEMON_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench.sh: daemon not ready" >&2; tail -20 "$WORK/daemon.log" >&2; exit 1
+}
+
+stop_daemon() {
+  kill -TERM "$DAEMON_PID" 2>/dev/null || true
+  wait_gone "$DAEMON_PID" 15
+  wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=""
+  # Warnings and errors other than the protected-mode notice.
+  local log
+  log=$(grep -v 'PROTECTED MODE' "$WORK/daemon.log" | tail -5 || true)
+  if [[ -n $log ]]; then
+    echo "  daemon log (warnings and errors, last 5 lines):"
+    echo "$log" | sed 's/^/    /'
+  fi
+}
+
+# q FULL QUICK: FULL, or QUICK when QUICK=1.
+q() { if [[ $QUICK == 1 ]]; then echo "$2"; else echo "$1"; fi; }
+
+scenario_args() {
+  case $1 in
+    S1) echo "-users $(q 9500 950) -conns-per-user 2 -settle 3s" ;;
+    S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 3s" ;;
+    S2) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s" ;;
+    S3) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s" ;;
+    S4) echo "-users 1 -conns-per-user $(q 5000 500) -events $(q 500 50) -rate 0 -inflight 1000 -then-events $(q 300 30) -then-rate 10 -payload 256 -settle 1s" ;;
+    connect) echo "-users $(q 19000 1900) -conns-per-user 1 -settle 1s -dial-concurrency 256" ;;
+  esac
+}
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+status=0
+for s in "$@"; do
+  echo
+  start_daemon
+  # shellcheck disable=SC2046
+  if timeout 600 "$WORK/fanout-bench" -scenario "$s" -url "ws://127.0.0.1:$DAEMON_PORT/ws" \
+    -redis "127.0.0.1:$REDIS_PORT" -pid "$DAEMON_PID" -sources "$SOURCES" -timeout "$TIMEOUT" \
+    $(scenario_args "$s") | tee -a "$RESULTS"; then :; else
+    echo "bench.sh: scenario $s failed" >&2
+    status=1
+  fi
+  stop_daemon
+done
+
+echo
+echo "== summary$([[ $QUICK == 1 ]] && echo ' (QUICK=1: scaled down ~10x)') =="
+"$WORK/fanout-bench" -summary "$RESULTS"
+exit $status

@@ -1,0 +1,676 @@
+// Command fanout-bench is the fanout daemon's load generator: it opens many
+// WebSocket connections (spread over child processes and loopback source
+// addresses), publishes bench events through Redis, and reports connect
+// rate, daemon RSS per connection, deliveries, losses, duplicates, cross-user
+// leaks, end-to-end latency and daemon CPU per delivery: a table and one
+// "BENCH_JSON {...}" line. See README.md in this directory; ./bench.sh at the
+// repository root runs the standard scenarios against a fresh daemon each.
+//
+// Run the daemon with CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 (one
+// address opens thousands of connections, many per user) and LOG_LEVEL=warn
+// (info logs a line per connection).
+//
+// Phases, each bounded by -timeout: read the daemon's VmRSS baseline; start
+// -procs children (this binary again, configured through the
+// FANOUT_BENCH_CHILD environment variable), which dial their share of the
+// connections and report "connected"; sleep -settle and read VmRSS again;
+// publish -events (paced by -rate, or as fast as -inflight allows) and drain
+// until every connection has every event of its user; optionally publish
+// -then-events at -then-rate and drain again; tell the children "stop" and
+// merge their summaries.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+type options struct {
+	url, redis, pids, scenario  string
+	users, connsPerUser, events int
+	inflight, payload, sources  int
+	procs, dialWorkers          int
+	publishers, thenEvents      int
+	rate, thenRate              float64
+	settle, timeout             time.Duration
+	jsonOnly                    bool
+}
+
+func main() {
+	if raw := os.Getenv(childEnv); raw != "" {
+		runChild(raw)
+		return
+	}
+	var o options
+	flag.StringVar(&o.url, "url", "ws://127.0.0.1:8084/ws", "daemon WebSocket URL (without query)")
+	flag.StringVar(&o.redis, "redis", "127.0.0.1:6379", "Redis address to publish to")
+	flag.IntVar(&o.users, "users", 100, "number of users (u0..uN-1)")
+	flag.IntVar(&o.connsPerUser, "conns-per-user", 1, "connections per user")
+	flag.IntVar(&o.events, "events", 0, "events to publish in total (round-robin over users)")
+	flag.Float64Var(&o.rate, "rate", 0, "events per second; 0 = as fast as possible with at most -inflight events outstanding")
+	flag.IntVar(&o.inflight, "inflight", 1000, "with -rate 0: most events published but not yet delivered everywhere")
+	flag.IntVar(&o.thenEvents, "then-events", 0, "after -events are published, publish this many more at -then-rate (second latency phase)")
+	flag.Float64Var(&o.thenRate, "then-rate", 10, "events per second of the -then-events phase")
+	flag.IntVar(&o.payload, "payload", 256, "size of each event's JSON in bytes (padded)")
+	flag.StringVar(&o.pids, "pid", "", "daemon PID(s), comma-separated, for /proc RSS and CPU readings")
+	flag.IntVar(&o.sources, "sources", 1, "bind client sockets to 127.0.0.1..127.0.0.N round-robin (each gives ~28 000 ports)")
+	flag.IntVar(&o.procs, "procs", 0, "child processes holding connections (0: ceil(connections / 15000))")
+	flag.IntVar(&o.dialWorkers, "dial-concurrency", 128, "concurrent dials in total (split over children)")
+	flag.IntVar(&o.publishers, "publishers", 8, "concurrent publishers (a user's events always go through the same one, in order)")
+	flag.DurationVar(&o.settle, "settle", 2*time.Second, "wait after connecting before reading RSS")
+	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "bound of each phase (connect, publish, drain)")
+	flag.BoolVar(&o.jsonOnly, "json", false, "print only the BENCH_JSON line")
+	flag.StringVar(&o.scenario, "scenario", "", "scenario name for the report")
+	summary := flag.String("summary", "", "print a one-row-per-scenario table of the BENCH_JSON lines in this file, and exit")
+	flag.Parse()
+	if *summary != "" {
+		if err := printSummary(*summary); err != nil {
+			fmt.Fprintln(os.Stderr, "fanout-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := o.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "fanout-bench:", err)
+		os.Exit(2)
+	}
+	rep, err := run(o)
+	if rep != nil {
+		rep.print(o.jsonOnly)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fanout-bench:", err)
+		os.Exit(1)
+	}
+	if why := rep.failed(); why != "" {
+		fmt.Fprintln(os.Stderr, "fanout-bench: FAILED:", why)
+		os.Exit(1)
+	}
+}
+
+// failed says why a completed run counts as a failure (exit status 1): no
+// connection at all, or any delivery fault. Some connect failures alone do
+// not fail the run (S1-max reports how many connections were possible).
+func (r *report) failed() string {
+	var why []string
+	if r.Connections == 0 {
+		why = append(why, "no connection succeeded")
+	}
+	if !r.Drained || r.Losses != 0 {
+		why = append(why, fmt.Sprintf("%d deliveries lost", r.Losses))
+	}
+	if r.Duplicates+r.OutOfOrder+r.Leaks+r.ParseErrors != 0 {
+		why = append(why, fmt.Sprintf("%d duplicates, %d out of order, %d cross-user leaks, %d unparsable frames",
+			r.Duplicates, r.OutOfOrder, r.Leaks, r.ParseErrors))
+	}
+	if r.Disconnects != 0 {
+		why = append(why, fmt.Sprintf("%d connections closed by the daemon during the run", r.Disconnects))
+	}
+	return strings.Join(why, "; ")
+}
+
+func (o *options) check() error {
+	switch {
+	case o.users < 1 || o.connsPerUser < 1:
+		return errors.New("-users and -conns-per-user must be at least 1")
+	case o.events < 0 || o.thenEvents < 0 || o.rate < 0 || o.thenRate <= 0:
+		return errors.New("-events, -then-events, -rate must be >= 0 and -then-rate > 0")
+	case o.inflight < 1 || o.payload < 0:
+		return errors.New("-inflight must be >= 1, -payload >= 0")
+	case o.sources < 1 || o.sources > 254:
+		return errors.New("-sources must be 1..254")
+	case o.procs < 0 || o.dialWorkers < 1 || o.publishers < 1:
+		return errors.New("-procs >= 0, -dial-concurrency and -publishers >= 1")
+	case o.timeout <= 0:
+		return errors.New("-timeout must be positive")
+	}
+	total := o.users * o.connsPerUser
+	if o.procs == 0 {
+		o.procs = (total + 14999) / 15000
+	}
+	if o.procs > total {
+		o.procs = total
+	}
+	return nil
+}
+
+// report is everything measured; JSON field names are the BENCH_JSON keys.
+type report struct {
+	Scenario          string   `json:"scenario"`
+	Users             int      `json:"users"`
+	ConnsPerUser      int      `json:"conns_per_user"`
+	Procs             int      `json:"procs"`
+	Sources           int      `json:"sources"`
+	ConnsRequested    int      `json:"conns_requested"`
+	Connections       int      `json:"connections"`
+	ConnectFailures   int      `json:"connect_failures"`
+	ConnectErrors     []string `json:"connect_errors,omitempty"`
+	ConnectSeconds    float64  `json:"connect_seconds"`
+	UpgradesPerSec    float64  `json:"upgrades_per_sec"`
+	RSSBaseBytes      int64    `json:"rss_base_bytes"`
+	RSSConnectedBytes int64    `json:"rss_connected_bytes"`
+	RSSPerConnBytes   float64  `json:"rss_per_conn_bytes"`
+	RSSEndBytes       int64    `json:"rss_end_bytes"`
+	Payload           int      `json:"payload_bytes"`
+	Rate              float64  `json:"rate"`
+	Inflight          int      `json:"inflight"`
+	EventsPublished   int64    `json:"events_published"`
+	PublishErrors     int64    `json:"publish_errors"`
+	PublishSeconds    float64  `json:"publish_seconds"`
+	Expected          int64    `json:"expected_deliveries"`
+	Deliveries        int64    `json:"deliveries"`
+	Losses            int64    `json:"losses"`
+	Duplicates        int64    `json:"duplicates"`
+	OutOfOrder        int64    `json:"out_of_order"`
+	Leaks             int64    `json:"leaks"`
+	ParseErrors       int64    `json:"parse_errors"`
+	Disconnects       int64    `json:"disconnects"`
+	Drained           bool     `json:"drained"`
+	LatP50us          float64  `json:"lat_p50_us"`
+	LatP99us          float64  `json:"lat_p99_us"`
+	LatP999us         float64  `json:"lat_p999_us"`
+	LatMaxus          float64  `json:"lat_max_us"`
+	Phase2            *latency `json:"phase2,omitempty"`
+	WindowSeconds     float64  `json:"window_seconds"`
+	DeliveriesPerSec  float64  `json:"deliveries_per_sec"`
+	DaemonCPUus       float64  `json:"daemon_cpu_us"`
+	DaemonCPUPerDeliv float64  `json:"daemon_cpu_us_per_delivery"`
+	DaemonCPUPercent  float64  `json:"daemon_cpu_percent"`
+	BenchCPUPercent   float64  `json:"bench_cpu_percent"`
+	// DaemonIdleCPUPercent is the daemon's CPU during -settle (connections
+	// open, no events): the background cost included in the per-delivery
+	// figure. 10 ms tick resolution.
+	DaemonIdleCPUPercent float64  `json:"daemon_idle_cpu_percent"`
+	Notes                []string `json:"notes,omitempty"`
+}
+
+// latency of the -then-events phase, reported apart from the burst.
+type latency struct {
+	Events        int64   `json:"events"`
+	Expected      int64   `json:"expected_deliveries"`
+	Deliv         uint64  `json:"deliveries"`
+	WindowSeconds float64 `json:"window_seconds"`
+	DaemonCPUus   float64 `json:"daemon_cpu_us"`
+	CPUPerDeliv   float64 `json:"daemon_cpu_us_per_delivery"`
+	P50us         float64 `json:"lat_p50_us"`
+	P99us         float64 `json:"lat_p99_us"`
+	P999us        float64 `json:"lat_p999_us"`
+	Maxus         float64 `json:"lat_max_us"`
+}
+
+func us(ns int64) float64 { return float64(ns) / 1e3 }
+
+// child is the parent's handle on one child process.
+type child struct {
+	cmd       *exec.Cmd
+	stdin     io.WriteCloser
+	connected chan childMsg
+	summary   chan childMsg
+	progress  atomic.Int64
+}
+
+// tracker sums the children's progress and wakes the publishers.
+type tracker struct {
+	mu        sync.Mutex
+	cond      *sync.Cond
+	delivered atomic.Int64
+	children  []*child
+}
+
+func (t *tracker) update() {
+	var sum int64
+	for _, c := range t.children {
+		sum += c.progress.Load()
+	}
+	t.delivered.Store(sum)
+	t.mu.Lock()
+	t.cond.Broadcast()
+	t.mu.Unlock()
+}
+
+func run(o options) (*report, error) {
+	total := o.users * o.connsPerUser
+	rep := &report{Scenario: o.scenario, Users: o.users, ConnsPerUser: o.connsPerUser, Procs: o.procs,
+		Sources: o.sources, ConnsRequested: total, Payload: o.payload, Rate: o.rate, Inflight: o.inflight}
+	pids, err := parsePIDs(o.pids)
+	if err != nil {
+		return nil, err
+	}
+	if len(pids) == 0 {
+		rep.Notes = append(rep.Notes, "no -pid: daemon RSS and CPU not measured")
+	}
+	// The baseline is read before anything connects.
+	rep.RSSBaseBytes = rss(pids)
+
+	rdb := redis.NewClient(&redis.Options{Addr: o.redis, PoolSize: o.publishers + 2})
+	defer rdb.Close()
+	if o.events+o.thenEvents > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("redis %s: %w", o.redis, err)
+		}
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	// Bound on the whole run, also enforced by each child on itself.
+	maxLife := 4*o.timeout + o.settle + time.Minute
+	if o.rate > 0 {
+		maxLife += time.Duration(float64(o.events)/o.rate) * time.Second
+	}
+	maxLife += time.Duration(float64(o.thenEvents)/o.thenRate) * time.Second
+
+	tr := &tracker{}
+	tr.cond = sync.NewCond(&tr.mu)
+	workers := max(1, o.dialWorkers/o.procs)
+	start := time.Now()
+	for i := 0; i < o.procs; i++ {
+		cfg := childConfig{URL: o.url, Users: o.users, Sources: o.sources,
+			Lo: total * i / o.procs, Hi: total * (i + 1) / o.procs,
+			DialWorkers: workers, Timeout: o.timeout, MaxLife: maxLife}
+		raw, _ := json.Marshal(cfg)
+		c := &child{cmd: exec.Command(self), connected: make(chan childMsg, 1), summary: make(chan childMsg, 1)}
+		c.cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+		c.cmd.Stderr = os.Stderr
+		c.stdin, _ = c.cmd.StdinPipe()
+		out, _ := c.cmd.StdoutPipe()
+		if err := c.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start child: %w", err)
+		}
+		tr.children = append(tr.children, c)
+		go readChild(c, out, tr)
+	}
+	defer func() {
+		for _, c := range tr.children {
+			c.stdin.Close()
+			done := make(chan struct{})
+			go func() { c.cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				c.cmd.Process.Kill()
+				<-done
+			}
+		}
+	}()
+
+	// Connect phase. Children bound their dials by -timeout; the parent
+	// allows a little more for them to report.
+	connectsPerUser := make([]int64, o.users)
+	for i := 0; i < total; i++ {
+		connectsPerUser[i%o.users]++
+	}
+	deadline := time.After(o.timeout + 15*time.Second)
+	for _, c := range tr.children {
+		select {
+		case m := <-c.connected:
+			rep.Connections += m.OK
+			rep.ConnectFailures += m.Fail
+			for _, gi := range m.Failed {
+				connectsPerUser[gi%o.users]--
+			}
+			for _, e := range m.Errs {
+				if len(rep.ConnectErrors) < 5 {
+					rep.ConnectErrors = append(rep.ConnectErrors, e)
+				}
+			}
+		case <-deadline:
+			return rep, errors.New("connect phase: a child did not report in time")
+		}
+	}
+	rep.ConnectSeconds = time.Since(start).Seconds()
+	rep.UpgradesPerSec = float64(rep.Connections) / rep.ConnectSeconds
+
+	idle0, idleT0 := cpuTicksAll(pids), time.Now()
+	time.Sleep(o.settle)
+	rep.RSSConnectedBytes = rss(pids)
+	if len(pids) > 0 && o.settle > 0 {
+		rep.DaemonIdleCPUPercent = float64(cpuTicksAll(pids)-idle0) * 1e6 / clkTck / 1e4 / time.Since(idleT0).Seconds()
+	}
+	if len(pids) > 0 && rep.Connections > 0 {
+		rep.RSSPerConnBytes = float64(rep.RSSConnectedBytes-rep.RSSBaseBytes) / float64(rep.Connections)
+	}
+
+	benchCPU0 := benchTicks(tr.children)
+	if o.events+o.thenEvents > 0 {
+		p := &publisher{o: o, rdb: rdb, tr: tr, connsOf: connectsPerUser}
+		p.run(rep, pids)
+	}
+
+	// Collect the summaries.
+	for _, c := range tr.children {
+		fmt.Fprintln(c.stdin, "stop")
+	}
+	var hist [2]histogram
+	var lastRecv [2]int64
+	benchTicksEnd := cpuTicks(os.Getpid())
+	sumDeadline := time.After(15 * time.Second)
+	for _, c := range tr.children {
+		select {
+		case m := <-c.summary:
+			rep.Deliveries += m.D
+			rep.Duplicates += m.Dups
+			rep.OutOfOrder += m.OOO
+			rep.Leaks += m.Leaks
+			rep.ParseErrors += m.ParseErrs
+			rep.Disconnects += m.Disconnects
+			lastRecv[0] = max(lastRecv[0], m.LastRecvNs[0])
+			lastRecv[1] = max(lastRecv[1], m.LastRecvNs[1])
+			benchTicksEnd += m.CPUTicks
+			for ph := 0; ph < 2; ph++ {
+				hist[ph].merge(m.Hist[ph], m.HistMax[ph])
+			}
+		case <-sumDeadline:
+			return rep, errors.New("summary: a child did not report in time")
+		}
+	}
+	rep.Losses = rep.Expected - rep.Deliveries
+	rep.RSSEndBytes = rss(pids)
+	// The headline latency is the first phase's (all of it without
+	// -then-events); the paced tail has its own in Phase2.
+	all := &hist[0]
+	rep.LatP50us, rep.LatP99us = us(all.percentile(0.50)), us(all.percentile(0.99))
+	rep.LatP999us, rep.LatMaxus = us(all.percentile(0.999)), us(all.max)
+	if p := rep.Phase2; p != nil {
+		h := &hist[1]
+		p.Deliv, p.P50us, p.P99us = h.total, us(h.percentile(0.5)), us(h.percentile(0.99))
+		p.P999us, p.Maxus = us(h.percentile(0.999)), us(h.max)
+		if h.total > 0 && len(pids) > 0 {
+			p.CPUPerDeliv = p.DaemonCPUus / float64(h.total)
+		}
+	}
+	// The (first phase's) window runs from the first publish to its last
+	// delivery seen, when that is earlier than the drain was noticed.
+	if rep.WindowSeconds > 0 && lastRecv[0] > 0 {
+		if end := float64(lastRecv[0]-windowStartNs.Load()) / 1e9; end > 0 && end < rep.WindowSeconds {
+			rep.WindowSeconds = end
+		}
+	}
+	if rep.WindowSeconds > 0 {
+		rep.DeliveriesPerSec = float64(hist[0].total) / rep.WindowSeconds
+		rep.DaemonCPUPercent = rep.DaemonCPUus / 1e4 / rep.WindowSeconds
+	}
+	if start := windowStartNs.Load(); start > 0 {
+		// The generator's CPU over everything from the first publish on.
+		secs := float64(time.Now().UnixNano()-start) / 1e9
+		rep.BenchCPUPercent = float64(benchTicksEnd-benchCPU0) * 1e6 / clkTck / 1e4 / secs
+	}
+	if hist[0].total > 0 && len(pids) > 0 {
+		rep.DaemonCPUPerDeliv = rep.DaemonCPUus / float64(hist[0].total)
+	}
+	if o.events+o.thenEvents == 0 {
+		rep.Drained = true // nothing to deliver
+	}
+	return rep, nil
+}
+
+// windowStartNs is the wall clock of the first publish.
+var windowStartNs atomic.Int64
+
+func readChild(c *child, out io.Reader, tr *tracker) {
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 32<<20)
+	for sc.Scan() {
+		var m childMsg
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			fmt.Fprintln(os.Stderr, "fanout-bench: bad child line:", err)
+			continue
+		}
+		switch m.T {
+		case "c":
+			c.connected <- m
+		case "p":
+			c.progress.Store(m.D)
+			tr.update()
+		case "s":
+			c.progress.Store(m.D)
+			c.summary <- m
+		}
+	}
+}
+
+// publisher publishes the events. Event k (0-based, over both phases) is
+// for user k % users with sequence number k / users + 1, so each user's
+// sequence numbers increase; worker w publishes the users u with
+// u % publishers == w, one at a time, so each user's events are published
+// in order.
+type publisher struct {
+	o         options
+	rdb       *redis.Client
+	tr        *tracker
+	connsOf   []int64 // connected connections per user
+	prefix    []int64 // prefix[u] = sum of connsOf[0:u]
+	totalConn int64
+	expected  atomic.Int64 // deliveries expected for the events published so far
+	published atomic.Int64
+	errs      atomic.Int64
+}
+
+// expectedBefore is the deliveries expected for events 0..k-1.
+func (p *publisher) expectedBefore(k int) int64 {
+	u := len(p.connsOf)
+	return int64(k/u)*p.totalConn + p.prefix[k%u]
+}
+
+func (p *publisher) run(rep *report, pids []int) {
+	p.prefix = make([]int64, len(p.connsOf)+1)
+	for u, n := range p.connsOf {
+		p.prefix[u+1] = p.prefix[u] + n
+	}
+	p.totalConn = p.prefix[len(p.connsOf)]
+	// Bounded in flight: outstanding deliveries < inflight * average fan-out.
+	window := int64(float64(p.o.inflight) * float64(p.totalConn) / float64(len(p.connsOf)))
+	window = max(window, 1)
+
+	// Wake gated publishers now and then so deadlines are noticed.
+	stopTick := make(chan struct{})
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				p.tr.update()
+			case <-stopTick:
+				return
+			}
+		}
+	}()
+	defer close(stopTick)
+
+	cpu0 := cpuTicksAll(pids)
+	t0 := time.Now()
+	windowStartNs.Store(t0.UnixNano())
+	pubDeadline := t0.Add(p.o.timeout)
+	if p.o.rate > 0 {
+		pubDeadline = pubDeadline.Add(time.Duration(float64(p.o.events) / p.o.rate * float64(time.Second)))
+	}
+	p.phase(0, p.o.events, p.o.rate, window, 1, pubDeadline)
+	rep.PublishSeconds = time.Since(t0).Seconds()
+	rep.Drained = p.drain(p.expected.Load(), rep)
+	rep.WindowSeconds = time.Since(t0).Seconds()
+	cpu1 := cpuTicksAll(pids)
+	rep.DaemonCPUus = float64(cpu1-cpu0) * 1e6 / clkTck
+
+	if p.o.thenEvents > 0 {
+		// The paced tail starts once the burst is drained (or timed out), so
+		// its latency and CPU are its own.
+		exp0 := p.expected.Load()
+		t1 := time.Now()
+		d := t1.Add(p.o.timeout + time.Duration(float64(p.o.thenEvents)/p.o.thenRate*float64(time.Second)))
+		p.phase(p.o.events, p.o.events+p.o.thenEvents, p.o.thenRate, window, 2, d)
+		drained := p.drain(p.expected.Load(), rep)
+		rep.Drained = rep.Drained && drained
+		rep.Phase2 = &latency{Events: int64(p.o.thenEvents), Expected: p.expected.Load() - exp0,
+			WindowSeconds: time.Since(t1).Seconds(),
+			DaemonCPUus:   float64(cpuTicksAll(pids)-cpu1) * 1e6 / clkTck}
+	}
+	rep.EventsPublished = p.published.Load()
+	rep.PublishErrors = p.errs.Load()
+	if rep.PublishErrors > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d PUBLISH errors", rep.PublishErrors))
+	}
+	if rep.EventsPublished < int64(p.o.events+p.o.thenEvents) {
+		rep.Notes = append(rep.Notes, "publish phase hit -timeout before all events were published")
+	}
+	rep.Expected = p.expected.Load()
+}
+
+// drain waits until the children have reported want deliveries in total
+// (every connection got every event of its user), or -timeout.
+func (p *publisher) drain(want int64, rep *report) bool {
+	deadline := time.Now().Add(p.o.timeout)
+	p.tr.mu.Lock()
+	for p.tr.delivered.Load() < want && time.Now().Before(deadline) {
+		p.tr.cond.Wait()
+	}
+	p.tr.mu.Unlock()
+	ok := p.tr.delivered.Load() >= want
+	if !ok {
+		rep.Notes = append(rep.Notes, "drain hit -timeout: some deliveries never arrived")
+	}
+	return ok
+}
+
+// phase publishes events [lo, hi) at rate (events/s), or as fast as the
+// in-flight window allows when rate is 0.
+func (p *publisher) phase(lo, hi int, rate float64, window int64, ph int, deadline time.Time) {
+	users := len(p.connsOf)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < p.o.publishers && w < users; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 0, p.o.payload+128)
+			ctx := context.Background()
+			for k := lo; k < hi; k++ {
+				u := k % users
+				if u%p.o.publishers != w {
+					continue
+				}
+				if rate > 0 {
+					at := start.Add(time.Duration(float64(k-lo) / rate * float64(time.Second)))
+					if at.After(deadline) {
+						return
+					}
+					time.Sleep(time.Until(at))
+				} else {
+					need := p.expectedBefore(k) - window
+					p.tr.mu.Lock()
+					for p.tr.delivered.Load() <= need && time.Now().Before(deadline) {
+						p.tr.cond.Wait()
+					}
+					p.tr.mu.Unlock()
+				}
+				if time.Now().After(deadline) {
+					return
+				}
+				user := "u" + strconv.Itoa(u)
+				buf = appendEvent(buf[:0], user, int64(k/users+1), time.Now().UnixNano(), ph, p.o.payload)
+				if err := p.rdb.Publish(ctx, "workflow:events:"+user, buf).Err(); err != nil {
+					p.errs.Add(1)
+					continue
+				}
+				p.published.Add(1)
+				p.expected.Add(p.connsOf[u])
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// clkTck is sysconf(_SC_CLK_TCK): /proc/PID/stat counts CPU time in clock
+// ticks, which is 100 per second on Linux (fixed USER_HZ on every
+// architecture Go supports), so it is hard-coded rather than read via cgo.
+const clkTck = 100.0
+
+func parsePIDs(s string) ([]int, error) {
+	var pids []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("-pid: %q is not a PID", f)
+		}
+		if _, err := os.Stat("/proc/" + f); err != nil {
+			return nil, fmt.Errorf("-pid: %d: %w", n, err)
+		}
+		pids = append(pids, n)
+	}
+	return pids, nil
+}
+
+// rss sums VmRSS (bytes) of pids from /proc/PID/status.
+func rss(pids []int) int64 {
+	var sum int64
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				sum += kb << 10
+			}
+		}
+	}
+	return sum
+}
+
+// cpuTicks returns utime+stime of pid (fields 14 and 15 of /proc/PID/stat).
+func cpuTicks(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+func cpuTicksAll(pids []int) int64 {
+	var sum int64
+	for _, pid := range pids {
+		sum += cpuTicks(pid)
+	}
+	return sum
+}
+
+func benchTicks(children []*child) int64 {
+	sum := cpuTicks(os.Getpid())
+	for _, c := range children {
+		sum += cpuTicks(c.cmd.Process.Pid)
+	}
+	return sum
+}
