@@ -308,13 +308,11 @@ func TestAdminStatsIdentifiesTheInstanceAndItsUptime(t *testing.T) {
 	}
 }
 
-// BenchmarkAdminStats serves /admin/stats from a daemon holding 10 000
-// connections of 5 000 users and a full minute of samples: what one poll of
-// the operator page costs. "cached" reuses the top-users list, as polls
-// within a second do; "fresh" recomputes it every time.
-//
-//	go test -run '^$' -bench AdminStats
-func BenchmarkAdminStats(b *testing.B) {
+// daemonWithIdleClients builds a daemon that is never run (its Redis address
+// answers nothing) holding conns connection-less clients spread over users,
+// for benchmarks of what reads the hub.
+func daemonWithIdleClients(b *testing.B, conns, users int) *daemon {
+	b.Helper()
 	cfg, err := loadConfig(envOf(map[string]string{"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1"}))
 	if err != nil {
 		b.Fatal(err)
@@ -327,9 +325,20 @@ func BenchmarkAdminStats(b *testing.B) {
 		d.stopAuth()
 		_ = d.rdb.Close()
 	})
-	for i := range 10000 {
-		addClient(b, d.hub, fmt.Sprintf("user%d", i%5000))
+	for i := range conns {
+		addClient(b, d.hub, fmt.Sprintf("user%d", i%users))
 	}
+	return d
+}
+
+// BenchmarkAdminStats serves /admin/stats from a daemon holding 10 000
+// connections of 5 000 users and a full minute of samples: what one poll of
+// the operator page costs. "cached" reuses the top-users list, as polls
+// within a second do; "fresh" recomputes it every time.
+//
+//	go test -run '^$' -bench AdminStats
+func BenchmarkAdminStats(b *testing.B) {
+	d := daemonWithIdleClients(b, 10000, 5000)
 	now := time.Now()
 	d.sampler.samples = nil
 	for i := rateWindow / time.Second; i >= 0; i-- {

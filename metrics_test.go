@@ -481,21 +481,7 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 //
 //	go test -run '^$' -bench MetricsScrape
 func BenchmarkMetricsScrape(b *testing.B) {
-	cfg, err := loadConfig(envOf(map[string]string{"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1"}))
-	if err != nil {
-		b.Fatal(err)
-	}
-	d, err := newDaemon(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		d.stopAuth()
-		_ = d.rdb.Close()
-	})
-	for i := range 10000 {
-		addClient(b, d.hub, fmt.Sprintf("user%d", i%5000))
-	}
+	d := daemonWithIdleClients(b, 10000, 5000)
 	handler := d.metrics.handler()
 	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 	b.ReportAllocs()
