@@ -121,10 +121,11 @@ type throughputPoint struct {
 	FramesDelivered  uint64 `json:"frames_delivered"`
 }
 
-// window returns, for the last rateWindow (or since start, when shorter),
-// what each counter grew by, its span, and the per-second series.
-func (s *statsSampler) window(now time.Time) (growth map[string]uint64, span time.Duration, series []throughputPoint) {
-	current := s.stats.counters()
+// window returns the counters now and, for the last rateWindow (or since
+// start, when shorter), what each grew by, its span, and the per-second
+// series.
+func (s *statsSampler) window(now time.Time) (current, growth map[string]uint64, span time.Duration, series []throughputPoint) {
+	current = s.stats.counters()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Never nil: /admin/stats shows an empty series as [], not null.
@@ -143,7 +144,7 @@ func (s *statsSampler) window(now time.Time) (growth map[string]uint64, span tim
 			FramesDelivered:  cur.values["frames_delivered"] - prev.values["frames_delivered"],
 		})
 	}
-	return growth, span, series
+	return current, growth, span, series
 }
 
 // userConnections is one row of the top-users list.
@@ -225,7 +226,8 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ready, why := d.ready(r.Context())
 	subReady, subWhy := d.sub.ready()
-	growth, span, series := d.sampler.window(now)
+	// Totals and growth from one reading, so that they agree.
+	counters, growth, span, series := d.sampler.window(now)
 	rates := make(map[string]float64, len(growth))
 	for name, n := range growth {
 		rates[name] = float64(n) / max(span.Seconds(), 1)
@@ -249,7 +251,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		Connections:    d.hub.connections.Load(),
 		Users:          d.hub.users.Load(),
 		TopUsers:       d.cachedTopUsers(now),
-		Counters:       d.stats.counters(),
+		Counters:       counters,
 		Rejected:       rejected,
 		WindowSeconds:  span.Seconds(),
 		LastMinute:     growth,

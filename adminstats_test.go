@@ -171,7 +171,7 @@ func TestStatsSamplerKeepsAMinuteOfOneSecondSamples(t *testing.T) {
 		s.sample(start.Add(time.Duration(i) * time.Second))
 	}
 	now := start.Add(seconds * time.Second)
-	growth, span, series := s.window(now)
+	_, growth, span, series := s.window(now)
 	if span != rateWindow {
 		t.Fatalf("window spans %v, want %v", span, rateWindow)
 	}
