@@ -5,6 +5,7 @@
 #   ./bench.sh                 # every scenario: S1 S1-max S2 S3 S4 connect
 #   ./bench.sh S2 S3           # a subset
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
+#   PERF_DIR=/tmp/p ./bench.sh S3   # also record the daemon with perf
 #
 # It raises the soft open-files limit to the hard one, builds the daemon and
 # the bench into a temporary directory, starts its own redis-server on a free
@@ -85,7 +86,7 @@ start_daemon() {
   DAEMON_PORT=$(free_port)
   PORT=$DAEMON_PORT LISTEN_HOST=127.0.0.1 REDIS_HOST=127.0.0.1 REDIS_PORT=$REDIS_PORT \
     LOG_LEVEL=warn CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 ADMIN_ADDR=off \
-    "$WORK/fanout" >"$WORK/daemon.log" 2>&1 &
+    env ${DAEMON_ENV:-} "$WORK/fanout" >"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
   for ((i = 0; i < 150; i++)); do
     curl -fs "http://127.0.0.1:$DAEMON_PORT/ready" >/dev/null 2>&1 && return 0
@@ -129,6 +130,13 @@ status=0
 for s in "$@"; do
   echo
   start_daemon
+  PERF_PID=""
+  if [[ -n ${PERF_DIR:-} ]]; then
+    # Optional: a CPU profile of the whole scenario with perf (linux-perf).
+    mkdir -p "$PERF_DIR"
+    perf record -q -g -F 499 -p "$DAEMON_PID" -o "$PERF_DIR/$s.perf.data" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   # shellcheck disable=SC2046
   if timeout 600 "$WORK/fanout-bench" -scenario "$s" -url "ws://127.0.0.1:$DAEMON_PORT/ws" \
     -redis "127.0.0.1:$REDIS_PORT" -pid "$DAEMON_PID" -sources "$SOURCES" -timeout "$TIMEOUT" \
@@ -136,6 +144,7 @@ for s in "$@"; do
     echo "bench.sh: scenario $s failed" >&2
     status=1
   fi
+  if [[ -n $PERF_PID ]]; then kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true; fi
   stop_daemon
 done
 

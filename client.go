@@ -45,14 +45,20 @@ const (
 	enqueueClosing
 )
 
-// Client is one WebSocket connection of one user. Its read pump and write
-// pump are its only goroutines; the write pump is the only one that writes
-// to or closes the socket. The hub owns both goroutines through its
-// WaitGroup and stops them through close.
+// Client is one WebSocket connection of one user. Its read pump runs for
+// the life of the connection; its write pump runs only while there is
+// something to write (queued messages, a pong, a ping, a close) and exits
+// when the queue is empty, so an idle connection holds one goroutine, no
+// write buffer and no ticker. The write pump is the only goroutine that
+// writes to or closes the socket; at most one runs at a time. The hub owns
+// both through its WaitGroup: one count for the read pump, one for the write
+// side, released by the write pump that closes the socket.
 type Client struct {
 	hub      *Hub
 	conn     *websocket.Conn
 	settings *clientSettings
+	// out is the socket under conn, corked by the write pump for each batch.
+	out *batchConn
 	// username is the user whose events this connection receives.
 	username string
 	// remote is the client address, for logs.
@@ -60,12 +66,14 @@ type Client struct {
 	// expires is when the connection's token expires (zero: never).
 	expires time.Time
 	// expiry, when expires is set, closes the connection at that time with
-	// disconnectExpired. A timer rather than a case in the write pump's
-	// select: that case made every pump's stack bigger, token or not.
-	// register starts it; the read pump stops it.
+	// disconnectExpired. register starts it; the read pump stops it.
 	expiry *time.Timer
+	// pinger fires every pingInterval and starts a write pump to send a
+	// ping. register starts it; the write pump that ends the connection
+	// stops it.
+	pinger *time.Timer
 
-	// mu guards sendQueue, queuedBytes, pendingPong and closing.
+	// mu guards everything below.
 	mu sync.Mutex
 	// sendQueue holds messages the write pump has not written yet; the
 	// byte slices are shared by every client of the user and never changed.
@@ -73,23 +81,26 @@ type Client struct {
 	queuedBytes int
 	// pendingPong is the payload of a client ping still to be answered.
 	pendingPong *string
+	// pingDue is set when a ping is to be sent.
+	pingDue bool
 	// closing is set once, when the connection is to end.
 	closing *disconnect
+	// writing is true while a write pump runs, and from the end of the
+	// connection on, so that no pump starts after it.
+	writing bool
 
-	// wake tells the write pump there is work (capacity 1, never closed).
-	wake chan struct{}
 	// readDone is closed when the read pump returns.
 	readDone chan struct{}
 }
 
-func newClient(hub *Hub, conn *websocket.Conn, username, remote string) *Client {
+func newClient(hub *Hub, conn *websocket.Conn, out *batchConn, username, remote string) *Client {
 	return &Client{
 		hub:      hub,
 		conn:     conn,
+		out:      out,
 		settings: &hub.settings,
 		username: username,
 		remote:   remote,
-		wake:     make(chan struct{}, 1),
 		readDone: make(chan struct{}),
 	}
 }
@@ -110,16 +121,18 @@ func (c *Client) enqueue(msg *message) enqueueResult {
 		c.hub.stats.SlowDisconnects.Add(1)
 		c.hub.queued(-n, -c.queuedBytes)
 		clear(c.sendQueue)
-		c.sendQueue = c.sendQueue[:0]
+		c.sendQueue = nil
 		c.queuedBytes = 0
+		start := c.startPumpLocked()
 		c.mu.Unlock()
-		c.signal()
+		c.spawnPump(start)
 		return enqueueOverflow
 	}
 	c.sendQueue = append(c.sendQueue, msg)
 	c.queuedBytes += len(msg.data)
+	start := c.startPumpLocked()
 	c.mu.Unlock()
-	c.signal()
+	c.spawnPump(start)
 	return enqueued
 }
 
@@ -131,8 +144,9 @@ func (c *Client) close(d disconnect) {
 	if c.closing == nil {
 		c.closing = &d
 	}
+	start := c.startPumpLocked()
 	c.mu.Unlock()
-	c.signal()
+	c.spawnPump(start)
 }
 
 // expire closes the connection because its token expired.
@@ -141,92 +155,203 @@ func (c *Client) expire() {
 	first := c.closing == nil
 	if first {
 		c.closing = &disconnectExpired
-	}
-	c.mu.Unlock()
-	if first {
 		c.hub.stats.ExpiredDisconnects.Add(1)
-		c.signal()
+	}
+	start := c.startPumpLocked()
+	c.mu.Unlock()
+	c.spawnPump(start)
+}
+
+// ping runs on the pinger timer: it asks for a ping and rearms the timer.
+// It runs on a goroutine of its own, which becomes the write pump when
+// none is running.
+func (c *Client) ping() {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.pingDue = true
+	c.pinger.Reset(c.settings.pingInterval)
+	start := c.startPumpLocked()
+	c.mu.Unlock()
+	if start {
+		c.writePump()
 	}
 }
 
-func (c *Client) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+// answerPing queues the pong for a client's ping; the write pump, the
+// socket's only writer, sends it.
+func (c *Client) answerPing(appData string) {
+	c.mu.Lock()
+	c.pendingPong = &appData
+	start := c.startPumpLocked()
+	c.mu.Unlock()
+	c.spawnPump(start)
+}
+
+// startPumpLocked claims the write pump's place when no pump runs; the
+// caller, after unlocking c.mu, starts one when it returns true.
+func (c *Client) startPumpLocked() bool {
+	if c.writing || c.conn == nil {
+		return false
+	}
+	c.writing = true
+	return true
+}
+
+func (c *Client) spawnPump(start bool) {
+	if start {
+		go c.writePump()
 	}
 }
 
-// takeWork swaps out the send queue, the pending pong and the close reason
-// for the write pump. done is the batch the pump has finished writing.
-func (c *Client) takeWork(done []*message) (batch []*message, pong *string, closing *disconnect) {
+// takeWork swaps out the send queue, the pending pong, a due ping and the
+// close reason for the write pump. done is the batch the pump has finished
+// writing. When there is nothing to do it gives up the pump's place
+// (idle is true) and the pump must return: the next piece of work starts
+// a new one.
+func (c *Client) takeWork(done []*message) (w work, idle bool) {
 	clear(done)
 	c.mu.Lock()
-	batch = c.sendQueue
-	c.sendQueue = done[:0]
-	if len(batch) > 0 {
-		c.hub.queued(-len(batch), -c.queuedBytes)
+	defer c.mu.Unlock()
+	if len(c.sendQueue) == 0 && c.pendingPong == nil && !c.pingDue && c.closing == nil {
+		c.writing = false
+		if cap(done) <= maxKeptQueue && cap(c.sendQueue) == 0 {
+			// Keep one slice for the next message, but not a long one.
+			c.sendQueue = done[:0]
+		}
+		return work{}, true
+	}
+	w.batch = c.sendQueue
+	c.sendQueue = nil
+	if cap(done) <= maxKeptQueue {
+		c.sendQueue = done[:0]
+	}
+	if len(w.batch) > 0 {
+		c.hub.queued(-len(w.batch), -c.queuedBytes)
 	}
 	c.queuedBytes = 0
-	pong, c.pendingPong = c.pendingPong, nil
-	closing = c.closing
-	c.mu.Unlock()
-	return batch, pong, closing
+	w.pong, c.pendingPong = c.pendingPong, nil
+	w.ping, c.pingDue = c.pingDue, false
+	w.closing = c.closing
+	return w, false
 }
 
-// writePump writes queued messages, pongs and pings to the socket. It is the
-// only goroutine that writes to or closes the socket, and it ends when the
-// connection is closed for any reason.
-func (c *Client) writePump() {
-	defer c.hub.wg.Done()
-	ping := time.NewTicker(c.settings.pingInterval)
-	defer ping.Stop()
-	defer c.conn.Close()
-	defer c.cleanup()
+// maxKeptQueue is the longest send-queue slice a client keeps for reuse.
+const maxKeptQueue = 64
 
+// work is what the write pump takes in one swap.
+type work struct {
+	batch   []*message
+	pong    *string
+	ping    bool
+	closing *disconnect
+}
+
+// writePump writes queued messages, pongs and pings to the socket, each
+// batch with one write, and returns when there is nothing left to do or the
+// connection ends. Only one runs at a time (startPumpLocked).
+func (c *Client) writePump() {
 	var batch []*message
 	for {
-		select {
-		case <-c.wake:
-		case <-ping.C:
-			if err := c.write(websocket.PingMessage, nil); err != nil {
-				c.close(disconnectGone)
-				return
-			}
-			continue
+		w, idle := c.takeWork(batch)
+		if idle {
+			return
 		}
-
-		var pong *string
-		var closing *disconnect
-		batch, pong, closing = c.takeWork(batch)
-		if pong != nil {
-			if err := c.write(websocket.PongMessage, []byte(*pong)); err != nil {
-				c.close(disconnectGone)
-				return
-			}
+		batch = w.batch
+		if err := c.writeBatch(w); err != nil {
+			c.close(disconnectGone)
+			c.end()
+			return
 		}
-		for i, msg := range batch {
-			if err := c.write(websocket.TextMessage, msg.data); err != nil {
-				// The frames before this one were written: count them.
-				c.hub.stats.FramesDelivered.Add(uint64(i))
-				c.close(disconnectGone)
-				return
-			}
-			c.hub.deliveryLatency.Observe(time.Since(msg.received).Seconds())
-		}
-		c.hub.stats.FramesDelivered.Add(uint64(len(batch)))
-		if closing != nil {
-			c.finish(*closing)
+		if w.closing != nil {
+			c.finish(*w.closing)
+			c.end()
 			return
 		}
 	}
 }
 
-// write sends one frame with the write deadline.
-func (c *Client) write(messageType int, data []byte) error {
-	if err := c.conn.SetWriteDeadline(time.Now().Add(c.settings.writeWait)); err != nil {
+// writeBatch writes w's pong, ping and messages, corked, flushing every
+// batchFlushBytes. It counts the frames that reached the socket.
+func (c *Client) writeBatch(w work) error {
+	c.out.cork()
+	deadline := time.Now().Add(c.settings.writeWait)
+	// gorilla checks its own deadline setting on every write; while corked
+	// the socket ignores it and flush applies it.
+	if err := c.conn.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
-	return c.conn.WriteMessage(messageType, data)
+	if w.pong != nil {
+		if err := c.conn.WriteMessage(websocket.PongMessage, []byte(*w.pong)); err != nil {
+			return err
+		}
+	}
+	if w.ping {
+		if err := c.conn.WriteMessage(websocket.PingMessage, nil); err != nil {
+			return err
+		}
+	}
+	// w.batch[from:] are the messages since the last flush; control is the
+	// bytes of control frames ahead of them in the buffer.
+	from, control := 0, c.out.buffered()
+	for i, msg := range w.batch {
+		if err := c.conn.WriteMessage(websocket.TextMessage, msg.data); err != nil {
+			return err
+		}
+		last := i == len(w.batch)-1
+		if !last && c.out.buffered() < batchFlushBytes {
+			continue
+		}
+		n, err := c.out.flush(deadline)
+		c.delivered(w.batch[from:i+1], n-control, err)
+		if err != nil {
+			return err
+		}
+		from, control = i+1, 0
+		if !last {
+			c.out.cork()
+		}
+	}
+	if len(w.batch) == 0 {
+		if _, err := c.out.flush(deadline); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delivered counts the messages of chunk that fit in the n bytes written
+// and observes their latency; with err == nil all of them did.
+func (c *Client) delivered(chunk []*message, n int, err error) {
+	if err != nil {
+		k := 0
+		for ; k < len(chunk); k++ {
+			size := frameSize(len(chunk[k].data))
+			if n < size {
+				break
+			}
+			n -= size
+		}
+		chunk = chunk[:k]
+	}
+	now := time.Now()
+	for _, msg := range chunk {
+		c.hub.deliveryLatency.Observe(now.Sub(msg.received).Seconds())
+	}
+	c.hub.stats.FramesDelivered.Add(uint64(len(chunk)))
+}
+
+// end closes the socket and releases the write side's count in the hub.
+// The pump's place is never given back, so no pump starts after it.
+func (c *Client) end() {
+	if c.pinger != nil {
+		c.pinger.Stop()
+	}
+	_ = c.conn.Close()
+	c.cleanup()
+	c.hub.wg.Done()
 }
 
 // finish sends the close frame for d, if any, and waits briefly for the
@@ -267,12 +392,8 @@ func (c *Client) readPump() {
 	extend()
 	c.conn.SetPongHandler(func(string) error { extend(); return nil })
 	c.conn.SetPingHandler(func(appData string) error {
-		// Answered by the write pump, the socket's only writer.
 		extend()
-		c.mu.Lock()
-		c.pendingPong = &appData
-		c.mu.Unlock()
-		c.signal()
+		c.answerPing(appData)
 		return nil
 	})
 

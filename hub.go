@@ -49,8 +49,9 @@ type Hub struct {
 	// deliveryLatency observes, per frame written, the seconds since the
 	// message was read from Redis.
 	deliveryLatency observer
-	// wg counts the read and write pumps of every client; the hub owns them
-	// and shutdown waits for them.
+	// wg counts, for every client, its read pump and its write side (the
+	// write pumps it runs, one at a time, until one closes the socket); the
+	// hub owns them and shutdown waits for them.
 	wg sync.WaitGroup
 }
 
@@ -151,16 +152,18 @@ func (h *Hub) register(c *Client) error {
 	if err := h.add(c); err != nil {
 		return err
 	}
+	c.mu.Lock()
 	if !c.expires.IsZero() {
 		c.expiry = time.AfterFunc(time.Until(c.expires), c.expire)
 	}
-	go c.writePump()
+	c.pinger = time.AfterFunc(h.settings.pingInterval, c.ping)
+	c.mu.Unlock()
 	go c.readPump()
 	return nil
 }
 
 // add turns the slot reserved for c into an entry in the username map and
-// counts its two pumps, which the caller must start.
+// counts its read pump and its write side, which the caller must start.
 func (h *Hub) add(c *Client) error {
 	s := h.shard(c.username)
 	s.mu.Lock()

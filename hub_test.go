@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/gorilla/websocket"
 	"io"
 	"log/slog"
 	"strings"
@@ -15,14 +16,14 @@ func newTestHub(queueSize, queueBytes int) *Hub {
 		slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
 }
 
-// addClient adds a connection-less client; its pumps are never started,
+// addClient adds a connection-less client; it never starts a write pump,
 // so the test reads its queue directly.
 func addClient(t testing.TB, h *Hub, username string) *Client {
 	t.Helper()
 	if err := h.reserve(username); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(h, nil, username, "test")
+	c := newClient(h, nil, nil, username, "test")
 	if err := h.add(c); err != nil {
 		t.Fatal(err)
 	}
@@ -146,19 +147,44 @@ func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
 	c := addClient(t, h, "u")
 	h.broadcast("u", msgOf("a"))
 	h.broadcast("u", msgOf("b"))
-	batch, pong, closing := c.takeWork(nil)
-	if len(batch) != 2 || pong != nil || closing != nil {
-		t.Fatalf("batch of %d, pong %v, closing %v", len(batch), pong, closing)
+	w, idle := c.takeWork(nil)
+	if idle || len(w.batch) != 2 || w.pong != nil || w.ping || w.closing != nil {
+		t.Fatalf("idle %v, batch of %d, pong %v, ping %v, closing %v", idle, len(w.batch), w.pong, w.ping, w.closing)
+	}
+	if _, idle := c.takeWork(w.batch); !idle {
+		t.Fatal("nothing left to write, but the pump was not told to stop")
 	}
 	h.broadcast("u", msgOf("c"))
 	c.close(disconnectShutdown)
 	c.close(disconnectSlow) // only the first reason counts
-	batch, _, closing = c.takeWork(batch)
-	if len(batch) != 1 || string(batch[0].data) != "c" || *closing != disconnectShutdown {
-		t.Fatalf("after close: batch of %d, closing %v; queued messages go before the close", len(batch), closing)
+	w, _ = c.takeWork(nil)
+	if len(w.batch) != 1 || string(w.batch[0].data) != "c" || *w.closing != disconnectShutdown {
+		t.Fatalf("after close: batch of %d, closing %v; queued messages go before the close", len(w.batch), w.closing)
 	}
 	if f, b := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 0 || b != 0 {
 		t.Fatalf("send-queue pressure %d frames, %d bytes after every queue was taken", f, b)
+	}
+}
+
+func TestOneWritePumpAtATimeAndOnlyWhileThereIsWork(t *testing.T) {
+	h := newTestHub(10, 1<<20)
+	c := addClient(t, h, "u")
+	c.conn = &websocket.Conn{} // a stand-in: only startPumpLocked looks at it
+	c.mu.Lock()
+	if !c.startPumpLocked() {
+		t.Fatal("an idle client refused to start its write pump")
+	}
+	if c.startPumpLocked() {
+		t.Fatal("a second write pump could start beside the first")
+	}
+	c.mu.Unlock()
+	if _, idle := c.takeWork(nil); !idle {
+		t.Fatal("an empty client kept its pump")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.startPumpLocked() {
+		t.Fatal("the pump's place was not given back when it went idle")
 	}
 }
 
@@ -191,7 +217,7 @@ func TestRegisterIsRefusedOnceShutdownBegins(t *testing.T) {
 	if err := h.shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.add(newClient(h, nil, "late", "test")); err != errHubClosed {
+	if err := h.add(newClient(h, nil, nil, "late", "test")); err != errHubClosed {
 		t.Fatalf("add after shutdown: %v, want errHubClosed", err)
 	}
 	if n := h.slots.Load(); n != 0 {
@@ -261,7 +287,8 @@ func BenchmarkBroadcast(b *testing.B) {
 				h.broadcast("org_acme", msg)
 				if i%256 == 255 {
 					for k, c := range clients {
-						batches[k], _, _ = c.takeWork(batches[k])
+						w, _ := c.takeWork(batches[k])
+						batches[k] = w.batch
 					}
 				}
 			}

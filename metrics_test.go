@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -384,17 +385,39 @@ func TestMetricsFollowARedisRestart(t *testing.T) {
 	})
 }
 
-// failingConn passes writes through until one holds failOn, which fails.
+// failingConn passes writes through until one holds failOn. That write
+// fails the way a socket does when the peer is gone mid-write: the frames
+// before the one holding failOn reach the socket, the rest do not.
 type failingConn struct {
 	net.Conn
 	failOn []byte
 }
 
 func (c *failingConn) Write(p []byte) (int, error) {
-	if bytes.Contains(p, c.failOn) {
-		return 0, errors.New("injected write failure")
+	at := bytes.Index(p, c.failOn)
+	if at < 0 {
+		return c.Conn.Write(p)
 	}
-	return c.Conn.Write(p)
+	// p is whole server frames (unmasked): find where the failing one starts.
+	start := 0
+	for {
+		n, hdr := int(p[start+1]&0x7f), 2
+		switch n {
+		case 126:
+			n, hdr = int(binary.BigEndian.Uint16(p[start+2:])), 4
+		case 127:
+			n, hdr = int(binary.BigEndian.Uint64(p[start+2:])), 10
+		}
+		if start+hdr+n > at {
+			break
+		}
+		start += hdr + n
+	}
+	written, err := c.Conn.Write(p[:start])
+	if err != nil {
+		return written, err
+	}
+	return written, errors.New("injected write failure")
 }
 
 // failingListener hands out failingConns.
@@ -426,12 +449,12 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 	// socket fails on the third.
 	frames := []string{`{"n":1}`, `{"n":2}`, `{"n":3,"fail":true}`, `{"n":4}`, `{"n":5}`}
 	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		conn, out, err := upgrade(&websocket.Upgrader{}, w, r)
 		if err != nil {
 			t.Errorf("upgrade: %v", err)
 			return
 		}
-		c := newClient(hub, conn, "u", "test")
+		c := newClient(hub, conn, out, "u", "test")
 		if err := hub.reserve("u"); err != nil {
 			t.Error(err)
 			return
@@ -443,7 +466,12 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 		for _, f := range frames {
 			hub.broadcast("u", msgOf(f))
 		}
-		go c.writePump()
+		// The pumps as register starts them, with the queue already full.
+		c.mu.Lock()
+		c.pinger = time.AfterFunc(time.Minute, c.ping)
+		start := c.startPumpLocked()
+		c.mu.Unlock()
+		c.spawnPump(start)
 		go c.readPump()
 	}))
 	server.Listener = failingListener{Listener: server.Listener, failOn: []byte(`"fail":true`)}

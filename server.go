@@ -172,7 +172,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	conn, err := s.upgrader.Upgrade(w, r, nil)
+	conn, out, err := upgrade(&s.upgrader, w, r)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
 		s.hub.release(id.username)
@@ -180,7 +180,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "reason", rejectUpgradeFailed, "err", err)
 		return
 	}
-	c := newClient(s.hub, conn, id.username, remote)
+	c := newClient(s.hub, conn, out, id.username, remote)
 	c.expires = id.expires
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+const (
+	// batchFlushBytes is how much a write pump buffers before it writes,
+	// so that a long queue goes out in chunks of at most about this size.
+	batchFlushBytes = 32 << 10
+	// batchBufKeep is the largest batch buffer returned to the pool.
+	batchBufKeep = 64 << 10
+)
+
+// batchBufs holds the buffers of batches being written; idle connections
+// hold none.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// batchConn is the socket under a client's websocket.Conn. While the write
+// pump holds it corked, the frames gorilla writes are collected in one
+// buffer, and flush hands them to the kernel in a single write: one system
+// call per batch instead of one per frame. Uncorked, it is the plain socket.
+//
+// Frames written by other goroutines (gorilla answers a protocol error or a
+// client's close from the read pump) keep their place in the stream: mu is
+// held across every write to the socket.
+type batchConn struct {
+	net.Conn
+
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.corked {
+		*b.buf = append(*b.buf, p...)
+		return len(p), nil
+	}
+	return b.Conn.Write(p)
+}
+
+// SetWriteDeadline is ignored while corked: nothing reaches the socket
+// until flush, which sets its own deadline.
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.corked {
+		return nil
+	}
+	return b.Conn.SetWriteDeadline(t)
+}
+
+// cork starts collecting writes.
+func (b *batchConn) cork() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.corked = true
+	if b.buf == nil {
+		b.buf = batchBufs.Get().(*[]byte)
+	}
+}
+
+// buffered is how many bytes wait for flush.
+func (b *batchConn) buffered() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		return 0
+	}
+	return len(*b.buf)
+}
+
+// flush writes what was collected in one write with the given deadline and
+// uncorks. It returns how many of the collected bytes reached the socket.
+func (b *batchConn) flush(deadline time.Time) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.corked = false
+	buf := b.buf
+	if buf == nil {
+		return 0, nil
+	}
+	b.buf = nil
+	defer func() {
+		if cap(*buf) <= batchBufKeep {
+			*buf = (*buf)[:0]
+			batchBufs.Put(buf)
+		}
+	}()
+	if len(*buf) == 0 {
+		return 0, nil
+	}
+	if err := b.Conn.SetWriteDeadline(deadline); err != nil {
+		return 0, err
+	}
+	return b.Conn.Write(*buf)
+}
+
+// hijacker hands gorilla's Upgrade the socket wrapped in a batchConn.
+type hijacker struct {
+	http.ResponseWriter
+	out *batchConn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.out = &batchConn{Conn: conn}
+	return h.out, brw, nil
+}
+
+// upgrade is u.Upgrade with the connection's socket in a batchConn, which
+// it also returns for the write pump.
+func upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*websocket.Conn, *batchConn, error) {
+	h := &hijacker{ResponseWriter: w}
+	conn, err := u.Upgrade(h, r, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, h.out, nil
+}
+
+// frameSize is the size on the wire of a server frame (unmasked) with n
+// bytes of payload.
+func frameSize(n int) int {
+	switch {
+	case n < 126:
+		return 2 + n
+	case n < 1<<16:
+		return 4 + n
+	default:
+		return 10 + n
+	}
+}
