@@ -105,10 +105,20 @@ func (b *batchConn) flush(deadline time.Time) (int, error) {
 	return b.Conn.Write(*buf)
 }
 
-// hijacker hands gorilla's Upgrade the socket wrapped in a batchConn.
+// readBufferSize is the size of a connection's read buffer. Clients send
+// only control frames (at most 131 bytes) and the odd small message, so it
+// is small; gorilla takes the reader it is handed only when it is larger
+// than 256 bytes, and 288 is an allocation size class.
+const readBufferSize = 288
+
+// hijacker hands gorilla's Upgrade the socket wrapped in a batchConn, and a
+// read buffer of ours, so that the read pump can see whether gorilla has
+// bytes buffered (Client.awaitReadable). The Upgrader's ReadBufferSize must
+// be 0 for gorilla to use it.
 type hijacker struct {
 	http.ResponseWriter
 	out *batchConn
+	in  *bufio.Reader
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -117,18 +127,32 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.out = &batchConn{Conn: conn}
-	return h.out, brw, nil
+	if brw.Reader.Buffered() > 0 {
+		// The client sent data before the handshake's answer: gorilla
+		// refuses the upgrade when it sees it.
+		return h.out, brw, nil
+	}
+	h.in = bufio.NewReaderSize(h.out, readBufferSize)
+	return h.out, bufio.NewReadWriter(h.in, brw.Writer), nil
 }
 
-// upgrade is u.Upgrade with the connection's socket in a batchConn, which
-// it also returns for the write pump.
-func upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*websocket.Conn, *batchConn, error) {
+// upgraded is a connection as upgrade returns it: gorilla's Conn, the
+// batchConn under it and gorilla's read buffer.
+type upgraded struct {
+	conn *websocket.Conn
+	out  *batchConn
+	in   *bufio.Reader
+}
+
+// upgrade is u.Upgrade with the connection's socket in a batchConn and a
+// read buffer of ours.
+func upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (upgraded, error) {
 	h := &hijacker{ResponseWriter: w}
 	conn, err := u.Upgrade(h, r, nil)
 	if err != nil {
-		return nil, nil, err
+		return upgraded{}, err
 	}
-	return conn, h.out, nil
+	return upgraded{conn: conn, out: h.out, in: h.in}, nil
 }
 
 // frameSize is the size on the wire of a server frame (unmasked) with n

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -59,6 +61,12 @@ type Client struct {
 	settings *clientSettings
 	// out is the socket under conn, corked by the write pump for each batch.
 	out *batchConn
+	// in is gorilla's read buffer, and raw the socket's file descriptor:
+	// the read pump waits for bytes on raw while in is empty
+	// (awaitReadable). Either may be nil, and the read pump then waits in
+	// gorilla.
+	in  *bufio.Reader
+	raw syscall.RawConn
 	// username is the user whose events this connection receives.
 	username string
 	// remote is the client address, for logs.
@@ -68,10 +76,9 @@ type Client struct {
 	// expiry, when expires is set, closes the connection at that time with
 	// disconnectExpired. register starts it; the read pump stops it.
 	expiry *time.Timer
-	// pinger fires every pingInterval and starts a write pump to send a
-	// ping. register starts it; the write pump that ends the connection
-	// stops it.
-	pinger *time.Timer
+	// pingAt is when the next ping is due (UnixNano); only the hub's
+	// pinger uses it once the client is registered.
+	pingAt int64
 
 	// mu guards everything below.
 	mu sync.Mutex
@@ -89,20 +96,30 @@ type Client struct {
 	// connection on, so that no pump starts after it.
 	writing bool
 
-	// readDone is closed when the read pump returns.
-	readDone chan struct{}
+	// readEnded is set when the read pump returns; readDone, made only
+	// when the write pump waits for that (finish), is closed then.
+	readEnded bool
+	readDone  chan struct{}
 }
 
-func newClient(hub *Hub, conn *websocket.Conn, out *batchConn, username, remote string) *Client {
-	return &Client{
+// newClient makes the client of an upgraded connection; u is zero for a
+// client without a connection (hub tests), which never starts a write pump.
+func newClient(hub *Hub, u upgraded, username, remote string) *Client {
+	c := &Client{
 		hub:      hub,
-		conn:     conn,
-		out:      out,
+		conn:     u.conn,
+		out:      u.out,
+		in:       u.in,
 		settings: &hub.settings,
 		username: username,
 		remote:   remote,
-		readDone: make(chan struct{}),
 	}
+	if u.out != nil && u.in != nil {
+		if sc, ok := u.out.Conn.(syscall.Conn); ok {
+			c.raw, _ = sc.SyscallConn()
+		}
+	}
+	return c
 }
 
 // enqueue offers msg to the client without blocking; the caller adds what
@@ -162,22 +179,18 @@ func (c *Client) expire() {
 	c.spawnPump(start)
 }
 
-// ping runs on the pinger timer: it asks for a ping and rearms the timer.
-// It runs on a goroutine of its own, which becomes the write pump when
-// none is running.
-func (c *Client) ping() {
+// requestPing asks for a ping; the hub's pinger calls it once per
+// pingInterval.
+func (c *Client) requestPing() {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
 		return
 	}
 	c.pingDue = true
-	c.pinger.Reset(c.settings.pingInterval)
 	start := c.startPumpLocked()
 	c.mu.Unlock()
-	if start {
-		c.writePump()
-	}
+	c.spawnPump(start)
 }
 
 // answerPing queues the pong for a client's ping; the write pump, the
@@ -346,9 +359,6 @@ func (c *Client) delivered(chunk []*message, n int, err error) {
 // end closes the socket and releases the write side's count in the hub.
 // The pump's place is never given back, so no pump starts after it.
 func (c *Client) end() {
-	if c.pinger != nil {
-		c.pinger.Stop()
-	}
 	_ = c.conn.Close()
 	c.cleanup()
 	c.hub.wg.Done()
@@ -364,10 +374,18 @@ func (c *Client) finish(d disconnect) {
 	if err := c.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.settings.writeWait)); err != nil {
 		return
 	}
+	c.mu.Lock()
+	if c.readEnded {
+		c.mu.Unlock()
+		return
+	}
+	c.readDone = make(chan struct{})
+	done := c.readDone
+	c.mu.Unlock()
 	timer := time.NewTimer(closeGrace)
 	defer timer.Stop()
 	select {
-	case <-c.readDone:
+	case <-done:
 	case <-timer.C:
 	}
 }
@@ -378,7 +396,12 @@ func (c *Client) finish(d disconnect) {
 func (c *Client) readPump() {
 	defer c.hub.wg.Done()
 	defer func() {
-		close(c.readDone)
+		c.mu.Lock()
+		c.readEnded = true
+		if c.readDone != nil {
+			close(c.readDone)
+		}
+		c.mu.Unlock()
 		if c.expiry != nil {
 			c.expiry.Stop()
 		}
@@ -397,8 +420,11 @@ func (c *Client) readPump() {
 		return nil
 	})
 
-	limiter := rate.NewLimiter(clientMessageRate, clientMessageBurst)
+	var limiter *rate.Limiter
 	for {
+		if err := c.awaitReadable(); err != nil {
+			return // the pong wait expired, or the socket was closed
+		}
 		_, r, err := c.conn.NextReader()
 		if err == nil {
 			// Reading the whole message enforces the read limit on every
@@ -416,6 +442,10 @@ func (c *Client) readPump() {
 			return
 		}
 		extend()
+		if limiter == nil {
+			// Most clients never send a data frame: made on the first one.
+			limiter = rate.NewLimiter(clientMessageRate, clientMessageBurst)
+		}
 		if !limiter.Allow() {
 			c.hub.stats.FloodDisconnects.Add(1)
 			c.close(disconnectFlood)
@@ -423,6 +453,28 @@ func (c *Client) readPump() {
 			return
 		}
 	}
+}
+
+// awaitReadable returns when the socket has bytes (or an end or error) for
+// gorilla to read, or with the error that ends the wait: the pong wait's
+// read deadline, or a closed socket. An idle connection's read pump parks
+// here rather than inside gorilla's read path, whose depth (about 1.7 KB of
+// frames) would double the goroutine's stack to 4 KiB: parked here, its
+// stack stays at (or the GC shrinks it back to) 2 KiB.
+func (c *Client) awaitReadable() error {
+	if c.raw == nil || c.in.Buffered() > 0 {
+		return nil
+	}
+	return c.raw.Read(socketReadable)
+}
+
+// socketReadable reports whether a socket has something to read without
+// reading it: bytes, the peer's end of stream, or an error for the next
+// read to report. It is called again after each readiness notification.
+func socketReadable(fd uintptr) bool {
+	var b [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return err != syscall.EAGAIN && err != syscall.EINTR
 }
 
 // drainFrames reads and discards the client's frames until its answer to

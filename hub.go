@@ -152,12 +152,9 @@ func (h *Hub) register(c *Client) error {
 	if err := h.add(c); err != nil {
 		return err
 	}
-	c.mu.Lock()
 	if !c.expires.IsZero() {
 		c.expiry = time.AfterFunc(time.Until(c.expires), c.expire)
 	}
-	c.pinger = time.AfterFunc(h.settings.pingInterval, c.ping)
-	c.mu.Unlock()
 	go c.readPump()
 	return nil
 }
@@ -181,6 +178,7 @@ func (h *Hub) add(c *Client) error {
 		s.users[c.username] = conns
 		h.users.Add(1)
 	}
+	c.pingAt = time.Now().Add(h.settings.pingInterval).UnixNano()
 	conns[c] = struct{}{}
 	h.connections.Add(1)
 	// Counted here, with connections, so that no reader sees more open
@@ -232,6 +230,49 @@ func (h *Hub) broadcast(username string, msg *message) int {
 		h.stats.FramesDropped.Add(uint64(dropped))
 	}
 	return delivered
+}
+
+// pingTick is how often the pinger looks for due pings: often enough that
+// a ping is never late by more than half the margin between PING_INTERVAL
+// and PONG_WAIT, and at most a quarter of PING_INTERVAL.
+func pingTick(pingInterval, pongWait time.Duration) time.Duration {
+	return max(min((pongWait-pingInterval)/2, pingInterval/4), time.Millisecond)
+}
+
+// runPinger sends every connection a ping once per pingInterval until ctx
+// ends: one goroutine and no timer per connection. Every pingTick it walks
+// the shards and starts a write pump for each connection whose ping is due.
+func (h *Hub) runPinger(ctx context.Context) {
+	interval := h.settings.pingInterval
+	ticker := time.NewTicker(pingTick(interval, h.settings.pongWait))
+	defer ticker.Stop()
+	var due []*Client
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		now := time.Now().UnixNano()
+		for i := range h.shards {
+			s := &h.shards[i]
+			s.mu.RLock()
+			for _, conns := range s.users {
+				for c := range conns {
+					if c.pingAt <= now {
+						c.pingAt = now + int64(interval)
+						due = append(due, c)
+					}
+				}
+			}
+			s.mu.RUnlock()
+			for _, c := range due {
+				c.requestPing()
+			}
+			clear(due)
+			due = due[:0]
+		}
+	}
 }
 
 // connectionCount returns the number of open connections of username.

@@ -23,7 +23,7 @@ func addClient(t testing.TB, h *Hub, username string) *Client {
 	if err := h.reserve(username); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(h, nil, nil, username, "test")
+	c := newClient(h, upgraded{}, username, "test")
 	if err := h.add(c); err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestRegisterIsRefusedOnceShutdownBegins(t *testing.T) {
 	if err := h.shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.add(newClient(h, nil, nil, "late", "test")); err != errHubClosed {
+	if err := h.add(newClient(h, upgraded{}, "late", "test")); err != errHubClosed {
 		t.Fatalf("add after shutdown: %v, want errHubClosed", err)
 	}
 	if n := h.slots.Load(); n != 0 {

@@ -176,6 +176,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { d.sub.run(subCtx) })
 	wg.Go(func() { d.sampler.run(subCtx) })
+	wg.Go(func() { d.hub.runPinger(subCtx) })
 
 	httpServer := &http.Server{
 		Handler:           d.server.routes(),

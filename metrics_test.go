@@ -449,12 +449,12 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 	// socket fails on the third.
 	frames := []string{`{"n":1}`, `{"n":2}`, `{"n":3,"fail":true}`, `{"n":4}`, `{"n":5}`}
 	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, out, err := upgrade(&websocket.Upgrader{}, w, r)
+		u, err := upgrade(&websocket.Upgrader{}, w, r)
 		if err != nil {
 			t.Errorf("upgrade: %v", err)
 			return
 		}
-		c := newClient(hub, conn, out, "u", "test")
+		c := newClient(hub, u, "u", "test")
 		if err := hub.reserve("u"); err != nil {
 			t.Error(err)
 			return
@@ -468,7 +468,6 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 		}
 		// The pumps as register starts them, with the queue already full.
 		c.mu.Lock()
-		c.pinger = time.AfterFunc(time.Minute, c.ping)
 		start := c.startPumpLocked()
 		c.mu.Unlock()
 		c.spawnPump(start)

@@ -50,10 +50,9 @@ func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Au
 		ready:       ready,
 		addrLimiter: addrLimiter,
 		upgrader: websocket.Upgrader{
-			// Clients only send pongs and close frames (a control frame is
-			// at most 131 bytes): a small read buffer (gorilla's default is
-			// 4 KiB; 1 KiB here cost 0.7 KB more per idle connection).
-			ReadBufferSize: 256,
+			// 0: gorilla reads through the small buffer upgrade hands it
+			// (readBufferSize; gorilla's default is 4 KiB).
+			ReadBufferSize: 0,
 			// Idle connections hold no write buffer; it is taken from the
 			// pool for each write.
 			WriteBufferSize: 4096,
@@ -172,7 +171,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	conn, out, err := upgrade(&s.upgrader, w, r)
+	u, err := upgrade(&s.upgrader, w, r)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
 		s.hub.release(id.username)
@@ -180,7 +179,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "reason", rejectUpgradeFailed, "err", err)
 		return
 	}
-	c := newClient(s.hub, conn, out, id.username, remote)
+	c := newClient(s.hub, u, id.username, remote)
 	c.expires = id.expires
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
@@ -193,8 +192,8 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.stats.reject(rejectShuttingDown)
 		s.logger.Info("Closing new connection: server shutting down", "username", id.username, "remote", remote)
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)
-		_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
-		_ = conn.Close()
+		_ = u.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
+		_ = u.conn.Close()
 		return
 	}
 }

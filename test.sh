@@ -33,3 +33,7 @@ echo "== go vet"
 go vet ./...
 echo "== go test -race"
 go test -race -count=1 "$@" ./...
+# Goroutine stack sizes are only true without the race detector, which
+# doubles the stack guard: the idle-connection footprint test again.
+echo "== go test (no race): idle connection footprint"
+go test -count=1 -run 'TestIdleConnectionHoldsOneSmallGoroutine' "$@" .

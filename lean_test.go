@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// maskedFrame is a client frame (masked, with a zero key) of one fragment.
+func maskedFrame(opcode byte, payload []byte) []byte {
+	f := []byte{0x80 | opcode, 0x80 | byte(len(payload)), 0, 0, 0, 0}
+	return append(f, payload...)
+}
+
+func TestFramesArrivingTogetherAreAllReadAtOnce(t *testing.T) {
+	// The read pump waits for the socket only when gorilla's buffer is
+	// empty: frames that arrive in one segment must not wait for the next
+	// one (here that would be the 30 s pong wait).
+	td := startDaemon(t, startRedis(t), map[string]string{"PONG_WAIT": "30s", "PING_INTERVAL": "25s"})
+	conn := td.dial("u")
+	pongs := make(chan string, 2)
+	conn.SetPongHandler(func(data string) error { pongs <- data; return nil })
+
+	// A message and a ping in one segment: gorilla reads both into its
+	// buffer at once and returns the message; the ping is answered only if
+	// the pump looks in that buffer before it waits for the socket.
+	both := append(maskedFrame(websocket.TextMessage, []byte(`{"hi":1}`)), maskedFrame(websocket.PingMessage, []byte("two"))...)
+	if _, err := conn.NetConn().Write(both); err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() { readErr <- readUntilError(conn) }()
+	select {
+	case data := <-pongs:
+		if data != "two" {
+			t.Fatalf("pong %q, want two", data)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a ping that arrived with a message was not answered")
+	}
+	conn.Close()
+	<-readErr
+	eventually(t, 3*time.Second, "connection gone", func() bool { return td.d.hub.connectionCount("u") == 0 })
+}
+
+func TestIdleConnectionHoldsOneSmallGoroutine(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
+	td.waitReady()
+	settle := func() (goroutines int, stack uint64) {
+		var ms runtime.MemStats
+		for range 3 {
+			runtime.GC() // shrinks stacks that have room to spare
+		}
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.StackInuse
+	}
+	g0, s0 := settle()
+	const n = 300
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = td.dial(fmt.Sprintf("user%d", i))
+	}
+	eventually(t, 5*time.Second, "all registered", func() bool { return td.d.hub.connections.Load() == n })
+	// An event to each (a write pump runs, writes and returns) and a
+	// ping round, then idle again.
+	for i := range n {
+		td.publish(fmt.Sprintf("user%d", i), `{"type":"x"}`)
+	}
+	for _, c := range conns {
+		if got := readText(t, c, 5*time.Second); got != `{"type":"x"}` {
+			t.Fatalf("got %s", got)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	g1, s1 := settle()
+	// The race detector doubles the stack guard, so that a 2 KiB stack is
+	// not enough there: ./test.sh runs this test without it too.
+	if per := float64(g1-g0) / n; per > 1.05 {
+		t.Errorf("%.2f goroutines per idle connection, want 1 (the read pump; no write pump while idle)", per)
+	}
+	if per := float64(s1-s0) / n; !raceEnabled && per > 3<<10 {
+		t.Errorf("%.0f bytes of goroutine stack per idle connection, want 2 KiB (the read pump parks on a shallow stack)", per)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{Conn: conn, writes: l.writes}, nil
+}
+
+func TestAQueuedBatchGoesOutInOneWritePer32KiB(t *testing.T) {
+	for _, tc := range []struct {
+		messages, size, writes int
+	}{
+		{100, 40, 1},    // 4.2 KB: one write
+		{100, 1024, 4},  // 103 KB: chunks of 32 frames, then the last 4
+		{1, 100_000, 1}, // one large frame
+	} {
+		t.Run(fmt.Sprintf("%dx%dB", tc.messages, tc.size), func(t *testing.T) {
+			hub := newHub(clientSettings{sendQueueSize: 1000, sendQueueBytes: 1 << 20, pingInterval: time.Minute, pongWait: time.Minute, writeWait: 5 * time.Second},
+				slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
+			writes := &atomic.Int64{}
+			queued := make(chan struct{})
+			server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				u, err := upgrade(&websocket.Upgrader{}, w, r)
+				if err != nil {
+					t.Errorf("upgrade: %v", err)
+					return
+				}
+				c := newClient(hub, u, "u", "test")
+				if err := hub.reserve("u"); err != nil {
+					t.Error(err)
+					return
+				}
+				// Queued before the pump may run: it finds them all.
+				c.mu.Lock()
+				c.writing = true
+				c.mu.Unlock()
+				if err := hub.add(c); err != nil {
+					t.Error(err)
+					return
+				}
+				for i := range tc.messages {
+					hub.broadcast("u", msgOf(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tc.size-len(fmt.Sprintf(`{"n":%d,"pad":""}`, i))))))
+				}
+				writes.Store(0) // the handshake's answer is not counted
+				close(queued)
+				go c.writePump()
+				go c.readPump()
+			}))
+			server.Listener = countingListener{Listener: server.Listener, writes: writes}
+			server.Start()
+			defer server.Close()
+
+			conn := dialWS(t, "ws"+strings.TrimPrefix(server.URL, "http"), nil)
+			<-queued
+			for i := range tc.messages {
+				got := readText(t, conn, 5*time.Second)
+				if len(got) != tc.size || !strings.HasPrefix(got, fmt.Sprintf(`{"n":%d,`, i)) {
+					t.Fatalf("message %d: %d bytes %.20q", i, len(got), got)
+				}
+			}
+			if got := writes.Load(); got != int64(tc.writes) {
+				t.Errorf("%d messages of %d B went out in %d writes, want %d", tc.messages, tc.size, got, tc.writes)
+			}
+			// Counted once the write returned, which may be after the read.
+			eventually(t, 5*time.Second, "frames counted", func() bool { return hub.stats.FramesDelivered.Load() == uint64(tc.messages) })
+			conn.Close()
+			hub.wg.Wait()
+		})
+	}
+}
+
+func TestPingTickKeepsPingsInsideThePongWait(t *testing.T) {
+	for _, tc := range []struct{ interval, wait, want time.Duration }{
+		{54 * time.Second, 60 * time.Second, 3 * time.Second},
+		{50 * time.Millisecond, 2 * time.Second, 12500 * time.Microsecond},
+		{50 * time.Millisecond, 300 * time.Millisecond, 12500 * time.Microsecond},
+		{time.Second, time.Second + time.Microsecond, time.Millisecond},
+	} {
+		if got := pingTick(tc.interval, tc.wait); got != tc.want {
+			t.Errorf("pingTick(%v, %v) = %v, want %v", tc.interval, tc.wait, got, tc.want)
+		}
+	}
+}
+
+func TestBatchConnKeepsFramesFromOtherWritersInOrder(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	out := &batchConn{Conn: a}
+	got := make(chan []byte, 1)
+	go func() {
+		all, _ := io.ReadAll(b)
+		got <- all
+	}()
+	out.cork()
+	_, _ = out.Write([]byte("one,"))
+	// Another goroutine's frame while corked joins the batch, in order.
+	done := make(chan struct{})
+	go func() {
+		_, _ = out.Write([]byte("two,"))
+		close(done)
+	}()
+	<-done
+	if n, err := out.flush(time.Now().Add(time.Second)); err != nil || n != 8 {
+		t.Fatalf("flush: %d, %v", n, err)
+	}
+	_, _ = out.Write([]byte("three")) // uncorked: straight through
+	a.Close()
+	if all := <-got; !bytes.Equal(all, []byte("one,two,three")) {
+		t.Fatalf("socket got %q", all)
+	}
+}
