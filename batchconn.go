@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -32,6 +33,9 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return 
 // held across every write to the socket.
 type batchConn struct {
 	net.Conn
+	// raw is the socket's file descriptor, for tryFlush; nil when the
+	// socket has none (tests' wrapped connections).
+	raw syscall.RawConn
 
 	mu     sync.Mutex
 	corked bool
@@ -85,24 +89,17 @@ func (b *batchConn) flush(deadline time.Time) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.corked = false
-	buf := b.buf
-	if buf == nil {
+	if b.buf == nil {
 		return 0, nil
 	}
-	b.buf = nil
-	defer func() {
-		if cap(*buf) <= batchBufKeep {
-			*buf = (*buf)[:0]
-			batchBufs.Put(buf)
-		}
-	}()
-	if len(*buf) == 0 {
+	defer b.release()
+	if len(*b.buf) == 0 {
 		return 0, nil
 	}
 	if err := b.Conn.SetWriteDeadline(deadline); err != nil {
 		return 0, err
 	}
-	return b.Conn.Write(*buf)
+	return b.Conn.Write(*b.buf)
 }
 
 // readBufferSize is the size of a connection's read buffer. Clients send
@@ -110,6 +107,49 @@ func (b *batchConn) flush(deadline time.Time) (int, error) {
 // is small; gorilla takes the reader it is handed only when it is larger
 // than 256 bytes, and 288 is an allocation size class.
 const readBufferSize = 288
+
+// tryFlush is flush without waiting: it writes what the socket takes at
+// once. done reports whether that was everything and the conn is uncorked;
+// otherwise the rest stays collected, still corked, for flush.
+func (b *batchConn) tryFlush() (done bool, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.raw == nil || b.buf == nil {
+		return false, nil
+	}
+	buf := *b.buf
+	n := 0
+	var werr error
+	if err := b.raw.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), buf)
+		return true // never wait for the socket
+	}); err != nil {
+		return false, err
+	}
+	if werr == syscall.EAGAIN || werr == syscall.EINTR {
+		n, werr = 0, nil
+	}
+	if werr != nil {
+		return false, werr
+	}
+	if n < len(buf) {
+		*b.buf = buf[:copy(buf, buf[n:])]
+		return false, nil
+	}
+	b.corked = false
+	b.release()
+	return true, nil
+}
+
+// release gives the batch buffer back to the pool; b.mu must be held.
+func (b *batchConn) release() {
+	buf := b.buf
+	b.buf = nil
+	if cap(*buf) <= batchBufKeep {
+		*buf = (*buf)[:0]
+		batchBufs.Put(buf)
+	}
+}
 
 // hijacker hands gorilla's Upgrade the socket wrapped in a batchConn, and a
 // read buffer of ours, so that the read pump can see whether gorilla has
@@ -127,6 +167,9 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.out = &batchConn{Conn: conn}
+	if sc, ok := conn.(syscall.Conn); ok {
+		h.out.raw, _ = sc.SyscallConn()
+	}
 	if brw.Reader.Buffered() > 0 {
 		// The client sent data before the handshake's answer: gorilla
 		// refuses the upgrade when it sees it.

@@ -41,6 +41,9 @@ type enqueueResult int
 
 const (
 	enqueued enqueueResult = iota
+	// enqueueClaimed: not queued; the caller holds the write pump's place
+	// and writes msg itself with writeNow.
+	enqueueClaimed
 	// enqueueOverflow: the queue was full; the client is being disconnected.
 	enqueueOverflow
 	// enqueueClosing: the client was already being disconnected.
@@ -96,6 +99,9 @@ type Client struct {
 	// connection on, so that no pump starts after it.
 	writing bool
 
+	// unflushed is a message writeNow handed to the socket only in part;
+	// the write pump it starts finishes the write and counts it.
+	unflushed *message
 	// readEnded is set when the read pump returns; readDone, made only
 	// when the write pump waits for that (finish), is closed then.
 	readEnded bool
@@ -115,9 +121,7 @@ func newClient(hub *Hub, u upgraded, username, remote string) *Client {
 		remote:   remote,
 	}
 	if u.out != nil && u.in != nil {
-		if sc, ok := u.out.Conn.(syscall.Conn); ok {
-			c.raw, _ = sc.SyscallConn()
-		}
+		c.raw = u.out.raw
 	}
 	return c
 }
@@ -127,11 +131,20 @@ func newClient(hub *Hub, u upgraded, username, remote string) *Client {
 // over its count or byte bound the queue is discarded and the client is
 // closed with disconnectSlow; an empty queue always takes one message, so
 // any message up to MAX_MESSAGE_BYTES can be delivered.
-func (c *Client) enqueue(msg *message) enqueueResult {
+//
+// With claim set, a client with nothing queued and no write pump running
+// is not given a pump: enqueue returns enqueueClaimed and the caller writes
+// msg with writeNow.
+func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
 		return enqueueClosing
+	}
+	if claim && !c.writing && len(c.sendQueue) == 0 && c.pendingPong == nil && !c.pingDue && c.out != nil && c.out.raw != nil {
+		c.writing = true
+		c.mu.Unlock()
+		return enqueueClaimed
 	}
 	if n := len(c.sendQueue); n > 0 && (n >= c.settings.sendQueueSize || c.queuedBytes+len(msg.data) > c.settings.sendQueueBytes) {
 		c.closing = &disconnectSlow
@@ -262,10 +275,52 @@ type work struct {
 	closing *disconnect
 }
 
+// writeNow writes msg, claimed by enqueue, on the caller's goroutine (the
+// subscriber's) without ever waiting for the socket: a connection whose
+// socket takes the frame at once needs no goroutine at all, and nothing is
+// woken. Whatever the socket does not take at once, and any work that
+// arrived meanwhile, goes to a write pump.
+func (c *Client) writeNow(msg *message) {
+	c.out.cork()
+	err := c.conn.WriteMessage(websocket.TextMessage, msg.data)
+	done := false
+	if err == nil {
+		done, err = c.out.tryFlush()
+	}
+	switch {
+	case err != nil:
+		c.close(disconnectGone)
+		go c.writePump()
+	case !done:
+		c.unflushed = msg
+		go c.writePump()
+	default:
+		c.hub.deliveryLatency.Observe(time.Since(msg.received).Seconds())
+		c.hub.stats.FramesDelivered.Add(1)
+		c.mu.Lock()
+		more := len(c.sendQueue) > 0 || c.pendingPong != nil || c.pingDue || c.closing != nil
+		c.writing = more
+		c.mu.Unlock()
+		if more {
+			go c.writePump()
+		}
+	}
+}
+
 // writePump writes queued messages, pongs and pings to the socket, each
 // batch with one write, and returns when there is nothing left to do or the
 // connection ends. Only one runs at a time (startPumpLocked).
 func (c *Client) writePump() {
+	if msg := c.unflushed; msg != nil {
+		// writeNow's frame, partly written: the rest first.
+		c.unflushed = nil
+		if _, err := c.out.flush(time.Now().Add(c.settings.writeWait)); err != nil {
+			c.close(disconnectGone)
+			c.end()
+			return
+		}
+		c.delivered([]*message{msg}, 0, nil)
+	}
 	var batch []*message
 	for {
 		w, idle := c.takeWork(batch)

@@ -210,27 +210,48 @@ func (h *Hub) unregister(c *Client) int {
 
 // broadcast queues msg for every connection of username and returns how many
 // took it. msg is shared by those connections and must not be changed.
+//
+// For a user with at most writeNowMax connections, an idle connection's
+// frame is written by the caller (Client.writeNow, which never waits for
+// the socket) once the shard lock is released, rather than by a write pump
+// started for it: no goroutine to start and schedule per delivery. Larger
+// fan-outs go to write pumps, which run in parallel.
 func (h *Hub) broadcast(username string, msg *message) int {
 	s := h.shard(username)
-	delivered, dropped := 0, 0
+	queued, dropped := 0, 0
+	var now [writeNowMax]*Client
+	claimed := 0
 	s.mu.RLock()
-	for c := range s.users[username] {
-		if c.enqueue(msg) == enqueued {
-			delivered++
-		} else {
+	conns := s.users[username]
+	claim := len(conns) <= writeNowMax
+	for c := range conns {
+		switch c.enqueue(msg, claim) {
+		case enqueued:
+			queued++
+		case enqueueClaimed:
+			now[claimed] = c
+			claimed++
+		default:
 			dropped++
 		}
 	}
 	s.mu.RUnlock()
-	if delivered > 0 {
+	if queued > 0 {
 		// Once per broadcast, not per connection: it is a shared counter.
-		h.queued(delivered, delivered*len(msg.data))
+		h.queued(queued, queued*len(msg.data))
 	}
 	if dropped > 0 {
 		h.stats.FramesDropped.Add(uint64(dropped))
 	}
-	return delivered
+	for _, c := range now[:claimed] {
+		c.writeNow(msg)
+	}
+	return queued + claimed
 }
+
+// writeNowMax is the most connections a user may have for broadcast to
+// write its frames itself (Client.writeNow).
+const writeNowMax = 4
 
 // pingTick is how often the pinger looks for due pings: often enough that
 // a ping is never late by more than half the margin between PING_INTERVAL

@@ -105,14 +105,14 @@ func TestSendQueueOverflowClosesOnlyThatClient(t *testing.T) {
 			slow, other := addClient(t, h, "slow"), addClient(t, h, "other")
 			msg := msgOf(strings.Repeat("x", tc.msgLen))
 			for i := 0; i < tc.msgs-1; i++ {
-				if r := slow.enqueue(msg); r != enqueued {
+				if r := slow.enqueue(msg, false); r != enqueued {
 					t.Fatalf("message %d refused (%v) before the bound", i, r)
 				}
 			}
-			if r := slow.enqueue(msg); r != enqueueOverflow {
+			if r := slow.enqueue(msg, false); r != enqueueOverflow {
 				t.Fatalf("message past the bound: %v, want overflow", r)
 			}
-			if r := slow.enqueue(msg); r != enqueueClosing {
+			if r := slow.enqueue(msg, false); r != enqueueClosing {
 				t.Fatalf("message after overflow: %v, want closing", r)
 			}
 			if len(queued(slow)) != 0 || slow.queuedBytes != 0 {
@@ -134,10 +134,10 @@ func TestSendQueueOverflowClosesOnlyThatClient(t *testing.T) {
 func TestEmptyQueueTakesAMessageLargerThanItsByteBound(t *testing.T) {
 	h := newTestHub(10, 1024)
 	c := addClient(t, h, "u")
-	if r := c.enqueue(msgOf(strings.Repeat("x", 4096))); r != enqueued {
+	if r := c.enqueue(msgOf(strings.Repeat("x", 4096)), false); r != enqueued {
 		t.Fatalf("large message into an empty queue: %v", r)
 	}
-	if r := c.enqueue(msgOf("x")); r != enqueueOverflow {
+	if r := c.enqueue(msgOf("x"), false); r != enqueueOverflow {
 		t.Fatalf("message behind it: %v, want overflow", r)
 	}
 }

@@ -225,3 +225,93 @@ func TestBatchConnKeepsFramesFromOtherWritersInOrder(t *testing.T) {
 		t.Fatalf("socket got %q", all)
 	}
 }
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+func TestTryFlushKeepsWhatTheSocketDidNotTake(t *testing.T) {
+	// Default socket buffers: with tiny ones (SO_SNDBUF 4 KiB) even a
+	// plain net.Conn.Write stalls on this kernel.
+	peer, sock := tcpPair(t)
+	raw, err := sock.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &batchConn{Conn: sock, raw: raw}
+
+	// Far more than the socket buffers take while the peer reads nothing.
+	var sent bytes.Buffer
+	for i := 0; sent.Len() < 4<<20; i++ {
+		sent.WriteString(fmt.Sprintf("%08d,", i))
+	}
+	out.cork()
+	_, _ = out.Write(sent.Bytes())
+	done, err := out.tryFlush()
+	if err != nil || done {
+		t.Fatalf("tryFlush of 4 MiB to a peer that reads nothing: done %v, err %v; want a partial write", done, err)
+	}
+	left := out.buffered()
+	if left == 0 || left >= sent.Len() {
+		t.Fatalf("%d of %d bytes left after a partial write", left, sent.Len())
+	}
+	// The rest goes out with flush, in order, once the peer reads.
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(peer, int64(sent.Len())))
+		got <- b
+	}()
+	if n, err := out.flush(time.Now().Add(5 * time.Second)); err != nil || n != left {
+		t.Fatalf("flush: %d, %v; want %d", n, err, left)
+	}
+	if b := <-got; !bytes.Equal(b, sent.Bytes()) {
+		t.Fatalf("peer got %d bytes, not the %d sent in order", len(b), sent.Len())
+	}
+}
+
+func TestSmallUsersFramesAreWrittenBeforeBroadcastReturns(t *testing.T) {
+	// For a user with few connections, broadcast writes the frames itself
+	// (writeNow) instead of starting a write pump per delivery: they are on
+	// the sockets, and counted, by the time it returns.
+	td := startDaemon(t, startRedis(t), nil)
+	conns := []*websocket.Conn{td.dial("small"), td.dial("small")}
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("small") == 2 })
+	for i := range 20 {
+		before := td.d.stats.FramesDelivered.Load()
+		if n := td.d.hub.broadcast("small", msgOf(fmt.Sprintf(`{"n":%d}`, i))); n != 2 {
+			t.Fatalf("broadcast reached %d connections, want 2", n)
+		}
+		if got := td.d.stats.FramesDelivered.Load() - before; got != 2 {
+			t.Fatalf("event %d: %d frames written when broadcast returned, want 2", i, got)
+		}
+		for _, conn := range conns {
+			if got, want := readText(t, conn, 5*time.Second), fmt.Sprintf(`{"n":%d}`, i); got != want {
+				t.Fatalf("got %s, want %s", got, want)
+			}
+		}
+	}
+	if f, b := td.d.hub.queuedFrames.Load(), td.d.hub.queuedBytes.Load(); f != 0 || b != 0 {
+		t.Fatalf("send-queue pressure %d frames %d bytes; frames written at once are never queued", f, b)
+	}
+}
