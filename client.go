@@ -365,7 +365,13 @@ func (c *Client) writeBatch(w work) error {
 	// bytes of control frames ahead of them in the buffer.
 	from, control := 0, c.out.buffered()
 	for i, msg := range w.batch {
-		if err := c.conn.WriteMessage(websocket.TextMessage, msg.data); err != nil {
+		var err error
+		if msg.prepared != nil {
+			err = c.conn.WritePreparedMessage(msg.prepared)
+		} else {
+			err = c.conn.WriteMessage(websocket.TextMessage, msg.data)
+		}
+		if err != nil {
 			return err
 		}
 		last := i == len(w.batch)-1

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/gorilla/websocket"
 	"hash/maphash"
 	"log/slog"
 	"sync"
@@ -61,7 +62,17 @@ type Hub struct {
 type message struct {
 	data     []byte
 	received time.Time
+	// prepared, set for a user with at least preparedMin connections, is
+	// the frame encoded once for all of them.
+	prepared *websocket.PreparedMessage
 }
+
+// preparedMin is the fewest connections for which broadcast encodes the
+// frame once (websocket.PreparedMessage) rather than once per connection.
+// Measured (BenchmarkPrepareFrame, BenchmarkEncodeFrame, 256 bytes):
+// preparing costs 7.3 us and 11.8 KB per event and saves 17 ns and one
+// 24-byte allocation per connection, so it pays from about 430 connections.
+const preparedMin = 512
 
 // observer takes one observation, such as a latency in seconds; a
 // prometheus.Histogram is one.
@@ -224,6 +235,11 @@ func (h *Hub) broadcast(username string, msg *message) int {
 	s.mu.RLock()
 	conns := s.users[username]
 	claim := len(conns) <= writeNowMax
+	if len(conns) >= preparedMin {
+		if pm, err := websocket.NewPreparedMessage(websocket.TextMessage, msg.data); err == nil {
+			msg.prepared = pm
+		}
+	}
 	for c := range conns {
 		switch c.enqueue(msg, claim) {
 		case enqueued:

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,12 +125,14 @@ func (l countingListener) Accept() (net.Conn, error) {
 func TestAQueuedBatchGoesOutInOneWritePer32KiB(t *testing.T) {
 	for _, tc := range []struct {
 		messages, size, writes int
+		prepared               bool
 	}{
-		{100, 40, 1},    // 4.2 KB: one write
-		{100, 1024, 4},  // 103 KB: chunks of 32 frames, then the last 4
-		{1, 100_000, 1}, // one large frame
+		{100, 40, 1, false},    // 4.2 KB: one write
+		{100, 1024, 4, false},  // 103 KB: chunks of 32 frames, then the last 4
+		{1, 100_000, 1, false}, // one large frame
+		{100, 1024, 4, true},   // the same, encoded once (a large fan-out)
 	} {
-		t.Run(fmt.Sprintf("%dx%dB", tc.messages, tc.size), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%dx%dB/prepared=%v", tc.messages, tc.size, tc.prepared), func(t *testing.T) {
 			hub := newHub(clientSettings{sendQueueSize: 1000, sendQueueBytes: 1 << 20, pingInterval: time.Minute, pongWait: time.Minute, writeWait: 5 * time.Second},
 				slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
 			writes := &atomic.Int64{}
@@ -154,7 +157,11 @@ func TestAQueuedBatchGoesOutInOneWritePer32KiB(t *testing.T) {
 					return
 				}
 				for i := range tc.messages {
-					hub.broadcast("u", msgOf(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tc.size-len(fmt.Sprintf(`{"n":%d,"pad":""}`, i))))))
+					msg := msgOf(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tc.size-len(fmt.Sprintf(`{"n":%d,"pad":""}`, i)))))
+					if tc.prepared {
+						msg.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, msg.data)
+					}
+					hub.broadcast("u", msg)
 				}
 				writes.Store(0) // the handshake's answer is not counted
 				close(queued)
@@ -313,5 +320,123 @@ func TestSmallUsersFramesAreWrittenBeforeBroadcastReturns(t *testing.T) {
 	}
 	if f, b := td.d.hub.queuedFrames.Load(), td.d.hub.queuedBytes.Load(); f != 0 || b != 0 {
 		t.Fatalf("send-queue pressure %d frames %d bytes; frames written at once are never queued", f, b)
+	}
+}
+
+// BenchmarkEncodeFrame is what framing one 256-byte event costs a write
+// pump per connection, into a corked socket (no system call): written
+// with WriteMessage (framed per connection) or WritePreparedMessage
+// (framed once per event, shared by all connections of the user).
+//
+//	go test -run '^$' -bench EncodeFrame -count 3
+func BenchmarkEncodeFrame(b *testing.B) {
+	conns := make(chan upgraded, 1)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, err := upgrade(&websocket.Upgrader{WriteBufferPool: &sync.Pool{}}, w, r)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		conns <- u
+	}))
+	defer server.Close()
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(server.URL, "http"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	u := <-conns
+	defer u.conn.Close()
+	data := bytes.Repeat([]byte("x"), 256)
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mode := range []string{"WriteMessage", "WritePreparedMessage"} {
+		b.Run(mode, func(b *testing.B) {
+			b.ReportAllocs()
+			u.out.cork()
+			for i := 0; b.Loop(); i++ {
+				if mode == "WriteMessage" {
+					err = u.conn.WriteMessage(websocket.TextMessage, data)
+				} else {
+					err = u.conn.WritePreparedMessage(pm)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				if i%64 == 63 {
+					u.out.mu.Lock()
+					*u.out.buf = (*u.out.buf)[:0] // dropped, not sent
+					u.out.mu.Unlock()
+				}
+			}
+			u.out.mu.Lock()
+			*u.out.buf = (*u.out.buf)[:0]
+			u.out.mu.Unlock()
+		})
+	}
+}
+
+// BenchmarkPrepareFrame is what encoding an event once costs
+// (websocket.NewPreparedMessage and its first frame): worth it for a user
+// with many connections (preparedMin), not for one or two.
+//
+//	go test -run '^$' -bench PrepareFrame -count 3
+func BenchmarkPrepareFrame(b *testing.B) {
+	conns := make(chan upgraded, 1)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, err := upgrade(&websocket.Upgrader{WriteBufferPool: &sync.Pool{}}, w, r)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		conns <- u
+	}))
+	defer server.Close()
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(server.URL, "http"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	u := <-conns
+	defer u.conn.Close()
+	data := bytes.Repeat([]byte("x"), 256)
+	b.ReportAllocs()
+	u.out.cork()
+	for i := 0; b.Loop(); i++ {
+		pm, err := websocket.NewPreparedMessage(websocket.TextMessage, data)
+		if err == nil {
+			err = u.conn.WritePreparedMessage(pm)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i%64 == 63 {
+			u.out.mu.Lock()
+			*u.out.buf = (*u.out.buf)[:0]
+			u.out.mu.Unlock()
+		}
+	}
+	u.out.mu.Lock()
+	*u.out.buf = (*u.out.buf)[:0]
+	u.out.mu.Unlock()
+}
+
+func TestLargeFanOutsAreEncodedOnce(t *testing.T) {
+	for _, n := range []int{preparedMin - 1, preparedMin} {
+		h := newTestHub(10, 1<<20)
+		var clients []*Client
+		for range n {
+			clients = append(clients, addClient(t, h, "org"))
+		}
+		msg := msgOf(`{"type":"x"}`)
+		h.broadcast("org", msg)
+		if got, want := msg.prepared != nil, n >= preparedMin; got != want {
+			t.Fatalf("%d connections: prepared %v, want %v", n, got, want)
+		}
+		if w, _ := clients[n-1].takeWork(nil); len(w.batch) != 1 || w.batch[0] != msg {
+			t.Fatalf("%d connections: the message was not queued as it is", n)
+		}
 	}
 }
