@@ -73,6 +73,20 @@ func (b *batchConn) cork() {
 	}
 }
 
+// tryCork is cork unless another goroutine holds the conn, possibly in a
+// write that waits for the socket: it never waits.
+func (b *batchConn) tryCork() bool {
+	if !b.mu.TryLock() {
+		return false
+	}
+	defer b.mu.Unlock()
+	b.corked = true
+	if b.buf == nil {
+		b.buf = batchBufs.Get().(*[]byte)
+	}
+	return true
+}
+
 // buffered is how many bytes wait for flush.
 func (b *batchConn) buffered() int {
 	b.mu.Lock()

@@ -281,7 +281,18 @@ type work struct {
 // woken. Whatever the socket does not take at once, and any work that
 // arrived meanwhile, goes to a write pump.
 func (c *Client) writeNow(msg *message) {
-	c.out.cork()
+	if !c.out.tryCork() {
+		// gorilla is answering the client from the read pump (a close or
+		// a protocol error) and may be waiting for the socket: the
+		// message goes to a write pump rather than wait here.
+		c.mu.Lock()
+		c.sendQueue = append(c.sendQueue, msg)
+		c.queuedBytes += len(msg.data)
+		c.mu.Unlock()
+		c.hub.queued(1, len(msg.data))
+		go c.writePump()
+		return
+	}
 	err := c.conn.WriteMessage(websocket.TextMessage, msg.data)
 	done := false
 	if err == nil {

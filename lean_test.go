@@ -440,3 +440,32 @@ func TestLargeFanOutsAreEncodedOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestBroadcastNeverWaitsForASocketAnotherGoroutineWritesTo(t *testing.T) {
+	// gorilla answers a client's close frame or protocol error from the read
+	// pump, and that write may wait up to a second for a full socket while
+	// it holds the connection. broadcast, on the Redis reader, must not
+	// wait for it: the event goes to a write pump instead.
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	var c *Client
+	s := td.d.hub.shard("u")
+	s.mu.RLock()
+	for k := range s.users["u"] {
+		c = k
+	}
+	s.mu.RUnlock()
+
+	c.out.mu.Lock() // the read pump's write, stuck on the socket
+	release := time.AfterFunc(500*time.Millisecond, c.out.mu.Unlock)
+	defer release.Stop()
+	start := time.Now()
+	td.d.hub.broadcast("u", msgOf(`{"n":1}`))
+	if took := time.Since(start); took > 200*time.Millisecond {
+		t.Fatalf("broadcast waited %v for a socket another goroutine was writing to", took)
+	}
+	if got := readText(t, conn, 5*time.Second); got != `{"n":1}` {
+		t.Fatalf("got %s", got)
+	}
+}
