@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -134,10 +136,21 @@ func (b *batchConn) tryFlush() (done bool, err error) {
 	buf := *b.buf
 	n := 0
 	var werr error
-	if err := b.raw.Write(func(fd uintptr) bool {
+	write := func(fd uintptr) bool {
 		n, werr = syscall.Write(int(fd), buf)
 		return true // never wait for the socket
-	}); err != nil {
+	}
+	err = b.raw.Write(write)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline of an earlier write (a pump's flush, gorilla's
+		// answer from the read pump) has passed, and RawConn refuses to
+		// write at all until it is cleared. This write never waits, so it
+		// needs none.
+		if err = b.Conn.SetWriteDeadline(time.Time{}); err == nil {
+			err = b.raw.Write(write)
+		}
+	}
+	if err != nil {
 		return false, err
 	}
 	if werr == syscall.EAGAIN || werr == syscall.EINTR {

@@ -469,3 +469,47 @@ func TestBroadcastNeverWaitsForASocketAnotherGoroutineWritesTo(t *testing.T) {
 		t.Fatalf("got %s", got)
 	}
 }
+
+func TestWriteNowIgnoresAnExpiredDeadlineOfAnEarlierWrite(t *testing.T) {
+	// A write pump's flush leaves its deadline on the socket; RawConn then
+	// refuses every write once it has passed. writeNow never waits, so it
+	// must write anyway, not take the connection for dead.
+	td := startDaemon(t, startRedis(t), map[string]string{"WRITE_WAIT": "200ms"})
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	var c *Client
+	s := td.d.hub.shard("u")
+	s.mu.RLock()
+	for k := range s.users["u"] {
+		c = k
+	}
+	s.mu.RUnlock()
+
+	// A pump writes the first event, with the 200 ms deadline.
+	c.mu.Lock()
+	c.sendQueue = append(c.sendQueue, msgOf(`{"n":1}`))
+	start := c.startPumpLocked()
+	c.mu.Unlock()
+	c.spawnPump(start)
+	if got := readText(t, conn, 5*time.Second); got != `{"n":1}` {
+		t.Fatalf("got %s", got)
+	}
+	eventually(t, 5*time.Second, "pump done", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return !c.writing
+	})
+	time.Sleep(400 * time.Millisecond) // its deadline passes
+
+	before := td.d.stats.FramesDelivered.Load()
+	td.d.hub.broadcast("u", msgOf(`{"n":2}`))
+	if got := td.d.stats.FramesDelivered.Load() - before; got != 1 {
+		t.Fatalf("%d frames written by broadcast, want 1 (the connection was taken for dead?)", got)
+	}
+	if got := readText(t, conn, 5*time.Second); got != `{"n":2}` {
+		t.Fatalf("got %s", got)
+	}
+	if td.d.hub.connectionCount("u") != 1 {
+		t.Fatal("the connection was closed")
+	}
+}
