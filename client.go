@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -276,7 +277,8 @@ type work struct {
 }
 
 // writeNow writes msg, claimed by enqueue, on the caller's goroutine (the
-// subscriber's) without ever waiting for the socket: a connection whose
+// subscriber's or a fan-out goroutine of broadcast) without ever waiting
+// for the socket: a connection whose
 // socket takes the frame at once needs no goroutine at all, and nothing is
 // woken. Whatever the socket does not take at once, and any work that
 // arrived meanwhile, goes to a write pump.
@@ -285,8 +287,9 @@ func (c *Client) writeNow(msg *message) {
 		// gorilla is answering the client from the read pump (a close or
 		// a protocol error) and may be waiting for the socket: the
 		// message goes to a write pump rather than wait here.
+		// Ahead of what was queued since it was claimed.
 		c.mu.Lock()
-		c.sendQueue = append(c.sendQueue, msg)
+		c.sendQueue = slices.Insert(c.sendQueue, 0, msg)
 		c.queuedBytes += len(msg.data)
 		c.mu.Unlock()
 		c.hub.queued(1, len(msg.data))

@@ -6,6 +6,7 @@ import (
 	"github.com/gorilla/websocket"
 	"hash/maphash"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,34 +220,38 @@ func (h *Hub) unregister(c *Client) int {
 	return len(conns)
 }
 
-// broadcast queues msg for every connection of username and returns how many
+// broadcast hands msg to every connection of username and returns how many
 // took it. msg is shared by those connections and must not be changed.
 //
-// For a user with at most writeNowMax connections, an idle connection's
-// frame is written by the caller (Client.writeNow, which never waits for
-// the socket) once the shard lock is released, rather than by a write pump
-// started for it: no goroutine to start and schedule per delivery. Larger
-// fan-outs go to write pumps, which run in parallel.
+// A connection that is writing already (its write pump runs) gets msg on
+// its queue. An idle one is claimed, and its frame is written with
+// Client.writeNow, which never waits for the socket, rather than by a
+// write pump started for it: no goroutine to start and schedule per
+// delivery. For a user with at most writeNowMax connections broadcast
+// writes them itself, once the shard lock is released; a larger fan-out is
+// split over one goroutine per CPU that broadcast does not wait for, so
+// the events that follow queue up behind it and go out in batches.
 func (h *Hub) broadcast(username string, msg *message) int {
 	s := h.shard(username)
 	queued, dropped := 0, 0
-	var now [writeNowMax]*Client
-	claimed := 0
+	var few [writeNowMax]*Client
+	claimed := few[:0]
 	s.mu.RLock()
 	conns := s.users[username]
-	claim := len(conns) <= writeNowMax
+	if len(conns) > writeNowMax {
+		claimed = make([]*Client, 0, len(conns))
+	}
 	if len(conns) >= preparedMin {
 		if pm, err := websocket.NewPreparedMessage(websocket.TextMessage, msg.data); err == nil {
 			msg.prepared = pm
 		}
 	}
 	for c := range conns {
-		switch c.enqueue(msg, claim) {
+		switch c.enqueue(msg, true) {
 		case enqueued:
 			queued++
 		case enqueueClaimed:
-			now[claimed] = c
-			claimed++
+			claimed = append(claimed, c)
 		default:
 			dropped++
 		}
@@ -259,14 +264,29 @@ func (h *Hub) broadcast(username string, msg *message) int {
 	if dropped > 0 {
 		h.stats.FramesDropped.Add(uint64(dropped))
 	}
-	for _, c := range now[:claimed] {
-		c.writeNow(msg)
+	if len(claimed) <= writeNowMax {
+		for _, c := range claimed {
+			c.writeNow(msg)
+		}
+		return queued + len(claimed)
 	}
-	return queued + claimed
+	// Counted in wg like the pumps: each claimed connection holds a count
+	// of its own until then, so the count cannot be zero here.
+	parts := runtime.GOMAXPROCS(0)
+	per := (len(claimed) + parts - 1) / parts
+	for i := 0; i < len(claimed); i += per {
+		part := claimed[i:min(i+per, len(claimed))]
+		h.wg.Go(func() {
+			for _, c := range part {
+				c.writeNow(msg)
+			}
+		})
+	}
+	return queued + len(claimed)
 }
 
 // writeNowMax is the most connections a user may have for broadcast to
-// write its frames itself (Client.writeNow).
+// write their frames itself rather than on fan-out goroutines.
 const writeNowMax = 4
 
 // pingTick is how often the pinger looks for due pings: often enough that

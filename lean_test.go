@@ -513,3 +513,70 @@ func TestWriteNowIgnoresAnExpiredDeadlineOfAnEarlierWrite(t *testing.T) {
 		t.Fatal("the connection was closed")
 	}
 }
+
+func TestLargeFanOutKeepsEveryConnectionsOrder(t *testing.T) {
+	// More than writeNowMax connections: idle ones are written by fan-out
+	// goroutines that broadcast does not wait for, busy ones by their
+	// pumps; every connection must still get every event, in order.
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
+	const n, events = 60, 300
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = td.dial("org")
+	}
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("org") == n })
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			for i := range events {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, data, err := c.ReadMessage()
+				if want := fmt.Sprintf(`{"n":%d}`, i); err != nil || string(data) != want {
+					errs <- fmt.Errorf("got %s (%v), want %s", data, err, want)
+					return
+				}
+			}
+		})
+	}
+	for i := range events {
+		td.d.hub.broadcast("org", msgOf(fmt.Sprintf(`{"n":%d}`, i)))
+		if i%50 == 0 {
+			time.Sleep(20 * time.Millisecond) // idle again: the next ones are claimed
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestAClaimedEventThatCannotBeWrittenAtOnceStaysFirst(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	var c *Client
+	s := td.d.hub.shard("u")
+	s.mu.RLock()
+	for k := range s.users["u"] {
+		c = k
+	}
+	s.mu.RUnlock()
+
+	first, second := msgOf(`{"n":1}`), msgOf(`{"n":2}`)
+	if r := c.enqueue(first, true); r != enqueueClaimed {
+		t.Fatalf("idle connection: %v, want claimed", r)
+	}
+	if r := c.enqueue(second, true); r != enqueued {
+		t.Fatalf("claimed connection: %v, want queued", r)
+	}
+	c.out.mu.Lock() // the read pump writing: writeNow hands over to a pump
+	c.writeNow(first)
+	c.out.mu.Unlock()
+	for _, want := range []string{`{"n":1}`, `{"n":2}`} {
+		if got := readText(t, conn, 5*time.Second); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+}
