@@ -296,7 +296,12 @@ func (c *Client) writeNow(msg *message) {
 		go c.writePump()
 		return
 	}
-	err := c.conn.WriteMessage(websocket.TextMessage, msg.data)
+	var err error
+	if msg.prepared != nil {
+		err = c.conn.WritePreparedMessage(msg.prepared)
+	} else {
+		err = c.conn.WriteMessage(websocket.TextMessage, msg.data)
+	}
 	done := false
 	if err == nil {
 		done, err = c.out.tryFlush()

@@ -580,3 +580,30 @@ func TestAClaimedEventThatCannotBeWrittenAtOnceStaysFirst(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteNowSendsAPreparedMessage(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	var c *Client
+	s := td.d.hub.shard("u")
+	s.mu.RLock()
+	for k := range s.users["u"] {
+		c = k
+	}
+	s.mu.RUnlock()
+	msg := msgOf(`{"n":1}`)
+	// What broadcast does for a user with preparedMin connections or more.
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, []byte(`{"prepared":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg.prepared = pm
+	if r := c.enqueue(msg, true); r != enqueueClaimed {
+		t.Fatalf("%v, want claimed", r)
+	}
+	c.writeNow(msg)
+	if got := readText(t, conn, 5*time.Second); got != `{"prepared":true}` {
+		t.Fatalf("got %s: the frame was not the prepared one", got)
+	}
+}
