@@ -6,6 +6,8 @@
 #   ./bench.sh S2 S3           # a subset
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
 #   PERF_DIR=/tmp/p ./bench.sh S3   # also record the daemon with perf
+#                                   # (linux-perf; perf report -i /tmp/p/S3.perf.data)
+#   DAEMON_ENV='GOMAXPROCS=1' ./bench.sh S2   # extra environment for the daemon
 #
 # It raises the soft open-files limit to the hard one, builds the daemon and
 # the bench into a temporary directory, starts its own redis-server on a free
