@@ -330,23 +330,7 @@ func TestSmallUsersFramesAreWrittenBeforeBroadcastReturns(t *testing.T) {
 //
 //	go test -run '^$' -bench EncodeFrame -count 3
 func BenchmarkEncodeFrame(b *testing.B) {
-	conns := make(chan upgraded, 1)
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, err := upgrade(&websocket.Upgrader{WriteBufferPool: &sync.Pool{}}, w, r)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		conns <- u
-	}))
-	defer server.Close()
-	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(server.URL, "http"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	u := <-conns
-	defer u.conn.Close()
+	u := upgradedConn(b)
 	data := bytes.Repeat([]byte("x"), 256)
 	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, data)
 	if err != nil {
@@ -384,23 +368,7 @@ func BenchmarkEncodeFrame(b *testing.B) {
 //
 //	go test -run '^$' -bench PrepareFrame -count 3
 func BenchmarkPrepareFrame(b *testing.B) {
-	conns := make(chan upgraded, 1)
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, err := upgrade(&websocket.Upgrader{WriteBufferPool: &sync.Pool{}}, w, r)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		conns <- u
-	}))
-	defer server.Close()
-	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(server.URL, "http"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	u := <-conns
-	defer u.conn.Close()
+	u := upgradedConn(b)
 	data := bytes.Repeat([]byte("x"), 256)
 	b.ReportAllocs()
 	u.out.cork()
@@ -449,13 +417,7 @@ func TestBroadcastNeverWaitsForASocketAnotherGoroutineWritesTo(t *testing.T) {
 	td := startDaemon(t, startRedis(t), nil)
 	conn := td.dial("u")
 	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
-	var c *Client
-	s := td.d.hub.shard("u")
-	s.mu.RLock()
-	for k := range s.users["u"] {
-		c = k
-	}
-	s.mu.RUnlock()
+	c := onlyClient(t, td, "u")
 
 	c.out.mu.Lock() // the read pump's write, stuck on the socket
 	release := time.AfterFunc(500*time.Millisecond, c.out.mu.Unlock)
@@ -477,13 +439,7 @@ func TestWriteNowIgnoresAnExpiredDeadlineOfAnEarlierWrite(t *testing.T) {
 	td := startDaemon(t, startRedis(t), map[string]string{"WRITE_WAIT": "200ms"})
 	conn := td.dial("u")
 	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
-	var c *Client
-	s := td.d.hub.shard("u")
-	s.mu.RLock()
-	for k := range s.users["u"] {
-		c = k
-	}
-	s.mu.RUnlock()
+	c := onlyClient(t, td, "u")
 
 	// A pump writes the first event, with the 200 ms deadline.
 	c.mu.Lock()
@@ -556,13 +512,7 @@ func TestAClaimedEventThatCannotBeWrittenAtOnceStaysFirst(t *testing.T) {
 	td := startDaemon(t, startRedis(t), nil)
 	conn := td.dial("u")
 	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
-	var c *Client
-	s := td.d.hub.shard("u")
-	s.mu.RLock()
-	for k := range s.users["u"] {
-		c = k
-	}
-	s.mu.RUnlock()
+	c := onlyClient(t, td, "u")
 
 	first, second := msgOf(`{"n":1}`), msgOf(`{"n":2}`)
 	if r := c.enqueue(first, true); r != enqueueClaimed {
@@ -585,13 +535,7 @@ func TestWriteNowSendsAPreparedMessage(t *testing.T) {
 	td := startDaemon(t, startRedis(t), nil)
 	conn := td.dial("u")
 	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
-	var c *Client
-	s := td.d.hub.shard("u")
-	s.mu.RLock()
-	for k := range s.users["u"] {
-		c = k
-	}
-	s.mu.RUnlock()
+	c := onlyClient(t, td, "u")
 	msg := msgOf(`{"n":1}`)
 	// What broadcast does for a user with preparedMin connections or more.
 	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, []byte(`{"prepared":true}`))
@@ -606,4 +550,44 @@ func TestWriteNowSendsAPreparedMessage(t *testing.T) {
 	if got := readText(t, conn, 5*time.Second); got != `{"prepared":true}` {
 		t.Fatalf("got %s: the frame was not the prepared one", got)
 	}
+}
+
+// onlyClient returns the one connection of username in td.
+func onlyClient(t *testing.T, td *testDaemon, username string) *Client {
+	t.Helper()
+	s := td.d.hub.shard(username)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.users[username]) != 1 {
+		t.Fatalf("%s has %d connections, want 1", username, len(s.users[username]))
+	}
+	for c := range s.users[username] {
+		return c
+	}
+	return nil
+}
+
+// upgradedConn returns the server side of a WebSocket connection upgraded
+// the daemon's way (as the daemon's Upgrader does, with a write-buffer
+// pool); both ends are closed when b ends.
+func upgradedConn(b *testing.B) upgraded {
+	b.Helper()
+	conns := make(chan upgraded, 1)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, err := upgrade(&websocket.Upgrader{WriteBufferPool: &sync.Pool{}}, w, r)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		conns <- u
+	}))
+	b.Cleanup(server.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(server.URL, "http"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { client.Close() })
+	u := <-conns
+	b.Cleanup(func() { u.conn.Close() })
+	return u
 }
