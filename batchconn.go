@@ -69,6 +69,11 @@ func (b *batchConn) SetWriteDeadline(t time.Time) error {
 func (b *batchConn) cork() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.corkLocked()
+}
+
+// corkLocked corks; b.mu must be held.
+func (b *batchConn) corkLocked() {
 	b.corked = true
 	if b.buf == nil {
 		b.buf = batchBufs.Get().(*[]byte)
@@ -82,10 +87,7 @@ func (b *batchConn) tryCork() bool {
 		return false
 	}
 	defer b.mu.Unlock()
-	b.corked = true
-	if b.buf == nil {
-		b.buf = batchBufs.Get().(*[]byte)
-	}
+	b.corkLocked()
 	return true
 }
 

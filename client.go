@@ -242,7 +242,7 @@ func (c *Client) takeWork(done []*message) (w work, idle bool) {
 	clear(done)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.sendQueue) == 0 && c.pendingPong == nil && !c.pingDue && c.closing == nil {
+	if !c.hasWorkLocked() {
 		c.writing = false
 		if cap(done) <= maxKeptQueue && cap(c.sendQueue) == 0 {
 			// Keep one slice for the next message, but not a long one.
@@ -263,6 +263,12 @@ func (c *Client) takeWork(done []*message) (w work, idle bool) {
 	w.ping, c.pingDue = c.pingDue, false
 	w.closing = c.closing
 	return w, false
+}
+
+// hasWorkLocked reports whether there is anything for a write pump to do;
+// c.mu must be held.
+func (c *Client) hasWorkLocked() bool {
+	return len(c.sendQueue) > 0 || c.pendingPong != nil || c.pingDue || c.closing != nil
 }
 
 // maxKeptQueue is the longest send-queue slice a client keeps for reuse.
@@ -317,7 +323,7 @@ func (c *Client) writeNow(msg *message) {
 		c.hub.deliveryLatency.Observe(time.Since(msg.received).Seconds())
 		c.hub.stats.FramesDelivered.Add(1)
 		c.mu.Lock()
-		more := len(c.sendQueue) > 0 || c.pendingPong != nil || c.pingDue || c.closing != nil
+		more := c.hasWorkLocked()
 		c.writing = more
 		c.mu.Unlock()
 		if more {

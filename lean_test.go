@@ -350,14 +350,10 @@ func BenchmarkEncodeFrame(b *testing.B) {
 					b.Fatal(err)
 				}
 				if i%64 == 63 {
-					u.out.mu.Lock()
-					*u.out.buf = (*u.out.buf)[:0] // dropped, not sent
-					u.out.mu.Unlock()
+					dropBatch(u.out)
 				}
 			}
-			u.out.mu.Lock()
-			*u.out.buf = (*u.out.buf)[:0]
-			u.out.mu.Unlock()
+			dropBatch(u.out)
 		})
 	}
 }
@@ -381,14 +377,10 @@ func BenchmarkPrepareFrame(b *testing.B) {
 			b.Fatal(err)
 		}
 		if i%64 == 63 {
-			u.out.mu.Lock()
-			*u.out.buf = (*u.out.buf)[:0]
-			u.out.mu.Unlock()
+			dropBatch(u.out)
 		}
 	}
-	u.out.mu.Lock()
-	*u.out.buf = (*u.out.buf)[:0]
-	u.out.mu.Unlock()
+	dropBatch(u.out)
 }
 
 func TestLargeFanOutsAreEncodedOnce(t *testing.T) {
@@ -590,4 +582,11 @@ func upgradedConn(b *testing.B) upgraded {
 	u := <-conns
 	b.Cleanup(func() { u.conn.Close() })
 	return u
+}
+
+// dropBatch empties a corked batch without sending it.
+func dropBatch(out *batchConn) {
+	out.mu.Lock()
+	*out.buf = (*out.buf)[:0]
+	out.mu.Unlock()
 }
