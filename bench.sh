@@ -28,6 +28,7 @@ for s in "$@"; do
 done
 
 # Installs what is missing, as test.sh does (Debian packages, as root).
+script=bench.sh
 . scripts/ensure.sh
 ensure_go
 ensure_redis_server
@@ -84,11 +85,12 @@ for ((i = 0; i < 50; i++)); do
 done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "bench.sh: redis did not start" >&2; cat "$WORK/redis.log" >&2; exit 1; }
 
+# start_daemon S: a fresh daemon for scenario S.
 start_daemon() {
   DAEMON_PORT=$(free_port)
   PORT=$DAEMON_PORT LISTEN_HOST=127.0.0.1 REDIS_HOST=127.0.0.1 REDIS_PORT=$REDIS_PORT \
     LOG_LEVEL=warn CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 ADMIN_ADDR=off \
-    env ${DAEMON_ENV:-} "$WORK/fanout" >"$WORK/daemon.log" 2>&1 &
+    env $(scenario_env "$1") ${DAEMON_ENV:-} "$WORK/fanout" >"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
   for ((i = 0; i < 150; i++)); do
     curl -fs "http://127.0.0.1:$DAEMON_PORT/ready" >/dev/null 2>&1 && return 0
@@ -117,12 +119,22 @@ q() { if [[ $QUICK == 1 ]]; then echo "$2"; else echo "$1"; fi; }
 
 scenario_args() {
   case $1 in
-    S1) echo "-users $(q 9500 950) -conns-per-user 2 -settle 3s" ;;
-    S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 3s" ;;
+    # The idle scenarios measure at steady state: pings every 2 s
+    # (scenario_env) and a 5 s settle, so every connection has answered
+    # at least two pings when RSS is read.
+    S1) echo "-users $(q 9500 950) -conns-per-user 2 -settle 5s" ;;
+    S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 5s" ;;
     S2) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s" ;;
     S3) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s" ;;
     S4) echo "-users 1 -conns-per-user $(q 5000 500) -events $(q 500 50) -rate 0 -inflight 1000 -then-events $(q 300 30) -then-rate 10 -payload 256 -settle 1s" ;;
     connect) echo "-users $(q 19000 1900) -conns-per-user 1 -settle 1s -dial-concurrency 256" ;;
+  esac
+}
+
+# scenario_env S: the daemon's extra settings for scenario S.
+scenario_env() {
+  case $1 in
+    S1 | S1-max) echo "PING_INTERVAL=2s PONG_WAIT=6s" ;;
   esac
 }
 
@@ -131,7 +143,7 @@ RESULTS=$WORK/results
 status=0
 for s in "$@"; do
   echo
-  start_daemon
+  start_daemon "$s"
   PERF_PID=""
   if [[ -n ${PERF_DIR:-} ]]; then
     # Optional: a CPU profile of the whole scenario with perf (linux-perf).

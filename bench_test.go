@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 // BenchmarkIdleConnectionRSS measures the resident memory an idle WebSocket
 // connection costs the daemon: the test binary runs as the real daemon in
 // its own process, b.N connections are opened to it, and the growth of its
-// VmRSS over the idle baseline is reported per connection.
+// VmRSS over the idle baseline is reported per connection, at steady state:
+// after every connection has answered at least two pings.
 //
 //	go test -run '^$' -bench IdleConnectionRSS -benchtime 5000x
 func BenchmarkIdleConnectionRSS(b *testing.B) {
@@ -23,7 +25,9 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 	cmd := daemonCommand(b, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
 		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port),
 		// One client address opens every connection: no per-address limit.
-		"CONNECT_RATE_PER_IP=0")
+		"CONNECT_RATE_PER_IP=0",
+		// A ping every second, so that two rounds pass before measuring.
+		"PING_INTERVAL=1s", "PONG_WAIT=10s")
 	p := startProcess(b, cmd)
 	p.waitLog(b, 10*time.Second, "Subscribed to Redis")
 	time.Sleep(200 * time.Millisecond) // let start-up allocations settle
@@ -32,10 +36,12 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 
 	url := fmt.Sprintf("ws://127.0.0.1:%d/ws?username=", port)
 	conns := make([]*websocket.Conn, 0, b.N)
+	var readers sync.WaitGroup
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
+		readers.Wait()
 	}()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -44,10 +50,18 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 			b.Fatalf("dial %d: %v", i, err)
 		}
 		conns = append(conns, c)
+		// Reading answers the daemon's pings.
+		readers.Go(func() {
+			for {
+				if _, _, err := c.NextReader(); err != nil {
+					return
+				}
+			}
+		})
 	}
 	b.StopTimer()
 	eventually(b, 30*time.Second, "all connections registered", func() bool { return connected() == b.N })
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2500 * time.Millisecond) // two ping rounds after the last connection
 	after := vmRSS(b, cmd.Process.Pid)
 	b.ReportMetric(float64(after-before)/float64(b.N), "rss-bytes/conn")
 }

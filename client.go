@@ -1,16 +1,17 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"slices"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
+
+	"fanout/internal/wsconn"
 )
 
 const (
@@ -37,13 +38,58 @@ type clientSettings struct {
 	writeWait      time.Duration
 }
 
+// The right to write a connection's socket
+//
+// At any moment one goroutine at most writes a client's socket through
+// gorilla (frames, flushes, the close frame): the holder of the write
+// right. Client.writer names the holder; c.mu guards it.
+//
+//	writeIdle     nobody; the next piece of work takes the right
+//	writeDirect   the goroutine that claimed an idle client in broadcast
+//	              (enqueue with claim) and runs writeNow: the subscriber's,
+//	              or one of broadcast's fan-out goroutines
+//	writePumping  a write pump goroutine (writePump)
+//	writeEnded    the socket is closed: nobody writes again
+//
+// The moves, and the one function that makes each:
+//
+//	idle → direct      enqueue, claiming an idle client with nothing queued
+//	idle → pumping     takeRightLocked, by whoever queues work (a message,
+//	                   a ping, a pong, a close); startPump starts the pump
+//	direct → pumping   handOff, when writeNow leaves work behind
+//	direct → idle      handOff, when it leaves none
+//	pumping → idle     takeWork, when there is nothing left to take
+//	pumping → ended    closeSocket, by the pump that ends the connection
+//
+// What the holder owns, and nobody else touches: the cork and the batch
+// buffer of the socket (wsconn.Conn's Cork, Flush, TryFlush, Discard) and
+// unflushed. A hand-off to a new pump passes them with the go statement,
+// which orders the pump after everything its starter did.
+//
+// Two writes happen outside the right, and the code allows for both:
+// gorilla writes a close frame from the read pump for a protocol error or an
+// over-limit message (wsconn's point 5), under the socket's own lock, so
+// frames never interleave and writeNow's TryCork never waits for it; and
+// shutdown closes the sockets of pumps stuck on clients that do not read
+// (closing a socket is safe while another goroutine writes to it). A client's
+// close frame is not answered by gorilla: peerClosed queues the answer for
+// the holder of the right.
+type writeRight uint8
+
+const (
+	writeIdle writeRight = iota
+	writeDirect
+	writePumping
+	writeEnded
+)
+
 // enqueueResult says what happened to a message offered to a client.
 type enqueueResult int
 
 const (
 	enqueued enqueueResult = iota
-	// enqueueClaimed: not queued; the caller holds the write pump's place
-	// and writes msg itself with writeNow.
+	// enqueueClaimed: not queued; the caller took the write right
+	// (writeDirect) and writes msg itself with writeNow.
 	enqueueClaimed
 	// enqueueOverflow: the queue was full; the client is being disconnected.
 	enqueueOverflow
@@ -52,25 +98,16 @@ const (
 )
 
 // Client is one WebSocket connection of one user. Its read pump runs for
-// the life of the connection; its write pump runs only while there is
-// something to write (queued messages, a pong, a ping, a close) and exits
+// the life of the connection; a write pump runs only while there is
+// something to write (queued messages, a pong, a ping, a close) and returns
 // when the queue is empty, so an idle connection holds one goroutine, no
-// write buffer and no ticker. The write pump is the only goroutine that
-// writes to or closes the socket; at most one runs at a time. The hub owns
-// both through its WaitGroup: one count for the read pump, one for the write
-// side, released by the write pump that closes the socket.
+// write buffer and no ticker. Who may write the socket is the write right
+// (writeRight, above). The hub owns both sides through its WaitGroup: one
+// count for the read pump, one for the write side, released by closeSocket.
 type Client struct {
 	hub      *Hub
-	conn     *websocket.Conn
+	conn     *wsconn.Conn
 	settings *clientSettings
-	// out is the socket under conn, corked by the write pump for each batch.
-	out *batchConn
-	// in is gorilla's read buffer, and raw the socket's file descriptor:
-	// the read pump waits for bytes on raw while in is empty
-	// (awaitReadable). Either may be nil, and the read pump then waits in
-	// gorilla.
-	in  *bufio.Reader
-	raw syscall.RawConn
 	// username is the user whose events this connection receives.
 	username string
 	// remote is the client address, for logs.
@@ -83,114 +120,135 @@ type Client struct {
 	// pingAt is when the next ping is due (UnixNano); only the hub's
 	// pinger uses it once the client is registered.
 	pingAt int64
+	// overflowed is set with closing when the send queue overflowed: from
+	// then on no frame is handed to the socket (writeNow and each flush of
+	// a batch look at it), only the close frame.
+	overflowed atomic.Bool
 
 	// mu guards everything below.
 	mu sync.Mutex
-	// sendQueue holds messages the write pump has not written yet; the
-	// byte slices are shared by every client of the user and never changed.
+	// sendQueue holds messages no writer has taken yet; the byte slices
+	// are shared by every client of the user and never changed.
 	sendQueue   []*message
 	queuedBytes int
 	// pendingPong is the payload of a client ping still to be answered.
 	pendingPong *string
 	// pingDue is set when a ping is to be sent.
 	pingDue bool
-	// closing is set once, when the connection is to end.
+	// closing is set once, when the connection is to end, to why.
 	closing *disconnect
-	// writing is true while a write pump runs, and from the end of the
-	// connection on, so that no pump starts after it.
-	writing bool
-
-	// unflushed is a message writeNow handed to the socket only in part;
-	// the write pump it starts finishes the write and counts it.
-	unflushed *message
+	// writer is who holds the write right.
+	writer writeRight
 	// readEnded is set when the read pump returns; readDone, made only
-	// when the write pump waits for that (finish), is closed then.
+	// when sendCloseFrame waits for that, is closed then.
 	readEnded bool
 	readDone  chan struct{}
+
+	// unflushed is a message writeNow handed to the socket only in part;
+	// owned by the holder of the write right (not guarded by mu): the write
+	// pump it hands over to finishes the write and counts it.
+	unflushed *message
 }
 
-// newClient makes the client of an upgraded connection; u is zero for a
-// client without a connection (hub tests), which never starts a write pump.
-func newClient(hub *Hub, u upgraded, username, remote string) *Client {
-	c := &Client{
-		hub:      hub,
-		conn:     u.conn,
-		out:      u.out,
-		in:       u.in,
-		settings: &hub.settings,
-		username: username,
-		remote:   remote,
-	}
-	if u.out != nil && u.in != nil {
-		c.raw = u.out.raw
-	}
-	return c
+// newClient makes the client of an upgraded connection; conn is nil for a
+// client without one (hub tests), which never starts a write pump.
+func newClient(hub *Hub, conn *wsconn.Conn, username, remote string) *Client {
+	return &Client{hub: hub, conn: conn, settings: &hub.settings, username: username, remote: remote}
 }
 
-// enqueue offers msg to the client without blocking; the caller adds what
-// was enqueued to the hub's send-queue pressure. When the send queue is
-// over its count or byte bound the queue is discarded and the client is
-// closed with disconnectSlow; an empty queue always takes one message, so
-// any message up to MAX_MESSAGE_BYTES can be delivered.
+// enqueue offers msg to the client without blocking; broadcast accounts for
+// the send-queue pressure. When the send queue is over its count or byte
+// bound the queue is discarded and the client is closed with
+// disconnectSlow; an empty queue always takes one message, so any message
+// up to MAX_MESSAGE_BYTES can be delivered.
 //
-// With claim set, a client with nothing queued and no write pump running
-// is not given a pump: enqueue returns enqueueClaimed and the caller writes
-// msg with writeNow.
+// With claim set, an idle client (nothing queued, nobody holding the write
+// right) is not given a pump: enqueue returns enqueueClaimed, and the
+// caller, now holding the write right, writes msg with writeNow.
 func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
 		return enqueueClosing
 	}
-	if claim && !c.writing && len(c.sendQueue) == 0 && c.pendingPong == nil && !c.pingDue && c.out != nil && c.out.raw != nil {
-		c.writing = true
+	if claim && c.writer == writeIdle && !c.hasWorkLocked() && c.conn != nil && c.conn.CanWriteNow() {
+		c.writer = writeDirect
 		c.mu.Unlock()
 		return enqueueClaimed
 	}
 	if n := len(c.sendQueue); n > 0 && (n >= c.settings.sendQueueSize || c.queuedBytes+len(msg.data) > c.settings.sendQueueBytes) {
+		c.overflowed.Store(true)
 		c.closing = &disconnectSlow
 		c.hub.stats.SlowDisconnects.Add(1)
-		c.hub.queued(-n, -c.queuedBytes)
-		clear(c.sendQueue)
-		c.sendQueue = nil
-		c.queuedBytes = 0
-		start := c.startPumpLocked()
+		c.dropQueueLocked()
+		start := c.takeRightLocked()
 		c.mu.Unlock()
-		c.spawnPump(start)
+		c.startPump(start)
 		return enqueueOverflow
 	}
 	c.sendQueue = append(c.sendQueue, msg)
 	c.queuedBytes += len(msg.data)
-	start := c.startPumpLocked()
+	start := c.takeRightLocked()
 	c.mu.Unlock()
-	c.spawnPump(start)
+	c.startPump(start)
 	return enqueued
 }
 
-// close asks the write pump to end the connection for reason d. Messages
-// already queued are still written first, unless the queue overflowed.
-// Only the first reason counts.
-func (c *Client) close(d disconnect) {
-	c.mu.Lock()
-	if c.closing == nil {
-		c.closing = &d
+// dropQueueLocked empties the send queue and takes it off the hub's
+// send-queue pressure; c.mu must be held.
+func (c *Client) dropQueueLocked() {
+	if n := len(c.sendQueue); n > 0 {
+		c.hub.addQueued(-n, -c.queuedBytes)
 	}
-	start := c.startPumpLocked()
-	c.mu.Unlock()
-	c.spawnPump(start)
+	clear(c.sendQueue)
+	if cap(c.sendQueue) > maxKeptQueue {
+		c.sendQueue = nil
+	} else {
+		c.sendQueue = c.sendQueue[:0]
+	}
+	c.queuedBytes = 0
 }
 
-// expire closes the connection because its token expired.
-func (c *Client) expire() {
+// disconnect asks the holder of the write right to end the connection for
+// reason d. Messages already queued are still written first, unless the
+// queue overflowed. Only the first reason counts; disconnect reports
+// whether d was it.
+func (c *Client) disconnect(d disconnect) bool {
 	c.mu.Lock()
 	first := c.closing == nil
 	if first {
-		c.closing = &disconnectExpired
+		c.closing = &d
+	}
+	start := c.takeRightLocked()
+	c.mu.Unlock()
+	c.startPump(start)
+	return first
+}
+
+// tokenExpired ends the connection because its token expired; the expiry
+// timer calls it.
+func (c *Client) tokenExpired() {
+	if c.disconnect(disconnectExpired) {
 		c.hub.stats.ExpiredDisconnects.Add(1)
 	}
-	start := c.startPumpLocked()
+}
+
+// peerClosed is gorilla's close handler, called by the read pump when the
+// client sends a close frame. Rather than gorilla writing the answer from
+// the read pump (into a batch being collected, where it was lost), the
+// holder of the write right sends it: the client's own code back (RFC 6455,
+// 5.5.1), after what it is writing now. What was still queued is dropped:
+// the client reads no more events.
+func (c *Client) peerClosed(code int, _ string) error {
+	c.mu.Lock()
+	if c.closing == nil {
+		c.closing = &disconnect{code: code}
+		c.dropQueueLocked()
+	}
+	start := c.takeRightLocked()
 	c.mu.Unlock()
-	c.spawnPump(start)
+	c.startPump(start)
+	return nil
 }
 
 // requestPing asks for a ping; the hub's pinger calls it once per
@@ -202,40 +260,60 @@ func (c *Client) requestPing() {
 		return
 	}
 	c.pingDue = true
-	start := c.startPumpLocked()
+	start := c.takeRightLocked()
 	c.mu.Unlock()
-	c.spawnPump(start)
+	c.startPump(start)
 }
 
-// answerPing queues the pong for a client's ping; the write pump, the
-// socket's only writer, sends it.
+// answerPing queues the pong for a client's ping, for the holder of the
+// write right.
 func (c *Client) answerPing(appData string) {
 	c.mu.Lock()
 	c.pendingPong = &appData
-	start := c.startPumpLocked()
+	start := c.takeRightLocked()
 	c.mu.Unlock()
-	c.spawnPump(start)
+	c.startPump(start)
 }
 
-// startPumpLocked claims the write pump's place when no pump runs; the
-// caller, after unlocking c.mu, starts one when it returns true.
-func (c *Client) startPumpLocked() bool {
-	if c.writing || c.conn == nil {
+// takeRightLocked moves the write right from idle to a new write pump; the
+// caller starts it (startPump) after releasing c.mu. It reports false when
+// somebody holds the right already (the work just queued is theirs to do)
+// or the client has no socket.
+func (c *Client) takeRightLocked() bool {
+	if c.writer != writeIdle || c.conn == nil {
 		return false
 	}
-	c.writing = true
+	c.writer = writePumping
 	return true
 }
 
-func (c *Client) spawnPump(start bool) {
+// startPump starts the write pump that was given the write right. It is
+// the one place a pump starts.
+func (c *Client) startPump(start bool) {
 	if start {
 		go c.writePump()
 	}
 }
 
+// handOff ends writeNow's hold on the write right: a write pump takes it
+// over when work is left (the rest of a frame the socket did not take, a
+// batch to flush, or work queued meanwhile), and otherwise it goes back to
+// idle.
+func (c *Client) handOff() {
+	c.mu.Lock()
+	pump := c.unflushed != nil || c.hasWorkLocked()
+	if pump {
+		c.writer = writePumping
+	} else {
+		c.writer = writeIdle
+	}
+	c.mu.Unlock()
+	c.startPump(pump)
+}
+
 // takeWork swaps out the send queue, the pending pong, a due ping and the
 // close reason for the write pump. done is the batch the pump has finished
-// writing. When there is nothing to do it gives up the pump's place
+// writing. When there is nothing to do it gives the write right back
 // (idle is true) and the pump must return: the next piece of work starts
 // a new one.
 func (c *Client) takeWork(done []*message) (w work, idle bool) {
@@ -243,7 +321,7 @@ func (c *Client) takeWork(done []*message) (w work, idle bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.hasWorkLocked() {
-		c.writing = false
+		c.writer = writeIdle
 		if cap(done) <= maxKeptQueue && cap(c.sendQueue) == 0 {
 			// Keep one slice for the next message, but not a long one.
 			c.sendQueue = done[:0]
@@ -256,7 +334,7 @@ func (c *Client) takeWork(done []*message) (w work, idle bool) {
 		c.sendQueue = done[:0]
 	}
 	if len(w.batch) > 0 {
-		c.hub.queued(-len(w.batch), -c.queuedBytes)
+		c.hub.addQueued(-len(w.batch), -c.queuedBytes)
 	}
 	c.queuedBytes = 0
 	w.pong, c.pendingPong = c.pendingPong, nil
@@ -282,69 +360,77 @@ type work struct {
 	closing *disconnect
 }
 
-// writeNow writes msg, claimed by enqueue, on the caller's goroutine (the
-// subscriber's or a fan-out goroutine of broadcast) without ever waiting
-// for the socket: a connection whose
-// socket takes the frame at once needs no goroutine at all, and nothing is
-// woken. Whatever the socket does not take at once, and any work that
-// arrived meanwhile, goes to a write pump.
+// writeNow writes msg, claimed by enqueue (the caller holds the write
+// right, writeDirect), on the caller's goroutine (the subscriber's or a
+// fan-out goroutine of broadcast) without ever waiting for the socket: a
+// connection whose socket takes the frame at once needs no goroutine at
+// all, and nothing is woken. Whatever the socket does not take at once, and
+// any work that arrived meanwhile, goes to a write pump (handOff).
 func (c *Client) writeNow(msg *message) {
-	if !c.out.tryCork() {
-		// gorilla is answering the client from the read pump (a close or
-		// a protocol error) and may be waiting for the socket: the
-		// message goes to a write pump rather than wait here.
-		// Ahead of what was queued since it was claimed.
+	if c.overflowed.Load() {
+		// The queue overflowed after msg was claimed: no more frames, the
+		// pump sends the close.
+		c.hub.stats.FramesDropped.Add(1)
+		c.handOff()
+		return
+	}
+	if !c.conn.TryCork() {
+		// gorilla is answering the client from the read pump (a protocol
+		// error) and may be waiting for the socket: the message goes to a
+		// write pump rather than wait here, ahead of what was queued since
+		// it was claimed. Counted in the pressure before it is queued, so
+		// that the pump never takes off more than was added.
+		c.hub.addQueued(1, len(msg.data))
 		c.mu.Lock()
 		c.sendQueue = slices.Insert(c.sendQueue, 0, msg)
 		c.queuedBytes += len(msg.data)
 		c.mu.Unlock()
-		c.hub.queued(1, len(msg.data))
-		go c.writePump()
+		c.handOff()
 		return
 	}
-	var err error
-	if msg.prepared != nil {
-		err = c.conn.WritePreparedMessage(msg.prepared)
-	} else {
-		err = c.conn.WriteMessage(websocket.TextMessage, msg.data)
-	}
-	done := false
-	if err == nil {
-		done, err = c.out.tryFlush()
-	}
-	switch {
-	case err != nil:
-		c.close(disconnectGone)
-		go c.writePump()
-	case !done:
+	if err := c.writeFrame(msg); err != nil {
+		// gorilla refuses frames once it has sent a close frame from the
+		// read pump, possibly into this batch: the pump flushes what was
+		// collected, then ends the connection.
+		c.disconnect(disconnectGone)
+	} else if done, err := c.conn.TryFlush(); err != nil {
+		c.disconnect(disconnectGone)
+	} else if !done {
 		c.unflushed = msg
-		go c.writePump()
-	default:
+	} else {
 		c.hub.deliveryLatency.Observe(time.Since(msg.received).Seconds())
 		c.hub.stats.FramesDelivered.Add(1)
-		c.mu.Lock()
-		more := c.hasWorkLocked()
-		c.writing = more
-		c.mu.Unlock()
-		if more {
-			go c.writePump()
-		}
 	}
+	c.handOff()
+}
+
+// writeFrame writes msg as one text frame: its prepared frame when it has
+// one.
+func (c *Client) writeFrame(msg *message) error {
+	if msg.prepared != nil {
+		return c.conn.WritePreparedMessage(msg.prepared)
+	}
+	return c.conn.WriteMessage(websocket.TextMessage, msg.data)
 }
 
 // writePump writes queued messages, pongs and pings to the socket, each
-// batch with one write, and returns when there is nothing left to do or the
-// connection ends. Only one runs at a time (startPumpLocked).
+// batch with one write, and returns when there is nothing left to do (the
+// write right goes back to idle) or the connection ends (closeSocket). It
+// runs only while it holds the write right.
 func (c *Client) writePump() {
-	if msg := c.unflushed; msg != nil {
-		// writeNow's frame, partly written: the rest first.
+	if c.conn.Buffered() > 0 {
+		// Left by writeNow: the rest of its frame, or what was collected
+		// before gorilla refused to write more.
+		msg := c.unflushed
 		c.unflushed = nil
-		if _, err := c.out.flush(time.Now().Add(c.settings.writeWait)); err != nil {
-			c.close(disconnectGone)
-			c.end()
+		if _, err := c.conn.Flush(time.Now().Add(c.settings.writeWait)); err != nil {
+			c.disconnect(disconnectGone)
+			c.closeSocket()
 			return
 		}
-		c.delivered([]*message{msg}, 0, nil)
+		if msg != nil {
+			c.delivered([]*message{msg}, 0, nil)
+		}
 	}
 	var batch []*message
 	for {
@@ -353,70 +439,80 @@ func (c *Client) writePump() {
 			return
 		}
 		batch = w.batch
-		if err := c.writeBatch(w); err != nil {
-			c.close(disconnectGone)
-			c.end()
+		// After errOverflowed the close frame is still sent: in this
+		// round, or in the next one, which takes the close reason.
+		if err := c.writeBatch(w); err != nil && err != errOverflowed {
+			c.disconnect(disconnectGone)
+			c.closeSocket()
 			return
 		}
 		if w.closing != nil {
-			c.finish(*w.closing)
-			c.end()
+			c.sendCloseFrame(*w.closing)
+			c.closeSocket()
 			return
 		}
 	}
 }
 
+// errOverflowed stops a batch whose client's send queue overflowed while it
+// was written: nothing more is flushed, and the close frame follows.
+var errOverflowed = errors.New("send queue overflowed")
+
 // writeBatch writes w's pong, ping and messages, corked, flushing every
-// batchFlushBytes. It counts the frames that reached the socket.
+// wsconn.FlushBytes, and counts the frames that reached the socket. When
+// gorilla refuses a frame (it has sent a close frame from the read pump,
+// into this batch), what was collected is still flushed, that close frame
+// with it. Once the send queue has overflowed nothing more is flushed, and
+// it returns errOverflowed.
 func (c *Client) writeBatch(w work) error {
-	c.out.cork()
+	c.conn.Cork()
 	deadline := time.Now().Add(c.settings.writeWait)
 	// gorilla checks its own deadline setting on every write; while corked
-	// the socket ignores it and flush applies it.
-	if err := c.conn.SetWriteDeadline(deadline); err != nil {
-		return err
-	}
-	if w.pong != nil {
-		if err := c.conn.WriteMessage(websocket.PongMessage, []byte(*w.pong)); err != nil {
-			return err
-		}
-	}
-	if w.ping {
-		if err := c.conn.WriteMessage(websocket.PingMessage, nil); err != nil {
-			return err
-		}
-	}
+	// the socket ignores it and Flush applies it.
+	_ = c.conn.SetWriteDeadline(deadline)
 	// w.batch[from:] are the messages since the last flush; control is the
 	// bytes of control frames ahead of them in the buffer.
-	from, control := 0, c.out.buffered()
-	for i, msg := range w.batch {
-		var err error
-		if msg.prepared != nil {
-			err = c.conn.WritePreparedMessage(msg.prepared)
-		} else {
-			err = c.conn.WriteMessage(websocket.TextMessage, msg.data)
+	from, control := 0, 0
+	flush := func(upTo int) error {
+		if c.overflowed.Load() {
+			c.conn.Discard()
+			return errOverflowed
 		}
-		if err != nil {
+		n, err := c.conn.Flush(deadline)
+		c.delivered(w.batch[from:upTo], n-control, err)
+		from, control = upTo, 0
+		return err
+	}
+	var err error
+	if w.pong != nil {
+		err = c.conn.WriteMessage(websocket.PongMessage, []byte(*w.pong))
+	}
+	if err == nil && w.ping {
+		err = c.conn.WriteMessage(websocket.PingMessage, nil)
+	}
+	if err != nil {
+		_ = flush(0)
+		return err
+	}
+	control = c.conn.Buffered()
+	for i, msg := range w.batch {
+		if err := c.writeFrame(msg); err != nil {
+			_ = flush(i)
 			return err
 		}
 		last := i == len(w.batch)-1
-		if !last && c.out.buffered() < batchFlushBytes {
+		if !last && c.conn.Buffered() < wsconn.FlushBytes {
 			continue
 		}
-		n, err := c.out.flush(deadline)
-		c.delivered(w.batch[from:i+1], n-control, err)
-		if err != nil {
+		if err := flush(i + 1); err != nil {
 			return err
 		}
-		from, control = i+1, 0
 		if !last {
-			c.out.cork()
+			c.conn.Cork()
 		}
 	}
 	if len(w.batch) == 0 {
-		if _, err := c.out.flush(deadline); err != nil {
-			return err
-		}
+		return flush(0)
 	}
 	return nil
 }
@@ -427,7 +523,7 @@ func (c *Client) delivered(chunk []*message, n int, err error) {
 	if err != nil {
 		k := 0
 		for ; k < len(chunk); k++ {
-			size := frameSize(len(chunk[k].data))
+			size := wsconn.FrameSize(len(chunk[k].data))
 			if n < size {
 				break
 			}
@@ -442,17 +538,10 @@ func (c *Client) delivered(chunk []*message, n int, err error) {
 	c.hub.stats.FramesDelivered.Add(uint64(len(chunk)))
 }
 
-// end closes the socket and releases the write side's count in the hub.
-// The pump's place is never given back, so no pump starts after it.
-func (c *Client) end() {
-	_ = c.conn.Close()
-	c.cleanup()
-	c.hub.wg.Done()
-}
-
-// finish sends the close frame for d, if any, and waits briefly for the
-// client to answer it before the deferred Close drops the connection.
-func (c *Client) finish(d disconnect) {
+// sendCloseFrame sends the close frame for d, if it has one, and waits
+// briefly for the client to answer it, so that closeSocket does not cut
+// off the client's reading.
+func (c *Client) sendCloseFrame(d disconnect) {
 	if d.code == 0 {
 		return
 	}
@@ -476,9 +565,35 @@ func (c *Client) finish(d disconnect) {
 	}
 }
 
+// closeSocket ends the connection, by the write pump that holds the write
+// right: it closes the socket, gives back the batch buffer, takes what is
+// left in the send queue off the hub's pressure, logs a connection the
+// daemon itself ended (the ordinary ends are logged by the read pump as
+// "Client unregistered"), and releases the write side's count in the hub.
+// The write right ends here: no pump starts after it.
+func (c *Client) closeSocket() {
+	_ = c.conn.Close()
+	c.conn.Discard()
+	c.mu.Lock()
+	c.writer = writeEnded
+	d := c.closing
+	c.dropQueueLocked()
+	c.mu.Unlock()
+	switch {
+	case d == nil:
+	case *d == disconnectSlow, *d == disconnectFlood:
+		c.hub.logger.Warn("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
+	case *d == disconnectExpired:
+		c.hub.logger.Info("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
+	}
+	c.hub.wg.Done()
+}
+
 // readPump reads the client's frames so that pings, pongs and close frames
 // are processed, enforces the read limits, and unregisters the client when
-// the connection ends.
+// the connection ends. It waits for the socket, and reads pings and pongs,
+// on a shallow stack of its own (wsconn's AwaitReadable and NextControl);
+// gorilla reads only data frames, close frames and anything malformed.
 func (c *Client) readPump() {
 	defer c.hub.wg.Done()
 	defer func() {
@@ -491,7 +606,7 @@ func (c *Client) readPump() {
 		if c.expiry != nil {
 			c.expiry.Stop()
 		}
-		c.close(disconnectGone)
+		c.disconnect(disconnectGone)
 		remaining := c.hub.unregister(c)
 		c.hub.logger.Info("Client unregistered", "username", c.username, "remaining_for_user", remaining)
 	}()
@@ -499,17 +614,33 @@ func (c *Client) readPump() {
 	c.conn.SetReadLimit(maxClientMessageSize)
 	extend := func() { _ = c.conn.SetReadDeadline(time.Now().Add(c.settings.pongWait)) }
 	extend()
+	// For the control frames gorilla reads itself (between the fragments
+	// of a message, or while draining).
 	c.conn.SetPongHandler(func(string) error { extend(); return nil })
 	c.conn.SetPingHandler(func(appData string) error {
 		extend()
 		c.answerPing(appData)
 		return nil
 	})
+	c.conn.SetCloseHandler(c.peerClosed)
 
 	var limiter *rate.Limiter
 	for {
-		if err := c.awaitReadable(); err != nil {
+		if err := c.conn.AwaitReadable(); err != nil {
 			return // the pong wait expired, or the socket was closed
+		}
+		op, payload, err := c.conn.NextControl()
+		if err != nil {
+			return
+		}
+		switch op {
+		case websocket.PongMessage:
+			extend()
+			continue
+		case websocket.PingMessage:
+			extend()
+			c.answerPing(string(payload))
+			continue
 		}
 		_, r, err := c.conn.NextReader()
 		if err == nil {
@@ -534,33 +665,11 @@ func (c *Client) readPump() {
 		}
 		if !limiter.Allow() {
 			c.hub.stats.FloodDisconnects.Add(1)
-			c.close(disconnectFlood)
+			c.disconnect(disconnectFlood)
 			c.drainFrames()
 			return
 		}
 	}
-}
-
-// awaitReadable returns when the socket has bytes (or an end or error) for
-// gorilla to read, or with the error that ends the wait: the pong wait's
-// read deadline, or a closed socket. An idle connection's read pump parks
-// here rather than inside gorilla's read path, whose depth (about 1.7 KB of
-// frames) would double the goroutine's stack to 4 KiB: parked here, its
-// stack stays at (or the GC shrinks it back to) 2 KiB.
-func (c *Client) awaitReadable() error {
-	if c.raw == nil || c.in.Buffered() > 0 {
-		return nil
-	}
-	return c.raw.Read(socketReadable)
-}
-
-// socketReadable reports whether a socket has something to read without
-// reading it: bytes, the peer's end of stream, or an error for the next
-// read to report. It is called again after each readiness notification.
-func socketReadable(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN && err != syscall.EINTR
 }
 
 // drainFrames reads and discards the client's frames until its answer to
@@ -590,28 +699,4 @@ func (c *Client) drainSocket() {
 	nc := c.conn.NetConn()
 	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
 	_, _ = io.Copy(io.Discard, nc)
-}
-
-// cleanup runs when the write pump ends: it takes what is left in the send
-// queue off the hub's pressure count, and logs a connection the daemon
-// itself ended; the ordinary ends are logged by the read pump as "Client
-// unregistered".
-func (c *Client) cleanup() {
-	c.mu.Lock()
-	d := c.closing
-	frames, bytes := len(c.sendQueue), c.queuedBytes
-	clear(c.sendQueue)
-	c.sendQueue = c.sendQueue[:0]
-	c.queuedBytes = 0
-	c.mu.Unlock()
-	if frames > 0 {
-		c.hub.queued(-frames, -bytes)
-	}
-	switch {
-	case d == nil:
-	case *d == disconnectSlow, *d == disconnectFlood:
-		c.hub.logger.Warn("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
-	case *d == disconnectExpired:
-		c.hub.logger.Info("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
-	}
 }

@@ -1,13 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"fanout/internal/wsconn"
 )
 
 func TestBurstOf2000EventsToOneUserAllArriveInOrder(t *testing.T) {
@@ -120,5 +130,454 @@ func TestClientThatNeverReadsIsDroppedAndMemoryStaysBounded(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 16<<20 {
 		t.Fatalf("heap grew by %d MiB after 40 MiB to a stuck client", grown>>20)
+	}
+}
+
+// maskedFrame is a client frame (masked, with a zero key) of one fragment.
+func maskedFrame(opcode byte, payload []byte) []byte {
+	f := []byte{0x80 | opcode, 0x80 | byte(len(payload)), 0, 0, 0, 0}
+	return append(f, payload...)
+}
+
+func TestFramesArrivingTogetherAreAllReadAtOnce(t *testing.T) {
+	// The read pump waits for the socket only when gorilla's buffer is
+	// empty: frames that arrive in one segment must not wait for the next
+	// one (here that would be the 30 s pong wait).
+	td := startDaemon(t, startRedis(t), map[string]string{"PONG_WAIT": "30s", "PING_INTERVAL": "25s"})
+	conn := td.dial("u")
+	pongs := make(chan string, 2)
+	conn.SetPongHandler(func(data string) error { pongs <- data; return nil })
+
+	// A message and a ping in one segment: gorilla reads both into its
+	// buffer at once and returns the message; the ping is answered only if
+	// the pump looks in that buffer before it waits for the socket.
+	both := append(maskedFrame(websocket.TextMessage, []byte(`{"hi":1}`)), maskedFrame(websocket.PingMessage, []byte("two"))...)
+	if _, err := conn.NetConn().Write(both); err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() { readErr <- readUntilError(conn) }()
+	select {
+	case data := <-pongs:
+		if data != "two" {
+			t.Fatalf("pong %q, want two", data)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a ping that arrived with a message was not answered")
+	}
+	conn.Close()
+	<-readErr
+	eventually(t, 3*time.Second, "connection gone", func() bool { return td.d.hub.connectionCount("u") == 0 })
+}
+
+func TestIdleConnectionHoldsOneSmallGoroutine(t *testing.T) {
+	// Measured at steady state: after an event and two rounds of pings and
+	// pongs each way, not just after the handshake.
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "PING_INTERVAL": "1s", "PONG_WAIT": "30s"})
+	td.waitReady()
+	settle := func() (goroutines int, stack uint64) {
+		var ms runtime.MemStats
+		for range 3 {
+			runtime.GC() // shrinks stacks that have room to spare
+		}
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.StackInuse
+	}
+	g0, s0 := settle()
+	const n = 300
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = td.dial(fmt.Sprintf("user%d", i))
+	}
+	eventually(t, 5*time.Second, "all registered", func() bool { return td.d.hub.connections.Load() == n })
+	// An event to each (a write pump runs, writes and returns).
+	for i := range n {
+		td.publish(fmt.Sprintf("user%d", i), `{"type":"x"}`)
+	}
+	for _, c := range conns {
+		if got := readText(t, c, 5*time.Second); got != `{"type":"x"}` {
+			t.Fatalf("got %s", got)
+		}
+	}
+	// Two ping rounds each way, on the raw sockets so that the test holds
+	// no reader goroutine per connection: each client sends a pong (as if
+	// answering the daemon's ping) and a ping, and reads until the daemon's
+	// pong for it arrives, so both were read by the daemon's read pump.
+	// The daemon's own pings (every second) arrive in between.
+	for round := range 2 {
+		for _, c := range conns {
+			pingRound(t, c.NetConn(), fmt.Sprintf("r%d", round))
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // a ping from the daemon to every connection
+	g1, s1 := settle()
+	// The race detector doubles the stack guard, so that a 2 KiB stack is
+	// not enough there: ./test.sh runs this test without it too.
+	if per := float64(g1-g0) / n; per > 1.05 {
+		t.Errorf("%.2f goroutines per idle connection, want 1 (the read pump; no write pump while idle)", per)
+	}
+	if per := float64(s1-s0) / n; !raceEnabled && per > 3<<10 {
+		t.Errorf("%.0f bytes of goroutine stack per idle connection, want 2 KiB (the read pump parks on a shallow stack, pongs and pings included)", per)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// pingRound plays one ping round from a client's raw socket: it sends a pong
+// and a ping with payload tag, and reads until the daemon's pong for tag.
+func pingRound(t *testing.T, nc net.Conn, tag string) {
+	t.Helper()
+	out := append(maskedFrame(websocket.PongMessage, nil), maskedFrame(websocket.PingMessage, []byte(tag))...)
+	if _, err := nc.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte{0x80 | websocket.PongMessage, byte(len(tag))}, tag...)
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer nc.SetReadDeadline(time.Time{})
+	var seen []byte
+	buf := make([]byte, 512)
+	for !bytes.Contains(seen, want) {
+		n, err := nc.Read(buf)
+		if err != nil {
+			t.Fatalf("waiting for the pong %q: %v", tag, err)
+		}
+		seen = append(seen, buf[:n]...)
+	}
+}
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{Conn: conn, writes: l.writes}, nil
+}
+
+func TestAQueuedBatchGoesOutInOneWritePer32KiB(t *testing.T) {
+	for _, tc := range []struct {
+		messages, size, writes int
+		prepared               bool
+	}{
+		{100, 40, 1, false},    // 4.2 KB: one write
+		{100, 1024, 4, false},  // 103 KB: chunks of 32 frames, then the last 4
+		{1, 100_000, 1, false}, // one large frame
+		{100, 1024, 4, true},   // the same, encoded once (a large fan-out)
+	} {
+		t.Run(fmt.Sprintf("%dx%dB/prepared=%v", tc.messages, tc.size, tc.prepared), func(t *testing.T) {
+			hub := newHub(clientSettings{sendQueueSize: 1000, sendQueueBytes: 1 << 20, pingInterval: time.Minute, pongWait: time.Minute, writeWait: 5 * time.Second},
+				slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
+			writes := &atomic.Int64{}
+			queued := make(chan struct{})
+			server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				conn, err := wsconn.Upgrade(&websocket.Upgrader{}, w, r)
+				if err != nil {
+					t.Errorf("upgrade: %v", err)
+					return
+				}
+				c := newClient(hub, conn, "u", "test")
+				if err := hub.reserve("u"); err != nil {
+					t.Error(err)
+					return
+				}
+				// Queued before the pump may run: it finds them all.
+				c.mu.Lock()
+				c.writer = writePumping
+				c.mu.Unlock()
+				if err := hub.add(c); err != nil {
+					t.Error(err)
+					return
+				}
+				for i := range tc.messages {
+					msg := msgOf(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tc.size-len(fmt.Sprintf(`{"n":%d,"pad":""}`, i)))))
+					if tc.prepared {
+						msg.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, msg.data)
+					}
+					hub.broadcast("u", msg)
+				}
+				writes.Store(0) // the handshake's answer is not counted
+				close(queued)
+				go c.writePump()
+				go c.readPump()
+			}))
+			server.Listener = countingListener{Listener: server.Listener, writes: writes}
+			server.Start()
+			defer server.Close()
+
+			conn := dialWS(t, "ws"+strings.TrimPrefix(server.URL, "http"), nil)
+			<-queued
+			for i := range tc.messages {
+				got := readText(t, conn, 5*time.Second)
+				if len(got) != tc.size || !strings.HasPrefix(got, fmt.Sprintf(`{"n":%d,`, i)) {
+					t.Fatalf("message %d: %d bytes %.20q", i, len(got), got)
+				}
+			}
+			if got := writes.Load(); got != int64(tc.writes) {
+				t.Errorf("%d messages of %d B went out in %d writes, want %d", tc.messages, tc.size, got, tc.writes)
+			}
+			// Counted once the write returned, which may be after the read.
+			eventually(t, 5*time.Second, "frames counted", func() bool { return hub.stats.FramesDelivered.Load() == uint64(tc.messages) })
+			conn.Close()
+			hub.wg.Wait()
+		})
+	}
+}
+
+func TestSmallUsersFramesAreWrittenBeforeBroadcastReturns(t *testing.T) {
+	// For a user with few connections, broadcast writes the frames itself
+	// (writeNow) instead of starting a write pump per delivery: they are on
+	// the sockets, and counted, by the time it returns.
+	td := startDaemon(t, startRedis(t), nil)
+	conns := []*websocket.Conn{td.dial("small"), td.dial("small")}
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("small") == 2 })
+	for i := range 20 {
+		before := td.d.stats.FramesDelivered.Load()
+		if n := td.d.hub.broadcast("small", msgOf(fmt.Sprintf(`{"n":%d}`, i))); n != 2 {
+			t.Fatalf("broadcast reached %d connections, want 2", n)
+		}
+		if got := td.d.stats.FramesDelivered.Load() - before; got != 2 {
+			t.Fatalf("event %d: %d frames written when broadcast returned, want 2", i, got)
+		}
+		for _, conn := range conns {
+			if got, want := readText(t, conn, 5*time.Second), fmt.Sprintf(`{"n":%d}`, i); got != want {
+				t.Fatalf("got %s, want %s", got, want)
+			}
+		}
+	}
+	if f, b := td.d.hub.queuedFrames.Load(), td.d.hub.queuedBytes.Load(); f != 0 || b != 0 {
+		t.Fatalf("send-queue pressure %d frames %d bytes; frames written at once are never queued", f, b)
+	}
+}
+
+func TestBroadcastNeverWaitsForASocketAnotherGoroutineWritesTo(t *testing.T) {
+	// gorilla answers a client's close frame or protocol error from the read
+	// pump, and that write may wait up to a second for a full socket while
+	// it holds the connection. broadcast, on the Redis reader, must not
+	// wait for it: the event goes to a write pump instead.
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	c := onlyClient(t, td, "u")
+
+	unblock := c.conn.HoldWrites() // the read pump's write, stuck on the socket
+	release := time.AfterFunc(500*time.Millisecond, unblock)
+	defer release.Stop()
+	start := time.Now()
+	td.d.hub.broadcast("u", msgOf(`{"n":1}`))
+	if took := time.Since(start); took > 200*time.Millisecond {
+		t.Fatalf("broadcast waited %v for a socket another goroutine was writing to", took)
+	}
+	if got := readText(t, conn, 5*time.Second); got != `{"n":1}` {
+		t.Fatalf("got %s", got)
+	}
+}
+
+func TestWriteNowIgnoresAnExpiredDeadlineOfAnEarlierWrite(t *testing.T) {
+	// A write pump's flush leaves its deadline on the socket; RawConn then
+	// refuses every write once it has passed. writeNow never waits, so it
+	// must write anyway, not take the connection for dead.
+	td := startDaemon(t, startRedis(t), map[string]string{"WRITE_WAIT": "200ms"})
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	c := onlyClient(t, td, "u")
+
+	// A pump writes the first event, with the 200 ms deadline.
+	c.mu.Lock()
+	c.sendQueue = append(c.sendQueue, msgOf(`{"n":1}`))
+	start := c.takeRightLocked()
+	c.mu.Unlock()
+	c.startPump(start)
+	if got := readText(t, conn, 5*time.Second); got != `{"n":1}` {
+		t.Fatalf("got %s", got)
+	}
+	eventually(t, 5*time.Second, "pump done", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.writer == writeIdle
+	})
+	time.Sleep(400 * time.Millisecond) // its deadline passes
+
+	before := td.d.stats.FramesDelivered.Load()
+	td.d.hub.broadcast("u", msgOf(`{"n":2}`))
+	if got := td.d.stats.FramesDelivered.Load() - before; got != 1 {
+		t.Fatalf("%d frames written by broadcast, want 1 (the connection was taken for dead?)", got)
+	}
+	if got := readText(t, conn, 5*time.Second); got != `{"n":2}` {
+		t.Fatalf("got %s", got)
+	}
+	if td.d.hub.connectionCount("u") != 1 {
+		t.Fatal("the connection was closed")
+	}
+}
+
+func TestAClaimedEventThatCannotBeWrittenAtOnceStaysFirst(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	c := onlyClient(t, td, "u")
+
+	first, second := msgOf(`{"n":1}`), msgOf(`{"n":2}`)
+	if r := c.enqueue(first, true); r != enqueueClaimed {
+		t.Fatalf("idle connection: %v, want claimed", r)
+	}
+	if r := c.enqueue(second, true); r != enqueued {
+		t.Fatalf("claimed connection: %v, want queued", r)
+	}
+	release := c.conn.HoldWrites() // the read pump writing: writeNow hands over to a pump
+	c.writeNow(first)
+	release()
+	for _, want := range []string{`{"n":1}`, `{"n":2}`} {
+		if got := readText(t, conn, 5*time.Second); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+}
+
+func TestWriteNowSendsAPreparedMessage(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	c := onlyClient(t, td, "u")
+	msg := msgOf(`{"n":1}`)
+	// What broadcast does for a user with preparedMin connections or more.
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, []byte(`{"prepared":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg.prepared = pm
+	if r := c.enqueue(msg, true); r != enqueueClaimed {
+		t.Fatalf("%v, want claimed", r)
+	}
+	c.writeNow(msg)
+	if got := readText(t, conn, 5*time.Second); got != `{"prepared":true}` {
+		t.Fatalf("got %s: the frame was not the prepared one", got)
+	}
+}
+
+// onlyClient returns the one connection of username in td.
+func onlyClient(t *testing.T, td *testDaemon, username string) *Client {
+	t.Helper()
+	s := td.d.hub.shard(username)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.users[username]) != 1 {
+		t.Fatalf("%s has %d connections, want 1", username, len(s.users[username]))
+	}
+	for c := range s.users[username] {
+		return c
+	}
+	return nil
+}
+
+func TestAClientThatClosesMidBurstGetsItsCloseCodeBack(t *testing.T) {
+	// The client's close frame arrives while a write pump is writing a
+	// long batch (more than the socket buffers hold, the client reading
+	// nothing yet): the answer must still reach it, with its own code, not
+	// be lost in the batch (which the client would see as 1006).
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "SEND_QUEUE_BYTES": "16777216", "SEND_QUEUE_SIZE": "10000"})
+	payload := fmt.Sprintf(`{"pad":"%s"}`, strings.Repeat("x", 1000))
+	for i := range 50 {
+		conn := td.dial("u")
+		eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+		for range 6000 {
+			td.d.hub.broadcast("u", msgOf(payload))
+		}
+		if err := conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		err := readUntilError(conn)
+		if !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+			t.Fatalf("round %d: the client read %v, want its close code 1000 back", i, err)
+		}
+		conn.Close()
+		eventually(t, 5*time.Second, "unregistered", func() bool { return td.d.hub.connectionCount("u") == 0 })
+	}
+	eventually(t, 5*time.Second, "queues emptied", func() bool { return td.d.hub.queuedFrames.Load() == 0 && td.d.hub.queuedBytes.Load() == 0 })
+}
+
+func TestNoFrameIsWrittenOnceTheSendQueueOverflowed(t *testing.T) {
+	// A fan-out goroutine claims an idle connection, and before it writes,
+	// later events fill the queue past its bound: the claimed frame must
+	// not go out after the overflow decided to drop the queue, only the
+	// close frame 1013.
+	td := startDaemon(t, startRedis(t), map[string]string{"SEND_QUEUE_SIZE": "4"})
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	c := onlyClient(t, td, "u")
+	claimed := msgOf(`{"n":0}`)
+	if r := c.enqueue(claimed, true); r != enqueueClaimed {
+		t.Fatalf("idle connection: %v, want claimed", r)
+	}
+	for i := 1; ; i++ {
+		if r := c.enqueue(msgOf(fmt.Sprintf(`{"n":%d}`, i)), true); r == enqueueOverflow {
+			break
+		} else if r != enqueued || i > 10 {
+			t.Fatalf("event %d: %v", i, r)
+		}
+	}
+	c.writeNow(claimed)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, data, err := conn.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseTryAgainLater) {
+		t.Fatalf("the client read %q %v, want only the close frame 1013", data, err)
+	}
+	if got := td.d.stats.FramesDelivered.Load(); got != 0 {
+		t.Fatalf("%d frames delivered after the overflow", got)
+	}
+}
+
+func TestTheWriteRightMovesOnlyAsDocumented(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	conn := td.dial("u")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+	c := onlyClient(t, td, "u")
+	right := func() writeRight {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.writer
+	}
+	if r := right(); r != writeIdle {
+		t.Fatalf("a new connection: %v, want idle", r)
+	}
+	first, second := msgOf(`{"n":1}`), msgOf(`{"n":2}`)
+	if c.enqueue(first, true) != enqueueClaimed || right() != writeDirect {
+		t.Fatalf("idle → direct: %v", right())
+	}
+	c.mu.Lock()
+	took := c.takeRightLocked()
+	c.mu.Unlock()
+	if took {
+		t.Fatal("a pump took the right while broadcast held it")
+	}
+	if c.enqueue(second, true) != enqueued || right() != writeDirect {
+		t.Fatalf("work queued while direct: %v", right())
+	}
+	c.writeNow(first) // direct → pumping (second is queued) → idle
+	for _, want := range []string{`{"n":1}`, `{"n":2}`} {
+		if got := readText(t, conn, 5*time.Second); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	eventually(t, 5*time.Second, "pumping → idle", func() bool { return right() == writeIdle })
+	c.disconnect(disconnectShutdown) // idle → pumping → ended
+	eventually(t, 5*time.Second, "pumping → ended", func() bool { return right() == writeEnded })
+	if r := c.enqueue(msgOf(`{"n":3}`), true); r != enqueueClosing || right() != writeEnded {
+		t.Fatalf("after the end: %v, right %v", r, right())
 	}
 }

@@ -84,9 +84,9 @@ type discard struct{}
 
 func (discard) Observe(float64) {}
 
-// queued adds to the hub-wide count of frames and bytes waiting in send
+// addQueued adds to the hub-wide count of frames and bytes waiting in send
 // queues (negative to take away).
-func (h *Hub) queued(frames, bytes int) {
+func (h *Hub) addQueued(frames, bytes int) {
 	h.queuedFrames.Add(int64(frames))
 	h.queuedBytes.Add(int64(bytes))
 }
@@ -165,7 +165,7 @@ func (h *Hub) register(c *Client) error {
 		return err
 	}
 	if !c.expires.IsZero() {
-		c.expiry = time.AfterFunc(time.Until(c.expires), c.expire)
+		c.expiry = time.AfterFunc(time.Until(c.expires), c.tokenExpired)
 	}
 	go c.readPump()
 	return nil
@@ -246,6 +246,14 @@ func (h *Hub) broadcast(username string, msg *message) int {
 			msg.prepared = pm
 		}
 	}
+	// Every connection is counted in the send-queue pressure before the
+	// loop, and those that did not queue msg are taken off after it: a
+	// write pump may take msg off its queue (and off the count) before the
+	// loop ends, and the gauges must never read below zero. Twice per
+	// broadcast, not per connection: they are shared counters.
+	if len(conns) > 0 {
+		h.addQueued(len(conns), len(conns)*len(msg.data))
+	}
 	for c := range conns {
 		switch c.enqueue(msg, true) {
 		case enqueued:
@@ -256,10 +264,10 @@ func (h *Hub) broadcast(username string, msg *message) int {
 			dropped++
 		}
 	}
+	notQueued := len(conns) - queued
 	s.mu.RUnlock()
-	if queued > 0 {
-		// Once per broadcast, not per connection: it is a shared counter.
-		h.queued(queued, queued*len(msg.data))
+	if notQueued > 0 {
+		h.addQueued(-notQueued, -notQueued*len(msg.data))
 	}
 	if dropped > 0 {
 		h.stats.FramesDropped.Add(uint64(dropped))
@@ -357,7 +365,7 @@ func (h *Hub) shutdown(ctx context.Context) error {
 		s.mu.RUnlock()
 	}
 	for _, c := range all {
-		c.close(disconnectShutdown)
+		c.disconnect(disconnectShutdown)
 	}
 
 	done := make(chan struct{})

@@ -2,12 +2,17 @@ package main
 
 import (
 	"fmt"
-	"github.com/gorilla/websocket"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
+
+	"fanout/internal/wsconn"
 )
 
 // newTestHub returns a hub whose clients have the given queue bounds.
@@ -23,7 +28,7 @@ func addClient(t testing.TB, h *Hub, username string) *Client {
 	if err := h.reserve(username); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(h, upgraded{}, username, "test")
+	c := newClient(h, nil, username, "test")
 	if err := h.add(c); err != nil {
 		t.Fatal(err)
 	}
@@ -155,8 +160,8 @@ func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
 		t.Fatal("nothing left to write, but the pump was not told to stop")
 	}
 	h.broadcast("u", msgOf("c"))
-	c.close(disconnectShutdown)
-	c.close(disconnectSlow) // only the first reason counts
+	c.disconnect(disconnectShutdown)
+	c.disconnect(disconnectSlow) // only the first reason counts
 	w, _ = c.takeWork(nil)
 	if len(w.batch) != 1 || string(w.batch[0].data) != "c" || *w.closing != disconnectShutdown {
 		t.Fatalf("after close: batch of %d, closing %v; queued messages go before the close", len(w.batch), w.closing)
@@ -169,12 +174,12 @@ func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
 func TestOneWritePumpAtATimeAndOnlyWhileThereIsWork(t *testing.T) {
 	h := newTestHub(10, 1<<20)
 	c := addClient(t, h, "u")
-	c.conn = &websocket.Conn{} // a stand-in: only startPumpLocked looks at it
+	c.conn = &wsconn.Conn{} // a stand-in: only takeRightLocked looks at it
 	c.mu.Lock()
-	if !c.startPumpLocked() {
+	if !c.takeRightLocked() {
 		t.Fatal("an idle client refused to start its write pump")
 	}
-	if c.startPumpLocked() {
+	if c.takeRightLocked() {
 		t.Fatal("a second write pump could start beside the first")
 	}
 	c.mu.Unlock()
@@ -183,8 +188,8 @@ func TestOneWritePumpAtATimeAndOnlyWhileThereIsWork(t *testing.T) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.startPumpLocked() {
-		t.Fatal("the pump's place was not given back when it went idle")
+	if !c.takeRightLocked() {
+		t.Fatal("the write right was not given back when the pump went idle")
 	}
 }
 
@@ -203,7 +208,9 @@ func TestSendQueuePressureFollowsEnqueueTakeAndOverflow(t *testing.T) {
 	if f, n := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 1 || n != 1 {
 		t.Fatalf("after a overflowed: %d frames %d bytes, want b's 1 and 1", f, n)
 	}
-	b.cleanup() // what the write pump does when it ends
+	b.mu.Lock()
+	b.dropQueueLocked() // what closeSocket does when the connection ends
+	b.mu.Unlock()
 	if f, n := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 0 || n != 0 {
 		t.Fatalf("after b ended: %d frames %d bytes, want 0", f, n)
 	}
@@ -217,7 +224,7 @@ func TestRegisterIsRefusedOnceShutdownBegins(t *testing.T) {
 	if err := h.shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.add(newClient(h, upgraded{}, "late", "test")); err != errHubClosed {
+	if err := h.add(newClient(h, nil, "late", "test")); err != errHubClosed {
 		t.Fatalf("add after shutdown: %v, want errHubClosed", err)
 	}
 	if n := h.slots.Load(); n != 0 {
@@ -299,5 +306,109 @@ func BenchmarkBroadcast(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestPingTickKeepsPingsInsideThePongWait(t *testing.T) {
+	for _, tc := range []struct{ interval, wait, want time.Duration }{
+		{54 * time.Second, 60 * time.Second, 3 * time.Second},
+		{50 * time.Millisecond, 2 * time.Second, 12500 * time.Microsecond},
+		{50 * time.Millisecond, 300 * time.Millisecond, 12500 * time.Microsecond},
+		{time.Second, time.Second + time.Microsecond, time.Millisecond},
+	} {
+		if got := pingTick(tc.interval, tc.wait); got != tc.want {
+			t.Errorf("pingTick(%v, %v) = %v, want %v", tc.interval, tc.wait, got, tc.want)
+		}
+	}
+}
+
+func TestLargeFanOutsAreEncodedOnce(t *testing.T) {
+	for _, n := range []int{preparedMin - 1, preparedMin} {
+		h := newTestHub(10, 1<<20)
+		var clients []*Client
+		for range n {
+			clients = append(clients, addClient(t, h, "org"))
+		}
+		msg := msgOf(`{"type":"x"}`)
+		h.broadcast("org", msg)
+		if got, want := msg.prepared != nil, n >= preparedMin; got != want {
+			t.Fatalf("%d connections: prepared %v, want %v", n, got, want)
+		}
+		if w, _ := clients[n-1].takeWork(nil); len(w.batch) != 1 || w.batch[0] != msg {
+			t.Fatalf("%d connections: the message was not queued as it is", n)
+		}
+	}
+}
+
+func TestLargeFanOutKeepsEveryConnectionsOrder(t *testing.T) {
+	// More than writeNowMax connections: idle ones are written by fan-out
+	// goroutines that broadcast does not wait for, busy ones by their
+	// pumps; every connection must still get every event, in order.
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
+	const n, events = 60, 300
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = td.dial("org")
+	}
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("org") == n })
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			for i := range events {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, data, err := c.ReadMessage()
+				if want := fmt.Sprintf(`{"n":%d}`, i); err != nil || string(data) != want {
+					errs <- fmt.Errorf("got %s (%v), want %s", data, err, want)
+					return
+				}
+			}
+		})
+	}
+	for i := range events {
+		td.d.hub.broadcast("org", msgOf(fmt.Sprintf(`{"n":%d}`, i)))
+		if i%50 == 0 {
+			time.Sleep(20 * time.Millisecond) // idle again: the next ones are claimed
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestSendQueueGaugesNeverReadBelowZeroWhilePumpsTakeTheirWork(t *testing.T) {
+	// A write pump may take a message off its queue (and off the gauges)
+	// while broadcast is still handing it to the user's other connections:
+	// the gauges must already count it then.
+	h := newTestHub(1<<20, 1<<30)
+	var clients []*Client
+	for range 500 {
+		clients = append(clients, addClient(t, h, "org"))
+	}
+	stop := make(chan struct{})
+	var lowest atomic.Int64
+	var pump sync.WaitGroup
+	pump.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, c := range clients[:4] {
+				c.takeWork(nil)
+				lowest.Store(min(lowest.Load(), h.queuedFrames.Load(), h.queuedBytes.Load()))
+			}
+		}
+	})
+	for range 2000 {
+		h.broadcast("org", msgOf(`{"n":1}`))
+	}
+	close(stop)
+	pump.Wait()
+	if low := lowest.Load(); low < 0 {
+		t.Fatalf("a send-queue gauge read %d", low)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"fanout/internal/wsconn"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -449,12 +451,12 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 	// socket fails on the third.
 	frames := []string{`{"n":1}`, `{"n":2}`, `{"n":3,"fail":true}`, `{"n":4}`, `{"n":5}`}
 	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, err := upgrade(&websocket.Upgrader{}, w, r)
+		conn, err := wsconn.Upgrade(&websocket.Upgrader{}, w, r)
 		if err != nil {
 			t.Errorf("upgrade: %v", err)
 			return
 		}
-		c := newClient(hub, u, "u", "test")
+		c := newClient(hub, conn, "u", "test")
 		if err := hub.reserve("u"); err != nil {
 			t.Error(err)
 			return
@@ -468,9 +470,9 @@ func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
 		}
 		// The pumps as register starts them, with the queue already full.
 		c.mu.Lock()
-		start := c.startPumpLocked()
+		start := c.takeRightLocked()
 		c.mu.Unlock()
-		c.spawnPump(start)
+		c.startPump(start)
 		go c.readPump()
 	}))
 	server.Listener = failingListener{Listener: server.Listener, failOn: []byte(`"fail":true`)}

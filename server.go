@@ -9,11 +9,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"fanout/internal/wsconn"
 )
 
 // maxUsernameBytes bounds the username query parameter.
@@ -41,7 +42,7 @@ func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Au
 	if cfg.ConnectRatePerIP > 0 {
 		addrLimiter = newIPLimiter(cfg.ConnectRatePerIP, cfg.ConnectBurstPerIP)
 	}
-	return &Server{
+	s := &Server{
 		hub:         hub,
 		cfg:         cfg,
 		logger:      logger,
@@ -49,25 +50,18 @@ func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Au
 		auth:        auth,
 		ready:       ready,
 		addrLimiter: addrLimiter,
-		upgrader: websocket.Upgrader{
-			// 0: gorilla reads through the small buffer upgrade hands it
-			// (readBufferSize; gorilla's default is 4 KiB).
-			ReadBufferSize: 0,
-			// Idle connections hold no write buffer; it is taken from the
-			// pool for each write.
-			WriteBufferSize: 4096,
-			WriteBufferPool: &sync.Pool{},
-			// The origin was checked, with a clear answer, before Upgrade.
-			CheckOrigin: func(*http.Request) bool { return true },
-			// Say what was wrong with the handshake, not just "Bad Request";
-			// the handler logs and counts it.
-			Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
-				w.Header().Set("Sec-WebSocket-Version", "13")
-				http.Error(w, reason.Error(), status)
-			},
-		},
-		rejectLog: newLogLimiter(2, 10),
+		upgrader:    wsconn.NewUpgrader(),
+		rejectLog:   newLogLimiter(2, 10),
 	}
+	// The origin was checked, with a clear answer, before Upgrade.
+	s.upgrader.CheckOrigin = func(*http.Request) bool { return true }
+	// Say what was wrong with the handshake, not just "Bad Request"; the
+	// handler logs and counts it.
+	s.upgrader.Error = func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		http.Error(w, reason.Error(), status)
+	}
+	return s
 }
 
 // routes returns the handler for the public listener.
@@ -171,7 +165,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	u, err := upgrade(&s.upgrader, w, r)
+	conn, err := wsconn.Upgrade(&s.upgrader, w, r)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
 		s.hub.release(id.username)
@@ -179,7 +173,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "reason", rejectUpgradeFailed, "err", err)
 		return
 	}
-	c := newClient(s.hub, u, id.username, remote)
+	c := newClient(s.hub, conn, id.username, remote)
 	c.expires = id.expires
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
@@ -192,8 +186,8 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.stats.reject(rejectShuttingDown)
 		s.logger.Info("Closing new connection: server shutting down", "username", id.username, "remote", remote)
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)
-		_ = u.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
-		_ = u.conn.Close()
+		_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
+		_ = conn.Close()
 		return
 	}
 }

@@ -1,0 +1,324 @@
+// Package wsconn is the socket machinery under fanout's WebSocket
+// connections: it hands gorilla/websocket a socket that can be corked (so a
+// batch of frames leaves in one write), a small read buffer the read pump can
+// look into, a write that never waits, a wait for readability on a shallow
+// stack, and a reader of the client's ping and pong frames that keeps them
+// out of gorilla's deep read path.
+//
+// Everything here that depends on how gorilla/websocket works inside is
+// listed below. It was checked against v1.5.3; upgrading gorilla means
+// checking each point again (the package's tests pin most of them):
+//
+//  1. Upgrade calls the ResponseWriter's Hijack, and with
+//     Upgrader.ReadBufferSize 0 it reads through the hijacked bufio.Reader
+//     when that reader is larger than 256 bytes (server.go, Upgrade). It
+//     refuses the upgrade when that reader already holds bytes.
+//  2. Conn reads only through that bufio.Reader (Peek and Discard), so the
+//     bytes it holds are exactly what gorilla has received and not parsed.
+//  3. Between messages gorilla keeps no state about the stream: once a
+//     message has been read to its end (io.EOF from its reader), the next
+//     byte is the start of a frame, and consuming whole control frames
+//     there leaves gorilla's state as it would have left it itself
+//     (advanceFrame handles a control frame entirely within itself).
+//  4. Every frame gorilla writes (WriteMessage, WritePreparedMessage,
+//     WriteControl) goes to the net.Conn as SetWriteDeadline followed by
+//     one or more Write calls, under gorilla's own write lock; frames are
+//     never split across two lock holders.
+//  5. gorilla writes from its reader only for a protocol error or an
+//     over-limit message (a 1002 or 1009 close frame, WriteControl), and
+//     for a close frame from the peer when no close handler is set (the
+//     daemon sets one). After writing any close frame, every later write
+//     fails with websocket.ErrCloseSent.
+//  6. The frame header of a server frame is 2, 4 or 10 bytes (FrameSize):
+//     the daemon counts delivered frames from the bytes a write took.
+package wsconn
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+const (
+	// FlushBytes is how much a batch collects before it is written, so that
+	// a long queue goes out in chunks of at most about this size.
+	FlushBytes = 32 << 10
+	// batchBufKeep is the largest batch buffer returned to the pool.
+	batchBufKeep = 64 << 10
+	// readBufferSize is the size of a connection's read buffer. Clients
+	// send only control frames (at most 131 bytes) and the odd small
+	// message, so it is small; gorilla takes the reader it is handed only
+	// when it is larger than 256 bytes, and 288 is an allocation size class.
+	readBufferSize = 288
+)
+
+// batchBufs holds the buffers of batches being written; idle connections
+// hold none.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// Conn is one upgraded connection: gorilla's Conn, the corkable socket
+// under it, and gorilla's read buffer.
+type Conn struct {
+	*websocket.Conn
+	out *batchConn
+	// in is gorilla's read buffer; nil when the client sent data before
+	// the handshake's answer, and the read pump then waits in gorilla.
+	in *bufio.Reader
+}
+
+// NewUpgrader returns a gorilla Upgrader set up for Upgrade: gorilla reads
+// through the read buffer Upgrade hands it, and idle connections hold no
+// write buffer (one is taken from a pool for each write). The caller sets
+// CheckOrigin and Error.
+func NewUpgrader() websocket.Upgrader {
+	return websocket.Upgrader{
+		ReadBufferSize:  0,
+		WriteBufferSize: 4096,
+		WriteBufferPool: &sync.Pool{},
+	}
+}
+
+// Upgrade is u.Upgrade with the connection's socket in a batchConn and a
+// read buffer of ours. u's ReadBufferSize must be 0 (NewUpgrader).
+func Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*Conn, error) {
+	h := &hijacker{ResponseWriter: w}
+	conn, err := u.Upgrade(h, r, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{Conn: conn, out: h.out, in: h.in}, nil
+}
+
+// hijacker hands gorilla's Upgrade the socket wrapped in a batchConn, and a
+// read buffer of ours, so that the read pump can see whether gorilla has
+// bytes buffered.
+type hijacker struct {
+	http.ResponseWriter
+	out *batchConn
+	in  *bufio.Reader
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.out = &batchConn{Conn: conn}
+	if sc, ok := conn.(syscall.Conn); ok {
+		h.out.raw, _ = sc.SyscallConn()
+	}
+	if brw.Reader.Buffered() > 0 {
+		// The client sent data before the handshake's answer: gorilla
+		// refuses the upgrade when it sees it.
+		return h.out, brw, nil
+	}
+	h.in = bufio.NewReaderSize(h.out, readBufferSize)
+	return h.out, bufio.NewReadWriter(h.in, brw.Writer), nil
+}
+
+// CanWriteNow reports whether TryFlush can write to the socket without
+// waiting (the socket exposes its file descriptor).
+func (c *Conn) CanWriteNow() bool { return c.out.raw != nil }
+
+// Cork starts collecting gorilla's writes for one Flush.
+func (c *Conn) Cork() { c.out.cork() }
+
+// TryCork is Cork unless another goroutine is writing to the socket, as
+// gorilla does from the read pump (point 5 above), possibly in a write that
+// waits for the socket: it never waits.
+func (c *Conn) TryCork() bool { return c.out.tryCork() }
+
+// Buffered is how many bytes wait for Flush.
+func (c *Conn) Buffered() int { return c.out.buffered() }
+
+// Flush writes what was collected in one write with the given deadline and
+// uncorks. It returns how many of the collected bytes reached the socket.
+func (c *Conn) Flush(deadline time.Time) (int, error) { return c.out.flush(deadline) }
+
+// TryFlush is Flush without waiting: it writes what the socket takes at
+// once. done reports whether that was everything and the conn is uncorked;
+// otherwise the rest stays collected, still corked, for Flush.
+func (c *Conn) TryFlush() (done bool, err error) { return c.out.tryFlush() }
+
+// Discard drops what was collected and uncorks, returning the buffer to the
+// pool; it is how a connection's end gives the buffer back.
+func (c *Conn) Discard() { c.out.discard() }
+
+// FrameSize is the size on the wire of a server frame (unmasked) with n
+// bytes of payload.
+func FrameSize(n int) int {
+	switch {
+	case n < 126:
+		return 2 + n
+	case n < 1<<16:
+		return 4 + n
+	default:
+		return 10 + n
+	}
+}
+
+// batchConn is the socket under gorilla's Conn. While corked, the frames
+// gorilla writes are collected in one buffer, and flush hands them to the
+// kernel in a single write: one system call per batch instead of one per
+// frame. Uncorked, it is the plain socket.
+//
+// Frames written by other goroutines (gorilla answering a protocol error
+// from the read pump) keep their place in the stream: mu is held across
+// every write to the socket.
+type batchConn struct {
+	net.Conn
+	// raw is the socket's file descriptor, for tryFlush and the read
+	// side's readiness wait; nil when the socket has none.
+	raw syscall.RawConn
+
+	// mu guards corked and buf, and is held across every socket write.
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.corked {
+		*b.buf = append(*b.buf, p...)
+		return len(p), nil
+	}
+	return b.Conn.Write(p)
+}
+
+// SetWriteDeadline is ignored while corked: nothing reaches the socket
+// until flush, which sets its own deadline.
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.corked {
+		return nil
+	}
+	return b.Conn.SetWriteDeadline(t)
+}
+
+func (b *batchConn) cork() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.corkLocked()
+}
+
+// corkLocked corks; b.mu must be held.
+func (b *batchConn) corkLocked() {
+	b.corked = true
+	if b.buf == nil {
+		b.buf = batchBufs.Get().(*[]byte)
+	}
+}
+
+func (b *batchConn) tryCork() bool {
+	if !b.mu.TryLock() {
+		return false
+	}
+	defer b.mu.Unlock()
+	b.corkLocked()
+	return true
+}
+
+func (b *batchConn) buffered() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		return 0
+	}
+	return len(*b.buf)
+}
+
+func (b *batchConn) flush(deadline time.Time) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.corked = false
+	if b.buf == nil {
+		return 0, nil
+	}
+	defer b.release()
+	if len(*b.buf) == 0 {
+		return 0, nil
+	}
+	if err := b.Conn.SetWriteDeadline(deadline); err != nil {
+		return 0, err
+	}
+	return b.Conn.Write(*b.buf)
+}
+
+func (b *batchConn) tryFlush() (done bool, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.raw == nil || b.buf == nil {
+		return false, nil
+	}
+	buf := *b.buf
+	n := 0
+	var werr error
+	write := func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), buf)
+		return true // never wait for the socket
+	}
+	err = b.raw.Write(write)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline of an earlier write (a pump's flush, gorilla's
+		// answer from the read pump) has passed, and RawConn refuses to
+		// write at all until it is cleared. This write never waits, so it
+		// needs none.
+		if err = b.Conn.SetWriteDeadline(time.Time{}); err == nil {
+			err = b.raw.Write(write)
+		}
+	}
+	if err != nil {
+		return false, err
+	}
+	if werr == syscall.EAGAIN || werr == syscall.EINTR {
+		n, werr = 0, nil
+	}
+	if werr != nil {
+		return false, werr
+	}
+	if n < len(buf) {
+		*b.buf = buf[:copy(buf, buf[n:])]
+		return false, nil
+	}
+	b.corked = false
+	b.release()
+	return true, nil
+}
+
+func (b *batchConn) discard() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.corked = false
+	if b.buf != nil {
+		b.release()
+	}
+}
+
+// release gives the batch buffer back to the pool; b.mu must be held and
+// b.buf set.
+func (b *batchConn) release() {
+	buf := b.buf
+	b.buf = nil
+	if cap(*buf) <= batchBufKeep {
+		*buf = (*buf)[:0]
+		batchBufs.Put(buf)
+	}
+}
+
+// HoldWrites blocks every write to the socket, as a writer outside the
+// write right does while the socket is full (gorilla answering a protocol
+// error from the read pump), until release is called. For tests.
+func (c *Conn) HoldWrites() (release func()) {
+	c.out.mu.Lock()
+	return c.out.mu.Unlock
+}
