@@ -310,6 +310,30 @@ func TestREADMEConnectionStatsShowTheCounterTable(t *testing.T) {
 		t.Errorf("README's Stopped line logs %v, want %v", logged, names)
 	}
 
+	// The table of counters names each one's metric, in the table's order.
+	var listed []string
+	for _, row := range regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| (.*) \\|$").FindAllStringSubmatch(section, -1) {
+		listed = append(listed, row[1])
+		i := slices.Index(counterNames(), row[1])
+		if i < 0 {
+			continue
+		}
+		c := counterTable[i]
+		want := "`" + connectionsRejectedTotal.name + "`"
+		switch {
+		case c.metric != nil && c.label != "":
+			want = fmt.Sprintf("`%s{%s=%q}`", c.metric.name, c.metric.labelName, c.label)
+		case c.metric != nil:
+			want = "`" + c.metric.name + "`"
+		}
+		if !strings.Contains(row[2], want) {
+			t.Errorf("README's row for the counter %s says %q, want %s", c.name, row[2], want)
+		}
+	}
+	if names := counterNames(); !slices.Equal(listed, names) {
+		t.Errorf("README's table of counters lists %v, want %v", listed, names)
+	}
+
 	// The example's counters and refusals are real ones.
 	keys := regexp.MustCompile(`"([a-z_.]+)": \d`)
 	for field, names := range map[string][]string{"counters": counterNames(), "rejected": rejectReasonNames[:]} {
