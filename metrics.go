@@ -45,26 +45,13 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
 }
 
-// The descriptions of the metrics read at scrape time.
+// The descriptions of the gauges read at scrape time; the counters' are
+// counterDescs.
 var (
 	connectionsDesc = prometheus.NewDesc("fanout_connections",
 		"Open WebSocket connections.", nil, nil)
 	usersDesc = prometheus.NewDesc("fanout_users",
 		"Distinct users (channels) with at least one open connection.", nil, nil)
-	acceptedDesc = prometheus.NewDesc("fanout_connections_accepted_total",
-		"WebSocket connections accepted.", nil, nil)
-	rejectedDesc = prometheus.NewDesc("fanout_connections_rejected_total",
-		"WebSocket requests refused before the upgrade, by reason.", []string{"reason"}, nil)
-	receivedDesc = prometheus.NewDesc("fanout_messages_received_total",
-		"Messages read from user channels in Redis.", nil, nil)
-	deliveredDesc = prometheus.NewDesc("fanout_frames_delivered_total",
-		"Frames written to WebSocket connections.", nil, nil)
-	droppedDesc = prometheus.NewDesc("fanout_messages_dropped_total",
-		"Messages not delivered, by reason: invalid_json (empty or not JSON) and too_large are published payloads dropped whole; slow_client counts frames not queued for a connection that was too slow or closing.",
-		[]string{"reason"}, nil)
-	disconnectsDesc = prometheus.NewDesc("fanout_disconnects_total",
-		"Connections the daemon closed, by reason: slow_client (1013), flood (1008), token_expired (4001).",
-		[]string{"reason"}, nil)
 	queuedFramesDesc = prometheus.NewDesc("fanout_send_queue_frames",
 		"Frames waiting in all send queues.", nil, nil)
 	queuedBytesDesc = prometheus.NewDesc("fanout_send_queue_bytes",
@@ -73,11 +60,24 @@ var (
 		"1 while the Redis subscription is confirmed, else 0.", nil, nil)
 	redisReadyDesc = prometheus.NewDesc("fanout_redis_ready",
 		"1 while the subscription is confirmed and self-probes come back, else 0.", nil, nil)
-	redisFailuresDesc = prometheus.NewDesc("fanout_redis_reconnects_total",
-		"Redis subscription sessions that ended in an error and were retried.", nil, nil)
-	probesMissedDesc = prometheus.NewDesc("fanout_redis_probes_missed_total",
-		"Self-probes that did not come back in time (each forces a resubscribe).", nil, nil)
 )
+
+// gaugeDescs are the gauges, as Describe lists them.
+var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc}
+
+// counterDescs describes each counter metric of counterTable, and the
+// refusals by reason.
+var counterDescs = func() map[*counterMetric]*prometheus.Desc {
+	descs := map[*counterMetric]*prometheus.Desc{}
+	for _, m := range counterMetrics() {
+		var labels []string
+		if m.labelName != "" {
+			labels = []string{m.labelName}
+		}
+		descs[m] = prometheus.NewDesc(m.name, m.help, labels, nil)
+	}
+	return descs
+}()
 
 // statsCollector turns the daemon's counters into metrics at scrape time.
 type statsCollector struct {
@@ -85,42 +85,37 @@ type statsCollector struct {
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connectionsDesc, usersDesc, acceptedDesc, rejectedDesc, receivedDesc,
-		deliveredDesc, droppedDesc, disconnectsDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc,
-		redisReadyDesc, redisFailuresDesc, probesMissedDesc} {
+	for _, d := range gaugeDescs {
 		ch <- d
+	}
+	for _, m := range counterMetrics() {
+		ch <- counterDescs[m]
 	}
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	d, s := c.d, c.d.stats
-	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	gauge := func(desc *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v)
 	}
-	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
+	counter := func(m *counterMetric, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(counterDescs[m], prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge(connectionsDesc, float64(d.hub.connections.Load()))
 	gauge(usersDesc, float64(d.hub.users.Load()))
-	counter(acceptedDesc, s.ConnectionsAccepted.Load())
-	for reason := range rejectReasonCount {
-		counter(rejectedDesc, s.Rejected[reason].Load(), reason.String())
-	}
-	counter(receivedDesc, s.MessagesReceived.Load())
-	counter(deliveredDesc, s.FramesDelivered.Load())
-	counter(droppedDesc, s.MessagesInvalid.Load(), "invalid_json")
-	counter(droppedDesc, s.MessagesTooLarge.Load(), "too_large")
-	counter(droppedDesc, s.FramesDropped.Load(), "slow_client")
-	counter(disconnectsDesc, s.SlowDisconnects.Load(), "slow_client")
-	counter(disconnectsDesc, s.FloodDisconnects.Load(), "flood")
-	counter(disconnectsDesc, s.ExpiredDisconnects.Load(), "token_expired")
 	gauge(queuedFramesDesc, float64(d.hub.queuedFrames.Load()))
 	gauge(queuedBytesDesc, float64(d.hub.queuedBytes.Load()))
 	gauge(redisUpDesc, boolValue(d.sub.confirmed.Load()))
 	ready, _ := d.sub.ready()
 	gauge(redisReadyDesc, boolValue(ready))
-	counter(redisFailuresDesc, s.RedisFailures.Load())
-	counter(probesMissedDesc, s.ProbesMissed.Load())
+	for _, row := range counterTable {
+		if row.metric != nil {
+			counter(row.metric, row.field(s).Load(), row.labels()...)
+		}
+	}
+	for reason := range rejectReasonCount {
+		counter(connectionsRejectedTotal, s.Rejected[reason].Load(), reason.String())
+	}
 }
 
 func boolValue(b bool) float64 {

@@ -1,9 +1,13 @@
 package main
 
-import "sync/atomic"
+import (
+	"slices"
+	"sync/atomic"
+)
 
-// Stats counts what the daemon does. Every field is safe for concurrent use;
-// the daemon logs a snapshot at shutdown.
+// Stats counts what the daemon does. Every field is safe for concurrent use.
+// counterTable names each counter in logs, /admin/stats and /metrics; the
+// daemon logs a snapshot at shutdown.
 type Stats struct {
 	// ConnectionsAccepted counts WebSocket upgrades that were registered.
 	ConnectionsAccepted atomic.Uint64
@@ -52,7 +56,8 @@ const (
 	rejectReasonCount
 )
 
-// rejectReasonNames are the reasons' names in logs and stats.
+// rejectReasonNames are the reasons' names in logs, in /admin/stats's
+// rejected and as the reason label of fanout_connections_rejected_total.
 var rejectReasonNames = [rejectReasonCount]string{
 	rejectBadRequest:    "bad_request",
 	rejectUnauthorized:  "unauthorized",
@@ -74,30 +79,117 @@ func (s *Stats) reject(reason rejectReason) {
 	s.Rejected[reason].Add(1)
 }
 
+// counterMetric is a Prometheus counter made of one or more of the
+// daemon's counters. A metric of several counters tells them apart by the
+// value of its one label.
+type counterMetric struct {
+	// name and help are the metric's name and help text in /metrics.
+	name, help string
+	// labelName is the label telling its counters apart, or "" for a
+	// metric of one counter.
+	labelName string
+}
+
+// The counter metrics that several counters share.
+var (
+	connectionsRejectedTotal = &counterMetric{name: "fanout_connections_rejected_total",
+		help: "WebSocket requests refused before the upgrade, by reason.", labelName: "reason"}
+	messagesDroppedTotal = &counterMetric{name: "fanout_messages_dropped_total",
+		help:      "Messages not delivered, by reason: invalid_json (empty or not JSON) and too_large are published payloads dropped whole; slow_client counts frames not queued for a connection that was too slow or closing.",
+		labelName: "reason"}
+	disconnectsTotal = &counterMetric{name: "fanout_disconnects_total",
+		help: "Connections the daemon closed, by reason: slow_client (1013), flood (1008), token_expired (4001).", labelName: "reason"}
+)
+
+// counter is one of the daemon's counters: the atomic in Stats that counts
+// it and its names outside the process.
+type counter struct {
+	// name is its key in the "Stopped" log line and in /admin/stats
+	// (counters, last_minute, rates_per_second).
+	name string
+	// metric is the Prometheus counter it is exported as, and label its
+	// value of the metric's label when the metric has one. A nil metric
+	// means the counter is exported only split by reason (see
+	// connections_rejected).
+	metric *counterMetric
+	label  string
+	// field reaches the counter in Stats.
+	field func(*Stats) *atomic.Uint64
+}
+
+// counterTable is every counter, in the order they are logged: the log
+// line, /admin/stats and /metrics are made from it. Adding a counter is a
+// field in Stats and a row here (a disconnect's counter is a row in the
+// disconnect table instead).
+var counterTable = slices.Concat([]counter{
+	{name: "connections_accepted", field: func(s *Stats) *atomic.Uint64 { return &s.ConnectionsAccepted },
+		metric: &counterMetric{name: "fanout_connections_accepted_total", help: "WebSocket connections accepted."}},
+	// Exported by reason, as fanout_connections_rejected_total: its
+	// series are Rejected, from the refusal table, and sum to it.
+	{name: "connections_rejected", field: func(s *Stats) *atomic.Uint64 { return &s.ConnectionsRejected }},
+	{name: "messages_received", field: func(s *Stats) *atomic.Uint64 { return &s.MessagesReceived },
+		metric: &counterMetric{name: "fanout_messages_received_total", help: "Messages read from user channels in Redis."}},
+	{name: "messages_invalid", field: func(s *Stats) *atomic.Uint64 { return &s.MessagesInvalid },
+		metric: messagesDroppedTotal, label: "invalid_json"},
+	{name: "messages_too_large", field: func(s *Stats) *atomic.Uint64 { return &s.MessagesTooLarge },
+		metric: messagesDroppedTotal, label: "too_large"},
+	{name: "frames_delivered", field: func(s *Stats) *atomic.Uint64 { return &s.FramesDelivered },
+		metric: &counterMetric{name: "fanout_frames_delivered_total", help: "Frames written to WebSocket connections."}},
+	{name: "frames_dropped", field: func(s *Stats) *atomic.Uint64 { return &s.FramesDropped },
+		metric: messagesDroppedTotal, label: "slow_client"},
+}, disconnectCounters(), []counter{
+	{name: "redis_failures", field: func(s *Stats) *atomic.Uint64 { return &s.RedisFailures },
+		metric: &counterMetric{name: "fanout_redis_reconnects_total", help: "Redis subscription sessions that ended in an error and were retried."}},
+	{name: "probes_missed", field: func(s *Stats) *atomic.Uint64 { return &s.ProbesMissed },
+		metric: &counterMetric{name: "fanout_redis_probes_missed_total", help: "Self-probes that did not come back in time (each forces a resubscribe)."}},
+})
+
+// disconnectCounters returns the counters of the disconnect table, in its
+// order.
+func disconnectCounters() []counter {
+	var counters []counter
+	for _, d := range disconnects {
+		if d.counter != nil {
+			counters = append(counters, *d.counter)
+		}
+	}
+	return counters
+}
+
+// counterMetrics returns every counter metric once, in the order of
+// counterTable, then fanout_connections_rejected_total.
+func counterMetrics() []*counterMetric {
+	var metrics []*counterMetric
+	for _, c := range counterTable {
+		if c.metric != nil && !slices.Contains(metrics, c.metric) {
+			metrics = append(metrics, c.metric)
+		}
+	}
+	return append(metrics, connectionsRejectedTotal)
+}
+
+// labels returns the counter's label values for its metric.
+func (c *counter) labels() []string {
+	if c.label == "" {
+		return nil
+	}
+	return []string{c.label}
+}
+
 // counters returns the counters by their log names.
 func (s *Stats) counters() map[string]uint64 {
-	values := s.logValues()
-	m := make(map[string]uint64, len(values)/2)
-	for i := 0; i+1 < len(values); i += 2 {
-		m[values[i].(string)] = values[i+1].(uint64)
+	m := make(map[string]uint64, len(counterTable))
+	for _, c := range counterTable {
+		m[c.name] = c.field(s).Load()
 	}
 	return m
 }
 
 // logValues returns the counters as slog key-value pairs.
 func (s *Stats) logValues() []any {
-	return []any{
-		"connections_accepted", s.ConnectionsAccepted.Load(),
-		"connections_rejected", s.ConnectionsRejected.Load(),
-		"messages_received", s.MessagesReceived.Load(),
-		"messages_invalid", s.MessagesInvalid.Load(),
-		"messages_too_large", s.MessagesTooLarge.Load(),
-		"frames_delivered", s.FramesDelivered.Load(),
-		"frames_dropped", s.FramesDropped.Load(),
-		"slow_disconnects", s.SlowDisconnects.Load(),
-		"flood_disconnects", s.FloodDisconnects.Load(),
-		"expired_disconnects", s.ExpiredDisconnects.Load(),
-		"redis_failures", s.RedisFailures.Load(),
-		"probes_missed", s.ProbesMissed.Load(),
+	values := make([]any, 0, 2*len(counterTable))
+	for _, c := range counterTable {
+		values = append(values, c.name, c.field(s).Load())
 	}
+	return values
 }
