@@ -92,10 +92,14 @@ func newAuthenticator(ctx context.Context, cfg Config, logger *slog.Logger) (*Au
 			HTTPTimeout:     5 * time.Second,
 			RefreshInterval: cfg.JWT.JWKSRefresh,
 			// A token signed with a key not yet fetched (a rotation)
-			// triggers a fetch, at most one every 10 s; other tokens with
-			// an unknown kid fail at once instead of queueing.
+			// triggers a fetch, at most one every 10 s. jwkset bounds both
+			// the wait for the limiter and the fetch itself by
+			// RateLimitWaitMax, so it must leave the fetch its time (1 ms
+			// made most fetches fail): a token with an unknown kid fails at
+			// once when the next fetch is more than 5 s away, and otherwise
+			// waits for it.
 			RefreshUnknownKID: rate.NewLimiter(rate.Every(10*time.Second), 1),
-			RateLimitWaitMax:  time.Millisecond,
+			RateLimitWaitMax:  5 * time.Second,
 			RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
 				return func(_ context.Context, err error) {
 					refreshErrors.log(logger, slog.LevelWarn, "Cannot fetch JWKS", "url", u, "err", err)
