@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -13,35 +12,6 @@ import (
 
 	"github.com/gorilla/websocket"
 )
-
-// handshakeRefusal is the HTTP answer to a WebSocket handshake the daemon
-// refused before the upgrade.
-type handshakeRefusal struct {
-	status     int
-	retryAfter string
-	// line is the body without its final newline.
-	line string
-}
-
-// dialRefused dials url, which must be refused, and returns the answer.
-func dialRefused(t *testing.T, url string, header http.Header) handshakeRefusal {
-	t.Helper()
-	conn, resp, err := websocket.DefaultDialer.Dial(url, header)
-	if err == nil {
-		_ = conn.Close()
-		t.Fatalf("dial %s succeeded, want a refusal", url)
-	}
-	if resp == nil {
-		t.Fatalf("dial %s: %v, want an HTTP refusal", url, err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
-	line := strings.TrimSuffix(string(body), "\n")
-	if line == "" || strings.Contains(line, "\n") {
-		t.Fatalf("dial %s: HTTP %d body %q, want one line", url, resp.StatusCode, body)
-	}
-	return handshakeRefusal{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), line: line}
-}
 
 // frontFor serves td's public routes on a new loopback server that presents
 // every request as coming from the TCP peer remote, and returns its /ws URL.
@@ -81,7 +51,7 @@ func TestConnectRatePerIPRefusesWith429AndRecoversWhenTheBucketRefills(t *testin
 	for range 3 {
 		_ = td.dial("u")
 	}
-	got := dialRefused(t, td.wsURL+"?username=u", nil)
+	got := tryDial(t, td.wsURL+"?username=u", nil)
 	refusedAt := time.Now()
 	if got.status != http.StatusTooManyRequests || got.retryAfter != "1" || !strings.Contains(got.line, "CONNECT_RATE_PER_IP") {
 		t.Fatalf("4th dial within the burst: %+v, want 429, Retry-After 1, a line naming CONNECT_RATE_PER_IP", got)
@@ -119,11 +89,11 @@ func TestConnectRatePerIPKeepsABucketPerForwardedClient(t *testing.T) {
 	for range 2 {
 		dialWS(t, url, xff("198.51.100.9"))
 	}
-	if got := dialRefused(t, url, xff("198.51.100.9")); got.status != http.StatusTooManyRequests {
+	if got := tryDial(t, url, xff("198.51.100.9")); got.status != http.StatusTooManyRequests {
 		t.Fatalf("198.51.100.9 past its burst: %+v, want 429", got)
 	}
 	// Spoofing an address left of the proxy's own entry changes nothing.
-	if got := dialRefused(t, url, xff("192.0.2.1, 198.51.100.9")); got.status != http.StatusTooManyRequests {
+	if got := tryDial(t, url, xff("192.0.2.1, 198.51.100.9")); got.status != http.StatusTooManyRequests {
 		t.Fatalf("198.51.100.9 behind a forged entry: %+v, want 429", got)
 	}
 	// Another client behind the same proxy, and the proxy's own address
@@ -160,7 +130,7 @@ func TestMaxConnectionsPerUserRefusesWith429AndRecoversWhenOneCloses(t *testing.
 	first := td.dial("alice")
 	_ = td.dial("alice")
 
-	got := dialRefused(t, td.wsURL+"?username=alice", nil)
+	got := tryDial(t, td.wsURL+"?username=alice", nil)
 	if got.status != http.StatusTooManyRequests || got.retryAfter != "10" ||
 		!strings.Contains(got.line, "MAX_CONNECTIONS_PER_USER") || !strings.Contains(got.line, `"alice" already has 2 connections`) {
 		t.Fatalf("alice's third connection: %+v, want 429, Retry-After 10, a line naming alice and MAX_CONNECTIONS_PER_USER", got)
@@ -175,7 +145,7 @@ func TestMaxConnectionsPerUserRefusesWith429AndRecoversWhenOneCloses(t *testing.
 	_ = first.Close()
 	eventually(t, 5*time.Second, "alice's closed connection unregistered", func() bool { return td.d.hub.connectionCount("alice") == 1 })
 	_ = td.dial("alice")
-	if got := dialRefused(t, td.wsURL+"?username=alice", nil); got.status != http.StatusTooManyRequests {
+	if got := tryDial(t, td.wsURL+"?username=alice", nil); got.status != http.StatusTooManyRequests {
 		t.Fatalf("alice at her limit again: %+v, want 429", got)
 	}
 	// Refusals hold no slot.
@@ -199,12 +169,12 @@ func TestMaxConnectionsRefusesWith503AndRecoversWhenOneCloses(t *testing.T) {
 	_ = td.dial("b")
 	_ = td.dial("b")
 
-	got := dialRefused(t, td.wsURL+"?username=c", nil)
+	got := tryDial(t, td.wsURL+"?username=c", nil)
 	if got.status != http.StatusServiceUnavailable || got.retryAfter != "5" ||
 		!strings.Contains(got.line, "(MAX_CONNECTIONS)") || strings.Contains(got.line, "PER_USER") {
 		t.Fatalf("4th connection: %+v, want 503, Retry-After 5, a line naming MAX_CONNECTIONS", got)
 	}
-	if got := dialRefused(t, td.wsURL+"?username=a", nil); got.status != http.StatusServiceUnavailable {
+	if got := tryDial(t, td.wsURL+"?username=a", nil); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("4th connection for a user who has one: %+v, want 503", got)
 	}
 	if n := td.d.stats.Rejected[rejectInstanceLimit].Load(); n != 2 {
@@ -214,7 +184,7 @@ func TestMaxConnectionsRefusesWith503AndRecoversWhenOneCloses(t *testing.T) {
 	_ = a.Close()
 	eventually(t, 5*time.Second, "a's connection unregistered", func() bool { return td.d.hub.connectionCount("a") == 0 })
 	_ = td.dial("c")
-	if got := dialRefused(t, td.wsURL+"?username=d", nil); got.status != http.StatusServiceUnavailable {
+	if got := tryDial(t, td.wsURL+"?username=d", nil); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("instance full again: %+v, want 503", got)
 	}
 }
@@ -304,7 +274,7 @@ func TestProtectedModeAcceptsOnlyLoopbackClients(t *testing.T) {
 		{"X-Real-IP", td.wsURL + "?username=u", http.Header{"X-Real-Ip": {"203.0.113.5"}}},
 	}
 	for _, tc := range refusals {
-		got := dialRefused(t, tc.url, tc.header)
+		got := tryDial(t, tc.url, tc.header)
 		if got.status != http.StatusForbidden || !strings.Contains(got.line, "protected mode") || !strings.Contains(got.line, "JWT_SECRET") {
 			t.Errorf("%s: %+v, want 403 with a line about protected mode and how to leave it", tc.name, got)
 		}
