@@ -148,10 +148,15 @@ func (s *Server) admit(r *http.Request, client netip.Addr) (identity, *refusal) 
 	if s.hub.closing.Load() {
 		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: errHubClosed.Error()}
 	}
-	if ok, wait := s.addrLimiter.allow(client, time.Now()); !ok {
-		return identity{}, &refusal{status: http.StatusTooManyRequests, reason: rejectRateLimited,
-			message:    "too many connection attempts from this address (CONNECT_RATE_PER_IP); retry later",
-			retryAfter: retryAfterSeconds(wait)}
+	// A request from this machine is a local client, a load test, or a
+	// proxy on this host forwarding for one: one loopback bucket would be
+	// one bucket for all of them. The instance and user limits still apply.
+	if !fromThisHost(r) {
+		if ok, wait := s.addrLimiter.allow(client, time.Now()); !ok {
+			return identity{}, &refusal{status: http.StatusTooManyRequests, reason: rejectRateLimited,
+				message:    "too many connection attempts from this address (CONNECT_RATE_PER_IP); retry later",
+				retryAfter: retryAfterSeconds(wait)}
+		}
 	}
 	if s.cfg.AuthMode == authLoopback {
 		if why := protectedModeRefusal(r); why != "" {
