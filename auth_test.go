@@ -96,22 +96,6 @@ func jwtEnv(extra map[string]string) map[string]string {
 	return env
 }
 
-// tryDial opens a WebSocket and returns it, or the refusal's status and
-// one-line body.
-func tryDial(tb testing.TB, rawURL string, header http.Header) (*websocket.Conn, int, string) {
-	tb.Helper()
-	conn, resp, err := websocket.DefaultDialer.Dial(rawURL, header)
-	if err == nil {
-		tb.Cleanup(func() { _ = conn.Close() })
-		return conn, http.StatusSwitchingProtocols, ""
-	}
-	if resp == nil {
-		tb.Fatalf("dial %s: %v", rawURL, err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	return nil, resp.StatusCode, strings.TrimSpace(string(body))
-}
-
 func bearer(token string) http.Header {
 	return http.Header{"Authorization": {"Bearer " + token}}
 }
@@ -174,12 +158,9 @@ func TestTokensAreVerifiedBeforeTheUpgrade(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			conn, status, body := tryDial(t, td.wsURL+c.query, c.header)
-			if conn != nil {
-				t.Fatalf("connected; want HTTP %d", c.status)
-			}
-			if status != c.status || !strings.Contains(body, c.reason) || strings.Contains(body, "\n") {
-				t.Fatalf("HTTP %d %q; want %d with one line containing %q", status, body, c.status, c.reason)
+			got := tryDial(t, td.wsURL+c.query, c.header)
+			if got.status != c.status || !strings.Contains(got.line, c.reason) {
+				t.Fatalf("HTTP %d %q; want %d with one line containing %q", got.status, got.line, c.status, c.reason)
 			}
 		})
 	}
@@ -265,12 +246,12 @@ func TestPublicKeyFilePinsTheAlgorithmToTheKeyType(t *testing.T) {
 			// The classic confusion: an HS256 token whose "secret" is the
 			// public key everyone can read.
 			confused := mint(t, jwt.SigningMethodHS256, pemBytes, claims("alice", time.Hour), "")
-			if _, status, body := tryDial(t, td.wsURL, bearer(confused)); status != 401 || !strings.Contains(body, "algorithm not allowed") {
-				t.Fatalf("HS256 token signed with the public key: HTTP %d %q, want 401", status, body)
+			if got := tryDial(t, td.wsURL, bearer(confused)); got.status != 401 || !strings.Contains(got.line, "algorithm not allowed") {
+				t.Fatalf("HS256 token signed with the public key: HTTP %d %q, want 401", got.status, got.line)
 			}
 			other := mint(t, jwt.SigningMethodES256, newECKey(), claims("alice", time.Hour), "")
-			if _, status, _ := tryDial(t, td.wsURL, bearer(other)); status != 401 {
-				t.Fatalf("token of another key: HTTP %d, want 401", status)
+			if got := tryDial(t, td.wsURL, bearer(other)); got.status != 401 {
+				t.Fatalf("token of another key: HTTP %d, want 401", got.status)
 			}
 		})
 	}
@@ -321,11 +302,11 @@ func TestCookieTokenOnlyFromAllowedOrigins(t *testing.T) {
 	}
 	dialWS(t, td.wsURL, cookie("https://app.example.com"))
 	dialWS(t, td.wsURL, cookie("")) // not a browser: no ambient cookie to abuse
-	if _, status, body := tryDial(t, td.wsURL, cookie("https://evil.example.com")); status != 403 || !strings.Contains(body, "ALLOWED_ORIGINS") {
-		t.Fatalf("cookie from a foreign origin: HTTP %d %q, want 403", status, body)
+	if got := tryDial(t, td.wsURL, cookie("https://evil.example.com")); got.status != 403 || !strings.Contains(got.line, "ALLOWED_ORIGINS") {
+		t.Fatalf("cookie from a foreign origin: HTTP %d %q, want 403", got.status, got.line)
 	}
-	if _, status, body := tryDial(t, td.wsURL, nil); status != 401 || !strings.Contains(body, "fanout_token cookie") {
-		t.Fatalf("no token: HTTP %d %q, want 401 naming the cookie", status, body)
+	if got := tryDial(t, td.wsURL, nil); got.status != 401 || !strings.Contains(got.line, "fanout_token cookie") {
+		t.Fatalf("no token: HTTP %d %q, want 401 naming the cookie", got.status, got.line)
 	}
 }
 
@@ -387,18 +368,18 @@ func TestJWKSKeysAreFetchedAndRotated(t *testing.T) {
 	tokenB := mint(t, jwt.SigningMethodES256, keyB, claims("alice", time.Hour), "b")
 
 	dialWS(t, td.wsURL, bearer(tokenA))
-	if _, status, _ := tryDial(t, td.wsURL, bearer(hsToken(t, "alice"))); status != 401 {
-		t.Fatalf("HS256 token against a JWKS: HTTP %d, want 401", status)
+	if got := tryDial(t, td.wsURL, bearer(hsToken(t, "alice"))); got.status != 401 {
+		t.Fatalf("HS256 token against a JWKS: HTTP %d, want 401", got.status)
 	}
 	forged := mint(t, jwt.SigningMethodES256, keyB, claims("alice", time.Hour), "a")
-	if _, status, _ := tryDial(t, td.wsURL, bearer(forged)); status != 401 {
-		t.Fatalf("token signed by another key under kid a: HTTP %d, want 401", status)
+	if got := tryDial(t, td.wsURL, bearer(forged)); got.status != 401 {
+		t.Fatalf("token signed by another key under kid a: HTTP %d, want 401", got.status)
 	}
 
 	jwks.serve(map[string]*ecdsa.PrivateKey{"b": keyB})
 	dialWS(t, td.wsURL, bearer(tokenB))
-	if _, status, body := tryDial(t, td.wsURL, bearer(tokenA)); status != 401 || !strings.Contains(body, "unverifiable") {
-		t.Fatalf("token of the retired key: HTTP %d %q, want 401", status, body)
+	if got := tryDial(t, td.wsURL, bearer(tokenA)); got.status != 401 || !strings.Contains(got.line, "unverifiable") {
+		t.Fatalf("token of the retired key: HTTP %d %q, want 401", got.status, got.line)
 	}
 }
 

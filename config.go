@@ -74,7 +74,8 @@ type Config struct {
 	// address gets for /ws requests (rate 0: no limit).
 	ConnectRatePerIP  float64
 	ConnectBurstPerIP int
-	// TrustedProxies are the peers whose X-Forwarded-For is believed.
+	// TrustedProxies are the peers whose X-Forwarded-For is believed
+	// (loopback by default; nil: none).
 	TrustedProxies []netip.Prefix
 
 	// AdminAddr is the listener for stats and pprof ("" when off).
@@ -249,7 +250,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	cfg.MaxConnectionsPerUser = r.intRange("MAX_CONNECTIONS_PER_USER", 32, 0, 1<<30)
 	cfg.ConnectRatePerIP = r.float("CONNECT_RATE_PER_IP", 20, 0, 1e6)
 	cfg.ConnectBurstPerIP = r.intRange("CONNECT_BURST_PER_IP", 100, 1, 1<<30)
-	cfg.TrustedProxies = r.prefixes("TRUSTED_PROXIES")
+	cfg.TrustedProxies = r.trustedProxies("TRUSTED_PROXIES")
 
 	cfg.AdminAddr, cfg.AdminToken = r.admin()
 	cfg.Pprof = r.boolean("PPROF", false)
@@ -296,10 +297,26 @@ func (r *envReader) nonNegativeDuration(name string, def, hi time.Duration) time
 	return d
 }
 
-// prefixes parses a comma-separated list of IP addresses and CIDR prefixes.
-func (r *envReader) prefixes(name string) []netip.Prefix {
+// defaultTrustedProxies is TRUSTED_PROXIES when it is unset: loopback, so
+// that a proxy on the same host (the README's nginx) is believed.
+var defaultTrustedProxies = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+}
+
+// trustedProxies parses a comma-separated list of IP addresses and CIDR
+// prefixes. Unset means loopback (defaultTrustedProxies); none means no
+// proxy is trusted and yields nil.
+func (r *envReader) trustedProxies(name string) []netip.Prefix {
+	v := r.str(name, "")
+	switch {
+	case v == "":
+		return slices.Clone(defaultTrustedProxies)
+	case strings.EqualFold(v, "none"):
+		return nil
+	}
 	var list []netip.Prefix
-	for _, item := range strings.Split(r.getenv(name), ",") {
+	for _, item := range strings.Split(v, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
 			continue
@@ -310,11 +327,14 @@ func (r *envReader) prefixes(name string) []netip.Prefix {
 		}
 		a, err := netip.ParseAddr(item)
 		if err != nil {
-			r.fail(name, item, "each entry must be an IP address or a CIDR prefix such as 10.0.0.0/8")
+			r.fail(name, item, "each entry must be an IP address or a CIDR prefix such as 10.0.0.0/8 (or the whole value none, to trust no proxy)")
 			return nil
 		}
 		a = a.Unmap()
 		list = append(list, netip.PrefixFrom(a, a.BitLen()))
+	}
+	if len(list) == 0 {
+		r.fail(name, v, "lists no address; use none to trust no proxy")
 	}
 	return list
 }

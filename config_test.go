@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net/netip"
@@ -229,6 +230,8 @@ func TestConfigBadAuthAndLimitValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"TRUSTED_PROXIES": "not-an-ip"}, []string{`TRUSTED_PROXIES="not-an-ip"`, "CIDR"}},
 		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8, 300.1.2.3"}, []string{`TRUSTED_PROXIES="300.1.2.3"`}},
 		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, []string{`TRUSTED_PROXIES="10.0.0.0/33"`}},
+		{map[string]string{"TRUSTED_PROXIES": "none, 10.0.0.0/8"}, []string{`TRUSTED_PROXIES="none"`, "whole value none"}},
+		{map[string]string{"TRUSTED_PROXIES": " , "}, []string{`TRUSTED_PROXIES=","`, "use none"}},
 		{map[string]string{"ADMIN_ADDR": "0.0.0.0:9084"}, []string{`ADMIN_ADDR="0.0.0.0:9084"`, "ADMIN_TOKEN"}},
 		{map[string]string{"ADMIN_ADDR": ":9084"}, []string{`ADMIN_ADDR=":9084"`, "ADMIN_TOKEN"}},
 		{map[string]string{"ADMIN_ADDR": "9084"}, []string{`ADMIN_ADDR="9084"`, "host:port"}},
@@ -280,7 +283,7 @@ func TestConfigAuthAndLimitDefaults(t *testing.T) {
 		{"max per user", cfg.MaxConnectionsPerUser, 32},
 		{"rate per ip", cfg.ConnectRatePerIP, 20.0},
 		{"burst per ip", cfg.ConnectBurstPerIP, 100},
-		{"trusted proxies", len(cfg.TrustedProxies), 0},
+		{"trusted proxies", fmt.Sprint(cfg.TrustedProxies), "[127.0.0.0/8 ::1/128]"},
 		{"admin addr", cfg.AdminAddr, "127.0.0.1:9084"},
 		{"admin token", cfg.AdminToken, ""},
 		{"pprof", cfg.Pprof, false},
@@ -393,6 +396,18 @@ func TestConfigReadsLimitsProxiesAndAdminVariables(t *testing.T) {
 		t.Fatalf("TRUSTED_PROXIES parsed to %v, want %v", cfg.TrustedProxies, want)
 	}
 
+	// none trusts no proxy, loopback included; a list replaces the default.
+	for _, v := range []string{"none", " NONE "} {
+		cfg, err = loadConfig(envOf(map[string]string{"TRUSTED_PROXIES": v}))
+		if err != nil || cfg.TrustedProxies != nil {
+			t.Errorf("TRUSTED_PROXIES=%q: %v, %v; want no proxy", v, cfg.TrustedProxies, err)
+		}
+	}
+	cfg, err = loadConfig(envOf(map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8"}))
+	if err != nil || inPrefixes(netip.MustParseAddr("127.0.0.1"), cfg.TrustedProxies) {
+		t.Errorf("TRUSTED_PROXIES=10.0.0.0/8: %v, %v; want loopback no longer trusted", cfg.TrustedProxies, err)
+	}
+
 	// Loopback admin addresses need no token; off turns the listener off.
 	for addr, want := range map[string]string{"localhost:9084": "localhost:9084", "[::1]:0": "[::1]:0", "OFF": ""} {
 		cfg, err := loadConfig(envOf(map[string]string{"ADMIN_ADDR": addr}))
@@ -402,21 +417,30 @@ func TestConfigReadsLimitsProxiesAndAdminVariables(t *testing.T) {
 	}
 }
 
-func TestAdminAddrOnTheNetworkWithoutTokenExitsWithCode2(t *testing.T) {
-	// startProcess kills it at cleanup, should it start serving instead.
-	p := startProcess(t, daemonCommand(t, "ADMIN_ADDR=0.0.0.0:9084"))
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("still running after 10s, want exit code 2 at once")
+func TestAdminAddrOrTrustedProxiesWrongExitsWithCode2(t *testing.T) {
+	cases := []struct {
+		env  string
+		want []string
+	}{
+		{"ADMIN_ADDR=0.0.0.0:9084", []string{`ADMIN_ADDR="0.0.0.0:9084"`, "ADMIN_TOKEN"}},
+		{"TRUSTED_PROXIES=nginx.internal", []string{`TRUSTED_PROXIES="nginx.internal"`, "CIDR"}},
 	}
-	var exit *exec.ExitError
-	if !errors.As(p.err, &exit) || exit.ExitCode() != 2 {
-		t.Fatalf("%v, want exit code 2", p.err)
-	}
-	// Nothing but the one line: the daemon did not start.
-	out := strings.TrimSuffix(p.logs.String(), "\n")
-	if strings.Contains(out, "\n") || !strings.Contains(out, `ADMIN_ADDR="0.0.0.0:9084"`) || !strings.Contains(out, "ADMIN_TOKEN") {
-		t.Fatalf("output %q, want one line naming ADMIN_ADDR and ADMIN_TOKEN", out)
+	for _, tc := range cases {
+		// startProcess kills it at cleanup, should it start serving instead.
+		p := startProcess(t, daemonCommand(t, tc.env))
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still running after 10s, want exit code 2 at once", tc.env)
+		}
+		var exit *exec.ExitError
+		if !errors.As(p.err, &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("%s: %v, want exit code 2", tc.env, p.err)
+		}
+		// Nothing but the one line: the daemon did not start.
+		out := strings.TrimSuffix(p.logs.String(), "\n")
+		if strings.Contains(out, "\n") || !strings.Contains(out, tc.want[0]) || !strings.Contains(out, tc.want[1]) {
+			t.Fatalf("%s: output %q, want one line with %q and %q", tc.env, out, tc.want[0], tc.want[1])
+		}
 	}
 }

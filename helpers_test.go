@@ -337,6 +337,38 @@ func dialWS(t *testing.T, url string, header http.Header) *websocket.Conn {
 	return conn
 }
 
+// handshake is how a WebSocket dial ended: an open connection (status 101),
+// or the HTTP answer the daemon refused it with.
+type handshake struct {
+	// conn is the open connection, closed at cleanup; nil when refused.
+	conn       *websocket.Conn
+	status     int
+	retryAfter string
+	// line is the refusal's body without its final newline.
+	line string
+}
+
+// tryDial dials url and returns the connection or the refusal. A refusal
+// must have a one-line body.
+func tryDial(tb testing.TB, url string, header http.Header) handshake {
+	tb.Helper()
+	conn, resp, err := websocket.DefaultDialer.Dial(url, header)
+	if err == nil {
+		tb.Cleanup(func() { _ = conn.Close() })
+		return handshake{conn: conn, status: http.StatusSwitchingProtocols}
+	}
+	if resp == nil {
+		tb.Fatalf("dial %s: %v, want a WebSocket or an HTTP refusal", url, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	line := strings.TrimSuffix(string(body), "\n")
+	if line == "" || strings.Contains(line, "\n") {
+		tb.Fatalf("dial %s: HTTP %d body %q, want one line", url, resp.StatusCode, body)
+	}
+	return handshake{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), line: line}
+}
+
 // publish publishes payload on username's channel.
 func (td *testDaemon) publish(username, payload string) {
 	td.t.Helper()

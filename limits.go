@@ -169,6 +169,17 @@ func forwardedForRemote(h http.Header) string {
 	return ""
 }
 
+// fromThisHost reports whether r comes from this machine: a loopback peer,
+// and no proxy header naming a client that is not loopback. These are the
+// requests protected mode admits, and they are not limited per address. A
+// loopback proxy that forwards for remote clients (whether its
+// X-Forwarded-For is believed or not) is not "this host": its clients are
+// limited by their own address, or share the proxy's when TRUSTED_PROXIES
+// leaves it out.
+func fromThisHost(r *http.Request) bool {
+	return peerAddr(r).IsLoopback() && forwardedForRemote(r.Header) == ""
+}
+
 func inPrefixes(addr netip.Addr, prefixes []netip.Prefix) bool {
 	for _, p := range prefixes {
 		if p.Contains(addr) {

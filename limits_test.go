@@ -1,10 +1,13 @@
 package main
 
 import (
-	"io"
+	"fmt"
+	"maps"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,35 +16,6 @@ import (
 
 	"github.com/gorilla/websocket"
 )
-
-// handshakeRefusal is the HTTP answer to a WebSocket handshake the daemon
-// refused before the upgrade.
-type handshakeRefusal struct {
-	status     int
-	retryAfter string
-	// line is the body without its final newline.
-	line string
-}
-
-// dialRefused dials url, which must be refused, and returns the answer.
-func dialRefused(t *testing.T, url string, header http.Header) handshakeRefusal {
-	t.Helper()
-	conn, resp, err := websocket.DefaultDialer.Dial(url, header)
-	if err == nil {
-		_ = conn.Close()
-		t.Fatalf("dial %s succeeded, want a refusal", url)
-	}
-	if resp == nil {
-		t.Fatalf("dial %s: %v, want an HTTP refusal", url, err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
-	line := strings.TrimSuffix(string(body), "\n")
-	if line == "" || strings.Contains(line, "\n") {
-		t.Fatalf("dial %s: HTTP %d body %q, want one line", url, resp.StatusCode, body)
-	}
-	return handshakeRefusal{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), line: line}
-}
 
 // frontFor serves td's public routes on a new loopback server that presents
 // every request as coming from the TCP peer remote, and returns its /ws URL.
@@ -77,32 +51,36 @@ func bucketTokens(td *testDaemon, addr string) float64 {
 }
 
 func TestConnectRatePerIPRefusesWith429AndRecoversWhenTheBucketRefills(t *testing.T) {
-	td := startDaemon(t, startRedis(t), map[string]string{"CONNECT_RATE_PER_IP": "1", "CONNECT_BURST_PER_IP": "3"})
+	td := startDaemon(t, startRedis(t), map[string]string{"CONNECT_RATE_PER_IP": "1", "CONNECT_BURST_PER_IP": "3", "AUTH_MODE": "none"})
+	// A client that a proxy on this host (trusted by default) forwards.
+	url, client := td.wsURL+"?username=u", xff("198.51.100.9")
 	for range 3 {
-		_ = td.dial("u")
+		dialWS(t, url, client)
 	}
-	got := dialRefused(t, td.wsURL+"?username=u", nil)
+	got := tryDial(t, url, client)
 	refusedAt := time.Now()
 	if got.status != http.StatusTooManyRequests || got.retryAfter != "1" || !strings.Contains(got.line, "CONNECT_RATE_PER_IP") {
 		t.Fatalf("4th dial within the burst: %+v, want 429, Retry-After 1, a line naming CONNECT_RATE_PER_IP", got)
 	}
 	// The refused request neither reached the hub nor took a slot.
-	if n, slots := td.d.hub.connectionCount("u"), td.d.hub.slots.Load(); n != 3 || slots != 3 {
-		t.Fatalf("after the refusal: %d connections, %d slots; want 3 and 3", n, slots)
+	eventually(t, 5*time.Second, "accepted connections registered", func() bool { return td.d.hub.connectionCount("u") == 3 })
+	if slots := td.d.hub.slots.Load(); slots != 3 {
+		t.Fatalf("after the refusal: %d slots, want 3", slots)
 	}
 	if n := td.d.stats.Rejected[rejectRateLimited].Load(); n != 1 {
 		t.Fatalf("Rejected[rate_limited] = %d, want 1", n)
 	}
-	if !strings.Contains(td.logs.String(), `msg="Rejected WebSocket request" remote=127.0.0.1 status=429 reason=rate_limited`) {
+	if !strings.Contains(td.logs.String(), `msg="Rejected WebSocket request" remote=198.51.100.9 status=429 reason=rate_limited`) {
 		t.Fatal("refusal not logged with reason=rate_limited")
 	}
 
 	// Retry-After is honest: the next token is there within that second.
-	eventually(t, 3*time.Second, "bucket refilled", func() bool { return bucketTokens(td, "127.0.0.1") >= 1 })
+	eventually(t, 3*time.Second, "bucket refilled", func() bool { return bucketTokens(td, "198.51.100.9") >= 1 })
 	if waited := time.Since(refusedAt); waited > time.Second+500*time.Millisecond {
 		t.Fatalf("token came back after %v, later than Retry-After: 1", waited)
 	}
-	_ = td.dial("u")
+	dialWS(t, url, client)
+	eventually(t, 5*time.Second, "connection after the refill registered", func() bool { return td.d.hub.connectionCount("u") == 4 })
 	if n := td.d.stats.Rejected[rejectRateLimited].Load(); n != 1 {
 		t.Fatalf("Rejected[rate_limited] = %d after recovering, want 1", n)
 	}
@@ -119,11 +97,11 @@ func TestConnectRatePerIPKeepsABucketPerForwardedClient(t *testing.T) {
 	for range 2 {
 		dialWS(t, url, xff("198.51.100.9"))
 	}
-	if got := dialRefused(t, url, xff("198.51.100.9")); got.status != http.StatusTooManyRequests {
+	if got := tryDial(t, url, xff("198.51.100.9")); got.status != http.StatusTooManyRequests {
 		t.Fatalf("198.51.100.9 past its burst: %+v, want 429", got)
 	}
 	// Spoofing an address left of the proxy's own entry changes nothing.
-	if got := dialRefused(t, url, xff("192.0.2.1, 198.51.100.9")); got.status != http.StatusTooManyRequests {
+	if got := tryDial(t, url, xff("192.0.2.1, 198.51.100.9")); got.status != http.StatusTooManyRequests {
 		t.Fatalf("198.51.100.9 behind a forged entry: %+v, want 429", got)
 	}
 	// Another client behind the same proxy, and the proxy's own address
@@ -132,7 +110,7 @@ func TestConnectRatePerIPKeepsABucketPerForwardedClient(t *testing.T) {
 		dialWS(t, url, xff("198.51.100.10"))
 	}
 	dialWS(t, url, nil)
-	// So does a direct loopback client.
+	// A direct loopback client is not limited per address.
 	dialWS(t, td.wsURL+"?username=u", nil)
 
 	eventually(t, 5*time.Second, "connections registered", func() bool { return td.d.hub.connectionCount("u") == 6 })
@@ -160,7 +138,7 @@ func TestMaxConnectionsPerUserRefusesWith429AndRecoversWhenOneCloses(t *testing.
 	first := td.dial("alice")
 	_ = td.dial("alice")
 
-	got := dialRefused(t, td.wsURL+"?username=alice", nil)
+	got := tryDial(t, td.wsURL+"?username=alice", nil)
 	if got.status != http.StatusTooManyRequests || got.retryAfter != "10" ||
 		!strings.Contains(got.line, "MAX_CONNECTIONS_PER_USER") || !strings.Contains(got.line, `"alice" already has 2 connections`) {
 		t.Fatalf("alice's third connection: %+v, want 429, Retry-After 10, a line naming alice and MAX_CONNECTIONS_PER_USER", got)
@@ -175,7 +153,7 @@ func TestMaxConnectionsPerUserRefusesWith429AndRecoversWhenOneCloses(t *testing.
 	_ = first.Close()
 	eventually(t, 5*time.Second, "alice's closed connection unregistered", func() bool { return td.d.hub.connectionCount("alice") == 1 })
 	_ = td.dial("alice")
-	if got := dialRefused(t, td.wsURL+"?username=alice", nil); got.status != http.StatusTooManyRequests {
+	if got := tryDial(t, td.wsURL+"?username=alice", nil); got.status != http.StatusTooManyRequests {
 		t.Fatalf("alice at her limit again: %+v, want 429", got)
 	}
 	// Refusals hold no slot.
@@ -199,12 +177,12 @@ func TestMaxConnectionsRefusesWith503AndRecoversWhenOneCloses(t *testing.T) {
 	_ = td.dial("b")
 	_ = td.dial("b")
 
-	got := dialRefused(t, td.wsURL+"?username=c", nil)
+	got := tryDial(t, td.wsURL+"?username=c", nil)
 	if got.status != http.StatusServiceUnavailable || got.retryAfter != "5" ||
 		!strings.Contains(got.line, "(MAX_CONNECTIONS)") || strings.Contains(got.line, "PER_USER") {
 		t.Fatalf("4th connection: %+v, want 503, Retry-After 5, a line naming MAX_CONNECTIONS", got)
 	}
-	if got := dialRefused(t, td.wsURL+"?username=a", nil); got.status != http.StatusServiceUnavailable {
+	if got := tryDial(t, td.wsURL+"?username=a", nil); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("4th connection for a user who has one: %+v, want 503", got)
 	}
 	if n := td.d.stats.Rejected[rejectInstanceLimit].Load(); n != 2 {
@@ -214,21 +192,27 @@ func TestMaxConnectionsRefusesWith503AndRecoversWhenOneCloses(t *testing.T) {
 	_ = a.Close()
 	eventually(t, 5*time.Second, "a's connection unregistered", func() bool { return td.d.hub.connectionCount("a") == 0 })
 	_ = td.dial("c")
-	if got := dialRefused(t, td.wsURL+"?username=d", nil); got.status != http.StatusServiceUnavailable {
+	if got := tryDial(t, td.wsURL+"?username=d", nil); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("instance full again: %+v, want 503", got)
 	}
 }
 
-// dialAll dials the /ws URLs all at once and returns the HTTP status of
-// each (101 for an open WebSocket, closed at cleanup).
-func dialAll(t *testing.T, urls []string) []int {
+// dialAll dials the /ws URLs all at once, url i with headers[i] when
+// headers is not nil, and returns the HTTP status of each: 101 for an open
+// WebSocket (closed at cleanup), 0 when no answer came within 20 s.
+func dialAll(t *testing.T, urls []string, headers []http.Header) []int {
 	t.Helper()
+	dialer := websocket.Dialer{HandshakeTimeout: 20 * time.Second}
 	statuses := make([]int, len(urls))
 	conns := make([]*websocket.Conn, len(urls))
 	var wg sync.WaitGroup
 	for i, url := range urls {
+		var header http.Header
+		if headers != nil {
+			header = headers[i]
+		}
 		wg.Go(func() {
-			conn, resp, err := websocket.DefaultDialer.Dial(url, nil)
+			conn, resp, err := dialer.Dial(url, header)
 			switch {
 			case err == nil:
 				conns[i], statuses[i] = conn, http.StatusSwitchingProtocols
@@ -265,14 +249,14 @@ func TestConcurrentDialsCannotOvershootTheConnectionLimits(t *testing.T) {
 	for i := range urls {
 		urls[i] = td.wsURL + "?username=alice"
 	}
-	got := countStatuses(dialAll(t, urls))
+	got := countStatuses(dialAll(t, urls, nil))
 	if got[http.StatusSwitchingProtocols] != 3 || got[http.StatusTooManyRequests] != 27 {
 		t.Fatalf("30 concurrent dials for alice: %v, want 3 × 101 and 27 × 429", got)
 	}
 	for i := range urls {
 		urls[i] = td.wsURL + "?username=user" + strconv.Itoa(i)
 	}
-	got = countStatuses(dialAll(t, urls))
+	got = countStatuses(dialAll(t, urls, nil))
 	if got[http.StatusSwitchingProtocols] != 5 || got[http.StatusServiceUnavailable] != 25 {
 		t.Fatalf("30 concurrent dials for other users with 3 of 8 slots taken: %v, want 5 × 101 and 25 × 503", got)
 	}
@@ -280,6 +264,144 @@ func TestConcurrentDialsCannotOvershootTheConnectionLimits(t *testing.T) {
 	if slots, alice := td.d.hub.slots.Load(), td.d.hub.connectionCount("alice"); slots != 8 || alice != 3 {
 		t.Fatalf("slots %d (want 8), alice %d (want 3)", slots, alice)
 	}
+}
+
+// withSeedLimits is env plus the daemon's own defaults for the connection
+// limits and TRUSTED_PROXIES, which testEnv relaxes: an empty value is an
+// unset variable.
+func withSeedLimits(env map[string]string) map[string]string {
+	vars := map[string]string{
+		"MAX_CONNECTIONS": "", "MAX_CONNECTIONS_PER_USER": "",
+		"CONNECT_RATE_PER_IP": "", "CONNECT_BURST_PER_IP": "", "TRUSTED_PROXIES": "",
+	}
+	maps.Copy(vars, env)
+	return vars
+}
+
+// requireSeedLimits fails t unless td runs with the limits and trusted
+// proxies of an empty environment.
+func requireSeedLimits(t *testing.T, td *testDaemon) {
+	t.Helper()
+	seed, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		t.Fatalf("config of an empty environment: %v", err)
+	}
+	got := td.d.cfg
+	if got.MaxConnections != seed.MaxConnections || got.MaxConnectionsPerUser != seed.MaxConnectionsPerUser ||
+		got.ConnectRatePerIP != seed.ConnectRatePerIP || got.ConnectBurstPerIP != seed.ConnectBurstPerIP ||
+		!slices.Equal(got.TrustedProxies, seed.TrustedProxies) {
+		t.Fatalf("daemon runs with MAX_CONNECTIONS %d, per user %d, rate %g, burst %d, proxies %v; want the defaults %d, %d, %g, %d, %v",
+			got.MaxConnections, got.MaxConnectionsPerUser, got.ConnectRatePerIP, got.ConnectBurstPerIP, got.TrustedProxies,
+			seed.MaxConnections, seed.MaxConnectionsPerUser, seed.ConnectRatePerIP, seed.ConnectBurstPerIP, seed.TrustedProxies)
+	}
+}
+
+// spreadUsers returns n /ws URLs on base for the usernames prefix0,
+// prefix1, …, 20 URLs each: under the default MAX_CONNECTIONS_PER_USER.
+func spreadUsers(base, prefix string, n int) []string {
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = fmt.Sprintf("%s?username=%s%d", base, prefix, i/20)
+	}
+	return urls
+}
+
+func TestDefaultLimitsAccept2000LoopbackClientsConnectingAtOnce(t *testing.T) {
+	// The quick start: protected mode, every client on this machine.
+	td := startDaemon(t, startRedis(t), withSeedLimits(map[string]string{"LOG_LEVEL": "warn"}))
+	requireSeedLimits(t, td)
+	if td.d.cfg.AuthMode != authLoopback {
+		t.Fatalf("AuthMode = %q, want protected mode", td.d.cfg.AuthMode)
+	}
+	const clients = 2000
+	got := countStatuses(dialAll(t, spreadUsers(td.wsURL, "user", clients), nil))
+	if got[http.StatusSwitchingProtocols] != clients {
+		t.Fatalf("%d loopback clients at once: %v, want %d × 101", clients, got, clients)
+	}
+	eventually(t, 10*time.Second, "all connections registered", func() bool { return td.d.hub.connections.Load() == clients })
+	if n := td.d.stats.ConnectionsRejected.Load(); n != 0 {
+		t.Fatalf("%d requests rejected", n)
+	}
+}
+
+// admittedByBucket checks that a fresh per-address bucket admitted what a
+// token bucket can: its whole burst, plus at most what refilled in elapsed.
+func admittedByBucket(t *testing.T, cfg Config, admitted int, elapsed time.Duration) {
+	t.Helper()
+	most := cfg.ConnectBurstPerIP + int(math.Ceil(cfg.ConnectRatePerIP*elapsed.Seconds())) + 1
+	if admitted < cfg.ConnectBurstPerIP || admitted > most {
+		t.Fatalf("one address admitted %d requests in %v; a bucket of %d at %g/s admits %d to %d",
+			admitted, elapsed.Round(time.Millisecond), cfg.ConnectBurstPerIP, cfg.ConnectRatePerIP, cfg.ConnectBurstPerIP, most)
+	}
+}
+
+func TestForwardedForFromAnUntrustedPeerDoesNotEscapeItsBucket(t *testing.T) {
+	td := startDaemon(t, startRedis(t), withSeedLimits(map[string]string{"AUTH_MODE": "none", "LOG_LEVEL": "info"}))
+	requireSeedLimits(t, td)
+	cfg := td.d.cfg
+	peer := frontFor(t, td, "203.0.113.5:4000")
+
+	// Three bursts' worth of requests from one address outside
+	// TRUSTED_PROXIES, whose X-Forwarded-For names other clients: loopback
+	// ones (not limited per address) and others (with buckets of their own).
+	n := 3 * cfg.ConnectBurstPerIP
+	urls, headers := spreadUsers(peer, "user", n), make([]http.Header, n)
+	for i := range headers {
+		switch i % 4 {
+		case 0:
+			headers[i] = xff("127.0.0.1")
+		case 1:
+			headers[i] = xff("::1")
+		case 2:
+			headers[i] = xff(fmt.Sprintf("198.51.100.%d", i%250+1))
+		default:
+			headers[i] = http.Header{"X-Forwarded-For": {"127.0.0.1"}, "X-Real-Ip": {"127.0.0.1"}, "Forwarded": {"for=127.0.0.1"}}
+		}
+	}
+	start := time.Now()
+	got := countStatuses(dialAll(t, urls, headers))
+	elapsed := time.Since(start)
+	if got[http.StatusSwitchingProtocols]+got[http.StatusTooManyRequests] != n || got[http.StatusTooManyRequests] == 0 {
+		t.Fatalf("%d requests from 203.0.113.5 in %v: %v, want 101s then 429s", n, elapsed, got)
+	}
+	admittedByBucket(t, cfg, got[http.StatusSwitchingProtocols], elapsed)
+
+	// Only the peer's bucket was touched, and only the peer was logged.
+	l := td.d.server.addrLimiter
+	l.mu.Lock()
+	keys := slices.Collect(maps.Keys(l.buckets))
+	l.mu.Unlock()
+	if len(keys) != 1 || keys[0] != netip.MustParseAddr("203.0.113.5") {
+		t.Fatalf("buckets for %v, want only 203.0.113.5's", keys)
+	}
+	logs := td.logs.String()
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `msg="New WebSocket connection"`) && !strings.HasSuffix(line, " remote=203.0.113.5") {
+			t.Fatalf("a connection logged with another address than the peer's: %s", line)
+		}
+	}
+	if !strings.Contains(logs, "X-Forwarded-For ignored") || !strings.Contains(logs, "peer=203.0.113.5") {
+		t.Fatal("no warning that the peer's X-Forwarded-For is ignored")
+	}
+
+	// A client on this machine is not held back by it.
+	dialWS(t, td.wsURL+"?username=local", nil)
+	eventually(t, 5*time.Second, "local client registered", func() bool { return td.d.hub.connectionCount("local") == 1 })
+
+	// With TRUSTED_PROXIES=none, a proxy on this host that forwards for
+	// clients elsewhere is one address: its header is not believed, and
+	// does not make it a local client either.
+	none := startDaemon(t, td.redis, withSeedLimits(map[string]string{
+		"AUTH_MODE": "none", "TRUSTED_PROXIES": "none", "CONNECT_RATE_PER_IP": "0.01", "CONNECT_BURST_PER_IP": "2",
+	}))
+	for _, addr := range []string{"198.51.100.1", "198.51.100.2"} {
+		dialWS(t, none.wsURL+"?username=u", xff(addr))
+	}
+	if got := tryDial(t, none.wsURL+"?username=u", xff("198.51.100.3")); got.status != http.StatusTooManyRequests {
+		t.Fatalf("third client of a distrusted local proxy: %+v, want 429", got)
+	}
+	dialWS(t, none.wsURL+"?username=u", xff("127.0.0.1"))
+	dialWS(t, none.wsURL+"?username=u", nil)
 }
 
 func TestProtectedModeAcceptsOnlyLoopbackClients(t *testing.T) {
@@ -304,7 +426,7 @@ func TestProtectedModeAcceptsOnlyLoopbackClients(t *testing.T) {
 		{"X-Real-IP", td.wsURL + "?username=u", http.Header{"X-Real-Ip": {"203.0.113.5"}}},
 	}
 	for _, tc := range refusals {
-		got := dialRefused(t, tc.url, tc.header)
+		got := tryDial(t, tc.url, tc.header)
 		if got.status != http.StatusForbidden || !strings.Contains(got.line, "protected mode") || !strings.Contains(got.line, "JWT_SECRET") {
 			t.Errorf("%s: %+v, want 403 with a line about protected mode and how to leave it", tc.name, got)
 		}
@@ -345,35 +467,49 @@ func TestProtectedModeAcceptsOnlyLoopbackClients(t *testing.T) {
 
 func TestForwardedHeaderFromAnUntrustedPeerIsWarnedAboutOnce(t *testing.T) {
 	r := startRedis(t)
-	td := startDaemon(t, r, map[string]string{"AUTH_MODE": "none"})
 	const warning = "X-Forwarded-For ignored: the peer is not in TRUSTED_PROXIES"
-	_ = td.dial("u")
+
+	// By default only loopback peers are trusted: a proxy elsewhere is not.
+	td := startDaemon(t, r, map[string]string{"AUTH_MODE": "none"})
+	remote := frontFor(t, td, "192.0.2.4:4000") + "?username=u"
+	dialWS(t, remote, nil)
+	eventually(t, 5*time.Second, "connection registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
 	if n := countLines(td.logs.String(), warning); n != 0 {
 		t.Fatalf("warned %d times without any X-Forwarded-For", n)
 	}
 	for i := range 4 {
-		dialWS(t, td.wsURL+"?username=u", xff("198.51.100."+strconv.Itoa(i+1)))
+		dialWS(t, remote, xff("198.51.100."+strconv.Itoa(i+1)))
 	}
 	eventually(t, 5*time.Second, "connections registered", func() bool { return td.d.hub.connectionCount("u") == 5 })
 	logs := td.logs.String()
 	if n := countLines(logs, warning); n != 1 {
 		t.Fatalf("warned %d times, want once:\n%s", n, logs)
 	}
-	if !strings.Contains(logs, "peer=127.0.0.1") {
+	if !strings.Contains(logs, "peer=192.0.2.4") {
 		t.Fatal("warning does not name the peer")
 	}
 	// The header was ignored: every connection is the peer's.
-	if n := countLines(logs, `msg="New WebSocket connection" username=u remote=127.0.0.1`); n != 5 {
-		t.Fatalf("%d connections logged with remote=127.0.0.1, want 5", n)
+	if n := countLines(logs, `msg="New WebSocket connection" username=u remote=192.0.2.4`); n != 5 {
+		t.Fatalf("%d connections logged with remote=192.0.2.4, want 5", n)
 	}
 
-	// From a trusted proxy, the header is used and nothing is warned.
-	trusted := startDaemon(t, r, map[string]string{"AUTH_MODE": "none", "TRUSTED_PROXIES": "127.0.0.1"})
-	dialWS(t, trusted.wsURL+"?username=u", xff("198.51.100.1"))
-	eventually(t, 5*time.Second, "connection registered", func() bool { return trusted.d.hub.connectionCount("u") == 1 })
-	if logs := trusted.logs.String(); strings.Contains(logs, warning) ||
+	// From a loopback peer (a proxy on this host), the header is used and
+	// nothing is warned.
+	local := startDaemon(t, r, map[string]string{"AUTH_MODE": "none"})
+	dialWS(t, local.wsURL+"?username=u", xff("198.51.100.1"))
+	eventually(t, 5*time.Second, "connection registered", func() bool { return local.d.hub.connectionCount("u") == 1 })
+	if logs := local.logs.String(); strings.Contains(logs, warning) ||
 		!strings.Contains(logs, `msg="New WebSocket connection" username=u remote=198.51.100.1`) {
-		t.Fatalf("trusted proxy: logs\n%s\nwant remote=198.51.100.1 and no warning", logs)
+		t.Fatalf("loopback proxy: logs\n%s\nwant remote=198.51.100.1 and no warning", logs)
+	}
+
+	// TRUSTED_PROXIES=none believes no one, loopback included.
+	none := startDaemon(t, r, map[string]string{"AUTH_MODE": "none", "TRUSTED_PROXIES": "none"})
+	dialWS(t, none.wsURL+"?username=u", xff("198.51.100.1"))
+	eventually(t, 5*time.Second, "connection registered", func() bool { return none.d.hub.connectionCount("u") == 1 })
+	if logs := none.logs.String(); countLines(logs, warning) != 1 || !strings.Contains(logs, "peer=127.0.0.1") ||
+		!strings.Contains(logs, `msg="New WebSocket connection" username=u remote=127.0.0.1`) {
+		t.Fatalf("TRUSTED_PROXIES=none: logs\n%s\nwant one warning naming peer=127.0.0.1 and remote=127.0.0.1", logs)
 	}
 }
 
@@ -405,6 +541,11 @@ func TestClientAddrBelievesOnlyTrustedProxies(t *testing.T) {
 		{"IPv4-mapped untrusted peer", "[::ffff:192.0.2.4]:80", []string{"198.51.100.9"}, trusted, "192.0.2.4"},
 		{"IPv4-mapped entry", "10.0.0.1:5000", []string{"::ffff:198.51.100.9"}, trusted, "198.51.100.9"},
 		{"IPv4-mapped trusted entry", "10.0.0.1:5000", []string{"198.51.100.9, ::ffff:10.0.0.2"}, trusted, "198.51.100.9"},
+		{"default: loopback proxy", "127.0.0.1:5000", []string{"198.51.100.9"}, defaultTrustedProxies, "198.51.100.9"},
+		{"default: IPv6 loopback proxy", "[::1]:5000", []string{"2001:db8::5"}, defaultTrustedProxies, "2001:db8::5"},
+		{"default: loopback proxy for a local client", "127.0.0.1:5000", []string{"127.0.0.1"}, defaultTrustedProxies, "127.0.0.1"},
+		{"default: client's own entry left of the proxy's", "127.0.0.1:5000", []string{"127.0.0.1, 198.51.100.9"}, defaultTrustedProxies, "198.51.100.9"},
+		{"default: remote peer is not trusted", "192.0.2.4:5000", []string{"127.0.0.1"}, defaultTrustedProxies, "192.0.2.4"},
 	}
 	for _, tc := range cases {
 		r := httptest.NewRequest(http.MethodGet, "/ws", nil)
@@ -449,6 +590,37 @@ func TestForwardedForRemoteFindsAnyNonLoopbackClient(t *testing.T) {
 	for _, tc := range cases {
 		if got := forwardedForRemote(tc.header); got != tc.want {
 			t.Errorf("%s: forwardedForRemote(%v) = %q, want %q", tc.name, tc.header, got, tc.want)
+		}
+	}
+}
+
+func TestFromThisHostIsALoopbackPeerForwardingNoRemoteClient(t *testing.T) {
+	cases := []struct {
+		name   string
+		peer   string
+		header http.Header
+		want   bool
+	}{
+		{"local client", "127.0.0.1:5000", nil, true},
+		{"another loopback address", "127.0.0.8:5000", nil, true},
+		{"IPv6 local client", "[::1]:5000", nil, true},
+		{"IPv4-mapped loopback peer", "[::ffff:127.0.0.1]:5000", nil, true},
+		{"local proxy for a local client", "127.0.0.1:5000", xff("127.0.0.1"), true},
+		{"local proxy for a remote client", "127.0.0.1:5000", xff("198.51.100.9"), false},
+		{"remote client behind a forged loopback entry", "127.0.0.1:5000", xff("127.0.0.1, 198.51.100.9"), false},
+		{"X-Real-IP naming a remote client", "127.0.0.1:5000", http.Header{"X-Real-Ip": {"198.51.100.9"}}, false},
+		{"Forwarded naming a remote client", "127.0.0.1:5000", http.Header{"Forwarded": {"for=198.51.100.9"}}, false},
+		{"malformed entry", "127.0.0.1:5000", xff("garbage"), false},
+		{"remote peer", "192.0.2.4:5000", nil, false},
+		{"remote peer claiming to forward for loopback", "192.0.2.4:5000", xff("127.0.0.1"), false},
+		{"private peer", "10.0.0.7:5000", nil, false},
+	}
+	for _, tc := range cases {
+		r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+		r.RemoteAddr = tc.peer
+		maps.Copy(r.Header, tc.header)
+		if got := fromThisHost(r); got != tc.want {
+			t.Errorf("%s: fromThisHost = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

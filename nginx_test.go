@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,10 +57,12 @@ func startNginx(t *testing.T, backends []string) int {
 	block = strings.Replace(block, "server {\n", fmt.Sprintf("server {\n    listen 127.0.0.1:%d;\n", port), 1)
 
 	dir := t.TempDir()
+	// Room for the 2 000-client test: two sockets per proxied connection.
 	conf := fmt.Sprintf(`worker_processes 1;
+worker_rlimit_nofile 10000;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
-events { worker_connections 256; }
+events { worker_connections 8192; }
 http {
     access_log off;
     client_body_temp_path %[1]s/body;
@@ -160,5 +164,72 @@ func TestBehindTheReadmesNginxEveryInstanceDelivers(t *testing.T) {
 	daemons[0].publish("org_acme", `{"type":"after failover"}`)
 	if got := readText(t, conn, 5*time.Second); got != `{"type":"after failover"}` {
 		t.Fatalf("reconnected client got %q", got)
+	}
+}
+
+func TestDefaultLimitsAccept2000ClientsConnectingAtOnceThroughTheReadmesNginx(t *testing.T) {
+	// After a restart every client reconnects through the same nginx.
+	td := startDaemon(t, startRedis(t), withSeedLimits(map[string]string{"LOG_LEVEL": "warn"}))
+	requireSeedLimits(t, td)
+	port := startNginx(t, []string{strings.TrimPrefix(td.baseURL, "http://")})
+	const clients = 2000
+	got := countStatuses(dialAll(t, spreadUsers(fmt.Sprintf("ws://127.0.0.1:%d/ws", port), "user", clients), nil))
+	if got[http.StatusSwitchingProtocols] != clients {
+		t.Fatalf("%d clients at once through nginx: %v, want %d × 101", clients, got, clients)
+	}
+	eventually(t, 10*time.Second, "all connections registered", func() bool { return td.d.hub.connections.Load() == clients })
+	if n := td.d.stats.ConnectionsRejected.Load(); n != 0 {
+		t.Fatalf("%d requests rejected", n)
+	}
+}
+
+func TestBehindTheReadmesNginxOneAddressOverItsBudgetGets429WhileOthersConnect(t *testing.T) {
+	td := startDaemon(t, startRedis(t), withSeedLimits(map[string]string{"AUTH_MODE": "none", "LOG_LEVEL": "info"}))
+	requireSeedLimits(t, td)
+	cfg := td.d.cfg
+	port := startNginx(t, []string{strings.TrimPrefix(td.baseURL, "http://")})
+	base := fmt.Sprintf("ws://127.0.0.1:%d/ws", port)
+	// nginx appends its client's address, this host's, to the header the
+	// test sends: the daemon sees "198.51.100.9, 127.0.0.1" from nginx and
+	// takes 198.51.100.9 for the client, as it would a browser elsewhere.
+	forwardedFor := func(addr string, n int) []http.Header {
+		headers := make([]http.Header, n)
+		for i := range headers {
+			headers[i] = xff(addr)
+		}
+		return headers
+	}
+
+	n := 3 * cfg.ConnectBurstPerIP
+	start := time.Now()
+	got := countStatuses(dialAll(t, spreadUsers(base, "user", n), forwardedFor("198.51.100.9", n)))
+	elapsed := time.Since(start)
+	if got[http.StatusSwitchingProtocols]+got[http.StatusTooManyRequests] != n || got[http.StatusTooManyRequests] == 0 {
+		t.Fatalf("%d requests for 198.51.100.9 in %v: %v, want 101s then 429s", n, elapsed, got)
+	}
+	admittedByBucket(t, cfg, got[http.StatusSwitchingProtocols], elapsed)
+	if !strings.Contains(td.logs.String(), `msg="Rejected WebSocket request" remote=198.51.100.9 status=429 reason=rate_limited`) {
+		t.Fatal("refusal not logged with the forwarded address")
+	}
+
+	// Other addresses behind the same nginx, and its clients on this host,
+	// are not affected.
+	const others = 100
+	urls := spreadUsers(base, "other", others)
+	headers := make([]http.Header, others)
+	for i := range headers {
+		if i%10 != 0 {
+			headers[i] = xff(fmt.Sprintf("198.51.100.%d", 10+i))
+		}
+	}
+	if got := countStatuses(dialAll(t, urls, headers)); got[http.StatusSwitchingProtocols] != others {
+		t.Fatalf("%d other clients through nginx: %v, want %d × 101", others, got, others)
+	}
+	l := td.d.server.addrLimiter
+	l.mu.Lock()
+	_, loopback := l.buckets[netip.MustParseAddr("127.0.0.1")]
+	l.mu.Unlock()
+	if loopback {
+		t.Fatal("clients on this host took a per-address bucket")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -93,9 +94,9 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ready")
 }
 
-// handleWebSocket checks the request (address rate, protected mode, origin,
-// identity, connection limits) before the upgrade, so that every refusal is
-// an HTTP status with a one-line reason, then registers the connection.
+// handleWebSocket answers /ws: it checks the request (admit), so that every
+// refusal is an HTTP status with a one-line reason before any upgrade, then
+// upgrades and registers the connection.
 func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	client := clientAddr(r, s.cfg.TrustedProxies)
 	remote := client.String()
@@ -113,24 +114,52 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
 		w.Header().Add("Vary", "Origin")
 	}
-	if s.hub.closing.Load() {
-		s.reject(w, remote, http.StatusServiceUnavailable, rejectShuttingDown, errHubClosed.Error())
+	id, refused := s.admit(r, client)
+	if refused != nil {
+		s.refuse(w, remote, refused)
 		return
 	}
-	if ok, wait := s.addrLimiter.allow(client, time.Now()); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-		s.reject(w, remote, http.StatusTooManyRequests, rejectRateLimited, "too many connection attempts from this address (CONNECT_RATE_PER_IP); retry later")
-		return
+	s.upgradeAndRegister(w, r, id, remote)
+}
+
+// refusal is the answer to a /ws request that is not upgraded.
+type refusal struct {
+	// status is the HTTP status.
+	status int
+	// reason names the refusal in logs, /admin/stats and metrics.
+	reason rejectReason
+	// message is the body: one line saying what to change.
+	message string
+	// retryAfter, when above 0, is sent as Retry-After, in seconds.
+	retryAfter int
+}
+
+// admit runs the checks of a /ws request in order: shutting down, address
+// rate, protected mode, origin, identity, connection limits. client is the
+// request's client address (clientAddr). On success the identity holds a
+// slot reserved in the hub, which the caller registers or releases.
+func (s *Server) admit(r *http.Request, client netip.Addr) (identity, *refusal) {
+	if s.hub.closing.Load() {
+		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: errHubClosed.Error()}
+	}
+	// A request from this machine is a local client, a load test, or a
+	// proxy on this host forwarding for one: one loopback bucket would be
+	// one bucket for all of them. The instance and user limits still apply.
+	if !fromThisHost(r) {
+		if ok, wait := s.addrLimiter.allow(client, time.Now()); !ok {
+			return identity{}, &refusal{status: http.StatusTooManyRequests, reason: rejectRateLimited,
+				message:    "too many connection attempts from this address (CONNECT_RATE_PER_IP); retry later",
+				retryAfter: retryAfterSeconds(wait)}
+		}
 	}
 	if s.cfg.AuthMode == authLoopback {
-		if reason := protectedModeRefusal(r); reason != "" {
-			s.reject(w, remote, http.StatusForbidden, rejectProtectedMode, reason)
-			return
+		if why := protectedModeRefusal(r); why != "" {
+			return identity{}, &refusal{status: http.StatusForbidden, reason: rejectProtectedMode, message: why}
 		}
 	}
 	if origin := r.Header.Get("Origin"); origin != "" && !s.originAllowed(r, origin) {
-		s.reject(w, remote, http.StatusForbidden, rejectOrigin, fmt.Sprintf("origin %q is not in ALLOWED_ORIGINS", origin))
-		return
+		return identity{}, &refusal{status: http.StatusForbidden, reason: rejectOrigin,
+			message: fmt.Sprintf("origin %q is not in ALLOWED_ORIGINS", origin)}
 	}
 	id, err := s.auth.authenticate(r)
 	if err != nil {
@@ -144,27 +173,29 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 			reason = rejectBadRequest
 		case http.StatusUnauthorized:
 			reason = rejectUnauthorized
-			w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
 		}
-		s.reject(w, remote, aerr.status, reason, aerr.reason)
-		return
+		return identity{}, &refusal{status: aerr.status, reason: reason, message: aerr.reason}
 	}
 	switch err := s.hub.reserve(id.username); err {
 	case nil:
+		return id, nil
 	case errUserLimit:
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterUserLimit))
-		s.reject(w, remote, http.StatusTooManyRequests, rejectUserLimit,
-			fmt.Sprintf("%q already has %d connections (MAX_CONNECTIONS_PER_USER); close one and retry", id.username, s.cfg.MaxConnectionsPerUser))
-		return
+		return identity{}, &refusal{status: http.StatusTooManyRequests, reason: rejectUserLimit,
+			message:    fmt.Sprintf("%q already has %d connections (MAX_CONNECTIONS_PER_USER); close one and retry", id.username, s.cfg.MaxConnectionsPerUser),
+			retryAfter: retryAfterUserLimit}
 	case errInstanceLimit:
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterInstanceLimit))
-		s.reject(w, remote, http.StatusServiceUnavailable, rejectInstanceLimit, err.Error()+"; retry later or on another instance")
-		return
+		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectInstanceLimit,
+			message:    err.Error() + "; retry later or on another instance",
+			retryAfter: retryAfterInstanceLimit}
 	default:
-		s.reject(w, remote, http.StatusServiceUnavailable, rejectShuttingDown, err.Error())
-		return
+		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: err.Error()}
 	}
+}
 
+// upgradeAndRegister upgrades an admitted request and hands the connection
+// to the hub. id's reserved slot is given back here when the upgrade fails,
+// and by the hub when register does.
+func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id identity, remote string) {
 	conn, err := wsconn.Upgrade(&s.upgrader, w, r)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
@@ -192,12 +223,19 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// reject answers a /ws request that cannot be upgraded with a one-line
+// refuse answers a /ws request that admit refused with its one-line
 // reason, and logs (rate-limited) and counts it.
-func (s *Server) reject(w http.ResponseWriter, remote string, status int, why rejectReason, reason string) {
-	s.stats.reject(why)
-	s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "status", status, "reason", why, "detail", reason)
-	http.Error(w, reason, status)
+func (s *Server) refuse(w http.ResponseWriter, remote string, why *refusal) {
+	if why.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(why.retryAfter))
+	}
+	if why.status == http.StatusUnauthorized {
+		// Every 401 names its scheme (RFC 9110).
+		w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
+	}
+	s.stats.reject(why.reason)
+	s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "status", why.status, "reason", why.reason, "detail", why.message)
+	http.Error(w, why.message, why.status)
 }
 
 // protectedModeRefusal returns why protected mode refuses r, or "" when r
