@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -257,19 +259,6 @@ func (c countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-type countingListener struct {
-	net.Listener
-	writes *atomic.Int64
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	conn, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return countingConn{Conn: conn, writes: l.writes}, nil
-}
-
 func TestAQueuedBatchGoesOutInOneWritePer32KiB(t *testing.T) {
 	for _, tc := range []struct {
 		messages, size, writes int
@@ -284,44 +273,17 @@ func TestAQueuedBatchGoesOutInOneWritePer32KiB(t *testing.T) {
 			hub := newHub(clientSettings{sendQueueSize: 1000, sendQueueBytes: 1 << 20, pingInterval: time.Minute, pongWait: time.Minute, writeWait: 5 * time.Second},
 				slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
 			writes := &atomic.Int64{}
-			queued := make(chan struct{})
-			server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				conn, err := wsconn.Upgrade(&websocket.Upgrader{}, w, r)
-				if err != nil {
-					t.Errorf("upgrade: %v", err)
-					return
+			var msgs []*message
+			for i := range tc.messages {
+				msg := msgOf(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tc.size-len(fmt.Sprintf(`{"n":%d,"pad":""}`, i)))))
+				if tc.prepared {
+					msg.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, msg.data)
 				}
-				c := newClient(hub, conn, "u", "test")
-				if err := hub.reserve("u"); err != nil {
-					t.Error(err)
-					return
-				}
-				// Queued before the pump may run: it finds them all.
-				c.mu.Lock()
-				c.writer = writePumping
-				c.mu.Unlock()
-				if err := hub.add(c); err != nil {
-					t.Error(err)
-					return
-				}
-				for i := range tc.messages {
-					msg := msgOf(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tc.size-len(fmt.Sprintf(`{"n":%d,"pad":""}`, i)))))
-					if tc.prepared {
-						msg.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, msg.data)
-					}
-					hub.broadcast("u", msg)
-				}
-				writes.Store(0) // the handshake's answer is not counted
-				close(queued)
-				go c.writePump()
-				go c.readPump()
-			}))
-			server.Listener = countingListener{Listener: server.Listener, writes: writes}
-			server.Start()
-			defer server.Close()
-
-			conn := dialWS(t, "ws"+strings.TrimPrefix(server.URL, "http"), nil)
-			<-queued
+				msgs = append(msgs, msg)
+			}
+			count := func(c net.Conn) net.Conn { return countingConn{Conn: c, writes: writes} }
+			// The handshake's answer is not counted.
+			conn := serveQueuedClient(t, hub, count, msgs, func() { writes.Store(0) })
 			for i := range tc.messages {
 				got := readText(t, conn, 5*time.Second)
 				if len(got) != tc.size || !strings.HasPrefix(got, fmt.Sprintf(`{"n":%d,`, i)) {
@@ -579,5 +541,140 @@ func TestTheWriteRightMovesOnlyAsDocumented(t *testing.T) {
 	eventually(t, 5*time.Second, "pumping → ended", func() bool { return right() == writeEnded })
 	if r := c.enqueue(msgOf(`{"n":3}`), true); r != enqueueClosing || right() != writeEnded {
 		t.Fatalf("after the end: %v, right %v", r, right())
+	}
+}
+
+// wrappingListener hands out its accepted connections wrapped by wrap.
+type wrappingListener struct {
+	net.Listener
+	wrap func(net.Conn) net.Conn
+}
+
+func (l wrappingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return l.wrap(conn), nil
+}
+
+// serveQueuedClient serves one WebSocket connection of user "u" in hub,
+// over a socket wrapped by wrap, whose write pump starts with msgs already
+// queued: it finds them all in its first take. queued, if set, runs once
+// they are queued, before the pumps start. It returns the client's side.
+func serveQueuedClient(t *testing.T, hub *Hub, wrap func(net.Conn) net.Conn, msgs []*message, queued func()) *websocket.Conn {
+	t.Helper()
+	started := make(chan struct{})
+	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(started)
+		conn, err := wsconn.Upgrade(&websocket.Upgrader{}, w, r)
+		if err != nil {
+			t.Errorf("upgrade: %v", err)
+			return
+		}
+		c := newClient(hub, conn, "u", "test")
+		if err := hub.reserve("u"); err != nil {
+			t.Error(err)
+			return
+		}
+		// The pump's write right, taken before anything is queued.
+		c.writer = writePumping
+		if err := hub.add(c); err != nil {
+			t.Error(err)
+			return
+		}
+		for _, msg := range msgs {
+			hub.broadcast("u", msg)
+		}
+		if queued != nil {
+			queued()
+		}
+		go c.writePump()
+		go c.readPump()
+	}))
+	server.Listener = wrappingListener{Listener: server.Listener, wrap: wrap}
+	server.Start()
+	t.Cleanup(server.Close)
+	conn := dialWS(t, "ws"+strings.TrimPrefix(server.URL, "http"), nil)
+	<-started
+	return conn
+}
+
+// failingConn passes writes through until one holds failOn. That write
+// fails the way a socket does when the peer is gone mid-write: the frames
+// before the one holding failOn reach the socket, the rest do not.
+type failingConn struct {
+	net.Conn
+	failOn []byte
+}
+
+func (c *failingConn) Write(p []byte) (int, error) {
+	at := bytes.Index(p, c.failOn)
+	if at < 0 {
+		return c.Conn.Write(p)
+	}
+	// p is whole server frames (unmasked): find where the failing one starts.
+	start := 0
+	for {
+		n, hdr := int(p[start+1]&0x7f), 2
+		switch n {
+		case 126:
+			n, hdr = int(binary.BigEndian.Uint16(p[start+2:])), 4
+		case 127:
+			n, hdr = int(binary.BigEndian.Uint64(p[start+2:])), 10
+		}
+		if start+hdr+n > at {
+			break
+		}
+		start += hdr + n
+	}
+	written, err := c.Conn.Write(p[:start])
+	if err != nil {
+		return written, err
+	}
+	return written, errors.New("injected write failure")
+}
+
+// countingObserver counts observations.
+type countingObserver struct{ n atomic.Int64 }
+
+func (o *countingObserver) Observe(float64) { o.n.Add(1) }
+
+func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
+	hub := newHub(clientSettings{sendQueueSize: 100, sendQueueBytes: 1 << 20, pingInterval: time.Minute, pongWait: time.Minute, writeWait: 5 * time.Second},
+		slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
+	latency := &countingObserver{}
+	hub.deliveryLatency = latency
+
+	// The connection's write pump starts with five frames queued, and the
+	// socket fails on the third.
+	frames := []string{`{"n":1}`, `{"n":2}`, `{"n":3,"fail":true}`, `{"n":4}`, `{"n":5}`}
+	var msgs []*message
+	for _, f := range frames {
+		msgs = append(msgs, msgOf(f))
+	}
+	failOn := []byte(`"fail":true`)
+	conn := serveQueuedClient(t, hub, func(c net.Conn) net.Conn { return &failingConn{Conn: c, failOn: failOn} }, msgs, nil)
+	for _, want := range frames[:2] {
+		if got := readText(t, conn, 5*time.Second); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	// Both pumps end: the write failed, and the socket was closed.
+	ended := make(chan struct{})
+	go func() { hub.wg.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pumps did not end after the write failed")
+	}
+	if got := hub.stats.FramesDelivered.Load(); got != 2 {
+		t.Errorf("FramesDelivered = %d after 2 frames were written, want 2", got)
+	}
+	if got := latency.n.Load(); got != 2 {
+		t.Errorf("%d latencies observed after 2 frames were written, want 2", got)
+	}
+	if f, b := hub.queuedFrames.Load(), hub.queuedBytes.Load(); f != 0 || b != 0 {
+		t.Errorf("send queues hold %d frames, %d bytes after the connection ended", f, b)
 	}
 }

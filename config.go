@@ -297,15 +297,24 @@ func (r *envReader) nonNegativeDuration(name string, def, hi time.Duration) time
 	return d
 }
 
-// defaultTrustedProxies is TRUSTED_PROXIES when it is unset: loopback, so
-// that a proxy on the same host (the README's nginx) is believed.
+// defaultTrustedProxies is TRUSTED_PROXIES when it is unset: loopback and
+// the private networks, so that the proxies of the usual deployments are
+// believed as they are: the README's nginx on the same host, nginx in
+// another container of a Docker network, a Kubernetes ingress. A client on
+// a private network that reaches the daemon directly can then choose its
+// own per-address bucket; listing the proxies closes that.
 var defaultTrustedProxies = []netip.Prefix{
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("fc00::/7"),
 }
 
 // trustedProxies parses a comma-separated list of IP addresses and CIDR
-// prefixes. Unset means loopback (defaultTrustedProxies); none means no
+// prefixes. Unset means loopback and the private networks
+// (defaultTrustedProxies); none means no
 // proxy is trusted and yields nil.
 func (r *envReader) trustedProxies(name string) []netip.Prefix {
 	v := r.str(name, "")

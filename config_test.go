@@ -283,7 +283,7 @@ func TestConfigAuthAndLimitDefaults(t *testing.T) {
 		{"max per user", cfg.MaxConnectionsPerUser, 32},
 		{"rate per ip", cfg.ConnectRatePerIP, 20.0},
 		{"burst per ip", cfg.ConnectBurstPerIP, 100},
-		{"trusted proxies", fmt.Sprint(cfg.TrustedProxies), "[127.0.0.0/8 ::1/128]"},
+		{"trusted proxies", fmt.Sprint(cfg.TrustedProxies), "[127.0.0.0/8 ::1/128 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7]"},
 		{"admin addr", cfg.AdminAddr, "127.0.0.1:9084"},
 		{"admin token", cfg.AdminToken, ""},
 		{"pprof", cfg.Pprof, false},

@@ -52,7 +52,8 @@ type Hub struct {
 	// message was read from Redis.
 	deliveryLatency observer
 	// wg counts, for every client, its read pump and its write side (the
-	// write pumps it runs, one at a time, until one closes the socket); the
+	// holders of its write right, one at a time, until a write pump closes
+	// the socket in closeSocket), and broadcast's fan-out goroutines; the
 	// hub owns them and shutdown waits for them.
 	wg sync.WaitGroup
 }
@@ -223,8 +224,9 @@ func (h *Hub) unregister(c *Client) int {
 // broadcast hands msg to every connection of username and returns how many
 // took it. msg is shared by those connections and must not be changed.
 //
-// A connection that is writing already (its write pump runs) gets msg on
-// its queue. An idle one is claimed, and its frame is written with
+// A connection whose write right is held (a write pump runs, or another
+// broadcast's direct write) gets msg on its queue. An idle one is claimed
+// (broadcast takes its write right, writeDirect), and its frame is written with
 // Client.writeNow, which never waits for the socket, rather than by a
 // write pump started for it: no goroutine to start and schedule per
 // delivery. For a user with at most writeNowMax connections broadcast

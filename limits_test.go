@@ -546,6 +546,11 @@ func TestClientAddrBelievesOnlyTrustedProxies(t *testing.T) {
 		{"default: loopback proxy for a local client", "127.0.0.1:5000", []string{"127.0.0.1"}, defaultTrustedProxies, "127.0.0.1"},
 		{"default: client's own entry left of the proxy's", "127.0.0.1:5000", []string{"127.0.0.1, 198.51.100.9"}, defaultTrustedProxies, "198.51.100.9"},
 		{"default: remote peer is not trusted", "192.0.2.4:5000", []string{"127.0.0.1"}, defaultTrustedProxies, "192.0.2.4"},
+		{"default: proxy in a Docker network", "172.18.0.5:5000", []string{"198.51.100.9"}, defaultTrustedProxies, "198.51.100.9"},
+		{"default: ingress in a pod network", "10.244.1.7:5000", []string{"198.51.100.9"}, defaultTrustedProxies, "198.51.100.9"},
+		{"default: proxy on a LAN", "192.168.1.2:5000", []string{"198.51.100.9"}, defaultTrustedProxies, "198.51.100.9"},
+		{"default: IPv6 unique-local proxy", "[fd12::5]:5000", []string{"2001:db8::5"}, defaultTrustedProxies, "2001:db8::5"},
+		{"default: public peer just outside 172.16/12", "172.32.0.1:5000", []string{"198.51.100.9"}, defaultTrustedProxies, "172.32.0.1"},
 	}
 	for _, tc := range cases {
 		r := httptest.NewRequest(http.MethodGet, "/ws", nil)

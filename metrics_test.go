@@ -1,24 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"fanout/internal/wsconn"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -385,123 +377,6 @@ func TestMetricsFollowARedisRestart(t *testing.T) {
 		m := scrapeMetrics(t, td)
 		return m.value(t, "fanout_redis_subscribed") == 1 && m.value(t, "fanout_redis_ready") == 1
 	})
-}
-
-// failingConn passes writes through until one holds failOn. That write
-// fails the way a socket does when the peer is gone mid-write: the frames
-// before the one holding failOn reach the socket, the rest do not.
-type failingConn struct {
-	net.Conn
-	failOn []byte
-}
-
-func (c *failingConn) Write(p []byte) (int, error) {
-	at := bytes.Index(p, c.failOn)
-	if at < 0 {
-		return c.Conn.Write(p)
-	}
-	// p is whole server frames (unmasked): find where the failing one starts.
-	start := 0
-	for {
-		n, hdr := int(p[start+1]&0x7f), 2
-		switch n {
-		case 126:
-			n, hdr = int(binary.BigEndian.Uint16(p[start+2:])), 4
-		case 127:
-			n, hdr = int(binary.BigEndian.Uint64(p[start+2:])), 10
-		}
-		if start+hdr+n > at {
-			break
-		}
-		start += hdr + n
-	}
-	written, err := c.Conn.Write(p[:start])
-	if err != nil {
-		return written, err
-	}
-	return written, errors.New("injected write failure")
-}
-
-// failingListener hands out failingConns.
-type failingListener struct {
-	net.Listener
-	failOn []byte
-}
-
-func (l failingListener) Accept() (net.Conn, error) {
-	conn, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &failingConn{Conn: conn, failOn: l.failOn}, nil
-}
-
-// countingObserver counts observations.
-type countingObserver struct{ n atomic.Int64 }
-
-func (o *countingObserver) Observe(float64) { o.n.Add(1) }
-
-func TestFramesWrittenBeforeAFailedWriteInTheirBatchAreCounted(t *testing.T) {
-	hub := newHub(clientSettings{sendQueueSize: 100, sendQueueBytes: 1 << 20, pingInterval: time.Minute, pongWait: time.Minute, writeWait: 5 * time.Second},
-		slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
-	latency := &countingObserver{}
-	hub.deliveryLatency = latency
-
-	// The connection's write pump starts with five frames queued, and the
-	// socket fails on the third.
-	frames := []string{`{"n":1}`, `{"n":2}`, `{"n":3,"fail":true}`, `{"n":4}`, `{"n":5}`}
-	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, err := wsconn.Upgrade(&websocket.Upgrader{}, w, r)
-		if err != nil {
-			t.Errorf("upgrade: %v", err)
-			return
-		}
-		c := newClient(hub, conn, "u", "test")
-		if err := hub.reserve("u"); err != nil {
-			t.Error(err)
-			return
-		}
-		if err := hub.add(c); err != nil {
-			t.Error(err)
-			return
-		}
-		for _, f := range frames {
-			hub.broadcast("u", msgOf(f))
-		}
-		// The pumps as register starts them, with the queue already full.
-		c.mu.Lock()
-		start := c.takeRightLocked()
-		c.mu.Unlock()
-		c.startPump(start)
-		go c.readPump()
-	}))
-	server.Listener = failingListener{Listener: server.Listener, failOn: []byte(`"fail":true`)}
-	server.Start()
-	defer server.Close()
-
-	conn := dialWS(t, "ws"+strings.TrimPrefix(server.URL, "http"), nil)
-	for _, want := range frames[:2] {
-		if got := readText(t, conn, 5*time.Second); got != want {
-			t.Fatalf("got %s, want %s", got, want)
-		}
-	}
-	// Both pumps end: the write failed, and the socket was closed.
-	ended := make(chan struct{})
-	go func() { hub.wg.Wait(); close(ended) }()
-	select {
-	case <-ended:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the pumps did not end after the write failed")
-	}
-	if got := hub.stats.FramesDelivered.Load(); got != 2 {
-		t.Errorf("FramesDelivered = %d after 2 frames were written, want 2", got)
-	}
-	if got := latency.n.Load(); got != 2 {
-		t.Errorf("%d latencies observed after 2 frames were written, want 2", got)
-	}
-	if f, b := hub.queuedFrames.Load(), hub.queuedBytes.Load(); f != 0 || b != 0 {
-		t.Errorf("send queues hold %d frames, %d bytes after the connection ended", f, b)
-	}
 }
 
 // BenchmarkMetricsScrape serves /metrics from a daemon holding 10 000
