@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // maskedFrame is a client frame: final, masked with key, one fragment of
 // fewer than 126 bytes.
