@@ -120,10 +120,11 @@ type Client struct {
 	// pingAt is when the next ping is due (UnixNano); only the hub's
 	// pinger uses it once the client is registered.
 	pingAt int64
-	// overflowed is set with closing when the send queue overflowed: from
-	// then on no frame is handed to the socket (writeNow and each flush of
-	// a batch look at it), only the close frame.
-	overflowed atomic.Bool
+	// eventsStopped is set with closing when no more events are to be
+	// written: the send queue overflowed, or the client sent its close
+	// frame. From then on no event frame is handed to the socket (writeNow
+	// and each flush of a batch look at it), only the close frame.
+	eventsStopped atomic.Bool
 
 	// mu guards everything below.
 	mu sync.Mutex
@@ -177,7 +178,7 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 		return enqueueClaimed
 	}
 	if n := len(c.sendQueue); n > 0 && (n >= c.settings.sendQueueSize || c.queuedBytes+len(msg.data) > c.settings.sendQueueBytes) {
-		c.overflowed.Store(true)
+		c.eventsStopped.Store(true)
 		c.closing = &disconnectSlow
 		c.hub.stats.SlowDisconnects.Add(1)
 		c.dropQueueLocked()
@@ -237,11 +238,12 @@ func (c *Client) tokenExpired() {
 // client sends a close frame. Rather than gorilla writing the answer from
 // the read pump (into a batch being collected, where it was lost), the
 // holder of the write right sends it: the client's own code back (RFC 6455,
-// 5.5.1), after what it is writing now. What was still queued is dropped:
-// the client reads no more events.
+// 5.5.1), at once: what was still queued is dropped, and a batch being
+// written stops at its next flush. The client reads no more events.
 func (c *Client) peerClosed(code int, _ string) error {
 	c.mu.Lock()
 	if c.closing == nil {
+		c.eventsStopped.Store(true)
 		c.closing = &disconnect{code: code}
 		c.dropQueueLocked()
 	}
@@ -367,9 +369,9 @@ type work struct {
 // all, and nothing is woken. Whatever the socket does not take at once, and
 // any work that arrived meanwhile, goes to a write pump (handOff).
 func (c *Client) writeNow(msg *message) {
-	if c.overflowed.Load() {
-		// The queue overflowed after msg was claimed: no more frames, the
-		// pump sends the close.
+	if c.eventsStopped.Load() {
+		// The queue overflowed, or the client closed, after msg was
+		// claimed: no more frames, the pump sends the close.
 		c.hub.stats.FramesDropped.Add(1)
 		c.handOff()
 		return
@@ -439,9 +441,9 @@ func (c *Client) writePump() {
 			return
 		}
 		batch = w.batch
-		// After errOverflowed the close frame is still sent: in this
+		// After errEventsStopped the close frame is still sent: in this
 		// round, or in the next one, which takes the close reason.
-		if err := c.writeBatch(w); err != nil && err != errOverflowed {
+		if err := c.writeBatch(w); err != nil && err != errEventsStopped {
 			c.disconnect(disconnectGone)
 			c.closeSocket()
 			return
@@ -454,16 +456,17 @@ func (c *Client) writePump() {
 	}
 }
 
-// errOverflowed stops a batch whose client's send queue overflowed while it
-// was written: nothing more is flushed, and the close frame follows.
-var errOverflowed = errors.New("send queue overflowed")
+// errEventsStopped stops a batch whose client's send queue overflowed, or
+// whose client closed, while it was written: nothing more is flushed, and
+// the close frame follows.
+var errEventsStopped = errors.New("no more events for this connection")
 
 // writeBatch writes w's pong, ping and messages, corked, flushing every
 // wsconn.FlushBytes, and counts the frames that reached the socket. When
 // gorilla refuses a frame (it has sent a close frame from the read pump,
 // into this batch), what was collected is still flushed, that close frame
-// with it. Once the send queue has overflowed nothing more is flushed, and
-// it returns errOverflowed.
+// with it. Once events are stopped (eventsStopped) nothing more is flushed,
+// and it returns errEventsStopped.
 func (c *Client) writeBatch(w work) error {
 	c.conn.Cork()
 	deadline := time.Now().Add(c.settings.writeWait)
@@ -474,9 +477,9 @@ func (c *Client) writeBatch(w work) error {
 	// bytes of control frames ahead of them in the buffer.
 	from, control := 0, 0
 	flush := func(upTo int) error {
-		if c.overflowed.Load() {
+		if c.eventsStopped.Load() {
 			c.conn.Discard()
-			return errOverflowed
+			return errEventsStopped
 		}
 		n, err := c.conn.Flush(deadline)
 		c.delivered(w.batch[from:upTo], n-control, err)

@@ -322,3 +322,19 @@ func (c *Conn) HoldWrites() (release func()) {
 	c.out.mu.Lock()
 	return c.out.mu.Unlock
 }
+
+// SetSendBuffer sets the socket's send buffer (SO_SNDBUF), which turns off
+// the kernel's tuning of it: for tests whose burst must outgrow the socket
+// buffers on any kernel.
+func (c *Conn) SetSendBuffer(bytes int) error {
+	if c.out.raw == nil {
+		return errors.New("wsconn: the socket has no file descriptor")
+	}
+	var serr error
+	if err := c.out.raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, bytes)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
