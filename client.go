@@ -178,10 +178,7 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 		return enqueueClaimed
 	}
 	if n := len(c.sendQueue); n > 0 && (n >= c.settings.sendQueueSize || c.queuedBytes+len(msg.data) > c.settings.sendQueueBytes) {
-		c.eventsStopped.Store(true)
-		c.closing = &disconnectSlow
-		c.hub.stats.SlowDisconnects.Add(1)
-		c.dropQueueLocked()
+		c.setClosingLocked(disconnectSlow, true)
 		start := c.takeRightLocked()
 		c.mu.Unlock()
 		c.startPump(start)
@@ -212,27 +209,12 @@ func (c *Client) dropQueueLocked() {
 
 // disconnect asks the holder of the write right to end the connection for
 // reason d. Messages already queued are still written first, unless the
-// queue overflowed. Only the first reason counts; disconnect reports
-// whether d was it.
-func (c *Client) disconnect(d disconnect) bool {
-	c.mu.Lock()
-	first := c.closing == nil
-	if first {
-		c.closing = &d
-	}
-	start := c.takeRightLocked()
-	c.mu.Unlock()
-	c.startPump(start)
-	return first
-}
+// queue overflowed. Only the first reason counts.
+func (c *Client) disconnect(d disconnect) { c.end(d, false) }
 
 // tokenExpired ends the connection because its token expired; the expiry
 // timer calls it.
-func (c *Client) tokenExpired() {
-	if c.disconnect(disconnectExpired) {
-		c.hub.stats.ExpiredDisconnects.Add(1)
-	}
-}
+func (c *Client) tokenExpired() { c.disconnect(disconnectExpired) }
 
 // peerClosed is gorilla's close handler, called by the read pump when the
 // client sends a close frame. Rather than gorilla writing the answer from
@@ -241,16 +223,36 @@ func (c *Client) tokenExpired() {
 // 5.5.1), at once: what was still queued is dropped, and a batch being
 // written stops at its next flush. The client reads no more events.
 func (c *Client) peerClosed(code int, _ string) error {
+	c.end(disconnect{code: code}, true)
+	return nil
+}
+
+// end records d as why the connection ends (setClosingLocked) and hands the
+// close to the holder of the write right, or to a new write pump.
+func (c *Client) end(d disconnect, stopEvents bool) {
 	c.mu.Lock()
-	if c.closing == nil {
-		c.eventsStopped.Store(true)
-		c.closing = &disconnect{code: code}
-		c.dropQueueLocked()
-	}
+	c.setClosingLocked(d, stopEvents)
 	start := c.takeRightLocked()
 	c.mu.Unlock()
 	c.startPump(start)
-	return nil
+}
+
+// setClosingLocked records d as why the connection ends when it is the
+// first reason, and counts it in its disconnect counter, if it has one.
+// With stopEvents, what is queued is dropped and no more events are
+// written (eventsStopped), only the close frame. c.mu must be held.
+func (c *Client) setClosingLocked(d disconnect, stopEvents bool) {
+	if c.closing != nil {
+		return
+	}
+	c.closing = &d
+	if d.counter != nil {
+		d.counter.field(c.hub.stats).Add(1)
+	}
+	if stopEvents {
+		c.eventsStopped.Store(true)
+		c.dropQueueLocked()
+	}
 }
 
 // requestPing asks for a ping; the hub's pinger calls it once per
@@ -667,7 +669,6 @@ func (c *Client) readPump() {
 			limiter = rate.NewLimiter(clientMessageRate, clientMessageBurst)
 		}
 		if !limiter.Allow() {
-			c.hub.stats.FloodDisconnects.Add(1)
 			c.disconnect(disconnectFlood)
 			c.drainFrames()
 			return
