@@ -1,0 +1,222 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/internal/testredis"
+)
+
+func client(t *testing.T) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: testredis.Start(t)})
+	t.Cleanup(func() { rdb.Close() })
+	if err := Load(context.Background(), rdb); err != nil {
+		t.Fatal(err)
+	}
+	return rdb
+}
+
+// instance plays one fanout instance's side of recording.
+type instance struct {
+	rdb *redis.Client
+	cur Cursor
+}
+
+func (in *instance) record(t *testing.T, user string, payloads ...string) []Recorded {
+	t.Helper()
+	ctx := context.Background()
+	pipe := in.rdb.Pipeline()
+	rec := Record(ctx, pipe, user, in.cur, time.Minute, Retention{}, payloads)
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatalf("record: %v", err)
+	}
+	out, cur, err := rec.Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.cur = cur
+	return out
+}
+
+func streamLen(t *testing.T, rdb *redis.Client, user string) int64 {
+	n, err := rdb.XLen(context.Background(), HistoryKey(user)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestThreeInstancesRecordEachEventOnceWithTheSameID(t *testing.T) {
+	rdb := client(t)
+	ins := []*instance{{rdb: rdb}, {rdb: rdb}, {rdb: rdb}}
+	var payloads []string
+	for i := range 200 {
+		// Every fifth payload repeats the one before it: still two events.
+		payloads = append(payloads, fmt.Sprintf(`{"n":%d}`, i-i%5/4))
+	}
+	ids := make([][]string, len(ins))
+	// The instances see the same sequence, in different batch sizes and
+	// interleavings.
+	pos := make([]int, len(ins))
+	for step := 0; ; step++ {
+		done := true
+		for k, in := range ins {
+			if pos[k] == len(payloads) {
+				continue
+			}
+			done = false
+			n := min(1+(step*(k+1))%7, len(payloads)-pos[k])
+			for _, r := range in.record(t, "alice", payloads[pos[k]:pos[k]+n]...) {
+				ids[k] = append(ids[k], r.ID)
+			}
+			pos[k] += n
+		}
+		if done {
+			break
+		}
+	}
+	if n := streamLen(t, rdb, "alice"); n != int64(len(payloads)) {
+		t.Fatalf("stream holds %d entries, want %d", n, len(payloads))
+	}
+	for k := 1; k < len(ins); k++ {
+		for i := range ids[0] {
+			if ids[k][i] != ids[0][i] {
+				t.Fatalf("event %d: instance %d has id %s, instance 0 %s", i, k, ids[k][i], ids[0][i])
+			}
+		}
+	}
+	evs, err := After(context.Background(), rdb, "alice", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range evs {
+		if e.Data != payloads[i] || e.ID != ids[0][i] {
+			t.Fatalf("entry %d is %s %s, want %s %s", i, e.ID, e.Data, ids[0][i], payloads[i])
+		}
+	}
+}
+
+func TestIdenticalPayloadsOneAfterTheOtherAreTwoEvents(t *testing.T) {
+	rdb := client(t)
+	a, b := &instance{rdb: rdb}, &instance{rdb: rdb}
+	first := a.record(t, "bob", `{"same":1}`)[0]
+	second := a.record(t, "bob", `{"same":1}`)[0]
+	if first.ID == second.ID || !first.Appended || !second.Appended {
+		t.Fatalf("a recorded %+v then %+v: want two appended events", first, second)
+	}
+	got := b.record(t, "bob", `{"same":1}`, `{"same":1}`)
+	if got[0].ID != first.ID || got[1].ID != second.ID || got[0].Appended || got[1].Appended {
+		t.Fatalf("b got %+v, want the ids %s and %s, found", got, first.ID, second.ID)
+	}
+	if n := streamLen(t, rdb, "bob"); n != 2 {
+		t.Fatalf("stream holds %d entries, want 2", n)
+	}
+}
+
+func TestPublishedEventsAreNotRecordedAgain(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	pub := NewPublisher(rdb, Retention{})
+	sub := rdb.Subscribe(ctx, Channel("carol"))
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id, err := pub.Publish(ctx, "carol", []byte(`{"x":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := sub.ReceiveMessage(ctx)
+	if err != nil || msg.Payload != `{"x":1}` {
+		t.Fatalf("published %v %v", msg, err)
+	}
+	in := &instance{rdb: rdb}
+	got := in.record(t, "carol", msg.Payload)[0]
+	if got.ID != id || got.Appended {
+		t.Fatalf("instance got %+v, want %s found", got, id)
+	}
+	if _, err := pub.Publish(ctx, "carol", []byte(`{"x":`)); err != ErrInvalidPayload {
+		t.Fatalf("invalid JSON: %v", err)
+	}
+	if _, err := pub.Publish(ctx, "ca:rol", []byte(`{}`)); err == nil {
+		t.Fatal("a username with ':' was accepted")
+	}
+}
+
+func TestAnInstanceRecordingOutOfOrderNeitherDuplicatesNorLoses(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	pub := NewPublisher(rdb, Retention{})
+	a, b := &instance{rdb: rdb}, &instance{rdb: rdb}
+	a.record(t, "dan", `{"n":0}`)
+	b.record(t, "dan", `{"n":0}`)
+	// P is published plainly and nobody has recorded it yet when Q is
+	// published with its history entry: the history reads Q, P.
+	qid, err := pub.Publish(ctx, "dan", []byte(`{"n":"q"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []*instance{a, b} {
+		got := in.record(t, "dan", `{"n":"p"}`, `{"n":"q"}`, `{"n":"r"}`)
+		if got[1].ID != qid {
+			t.Fatalf("q got %s, want %s", got[1].ID, qid)
+		}
+	}
+	if n := streamLen(t, rdb, "dan"); n != 4 {
+		t.Fatalf("stream holds %d entries, want 4", n)
+	}
+}
+
+func TestAnInstanceWithoutCursorFindsWhatOthersRecorded(t *testing.T) {
+	rdb := client(t)
+	a := &instance{rdb: rdb}
+	a.record(t, "erin", `{"n":1}`, `{"n":2}`)
+	got := a.record(t, "erin", `{"n":3}`)[0]
+	late := &instance{rdb: rdb} // started after {"n":2}
+	if r := late.record(t, "erin", `{"n":3}`)[0]; r.ID != got.ID || r.Appended {
+		t.Fatalf("late instance got %+v, want %s found", r, got.ID)
+	}
+	if r := late.record(t, "erin", `{"n":4}`)[0]; !r.Appended {
+		t.Fatalf("late instance did not record a new event: %+v", r)
+	}
+	if n := streamLen(t, rdb, "erin"); n != 4 {
+		t.Fatalf("stream holds %d entries, want 4", n)
+	}
+}
+
+func TestRetentionTrimsAndExpires(t *testing.T) {
+	rdb := client(t)
+	ctx := context.Background()
+	pub := NewPublisher(rdb, Retention{MaxLen: 10, TTL: 2 * time.Second})
+	for i := range 500 {
+		if _, err := pub.Publish(ctx, "fay", fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// MAXLEN ~ trims whole nodes: at least 10 kept, far fewer than 500.
+	if n := streamLen(t, rdb, "fay"); n < 10 || n > 200 {
+		t.Fatalf("stream holds %d entries after 500 with MaxLen 10", n)
+	}
+	ttl, err := rdb.PTTL(ctx, HistoryKey("fay")).Result()
+	if err != nil || ttl <= 0 || ttl > 2*time.Second {
+		t.Fatalf("ttl %v %v", ttl, err)
+	}
+}
+
+func TestParseID(t *testing.T) {
+	for _, s := range []string{"", "1", "a-1", "1-b", "-1", "1-"} {
+		if _, ok := ParseID(s); ok {
+			t.Errorf("ParseID(%q) ok", s)
+		}
+	}
+	a, _ := ParseID("1733-5")
+	b, _ := ParseID("1733-12")
+	if !a.Less(b) || b.Less(a) || a.String() != "1733-5" {
+		t.Fatal("order")
+	}
+}
