@@ -2,7 +2,8 @@
 # bench.sh: run the fanout load-generator scenarios (cmd/fanout-bench)
 # against a fresh daemon each, all on loopback.
 #
-#   ./bench.sh                 # every scenario: S1 S1-max S2 S3 S4 connect
+#   ./bench.sh                 # every scenario: S1 S1-max S2 S2-history-off S3
+#                              # S3-history-off S4 connect storm
 #   ./bench.sh S2 S3           # a subset
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
 #   PERF_DIR=/tmp/p ./bench.sh S3   # also record the daemon with perf
@@ -15,13 +16,21 @@
 # a free port with LOG_LEVEL=warn (info logs a line per connection),
 # CONNECT_RATE_PER_IP=0 and MAX_CONNECTIONS_PER_USER=0 (one client address
 # opens thousands of connections) and ADMIN_ADDR=off, waits for /ready, runs
-# fanout-bench with -pid set to the daemon, and stops the daemon. Everything
-# it started is stopped on exit. Reports (table + BENCH_JSON line) go to
-# stdout; a summary table of all scenarios is printed at the end.
+# fanout-bench with -pid set to the daemon, and stops the daemon. Redis is
+# emptied (FLUSHALL) before each scenario, so each one's history starts
+# empty. Everything it started is stopped on exit. Reports (table +
+# BENCH_JSON line) go to stdout; a summary table of all scenarios is printed
+# at the end.
+#
+# History: the daemon runs with its defaults (HISTORY=on), except in
+# S2-history-off and S3-history-off (HISTORY=off); S2, S3 and their -off
+# twins use fanout.v1 clients, so the pairs differ only by the history.
+# storm: 5 000 clients of 5 000 users resume at once, 50 events behind,
+# while 200 other users get 500 events/s (cmd/fanout-bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL=(S1 S1-max S2 S3 S4 connect)
+ALL=(S1 S1-max S2 S2-history-off S3 S3-history-off S4 connect storm)
 if (($# == 0)); then set -- "${ALL[@]}"; fi
 for s in "$@"; do
   case " ${ALL[*]} " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (known: ${ALL[*]})" >&2; exit 2 ;; esac
@@ -124,10 +133,13 @@ scenario_args() {
     # at least two pings when RSS is read.
     S1) echo "-users $(q 9500 950) -conns-per-user 2 -settle 5s" ;;
     S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 5s" ;;
-    S2) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s" ;;
-    S3) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s" ;;
+    S2 | S2-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s -subprotocol fanout.v1" ;;
+    S3 | S3-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s -subprotocol fanout.v1" ;;
     S4) echo "-users 1 -conns-per-user $(q 5000 500) -events $(q 500 50) -rate 0 -inflight 1000 -then-events $(q 300 30) -then-rate 10 -payload 256 -settle 1s" ;;
     connect) echo "-users $(q 19000 1900) -conns-per-user 1 -settle 1s -dial-concurrency 256" ;;
+    # 5 000 resuming clients, one per user (each catch-up its own Redis
+    # read); live users u0..u199, one connection each, 500 events/s.
+    storm) echo "-storm-clients $(q 5000 500) -storm-missed 50 -users $(q 200 20) -conns-per-user 1 -rate $(q 500 100) -payload 256 -settle 1s -storm-baseline $(q 3s 1s) -storm-after 1s" ;;
   esac
 }
 
@@ -135,7 +147,16 @@ scenario_args() {
 scenario_env() {
   case $1 in
     S1 | S1-max) echo "PING_INTERVAL=2s PONG_WAIT=6s" ;;
+    S2-history-off | S3-history-off) echo "HISTORY=off" ;;
   esac
+}
+
+# daemon_settings S: what the daemon of scenario S runs with beyond the
+# settings above, for the report.
+daemon_settings() {
+  local set
+  set=$(echo $(scenario_env "$1") ${DAEMON_ENV:-})
+  echo "${set:-defaults}"
 }
 
 RESULTS=$WORK/results
@@ -143,6 +164,7 @@ RESULTS=$WORK/results
 status=0
 for s in "$@"; do
   echo
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
   start_daemon "$s"
   PERF_PID=""
   if [[ -n ${PERF_DIR:-} ]]; then
@@ -154,6 +176,7 @@ for s in "$@"; do
   # shellcheck disable=SC2046
   if timeout 600 "$WORK/fanout-bench" -scenario "$s" -url "ws://127.0.0.1:$DAEMON_PORT/ws" \
     -redis "127.0.0.1:$REDIS_PORT" -pid "$DAEMON_PID" -sources "$SOURCES" -timeout "$TIMEOUT" \
+    -note "daemon settings: $(daemon_settings "$s")" \
     $(scenario_args "$s") | tee -a "$RESULTS"; then :; else
     echo "bench.sh: scenario $s failed" >&2
     status=1

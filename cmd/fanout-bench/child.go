@@ -2,16 +2,20 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"fanout/history"
 
 	"github.com/gorilla/websocket"
 )
@@ -21,10 +25,12 @@ import (
 const childEnv = "FANOUT_BENCH_CHILD"
 
 // childConfig is what a child needs: the global connection indices [Lo, Hi)
-// it opens. Connection i watches user i % Users and binds source address
-// 127.0.0.(1 + i % Sources).
+// it opens. Connection i watches user UserPrefix + (i % Users) and binds
+// source address 127.0.0.(1 + i % Sources).
 type childConfig struct {
 	URL         string        `json:"url"`
+	Subprotocol string        `json:"subprotocol,omitempty"` // offered on every dial ("fanout.v1")
+	UserPrefix  string        `json:"user_prefix"`           // "u" (the S scenarios, live users) or "s" (storm users)
 	Users       int           `json:"users"`
 	Sources     int           `json:"sources"`
 	Lo          int           `json:"lo"`
@@ -32,50 +38,96 @@ type childConfig struct {
 	DialWorkers int           `json:"dial_workers"`
 	Timeout     time.Duration `json:"timeout"`  // bound of the connect phase
 	MaxLife     time.Duration `json:"max_life"` // the child exits after this, whatever happens
+	// StormTarget, for the storm scenario's resuming clients: the distinct
+	// events a connection has once it has caught up (the event it saw
+	// before leaving plus the ones it missed). A connection that reaches
+	// it after "reconnect" counts as live.
+	StormTarget int64 `json:"storm_target,omitempty"`
+	// ReconnectWorkers is the number of concurrent dials on "reconnect".
+	ReconnectWorkers int `json:"reconnect_workers,omitempty"`
 }
 
 // childMsg is one line a child writes on stdout: "c" (connect phase done),
-// "p" (progress: deliveries so far), "s" (final summary).
+// "p" (progress: deliveries so far), "dc" (storm: every connection closed),
+// "rc" (storm: every connection dialled again), "s" (final summary).
 type childMsg struct {
 	T string `json:"t"`
-	// "c"
+	// "c" and "rc"
 	OK     int      `json:"ok,omitempty"`
 	Fail   int      `json:"fail,omitempty"`
 	Failed []int    `json:"failed,omitempty"` // global indices of failed connections
 	Errs   []string `json:"errs,omitempty"`   // a few distinct dial errors
+	// "rc": seconds from the command to the last dial's end.
+	Secs float64 `json:"secs,omitempty"`
+	// "dc": connections that had seen no event id, so cannot resume.
+	NoID int `json:"no_id,omitempty"`
 	// "p" and "s"
-	D int64 `json:"d,omitempty"` // deliveries (right user, not a duplicate)
+	D  int64 `json:"d,omitempty"`  // deliveries (right user, not a duplicate)
+	CU int64 `json:"cu,omitempty"` // storm connections caught up since "reconnect"
 	// "s"
-	Dups        int64          `json:"dups,omitempty"`
-	OOO         int64          `json:"ooo,omitempty"`
-	Leaks       int64          `json:"leaks,omitempty"`
-	ParseErrs   int64          `json:"parse_errs,omitempty"`
-	Disconnects int64          `json:"disconnects,omitempty"`
-	LastRecvNs  [2]int64       `json:"last_recv_ns,omitempty"` // per phase
-	Hist        [2][][2]uint64 `json:"hist,omitempty"`         // per phase, sparse
-	HistMax     [2]int64       `json:"hist_max,omitempty"`
-	CPUTicks    int64          `json:"cpu_ticks,omitempty"` // the child's own utime+stime
+	Dups        int64                 `json:"dups,omitempty"`
+	OOO         int64                 `json:"ooo,omitempty"`
+	Leaks       int64                 `json:"leaks,omitempty"`
+	ParseErrs   int64                 `json:"parse_errs,omitempty"`
+	Disconnects int64                 `json:"disconnects,omitempty"`
+	WithID      int64                 `json:"with_id,omitempty"`      // events that carried an id (fanout.v1)
+	IDRegress   int64                 `json:"id_regress,omitempty"`   // ids not above the connection's previous one
+	Controls    int64                 `json:"controls,omitempty"`     // control messages ({"control":…})
+	ControlText []string              `json:"control_text,omitempty"` // a few of them, verbatim
+	LastRecvNs  [2]int64              `json:"last_recv_ns,omitempty"` // per phase
+	Hist        [numHists][][2]uint64 `json:"hist,omitempty"`         // sparse
+	HistMax     [numHists]int64       `json:"hist_max,omitempty"`
+	CPUTicks    int64                 `json:"cpu_ticks,omitempty"` // the child's own utime+stime
 }
 
-// benchConn is one client connection and its delivery bookkeeping; only its
-// reader goroutine touches last and seen.
+// The histograms a child keeps: latency of phase-1 and phase-2 events (the
+// "ph" field; events of any other phase are counted but not timed), and the
+// storm's time from "reconnect" to each connection being caught up.
+const (
+	histPhase1 = iota
+	histPhase2
+	histCatchUp
+	numHists
+)
+
+// benchConn is one client connection and its delivery bookkeeping. Its
+// reader goroutine owns every field but ws, leaving and done until it
+// returns (it closes done); the command loop then owns them again (storm
+// reconnects replace ws and done, keeping the bookkeeping, so duplicates
+// across a reconnect are caught).
 type benchConn struct {
-	ws   *websocket.Conn
-	user string
-	last int64    // highest sequence number seen
-	seen []uint64 // bitset of sequence numbers seen, for exact duplicates
+	ws       *websocket.Conn
+	user     string
+	v1       bool     // the daemon chose fanout.v1: events are {"id":…,"data":…}
+	last     int64    // highest sequence number seen
+	seen     []uint64 // bitset of sequence numbers seen, for exact duplicates
+	distinct int64    // sequence numbers seen
+	lastID   string   // id of the last event (fanout.v1)
+	lastIDp  history.ID
+	caughtUp bool
+	leaving  atomic.Bool // the bench is closing it: not a daemon-side disconnect
+	done     chan struct{}
 }
 
 type childState struct {
+	cfg      childConfig
 	out      *bufio.Writer
 	outMu    sync.Mutex
 	stopping atomic.Bool
 
 	delivered, dups, ooo, leaks, parseErrs, disconnects atomic.Int64
+	withID, idRegress, controls, caughtUp               atomic.Int64
 	lastRecv                                            [2]atomic.Int64 // per phase
+	// reconnectAt is the wall clock of the "reconnect" command (0 before).
+	reconnectAt atomic.Int64
+
+	ctlMu   sync.Mutex
+	ctlText []string
 
 	histMu [16]sync.Mutex
-	hists  [16][2]histogram
+	hists  [16][numHists]histogram
+
+	dialers []*websocket.Dialer
 }
 
 func (s *childState) send(m childMsg) {
@@ -93,49 +145,124 @@ func runChild(raw string) {
 		fmt.Fprintln(os.Stderr, "fanout-bench child: bad config:", err)
 		os.Exit(2)
 	}
+	if cfg.UserPrefix == "" {
+		cfg.UserPrefix = "u"
+	}
 	// Hard bound on the child's life, whatever the parent does.
 	time.AfterFunc(cfg.MaxLife, func() {
 		fmt.Fprintln(os.Stderr, "fanout-bench child: max life reached, exiting")
 		os.Exit(3)
 	})
-	s := &childState{out: bufio.NewWriterSize(os.Stdout, 64<<10)}
+	s := &childState{cfg: cfg, out: bufio.NewWriterSize(os.Stdout, 64<<10)}
 
-	dialers := make([]*websocket.Dialer, cfg.Sources)
-	for i := range dialers {
+	s.dialers = make([]*websocket.Dialer, cfg.Sources)
+	for i := range s.dialers {
 		local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}
 		nd := &net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
-		dialers[i] = &websocket.Dialer{
+		s.dialers[i] = &websocket.Dialer{
 			NetDialContext:   nd.DialContext,
 			HandshakeTimeout: 10 * time.Second,
 			ReadBufferSize:   1024,
 			WriteBufferSize:  512,
 		}
+		if cfg.Subprotocol != "" {
+			s.dialers[i].Subprotocols = []string{cfg.Subprotocol}
+		}
 	}
 
 	n := cfg.Hi - cfg.Lo
 	conns := make([]*benchConn, n)
+	for j := range conns {
+		conns[j] = &benchConn{user: cfg.UserPrefix + strconv.Itoa((cfg.Lo+j)%cfg.Users)}
+	}
+	all := make([]int, n)
+	for j := range all {
+		all[j] = j
+	}
+	failed, errs := s.dialAll(conns, all, cfg.DialWorkers, func(c *benchConn) string { return "" })
+	s.send(childMsg{T: "c", OK: n - len(failed), Fail: len(failed), Failed: failed, Errs: errs})
+
+	// Progress every 10 ms (only when it changed), until stopped.
+	go func() {
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		last, lastCU := int64(-1), int64(-1)
+		for range t.C {
+			if s.stopping.Load() {
+				return
+			}
+			if d, cu := s.delivered.Load(), s.caughtUp.Load(); d != last || cu != lastCU {
+				last, lastCU = d, cu
+				s.send(childMsg{T: "p", D: d, CU: cu})
+			}
+		}
+	}()
+
+	// Commands from the parent, until "stop" (or EOF).
+	sc := bufio.NewScanner(os.Stdin)
+commands:
+	for sc.Scan() {
+		switch sc.Text() {
+		case "stop":
+			break commands
+		case "disconnect":
+			s.send(s.disconnectAll(conns))
+		case "reconnect":
+			s.send(s.reconnectAll(conns))
+		}
+	}
+	s.stopping.Store(true)
+	sum := childMsg{T: "s", D: s.delivered.Load(), Dups: s.dups.Load(), OOO: s.ooo.Load(),
+		Leaks: s.leaks.Load(), ParseErrs: s.parseErrs.Load(), Disconnects: s.disconnects.Load(),
+		WithID: s.withID.Load(), IDRegress: s.idRegress.Load(), Controls: s.controls.Load(),
+		LastRecvNs: [2]int64{s.lastRecv[0].Load(), s.lastRecv[1].Load()}, CPUTicks: cpuTicks(os.Getpid())}
+	s.ctlMu.Lock()
+	sum.ControlText = s.ctlText
+	s.ctlMu.Unlock()
+	var merged [numHists]histogram
+	for i := range s.hists {
+		s.histMu[i].Lock()
+		for p := range merged {
+			merged[p].merge(s.hists[i][p].sparse(), s.hists[i][p].max)
+		}
+		s.histMu[i].Unlock()
+	}
+	for p := range merged {
+		sum.Hist[p] = merged[p].sparse()
+		sum.HistMax[p] = merged[p].max
+	}
+	s.send(sum)
+	// Exiting closes every socket at once.
+	os.Exit(0)
+}
+
+// dialAll dials conns[j] for each j in which, with workers concurrent dials
+// bounded by the child's Timeout, appending query(c) to each URL, and starts
+// each connection's reader. It returns the global indices that failed and a
+// few distinct errors.
+func (s *childState) dialAll(conns []*benchConn, which []int, workers int, query func(*benchConn) string) (failed []int, errs []string) {
 	var next atomic.Int64
 	var mu sync.Mutex
-	var failed []int
 	errSeen := map[string]bool{}
-	var errs []string
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	defer cancel()
 	var wg sync.WaitGroup
-	for w := 0; w < cfg.DialWorkers; w++ {
+	for w := 0; w < max(1, workers); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
-				j := int(next.Add(1) - 1)
-				if j >= n {
+				k := int(next.Add(1) - 1)
+				if k >= len(which) {
 					return
 				}
-				gi := cfg.Lo + j
-				user := "u" + strconv.Itoa(gi%cfg.Users)
+				j := which[k]
+				gi := s.cfg.Lo + j
+				c := conns[j]
 				var ws *websocket.Conn
 				err := ctx.Err()
 				if err == nil {
-					ws, _, err = dialers[gi%cfg.Sources].DialContext(ctx, cfg.URL+"?username="+user, nil)
+					ws, _, err = s.dialers[gi%s.cfg.Sources].DialContext(ctx, s.cfg.URL+"?username="+c.user+query(c), nil)
 				}
 				if err != nil {
 					mu.Lock()
@@ -147,70 +274,78 @@ func runChild(raw string) {
 					mu.Unlock()
 					continue
 				}
-				c := &benchConn{ws: ws, user: user}
-				conns[j] = c
+				c.ws, c.v1 = ws, ws.Subprotocol() == "fanout.v1"
+				c.leaving.Store(false)
+				c.done = make(chan struct{})
 				go s.read(c, j)
 			}
 		}()
 	}
 	wg.Wait()
-	cancel()
-	s.send(childMsg{T: "c", OK: n - len(failed), Fail: len(failed), Failed: failed, Errs: errs})
-
-	// Progress every 10 ms (only when it changed), until stopped.
-	go func() {
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		last := int64(-1)
-		for range t.C {
-			if s.stopping.Load() {
-				return
-			}
-			if d := s.delivered.Load(); d != last {
-				last = d
-				s.send(childMsg{T: "p", D: d})
-			}
-		}
-	}()
-
-	// Wait for "stop" (or EOF) from the parent.
-	sc := bufio.NewScanner(os.Stdin)
-	for sc.Scan() {
-		if sc.Text() == "stop" {
-			break
-		}
-	}
-	s.stopping.Store(true)
-	sum := childMsg{T: "s", D: s.delivered.Load(), Dups: s.dups.Load(), OOO: s.ooo.Load(),
-		Leaks: s.leaks.Load(), ParseErrs: s.parseErrs.Load(), Disconnects: s.disconnects.Load(),
-		LastRecvNs: [2]int64{s.lastRecv[0].Load(), s.lastRecv[1].Load()}, CPUTicks: cpuTicks(os.Getpid())}
-	var merged [2]histogram
-	for i := range s.hists {
-		s.histMu[i].Lock()
-		for p := 0; p < 2; p++ {
-			merged[p].merge(s.hists[i][p].sparse(), s.hists[i][p].max)
-		}
-		s.histMu[i].Unlock()
-	}
-	for p := 0; p < 2; p++ {
-		sum.Hist[p] = merged[p].sparse()
-		sum.HistMax[p] = merged[p].max
-	}
-	s.send(sum)
-	// Exiting closes every socket at once.
-	os.Exit(0)
+	return failed, errs
 }
+
+// disconnectAll closes every open connection (a close frame 1000, then the
+// socket) and waits for the readers to return. It answers "dc" with the
+// number of connections that saw no event id.
+func (s *childState) disconnectAll(conns []*benchConn) childMsg {
+	for _, c := range conns {
+		if c.done == nil {
+			continue
+		}
+		c.leaving.Store(true)
+		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+		c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.ws.Close()
+	}
+	noID := 0
+	for _, c := range conns {
+		if c.done == nil {
+			continue
+		}
+		<-c.done
+		if c.lastID == "" {
+			noID++
+		}
+	}
+	return childMsg{T: "dc", NoID: noID}
+}
+
+// reconnectAll dials every connection that has an event id again, with
+// ?last_event_id=<its last id>, ReconnectWorkers dials at a time, and
+// answers "rc". Caught-up times count from here.
+func (s *childState) reconnectAll(conns []*benchConn) childMsg {
+	t0 := time.Now()
+	s.reconnectAt.Store(t0.UnixNano())
+	var which []int
+	for j, c := range conns {
+		if c.lastID != "" {
+			which = append(which, j)
+		}
+	}
+	failed, errs := s.dialAll(conns, which, s.cfg.ReconnectWorkers, func(c *benchConn) string {
+		return "&last_event_id=" + url.QueryEscape(c.lastID)
+	})
+	return childMsg{T: "rc", OK: len(which) - len(failed), Fail: len(failed) + len(conns) - len(which),
+		Failed: failed, Errs: errs, Secs: time.Since(t0).Seconds()}
+}
+
+var (
+	controlPrefix = []byte(`{"control"`)
+	keyID         = []byte(`"id":"`)
+)
 
 // read is the one goroutine per connection: it reads each frame into a
 // reused buffer and hand-scans the few fields it needs.
 func (s *childState) read(c *benchConn, j int) {
+	defer close(c.done)
 	c.ws.SetReadLimit(1 << 20)
 	buf := make([]byte, 0, 512)
 	shard := j % len(s.hists)
 	for {
 		_, r, err := c.ws.NextReader()
 		if err != nil {
-			if !s.stopping.Load() {
+			if !s.stopping.Load() && !c.leaving.Load() {
 				s.disconnects.Add(1)
 			}
 			return
@@ -226,13 +361,33 @@ func (s *childState) read(c *benchConn, j int) {
 				break
 			}
 			if err != nil {
-				if !s.stopping.Load() {
+				if !s.stopping.Load() && !c.leaving.Load() {
 					s.disconnects.Add(1)
 				}
 				return
 			}
 		}
 		now := time.Now().UnixNano()
+		var id []byte
+		if c.v1 {
+			// {"id":"<id>","data":<event>} or {"control":…}; the bench
+			// events have no "id" member of their own.
+			if bytes.HasPrefix(buf, controlPrefix) {
+				s.controls.Add(1)
+				s.ctlMu.Lock()
+				if len(s.ctlText) < 3 {
+					s.ctlText = append(s.ctlText, string(buf[:min(len(buf), 200)]))
+				}
+				s.ctlMu.Unlock()
+				continue
+			}
+			if i := bytes.Index(buf, keyID); i >= 0 {
+				rest := buf[i+len(keyID):]
+				if k := bytes.IndexByte(rest, '"'); k >= 0 {
+					id = rest[:k]
+				}
+			}
+		}
 		ev, ok := scanEvent(buf)
 		if !ok {
 			s.parseErrs.Add(1)
@@ -255,23 +410,56 @@ func (s *childState) read(c *benchConn, j int) {
 			continue
 		}
 		c.seen[w] |= bit
+		c.distinct++
 		if ev.seq < c.last {
 			s.ooo.Add(1)
 		} else {
 			c.last = ev.seq
 		}
-		p := 0
-		if ev.phase == 2 {
-			p = 1
+		if id != nil {
+			s.withID.Add(1)
+			p, ok := history.ParseID(string(id))
+			if !ok || (c.lastID != "" && !c.lastIDp.Less(p)) {
+				s.idRegress.Add(1)
+			}
+			c.lastID, c.lastIDp = string(id), p
 		}
-		s.histMu[shard].Lock()
-		s.hists[shard][p].record(now - ev.sentNs)
-		s.histMu[shard].Unlock()
+		p := -1
+		switch ev.phase {
+		case 1:
+			p = histPhase1
+		case 2:
+			p = histPhase2
+		}
+		catchUp := int64(-1)
+		if s.cfg.StormTarget > 0 && !c.caughtUp && c.distinct >= s.cfg.StormTarget {
+			if at := s.reconnectAt.Load(); at > 0 {
+				c.caughtUp = true
+				catchUp = now - at
+			}
+		}
+		if p >= 0 || catchUp >= 0 {
+			s.histMu[shard].Lock()
+			if p >= 0 {
+				s.hists[shard][p].record(now - ev.sentNs)
+			}
+			if catchUp >= 0 {
+				s.hists[shard][histCatchUp].record(catchUp)
+			}
+			s.histMu[shard].Unlock()
+		}
+		// caughtUp before delivered: a progress report that shows the
+		// last delivery also shows the connection caught up.
+		if catchUp >= 0 {
+			s.caughtUp.Add(1)
+		}
 		s.delivered.Add(1)
-		for {
-			old := s.lastRecv[p].Load()
-			if now <= old || s.lastRecv[p].CompareAndSwap(old, now) {
-				break
+		if p >= 0 {
+			for {
+				old := s.lastRecv[p].Load()
+				if now <= old || s.lastRecv[p].CompareAndSwap(old, now) {
+					break
+				}
 			}
 		}
 	}

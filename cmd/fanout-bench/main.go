@@ -17,7 +17,8 @@
 // publish -events (paced by -rate, or as fast as -inflight allows) and drain
 // until every connection has every event of its user; optionally publish
 // -then-events at -then-rate and drain again; tell the children "stop" and
-// merge their summaries.
+// merge their summaries. With -storm-clients the run is the reconnect storm
+// instead (storm.go).
 package main
 
 import (
@@ -41,6 +42,7 @@ import (
 
 type options struct {
 	url, redis, pids, scenario  string
+	subprotocol, note           string
 	users, connsPerUser, events int
 	inflight, payload, sources  int
 	procs, dialWorkers          int
@@ -48,6 +50,11 @@ type options struct {
 	rate, thenRate              float64
 	settle, timeout             time.Duration
 	jsonOnly                    bool
+	// The storm scenario (stormClients > 0); -users, -conns-per-user and
+	// -rate then describe the live users.
+	stormClients, stormUsers, stormMissed int
+	stormDialWorkers                      int
+	stormBaseline, stormAfter             time.Duration
 }
 
 func main() {
@@ -75,6 +82,14 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "bound of each phase (connect, publish, drain)")
 	flag.BoolVar(&o.jsonOnly, "json", false, "print only the BENCH_JSON line")
 	flag.StringVar(&o.scenario, "scenario", "", "scenario name for the report")
+	flag.StringVar(&o.note, "note", "", "a line added to the report's notes (bench.sh: the daemon's settings)")
+	flag.StringVar(&o.subprotocol, "subprotocol", "", `WebSocket subprotocol to offer ("fanout.v1": events arrive as {"id":…,"data":…})`)
+	flag.IntVar(&o.stormClients, "storm-clients", 0, "reconnect storm: this many clients (users s0..) leave, miss -storm-missed events each and resume at once (see README)")
+	flag.IntVar(&o.stormUsers, "storm-users", 0, "storm: users the storm clients watch (0: one per client)")
+	flag.IntVar(&o.stormMissed, "storm-missed", 50, "storm: events published to each storm user while its clients are away")
+	flag.IntVar(&o.stormDialWorkers, "storm-dial-concurrency", 1000, "storm: concurrent dials when the clients come back (split over children)")
+	flag.DurationVar(&o.stormBaseline, "storm-baseline", 3*time.Second, "storm: how long live latency is measured before the storm, for comparison")
+	flag.DurationVar(&o.stormAfter, "storm-after", time.Second, "storm: live events keep coming this long after every storm client is live")
 	summary := flag.String("summary", "", "print a one-row-per-scenario table of the BENCH_JSON lines in this file, and exit")
 	flag.Parse()
 	if *summary != "" {
@@ -88,7 +103,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "fanout-bench:", err)
 		os.Exit(2)
 	}
-	rep, err := run(o)
+	runner := run
+	if o.stormClients > 0 {
+		runner = runStorm
+	}
+	rep, err := runner(o)
+	if rep != nil && o.note != "" {
+		rep.Notes = append(rep.Notes, o.note)
+	}
 	if rep != nil {
 		rep.print(o.jsonOnly)
 	}
@@ -117,8 +139,17 @@ func (r *report) failed() string {
 		why = append(why, fmt.Sprintf("%d duplicates, %d out of order, %d cross-user leaks, %d unparsable frames",
 			r.Duplicates, r.OutOfOrder, r.Leaks, r.ParseErrors))
 	}
+	if r.IDRegressions != 0 {
+		why = append(why, fmt.Sprintf("%d event ids not above the previous one of their connection", r.IDRegressions))
+	}
+	if r.Controls != 0 {
+		why = append(why, fmt.Sprintf("%d control messages (%s)", r.Controls, strings.Join(r.ControlSamples, " ")))
+	}
 	if r.Disconnects != 0 {
 		why = append(why, fmt.Sprintf("%d connections closed by the daemon during the run", r.Disconnects))
+	}
+	if st := r.Storm; st != nil {
+		why = append(why, st.failed()...)
 	}
 	return strings.Join(why, "; ")
 }
@@ -137,6 +168,19 @@ func (o *options) check() error {
 		return errors.New("-procs >= 0, -dial-concurrency and -publishers >= 1")
 	case o.timeout <= 0:
 		return errors.New("-timeout must be positive")
+	case o.stormClients < 0 || o.stormUsers < 0 || o.stormMissed < 1 || o.stormDialWorkers < 1:
+		return errors.New("-storm-clients and -storm-users must be >= 0, -storm-missed and -storm-dial-concurrency >= 1")
+	}
+	if o.stormClients > 0 {
+		if o.stormUsers == 0 || o.stormUsers > o.stormClients {
+			o.stormUsers = o.stormClients
+		}
+		if o.rate <= 0 {
+			return errors.New("the storm scenario needs -rate > 0 (live events per second)")
+		}
+		if o.subprotocol == "" {
+			o.subprotocol = "fanout.v1" // resuming needs the ids
+		}
 	}
 	total := o.users * o.connsPerUser
 	if o.procs == 0 {
@@ -194,11 +238,40 @@ type report struct {
 	// DaemonIdleCPUPercent is the daemon's CPU during -settle (connections
 	// open, no events): the background cost included in the per-delivery
 	// figure. 10 ms tick resolution.
-	DaemonIdleCPUPercent float64  `json:"daemon_idle_cpu_percent"`
-	Notes                []string `json:"notes,omitempty"`
+	DaemonIdleCPUPercent float64 `json:"daemon_idle_cpu_percent"`
+
+	// Subprotocol is the one the clients offered ("" or "fanout.v1").
+	Subprotocol string `json:"subprotocol,omitempty"`
+	// EventsWithID counts deliveries that carried an event id (fanout.v1
+	// with history on); IDRegressions those whose id was not above the
+	// connection's previous one. Controls counts control messages
+	// (resync), with a few of them verbatim.
+	EventsWithID   int64    `json:"events_with_id"`
+	IDRegressions  int64    `json:"id_regressions"`
+	Controls       int64    `json:"controls"`
+	ControlSamples []string `json:"control_samples,omitempty"`
+
+	// Redis's CPU (INFO cpu: used_cpu_sys + used_cpu_user, µs resolution)
+	// over the same window as the daemon's, per event published in it.
+	// It includes the PUBLISH commands themselves and, with history on,
+	// the daemon's recording.
+	RedisCPUus       float64 `json:"redis_cpu_us"`
+	RedisCPUPerEvent float64 `json:"redis_cpu_us_per_event"`
+	// Redis memory (INFO memory used_memory) before the first publish and
+	// after the last delivery, and the history entries added in between
+	// (XLEN over the users' fanout:history:{u} keys): memory per retained
+	// event, key overhead included.
+	RedisMemBeforeBytes int64        `json:"redis_mem_before_bytes"`
+	RedisMemAfterBytes  int64        `json:"redis_mem_after_bytes"`
+	HistoryEntries      int64        `json:"history_entries"`
+	HistoryKeys         int64        `json:"history_keys"`
+	RedisMemPerEntry    float64      `json:"redis_mem_per_entry_bytes"`
+	Storm               *stormResult `json:"storm,omitempty"`
+	Notes               []string     `json:"notes,omitempty"`
 }
 
-// latency of the -then-events phase, reported apart from the burst.
+// latency of a group of events reported apart: the -then-events phase, or
+// the storm's live events before and during the storm.
 type latency struct {
 	Events        int64   `json:"events"`
 	Expected      int64   `json:"expected_deliveries"`
@@ -216,36 +289,130 @@ func us(ns int64) float64 { return float64(ns) / 1e3 }
 
 // child is the parent's handle on one child process.
 type child struct {
-	cmd       *exec.Cmd
-	stdin     io.WriteCloser
-	connected chan childMsg
-	summary   chan childMsg
-	progress  atomic.Int64
+	cmd          *exec.Cmd
+	stdin        io.WriteCloser
+	connected    chan childMsg
+	disconnected chan childMsg
+	reconnected  chan childMsg
+	summary      chan childMsg
+	progress     atomic.Int64
+	caughtUp     atomic.Int64
 }
 
-// tracker sums the children's progress and wakes the publishers.
+// tracker sums the progress of a group of children and wakes whoever
+// waits on it (publishers, drains).
 type tracker struct {
 	mu        sync.Mutex
 	cond      *sync.Cond
 	delivered atomic.Int64
+	caughtUp  atomic.Int64
 	children  []*child
 }
 
+func newTracker() *tracker {
+	t := &tracker{}
+	t.cond = sync.NewCond(&t.mu)
+	return t
+}
+
 func (t *tracker) update() {
-	var sum int64
+	var sum, cu int64
 	for _, c := range t.children {
 		sum += c.progress.Load()
+		cu += c.caughtUp.Load()
 	}
 	t.delivered.Store(sum)
+	t.caughtUp.Store(cu)
 	t.mu.Lock()
 	t.cond.Broadcast()
 	t.mu.Unlock()
 }
 
+// waitFor waits until done() holds (re-checked on every progress report
+// and every 20 ms) or until deadline; it returns done().
+func (t *tracker) waitFor(done func() bool, deadline time.Time) bool {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				t.mu.Lock()
+				t.cond.Broadcast()
+				t.mu.Unlock()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	t.mu.Lock()
+	for !done() && time.Now().Before(deadline) {
+		t.cond.Wait()
+	}
+	t.mu.Unlock()
+	return done()
+}
+
+// spawn starts a child process with cfg, reporting to tr.
+func spawn(self string, cfg childConfig, tr *tracker) (*child, error) {
+	raw, _ := json.Marshal(cfg)
+	c := &child{cmd: exec.Command(self), connected: make(chan childMsg, 1), summary: make(chan childMsg, 1),
+		disconnected: make(chan childMsg, 1), reconnected: make(chan childMsg, 1)}
+	c.cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+	c.cmd.Stderr = os.Stderr
+	c.stdin, _ = c.cmd.StdinPipe()
+	out, _ := c.cmd.StdoutPipe()
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+	tr.children = append(tr.children, c)
+	go readChild(c, out, tr)
+	return c, nil
+}
+
+// reap closes the children's stdin (which makes them exit) and waits for
+// them, killing any that takes more than 10 s.
+func reap(children []*child) {
+	for _, c := range children {
+		c.stdin.Close()
+		done := make(chan struct{})
+		go func() { c.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			c.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// command writes one command line to each child.
+func command(children []*child, cmd string) {
+	for _, c := range children {
+		fmt.Fprintln(c.stdin, cmd)
+	}
+}
+
+// maxLife bounds a child's life: the phases of the run and a minute more.
+func (o options) maxLife() time.Duration {
+	d := 4*o.timeout + o.settle + time.Minute
+	if o.rate > 0 {
+		d += time.Duration(float64(o.events)/o.rate) * time.Second
+	}
+	d += time.Duration(float64(o.thenEvents)/o.thenRate) * time.Second
+	if o.stormClients > 0 {
+		d += 3*o.timeout + o.stormBaseline + o.stormAfter
+	}
+	return d
+}
+
 func run(o options) (*report, error) {
 	total := o.users * o.connsPerUser
 	rep := &report{Scenario: o.scenario, Users: o.users, ConnsPerUser: o.connsPerUser, Procs: o.procs,
-		Sources: o.sources, ConnsRequested: total, Payload: o.payload, Rate: o.rate, Inflight: o.inflight}
+		Sources: o.sources, ConnsRequested: total, Payload: o.payload, Rate: o.rate, Inflight: o.inflight,
+		Subprotocol: o.subprotocol}
 	pids, err := parsePIDs(o.pids)
 	if err != nil {
 		return nil, err
@@ -271,46 +438,18 @@ func run(o options) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Bound on the whole run, also enforced by each child on itself.
-	maxLife := 4*o.timeout + o.settle + time.Minute
-	if o.rate > 0 {
-		maxLife += time.Duration(float64(o.events)/o.rate) * time.Second
-	}
-	maxLife += time.Duration(float64(o.thenEvents)/o.thenRate) * time.Second
-
-	tr := &tracker{}
-	tr.cond = sync.NewCond(&tr.mu)
+	tr := newTracker()
+	defer func() { reap(tr.children) }()
 	workers := max(1, o.dialWorkers/o.procs)
 	start := time.Now()
 	for i := 0; i < o.procs; i++ {
-		cfg := childConfig{URL: o.url, Users: o.users, Sources: o.sources,
+		cfg := childConfig{URL: o.url, Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
 			Lo: total * i / o.procs, Hi: total * (i + 1) / o.procs,
-			DialWorkers: workers, Timeout: o.timeout, MaxLife: maxLife}
-		raw, _ := json.Marshal(cfg)
-		c := &child{cmd: exec.Command(self), connected: make(chan childMsg, 1), summary: make(chan childMsg, 1)}
-		c.cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
-		c.cmd.Stderr = os.Stderr
-		c.stdin, _ = c.cmd.StdinPipe()
-		out, _ := c.cmd.StdoutPipe()
-		if err := c.cmd.Start(); err != nil {
-			return nil, fmt.Errorf("start child: %w", err)
+			DialWorkers: workers, Timeout: o.timeout, MaxLife: o.maxLife()}
+		if _, err := spawn(self, cfg, tr); err != nil {
+			return nil, err
 		}
-		tr.children = append(tr.children, c)
-		go readChild(c, out, tr)
 	}
-	defer func() {
-		for _, c := range tr.children {
-			c.stdin.Close()
-			done := make(chan struct{})
-			go func() { c.cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				c.cmd.Process.Kill()
-				<-done
-			}
-		}
-	}()
 
 	// Connect phase. Children bound their dials by -timeout; the parent
 	// allows a little more for them to report.
@@ -351,37 +490,21 @@ func run(o options) (*report, error) {
 
 	benchCPU0 := benchTicks(tr.children)
 	if o.events+o.thenEvents > 0 {
+		users := userNames("u", o.users)
+		mem0 := redisMemory(rdb)
+		entries0, _ := historyEntries(rdb, users)
 		p := &publisher{o: o, rdb: rdb, tr: tr, connsOf: connectsPerUser}
 		p.run(rep, pids)
+		rep.measureHistory(rdb, users, mem0, entries0)
 	}
 
 	// Collect the summaries.
-	for _, c := range tr.children {
-		fmt.Fprintln(c.stdin, "stop")
+	command(tr.children, "stop")
+	hist, lastRecv, childTicks, err := collect(tr.children, rep)
+	if err != nil {
+		return rep, err
 	}
-	var hist [2]histogram
-	var lastRecv [2]int64
-	benchTicksEnd := cpuTicks(os.Getpid())
-	sumDeadline := time.After(15 * time.Second)
-	for _, c := range tr.children {
-		select {
-		case m := <-c.summary:
-			rep.Deliveries += m.D
-			rep.Duplicates += m.Dups
-			rep.OutOfOrder += m.OOO
-			rep.Leaks += m.Leaks
-			rep.ParseErrors += m.ParseErrs
-			rep.Disconnects += m.Disconnects
-			lastRecv[0] = max(lastRecv[0], m.LastRecvNs[0])
-			lastRecv[1] = max(lastRecv[1], m.LastRecvNs[1])
-			benchTicksEnd += m.CPUTicks
-			for ph := 0; ph < 2; ph++ {
-				hist[ph].merge(m.Hist[ph], m.HistMax[ph])
-			}
-		case <-sumDeadline:
-			return rep, errors.New("summary: a child did not report in time")
-		}
-	}
+	benchTicksEnd := cpuTicks(os.Getpid()) + childTicks
 	rep.Losses = rep.Expected - rep.Deliveries
 	rep.RSSEndBytes = rss(pids)
 	// The headline latency is the first phase's (all of it without
@@ -425,6 +548,41 @@ func run(o options) (*report, error) {
 // windowStartNs is the wall clock of the first publish.
 var windowStartNs atomic.Int64
 
+// collect waits for the children's summaries (after "stop"), adds their
+// counters to rep and returns their merged histograms, the last receipt
+// per phase and the children's CPU ticks.
+func collect(children []*child, rep *report) (hist [numHists]histogram, lastRecv [2]int64, ticks int64, err error) {
+	deadline := time.After(15 * time.Second)
+	for _, c := range children {
+		select {
+		case m := <-c.summary:
+			rep.Deliveries += m.D
+			rep.Duplicates += m.Dups
+			rep.OutOfOrder += m.OOO
+			rep.Leaks += m.Leaks
+			rep.ParseErrors += m.ParseErrs
+			rep.Disconnects += m.Disconnects
+			rep.EventsWithID += m.WithID
+			rep.IDRegressions += m.IDRegress
+			rep.Controls += m.Controls
+			for _, t := range m.ControlText {
+				if len(rep.ControlSamples) < 3 {
+					rep.ControlSamples = append(rep.ControlSamples, t)
+				}
+			}
+			lastRecv[0] = max(lastRecv[0], m.LastRecvNs[0])
+			lastRecv[1] = max(lastRecv[1], m.LastRecvNs[1])
+			ticks += m.CPUTicks
+			for h := range hist {
+				hist[h].merge(m.Hist[h], m.HistMax[h])
+			}
+		case <-deadline:
+			return hist, lastRecv, ticks, errors.New("summary: a child did not report in time")
+		}
+	}
+	return hist, lastRecv, ticks, nil
+}
+
 func readChild(c *child, out io.Reader, tr *tracker) {
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), 32<<20)
@@ -437,8 +595,13 @@ func readChild(c *child, out io.Reader, tr *tracker) {
 		switch m.T {
 		case "c":
 			c.connected <- m
+		case "dc":
+			c.disconnected <- m
+		case "rc":
+			c.reconnected <- m
 		case "p":
 			c.progress.Store(m.D)
+			c.caughtUp.Store(m.CU)
 			tr.update()
 		case "s":
 			c.progress.Store(m.D)
@@ -496,7 +659,7 @@ func (p *publisher) run(rep *report, pids []int) {
 	}()
 	defer close(stopTick)
 
-	cpu0 := cpuTicksAll(pids)
+	cpu0, rcpu0 := cpuTicksAll(pids), redisCPU(p.rdb)
 	t0 := time.Now()
 	windowStartNs.Store(t0.UnixNano())
 	pubDeadline := t0.Add(p.o.timeout)
@@ -509,6 +672,14 @@ func (p *publisher) run(rep *report, pids []int) {
 	rep.WindowSeconds = time.Since(t0).Seconds()
 	cpu1 := cpuTicksAll(pids)
 	rep.DaemonCPUus = float64(cpu1-cpu0) * 1e6 / clkTck
+	if rcpu0 >= 0 {
+		if rcpu1 := redisCPU(p.rdb); rcpu1 >= 0 {
+			rep.RedisCPUus = rcpu1 - rcpu0
+			if n := p.published.Load(); n > 0 {
+				rep.RedisCPUPerEvent = rep.RedisCPUus / float64(n)
+			}
+		}
+	}
 
 	if p.o.thenEvents > 0 {
 		// The paced tail starts once the burst is drained (or timed out), so

@@ -30,7 +30,11 @@ func (r *report) print(jsonOnly bool) {
 			if r.Rate == 0 {
 				mode = fmt.Sprintf("as fast as possible, <= %d in flight", r.Inflight)
 			}
-			row("events published", "%d (%d B, %s; %.2f s, %d errors)", r.EventsPublished, r.Payload, mode, r.PublishSeconds, r.PublishErrors)
+			if r.Storm != nil {
+				row("events published", "%d (%d B; live, warm-up and missed; %d errors)", r.EventsPublished, r.Payload, r.PublishErrors)
+			} else {
+				row("events published", "%d (%d B, %s; %.2f s, %d errors)", r.EventsPublished, r.Payload, mode, r.PublishSeconds, r.PublishErrors)
+			}
 			row("expected deliveries", "%d", r.Expected)
 			row("deliveries", "%d (drained: %v)", r.Deliveries, r.Drained)
 			row("losses", "%d", r.Losses)
@@ -40,13 +44,41 @@ func (r *report) print(jsonOnly bool) {
 			if r.Phase2 != nil {
 				first = " (burst phase)"
 			}
-			row("latency p50/p99/p99.9/max"+first, "%s / %s / %s / %s", dur(r.LatP50us), dur(r.LatP99us), dur(r.LatP999us), dur(r.LatMaxus))
-			row("throughput"+first, "%.0f deliveries/s over %.2f s", r.DeliveriesPerSec, r.WindowSeconds)
-			row("daemon CPU"+first, "%.2f µs per delivery (%.0f%% of one core; generator %.0f%%)", r.DaemonCPUPerDeliv, r.DaemonCPUPercent, r.BenchCPUPercent)
+			if r.Storm == nil {
+				row("latency p50/p99/p99.9/max"+first, "%s / %s / %s / %s", dur(r.LatP50us), dur(r.LatP99us), dur(r.LatP999us), dur(r.LatMaxus))
+				row("throughput"+first, "%.0f deliveries/s over %.2f s", r.DeliveriesPerSec, r.WindowSeconds)
+				row("daemon CPU"+first, "%.2f µs per delivery (%.0f%% of one core; generator %.0f%%)", r.DaemonCPUPerDeliv, r.DaemonCPUPercent, r.BenchCPUPercent)
+			}
 			if p := r.Phase2; p != nil {
 				row("paced tail (phase 2)", "%d events, %d of %d deliveries over %.1f s, daemon CPU %.2f µs per delivery", p.Events, p.Deliv, p.Expected, p.WindowSeconds, p.CPUPerDeliv)
 				row("  tail latency p50/p99/p99.9/max", "%s / %s / %s / %s", dur(p.P50us), dur(p.P99us), dur(p.P999us), dur(p.Maxus))
 			}
+			if r.Storm == nil {
+				row("Redis CPU", "%.2f µs per event (%.0f µs over the burst)", r.RedisCPUPerEvent, r.RedisCPUus)
+			}
+			row("history", "%d entries added in %d keys; Redis used_memory %.1f -> %.1f MiB: %s per entry",
+				r.HistoryEntries, r.HistoryKeys, mib(r.RedisMemBeforeBytes), mib(r.RedisMemAfterBytes), perEntry(r))
+			row("events with an id / id regressions", "%d / %d (subprotocol %q)", r.EventsWithID, r.IDRegressions, r.Subprotocol)
+		}
+		if st := r.Storm; st != nil {
+			row("storm clients", "%d connected (%d users), %d missed events each; %d live connections at %.0f events/s",
+				st.Connected, st.Users, st.Missed, st.LiveConnections, st.LiveRate)
+			row("away", "%d events published and in the history after %.2f s (%d users short)", st.AwayEvents, st.AwaySeconds, st.HistoryShort)
+			row("reconnected", "%d (%d failed, %d without id; last dial done after %.2f s) %s",
+				st.Reconnected, st.ReconnectFail, st.NoID, st.ReconnectSeconds, strings.Join(st.ReconnectErrors, "; "))
+			live := fmt.Sprintf("%.2f s", st.AllLiveSeconds)
+			if !st.AllLive {
+				live = fmt.Sprintf("not reached: %d of %d caught up", st.CaughtUp, st.Connected)
+			}
+			row("all live after", "%s; per client p50/p99/max %s / %s / %s", live, dur(st.CatchUpP50us), dur(st.CatchUpP99us), dur(st.CatchUpMaxus))
+			row("live latency before the storm", "p50/p99/max %s / %s / %s (%d deliveries over %.1f s)",
+				dur(st.Baseline.P50us), dur(st.Baseline.P99us), dur(st.Baseline.Maxus), st.Baseline.Deliv, st.Baseline.WindowSeconds)
+			row("live latency during the storm", "p50/p99/max %s / %s / %s (%d deliveries over %.2f s)",
+				dur(st.During.P50us), dur(st.During.P99us), dur(st.During.Maxus), st.During.Deliv, st.During.WindowSeconds)
+			row("CPU during the storm", "daemon %.0f%%, Redis %.0f%% of one core (generator %.0f%% over the whole run)", st.DaemonCPUPercent, st.RedisCPUPercent, r.BenchCPUPercent)
+		}
+		if r.Controls > 0 {
+			row("control messages", "%d: %s", r.Controls, strings.Join(r.ControlSamples, " "))
 		}
 		row("disconnects / parse errors", "%d / %d", r.Disconnects, r.ParseErrors)
 		for _, n := range r.Notes {
@@ -59,6 +91,13 @@ func (r *report) print(jsonOnly bool) {
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+func perEntry(r *report) string {
+	if r.HistoryEntries <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f B", r.RedisMemPerEntry)
+}
 
 func dur(us float64) string {
 	switch {
@@ -81,7 +120,8 @@ func printSummary(path string) error {
 		return err
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "scenario\tconns\tfail\tupgr/s\tRSS/conn\tevents\texpected\tdelivered\tlost\tdup\tleak\tp50\tp99\tp99.9\tmax\tdeliv/s\tCPU µs/deliv\tidle CPU\t")
+	fmt.Fprintln(w, "scenario\tconns\tfail\tupgr/s\tRSS/conn\tevents\texpected\tdelivered\tlost\tdup\tleak\tp50\tp99\tp99.9\tmax\tdeliv/s\tCPU µs/deliv\tidle CPU\tRedis µs/event\tRedis B/entry\t")
+	var storms []report
 	for _, line := range strings.Split(string(data), "\n") {
 		raw, ok := strings.CutPrefix(line, "BENCH_JSON ")
 		if !ok {
@@ -91,14 +131,40 @@ func printSummary(path string) error {
 		if err := json.Unmarshal([]byte(raw), &r); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f\t%.1f KiB\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.1f%%\t\n",
+		if r.Storm != nil {
+			storms = append(storms, r)
+			continue
+		}
+		redisCPU := "-"
+		if r.EventsPublished > 0 {
+			redisCPU = fmt.Sprintf("%.2f", r.RedisCPUPerEvent)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f\t%.1f KiB\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.1f%%\t%s\t%s\t\n",
 			r.Scenario, r.Connections, r.ConnectFailures, r.UpgradesPerSec, r.RSSPerConnBytes/1024,
 			r.EventsPublished, r.Expected, r.Deliveries, r.Losses, r.Duplicates, r.Leaks,
-			dur(r.LatP50us), dur(r.LatP99us), dur(r.LatP999us), dur(r.LatMaxus), r.DeliveriesPerSec, r.DaemonCPUPerDeliv, r.DaemonIdleCPUPercent)
+			dur(r.LatP50us), dur(r.LatP99us), dur(r.LatP999us), dur(r.LatMaxus), r.DeliveriesPerSec, r.DaemonCPUPerDeliv, r.DaemonIdleCPUPercent,
+			redisCPU, perEntry(&r))
 		if p := r.Phase2; p != nil {
 			fmt.Fprintf(w, "%s\t\t\t\t\t%d\t%d\t%d\t\t\t\t%s\t%s\t%s\t%s\t\t%.2f\t\t\n", r.Scenario+" tail",
 				p.Events, p.Expected, p.Deliv, dur(p.P50us), dur(p.P99us), dur(p.P999us), dur(p.Maxus), p.CPUPerDeliv)
 		}
+	}
+	if err := w.Flush(); err != nil || len(storms) == 0 {
+		return err
+	}
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "scenario\tresuming\tmissed\treconnected\tall live\tcatch-up p50\tp99\tlive p99 before\tduring\tlive max during\tdaemon CPU\tRedis CPU\tlost\tdup\tresync\tRedis B/entry\t")
+	for _, r := range storms {
+		st := r.Storm
+		live := fmt.Sprintf("%.2f s", st.AllLiveSeconds)
+		if !st.AllLive {
+			live = fmt.Sprintf("%d/%d", st.CaughtUp, st.Connected)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f%%\t%.0f%%\t%d\t%d\t%d\t%s\t\n",
+			r.Scenario, st.Connected, st.Missed, st.Reconnected, live, dur(st.CatchUpP50us), dur(st.CatchUpP99us),
+			dur(st.Baseline.P99us), dur(st.During.P99us), dur(st.During.Maxus), st.DaemonCPUPercent, st.RedisCPUPercent,
+			r.Losses, r.Duplicates, r.Controls, perEntry(&r))
 	}
 	return w.Flush()
 }
