@@ -56,9 +56,9 @@ type Hub struct {
 	// replayer sends resuming connections their history (nil with
 	// HISTORY=off); replays is the context of its catch-ups, cancelled
 	// when shutdown begins.
-	replayer     *replayer
-	replays      context.Context
-	stopReplays  context.CancelFunc
+	replayer    *replayer
+	replays     context.Context
+	stopReplays context.CancelFunc
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
 	// the socket in closeSocket), and broadcast's fan-out goroutines; the

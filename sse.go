@@ -229,5 +229,3 @@ func (h *Hub) endStreams() {
 		c.disconnect(disconnectShutdown)
 	}
 }
-
-
