@@ -119,9 +119,7 @@ func printSummary(path string) error {
 	if err != nil {
 		return err
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "scenario\tconns\tfail\tupgr/s\tRSS/conn\tevents\texpected\tdelivered\tlost\tdup\tleak\tp50\tp99\tp99.9\tmax\tdeliv/s\tCPU µs/deliv\tidle CPU\tRedis µs/event\tRedis B/entry\t")
-	var storms []report
+	var plain, storms []report
 	for _, line := range strings.Split(string(data), "\n") {
 		raw, ok := strings.CutPrefix(line, "BENCH_JSON ")
 		if !ok {
@@ -133,8 +131,15 @@ func printSummary(path string) error {
 		}
 		if r.Storm != nil {
 			storms = append(storms, r)
-			continue
+		} else {
+			plain = append(plain, r)
 		}
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	if len(plain) > 0 {
+		fmt.Fprintln(w, "scenario\tconns\tfail\tupgr/s\tRSS/conn\tevents\texpected\tdelivered\tlost\tdup\tleak\tp50\tp99\tp99.9\tmax\tdeliv/s\tCPU µs/deliv\tidle CPU\tRedis µs/event\tRedis B/entry\t")
+	}
+	for _, r := range plain {
 		redisCPU := "-"
 		if r.EventsPublished > 0 {
 			redisCPU = fmt.Sprintf("%.2f", r.RedisCPUPerEvent)
@@ -152,7 +157,9 @@ func printSummary(path string) error {
 	if err := w.Flush(); err != nil || len(storms) == 0 {
 		return err
 	}
-	fmt.Println()
+	if len(plain) > 0 {
+		fmt.Println()
+	}
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "scenario\tresuming\tmissed\treconnected\tall live\tcatch-up p50\tp99\tlive p99 before\tduring\tlive max during\tdaemon CPU\tRedis CPU\tlost\tdup\tresync\tRedis B/entry\t")
 	for _, r := range storms {
