@@ -75,7 +75,7 @@ func (r *report) print(jsonOnly bool) {
 				dur(st.Baseline.P50us), dur(st.Baseline.P99us), dur(st.Baseline.Maxus), st.Baseline.Deliv, st.Baseline.WindowSeconds)
 			row("live latency during the storm", "p50/p99/max %s / %s / %s (%d deliveries over %.2f s)",
 				dur(st.During.P50us), dur(st.During.P99us), dur(st.During.Maxus), st.During.Deliv, st.During.WindowSeconds)
-			row("CPU during the storm", "daemon %.0f%%, Redis %.0f%% of one core (generator %.0f%% over the whole run)", st.DaemonCPUPercent, st.RedisCPUPercent, r.BenchCPUPercent)
+			row("CPU during the storm", "daemon %.0f%%, Redis %.0f%%, generator %.0f%% (of one core; 2 cores in all)", st.DaemonCPUPercent, st.RedisCPUPercent, st.BenchCPUPercent)
 		}
 		if r.Controls > 0 {
 			row("control messages", "%d: %s", r.Controls, strings.Join(r.ControlSamples, " "))
@@ -161,16 +161,16 @@ func printSummary(path string) error {
 		fmt.Println()
 	}
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "scenario\tresuming\tmissed\treconnected\tall live\tcatch-up p50\tp99\tlive p99 before\tduring\tlive max during\tdaemon CPU\tRedis CPU\tlost\tdup\tresync\tRedis B/entry\t")
+	fmt.Fprintln(w, "scenario\tresuming\tmissed\treconnected\tall live\tcatch-up p50\tp99\tlive p99 before\tduring\tlive max during\tdaemon CPU\tRedis CPU\tbench CPU\tlost\tdup\tresync\tRedis B/entry\t")
 	for _, r := range storms {
 		st := r.Storm
 		live := fmt.Sprintf("%.2f s", st.AllLiveSeconds)
 		if !st.AllLive {
 			live = fmt.Sprintf("%d/%d", st.CaughtUp, st.Connected)
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f%%\t%.0f%%\t%d\t%d\t%d\t%s\t\n",
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f%%\t%.0f%%\t%.0f%%\t%d\t%d\t%d\t%s\t\n",
 			r.Scenario, st.Connected, st.Missed, st.Reconnected, live, dur(st.CatchUpP50us), dur(st.CatchUpP99us),
-			dur(st.Baseline.P99us), dur(st.During.P99us), dur(st.During.Maxus), st.DaemonCPUPercent, st.RedisCPUPercent,
+			dur(st.Baseline.P99us), dur(st.During.P99us), dur(st.During.Maxus), st.DaemonCPUPercent, st.RedisCPUPercent, st.BenchCPUPercent,
 			r.Losses, r.Duplicates, r.Controls, perEntry(&r))
 	}
 	return w.Flush()

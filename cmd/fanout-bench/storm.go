@@ -69,6 +69,9 @@ type stormResult struct {
 	DaemonCPUPercent float64  `json:"daemon_cpu_percent"`
 	RedisCPUus       float64  `json:"redis_cpu_us"`
 	RedisCPUPercent  float64  `json:"redis_cpu_percent"`
+	// BenchCPUPercent is the generator's own CPU (parent and children)
+	// over the storm: dialing and reading the catch-ups on the same cores.
+	BenchCPUPercent float64 `json:"bench_cpu_percent"`
 }
 
 func (st *stormResult) failed() []string {
@@ -274,14 +277,16 @@ func runStorm(o options) (*report, error) {
 	time.Sleep(o.stormBaseline)
 
 	// Storm.
-	cpu0, rcpu0 := cpuTicksAll(pids), redisCPU(rdb)
+	kids := append(append([]*child(nil), liveTr.children...), stormTr.children...)
+	cpu0, rcpu0, bcpu0 := cpuTicksAll(pids), redisCPU(rdb), benchTicks(kids)
 	lp.phase.Store(2)
 	t1 := time.Now()
 	command(stormTr.children, "reconnect")
 	st.AllLive = stormTr.waitFor(func() bool { return stormTr.caughtUp.Load() >= int64(st.Connected) }, t1.Add(2*o.timeout))
 	stormSecs := time.Since(t1).Seconds()
 	lp.phase.Store(phaseOther)
-	cpu1, rcpu1 := cpuTicksAll(pids), redisCPU(rdb)
+	cpu1, rcpu1, bcpu1 := cpuTicksAll(pids), redisCPU(rdb), benchTicks(kids)
+	st.BenchCPUPercent = float64(bcpu1-bcpu0) * 1e6 / clkTck / 1e4 / stormSecs
 	st.CaughtUp = stormTr.caughtUp.Load()
 	if st.AllLive {
 		st.AllLiveSeconds = stormSecs
@@ -324,7 +329,6 @@ func runStorm(o options) (*report, error) {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d PUBLISH errors", rep.PublishErrors))
 	}
 
-	kids := append(append([]*child(nil), liveTr.children...), stormTr.children...)
 	command(kids, "stop")
 	benchTicksEnd := cpuTicks(os.Getpid())
 	hist, _, childTicks, err := collect(kids, rep)
