@@ -150,7 +150,7 @@ func printSummary(path string) error {
 			dur(r.LatP50us), dur(r.LatP99us), dur(r.LatP999us), dur(r.LatMaxus), r.DeliveriesPerSec, r.DaemonCPUPerDeliv, r.DaemonIdleCPUPercent,
 			redisCPU, perEntry(&r))
 		if p := r.Phase2; p != nil {
-			fmt.Fprintf(w, "%s\t\t\t\t\t%d\t%d\t%d\t\t\t\t%s\t%s\t%s\t%s\t\t%.2f\t\t\n", r.Scenario+" tail",
+			fmt.Fprintf(w, "%s\t\t\t\t\t%d\t%d\t%d\t\t\t\t%s\t%s\t%s\t%s\t\t%.2f\t\t\t\t\n", r.Scenario+" tail",
 				p.Events, p.Expected, p.Deliv, dur(p.P50us), dur(p.P99us), dur(p.P999us), dur(p.Maxus), p.CPUPerDeliv)
 		}
 	}
