@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -223,8 +224,8 @@ func (p *replayer) send(ctx context.Context, c *Client, evs []history.Event, cur
 // failed ends a catch-up whose read failed: the client is disconnected
 // (it resumes again with the same id) rather than left with a gap.
 func (p *replayer) failed(c *Client, err error) {
-	if err == context.Canceled {
-		return
+	if errors.Is(err, context.Canceled) {
+		return // shutdown: the client is being closed with 1001
 	}
 	p.errLog.log(p.logger, slog.LevelWarn, "Reading history failed; closing the connection so that it resumes", "username", c.username, "err", err)
 	c.disconnect(disconnectHistoryUnavailable)

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
 )
@@ -194,5 +196,84 @@ func TestSSEStreamsEventsWithIDsAndResumesFromLastEventID(t *testing.T) {
 	_, br = open("1-0")
 	if got := readSSE(t, br); got.event != "resync" {
 		t.Fatalf("want resync, got %+v", got)
+	}
+}
+
+// pipelineCounter counts what a go-redis client sends: single commands by
+// name, and pipelines with the commands in them.
+type pipelineCounter struct {
+	mu        sync.Mutex
+	single    map[string]int
+	pipelines int
+	piped     map[string]int
+}
+
+func (p *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (p *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		p.mu.Lock()
+		p.single[cmd.Name()]++
+		p.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (p *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		p.mu.Lock()
+		p.pipelines++
+		for _, c := range cmds {
+			p.piped[c.Name()]++
+		}
+		p.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func TestRecordingTakesOneRoundTripPerBatchNotPerEvent(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
+	td.waitReady()
+	counter := &pipelineCounter{single: map[string]int{}, piped: map[string]int{}}
+	td.d.rdb.AddHook(counter)
+	const users, perUser = 20, 250
+	conns := make([]*websocket.Conn, users)
+	for u := range users {
+		conns[u] = dialV1(t, fmt.Sprintf("%s?username=u%d", td.wsURL, u))
+	}
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connections.Load() == users })
+	// Published in bursts, as a busy engine does: the subscription hands
+	// over many events at a time.
+	ctx := context.Background()
+	for i := range perUser {
+		pipe := td.pub.Pipeline()
+		for u := range users {
+			pipe.Publish(ctx, fmt.Sprintf("%su%d", channelPrefix, u), fmt.Sprintf(`{"n":%d}`, i))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const total = users * perUser
+	eventually(t, 30*time.Second, "all recorded", func() bool { return td.d.stats.MessagesReceived.Load() == total })
+	for u, conn := range conns {
+		last := ""
+		for i := range perUser {
+			f := readV1(t, conn)
+			if string(f.Data) != fmt.Sprintf(`{"n":%d}`, i) || f.ID == "" || f.ID == last {
+				t.Fatalf("user %d, event %d: %+v", u, i, f)
+			}
+			last = f.ID
+		}
+	}
+	counter.mu.Lock()
+	defer counter.mu.Unlock()
+	t.Logf("%d events recorded in %d pipelines (%d script calls)", total, counter.pipelines, counter.piped["evalsha"])
+	if counter.single["evalsha"] != 0 || counter.single["eval"] != 0 {
+		t.Fatalf("scripts sent outside pipelines: %v", counter.single)
+	}
+	if counter.pipelines >= total/4 {
+		t.Fatalf("%d pipelines for %d events: recording is not batched", counter.pipelines, total)
+	}
+	if counter.piped["evalsha"] > counter.pipelines*users {
+		t.Fatalf("%d script calls in %d pipelines: more than one per user per batch", counter.piped["evalsha"], counter.pipelines)
 	}
 }
