@@ -227,7 +227,8 @@ func dialSSE(ctx context.Context, client *http.Client, baseURL string, query url
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		return fail("Content-Type %q, want text/event-stream", ct)
 	}
-	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" {
+	// nginx acts on X-Accel-Buffering and does not pass it on.
+	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" && !strings.HasPrefix(resp.Header.Get("Server"), "nginx") {
 		return fail("X-Accel-Buffering %q, want no", got)
 	}
 	return &sseHistStream{body: resp.Body, lines: bufio.NewReader(resp.Body), cancel: cancel}, nil
@@ -323,10 +324,12 @@ type resumingClient struct {
 	// mu guards what follows.
 	mu sync.Mutex
 	// cur is the open stream, nil between connections.
-	cur        histStream
-	cutPending bool
-	stopped    bool
-	events     []histFrame
+	cur histStream
+	// cutsPending counts the cuts asked for while the client had no
+	// connection or no id yet; each ends one connection.
+	cutsPending int
+	stopped     bool
+	events      []histFrame
 	// eventSegment is the segment each event came in.
 	eventSegment []int
 	controls     []histFrame
@@ -368,8 +371,10 @@ func (c *resumingClient) run(ctx context.Context) {
 			return
 		}
 		c.cur = s
-		cutNow := c.cutPending
-		c.cutPending = false
+		cutNow := c.cutsPending > 0 && last != ""
+		if cutNow {
+			c.cutsPending--
+		}
 		c.mu.Unlock()
 		if cutNow {
 			s.close()
@@ -389,7 +394,14 @@ func (c *resumingClient) run(ctx context.Context) {
 				last = f.id
 				seg.events++
 			}
+			cutNow := c.cutsPending > 0
+			if cutNow {
+				c.cutsPending--
+			}
 			c.mu.Unlock()
+			if cutNow {
+				s.close()
+			}
 		}
 		s.close()
 		c.mu.Lock()
@@ -400,12 +412,14 @@ func (c *resumingClient) run(ctx context.Context) {
 	}
 }
 
-// cut disconnects the client now, or as soon as its next connection opens.
+// cut disconnects the client now, or as soon as it has a connection and
+// an event id to resume from: without one it could not resume.
 func (c *resumingClient) cut() {
 	c.mu.Lock()
 	s := c.cur
-	if s == nil {
-		c.cutPending = true
+	if s == nil || len(c.events) == 0 {
+		s = nil
+		c.cutsPending++
 	}
 	c.mu.Unlock()
 	if s != nil {
@@ -511,8 +525,14 @@ func (c *resumingClient) checkExactly(t *testing.T, want []string) {
 		if i > 0 {
 			prev = events[i-1].String()
 		}
-		t.Fatalf("got %d events, want %d: %d missing, %d duplicated, %d unknown; first difference at #%d: %s (connection %d), want %s; previous %s",
-			len(events), len(want), missing, dups, unknown, i, got, gotSeg, want[min(i, len(want)-1)], prev)
+		earlier := ""
+		if i < len(events) {
+			if j := slices.IndexFunc(events[:i], func(e histFrame) bool { return e.data == events[i].data }); j >= 0 {
+				earlier = fmt.Sprintf("; it came before as #%d: %s (connection %d)", j, events[j], segOf[j])
+			}
+		}
+		t.Fatalf("got %d events, want %d: %d missing, %d duplicated, %d unknown; first difference at #%d: %s (connection %d), want %s; previous %s%s",
+			len(events), len(want), missing, dups, unknown, i, got, gotSeg, want[min(i, len(want)-1)], prev, earlier)
 	}
 	var prev history.ID
 	for i, e := range events {
@@ -708,12 +728,12 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 			c.stop()
 			cancel()
 			wg.Wait()
-			if n := len(c.segments); n < 21 {
+			c.checkExactly(t, payloads)
+			checkStream(t, pub, user, c.events, payloads)
+			if n := len(c.segments); n != 21 {
 				c.report(t)
 				t.Fatalf("%d connections, want 21 (20 cuts)", n)
 			}
-			c.checkExactly(t, payloads)
-			checkStream(t, pub, user, c.events, payloads)
 		})
 	}
 }
@@ -1120,67 +1140,171 @@ func TestHistoryOffWritesNothingAndGivesNoIDs(t *testing.T) {
 // TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents: byte-
 // identical payloads published one after the other with plain PUBLISH to
 // three instances are each one event: one entry, one id, delivered once
-// each, on every instance with the same id.
+// each, on every instance with the same id. Both when they are the user's
+// first events (no instance has a place in the user's history yet) and
+// when every instance has already recorded an event of the user.
 func TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents(t *testing.T) {
-	r := startRedis(t)
-	var daemons []*testDaemon
-	for range 3 {
-		td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
-		td.waitReady()
-		daemons = append(daemons, td)
-	}
-	const user = "twins"
-	q := url.Values{"username": {user}}
-	ws, sse := historyTransports()[0], historyTransports()[1]
-	streams := map[string]histStream{
-		"fanout.v1 on instance 0": openHistory(t, ws, daemons[0].baseURL, q, ""),
-		"fanout.v1 on instance 1": openHistory(t, ws, daemons[1].baseURL, q, ""),
-		"fanout.v1 on instance 2": openHistory(t, ws, daemons[2].baseURL, q, ""),
-		"sse on instance 2":       openHistory(t, sse, daemons[2].baseURL, q, ""),
-	}
-	plain := daemons[1].dial(user)
-	eventually(t, 5*time.Second, "connections registered", func() bool {
-		return daemons[0].d.hub.connectionCount(user) == 1 && daemons[1].d.hub.connectionCount(user) == 2 &&
-			daemons[2].d.hub.connectionCount(user) == 2
-	})
-
-	// Runs of identical payloads, in one pipeline: "P P", "Q Q Q", ….
 	p1, p2 := `{"type":"progress","pct":50}`, "{\n  \"type\": \"heartbeat\"\n}"
+	// Runs of identical payloads: "P P", "Q Q Q", ….
 	rng := rand.New(rand.NewPCG(11, 11))
-	payloads := []string{p1, p1}
-	for len(payloads) < 100 {
+	runs := []string{p1, p1}
+	for len(runs) < 100 {
 		p := p1
 		if rng.IntN(2) == 0 {
 			p = p2
 		}
-		payloads = append(payloads, p)
+		runs = append(runs, p)
 	}
-	pub := r.client()
-	publishNow(t, pub, user, payloads...)
+	cases := []struct {
+		name string
+		// warm publishes a distinct event first and waits until every
+		// instance has delivered it.
+		warm     bool
+		payloads []string
+	}{
+		{"two as the user's first events", false, []string{p1, p1}},
+		{"two after a first event", true, []string{p1, p1}},
+		{"runs of 100 as the user's first events", false, runs},
+		{"runs of 100 after a first event", true, runs},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRedis(t)
+			var daemons []*testDaemon
+			for range 3 {
+				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+				td.waitReady()
+				daemons = append(daemons, td)
+			}
+			const user = "twins"
+			q := url.Values{"username": {user}}
+			ws, sse := historyTransports()[0], historyTransports()[1]
+			streams := map[string]histStream{
+				"fanout.v1 on instance 0": openHistory(t, ws, daemons[0].baseURL, q, ""),
+				"fanout.v1 on instance 1": openHistory(t, ws, daemons[1].baseURL, q, ""),
+				"fanout.v1 on instance 2": openHistory(t, ws, daemons[2].baseURL, q, ""),
+				"sse on instance 2":       openHistory(t, sse, daemons[2].baseURL, q, ""),
+			}
+			plain := daemons[1].dial(user)
+			eventually(t, 5*time.Second, "connections registered", func() bool {
+				return daemons[0].d.hub.connectionCount(user) == 1 && daemons[1].d.hub.connectionCount(user) == 2 &&
+					daemons[2].d.hub.connectionCount(user) == 2
+			})
+			pub := r.client()
+			skip := 0
+			if tc.warm {
+				first := event(user, 0)
+				publishNow(t, pub, user, first)
+				for name, s := range streams {
+					if f := nextFrame(t, s); f.data != first {
+						t.Fatalf("%s got %s, want %s", name, f, first)
+					}
+				}
+				if got := readText(t, plain, 5*time.Second); got != first {
+					t.Fatalf("plain client got %q, want %q", got, first)
+				}
+				skip = 1
+			}
+			publishNow(t, pub, user, tc.payloads...)
 
-	var entries []history.Event
-	eventually(t, 10*time.Second, "100 entries", func() bool {
-		entries = streamEntries(t, pub, user)
-		return len(entries) >= len(payloads)
-	})
-	for name, s := range streams {
-		t.Run(name, func(t *testing.T) { expectEvents(t, s, entries[:len(payloads)]) })
+			var entries []history.Event
+			eventually(t, 10*time.Second, "every event recorded", func() bool {
+				entries = streamEntries(t, pub, user)
+				return len(entries) >= skip+len(tc.payloads)
+			})
+			entries = entries[skip:]
+			for name, s := range streams {
+				t.Run(name, func(t *testing.T) { expectEvents(t, s, entries[:len(tc.payloads)]) })
+			}
+			for i, p := range tc.payloads {
+				if got := readText(t, plain, 5*time.Second); got != p {
+					t.Fatalf("plain client message %d: %q, want %q", i, got, p)
+				}
+			}
+			entries = streamEntries(t, pub, user)[skip:]
+			if len(entries) != len(tc.payloads) {
+				t.Fatalf("%d history entries for %d publishes", len(entries), len(tc.payloads))
+			}
+			for i, e := range entries {
+				if e.Data != tc.payloads[i] {
+					t.Fatalf("entry %d: %q, want %q", i, e.Data, tc.payloads[i])
+				}
+			}
+			checkHistoryKeys(t, pub, user)
+		})
 	}
-	for i, p := range payloads {
-		if got := readText(t, plain, 5*time.Second); got != p {
-			t.Fatalf("plain client message %d: %q, want %q", i, got, p)
-		}
+}
+
+// TestHistoryABurstToANewUserIsRecordedOnce: a burst of events to a user
+// no instance has a place for yet is one entry per event, whoever appends
+// it: history.Publisher.PublishAll (what `fanout publish` runs for JSON
+// lines), which instances must not record again, or plain PUBLISH seen by
+// three instances. Every client gets each event once, with its one id.
+func TestHistoryABurstToANewUserIsRecordedOnce(t *testing.T) {
+	const burst = 500
+	for _, tc := range []struct {
+		name      string
+		instances int
+		publisher bool
+	}{
+		{"PublishAll, one instance", 1, true},
+		{"plain PUBLISH, three instances", 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRedis(t)
+			user := "burst"
+			q := url.Values{"username": {user}}
+			var streams []histStream
+			for range tc.instances {
+				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+				td.waitReady()
+				streams = append(streams, openHistory(t, historyTransports()[0], td.baseURL, q, ""))
+				eventually(t, 5*time.Second, "connection registered", func() bool { return td.d.hub.connectionCount(user) == 1 })
+			}
+			payloads := numbered(user, burst)
+			pub := r.client()
+			var published []string
+			if tc.publisher {
+				raw := make([][]byte, len(payloads))
+				for i, p := range payloads {
+					raw[i] = []byte(p)
+				}
+				ids, err := history.NewPublisher(pub, history.Retention{}).PublishAll(t.Context(), user, raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				published = ids
+			} else {
+				publishNow(t, pub, user, payloads...)
+			}
+			for i, s := range streams {
+				var ids []string
+				for j, p := range payloads {
+					f := nextFrame(t, s)
+					if f.control != "" || f.data != p || published != nil && f.id != published[j] {
+						want := p
+						if published != nil {
+							want = published[j] + " " + p
+						}
+						t.Fatalf("instance %d, event %d: %s, want %s", i, j, f, want)
+					}
+					ids = append(ids, f.id)
+				}
+				if published == nil {
+					published = ids
+					continue
+				}
+				for j := range ids {
+					if ids[j] != published[j] {
+						t.Fatalf("instance %d gave event %d the id %s, instance 0 %s", i, j, ids[j], published[j])
+					}
+				}
+			}
+			if n := pub.XLen(t.Context(), history.HistoryKey(user)).Val(); n != burst {
+				t.Fatalf("%d history entries for %d events", n, burst)
+			}
+		})
 	}
-	entries = streamEntries(t, pub, user)
-	if len(entries) != len(payloads) {
-		t.Fatalf("%d history entries for %d publishes", len(entries), len(payloads))
-	}
-	for i, e := range entries {
-		if e.Data != payloads[i] {
-			t.Fatalf("entry %d: %q, want %q", i, e.Data, payloads[i])
-		}
-	}
-	checkHistoryKeys(t, pub, user)
 }
 
 // TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents:
