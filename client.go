@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
+	"fanout/history"
 	"fanout/internal/wsconn"
 )
 
@@ -95,6 +97,9 @@ const (
 	enqueueOverflow
 	// enqueueClosing: the client was already being disconnected.
 	enqueueClosing
+	// enqueueHeld: the client is catching up on its history; msg waits in
+	// its held list until the catch-up is done (finishReplay).
+	enqueueHeld
 )
 
 // Client is one WebSocket connection of one user. Its read pump runs for
@@ -110,6 +115,11 @@ type Client struct {
 	settings *clientSettings
 	// username is the user whose events this connection receives.
 	username string
+	// v1 is set when the client chose the fanout.v1 subprotocol: events
+	// go out as {"id":…,"data":…}, and control messages reach it.
+	v1 bool
+	// sse, for a /events connection, is its HTTP response; conn is nil.
+	sse *sseStream
 	// remote is the client address, for logs.
 	remote string
 	// expires is when the connection's token expires (zero: never).
@@ -145,6 +155,18 @@ type Client struct {
 	readEnded bool
 	readDone  chan struct{}
 
+	// replaying is set while the connection catches up on its history:
+	// live events wait in held, in order, until finishReplay, which
+	// drops those the history already gave. heldOverflow is set when
+	// more than a send queue's worth arrived; they are then read from the
+	// history too.
+	replaying    bool
+	held         []*message
+	heldOverflow bool
+	// drained, made by a catch-up that waits for the send queue to be
+	// taken, is closed by takeWork.
+	drained chan struct{}
+
 	// unflushed is a message writeNow handed to the socket only in part;
 	// owned by the holder of the write right (not guarded by mu): the write
 	// pump it hands over to finishes the write and counts it.
@@ -172,6 +194,17 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 		c.mu.Unlock()
 		return enqueueClosing
 	}
+	if c.replaying {
+		if len(c.held) >= c.settings.sendQueueSize {
+			c.heldOverflow = true
+			clear(c.held)
+			c.held = c.held[:0]
+		} else {
+			c.held = append(c.held, msg)
+		}
+		c.mu.Unlock()
+		return enqueueHeld
+	}
 	if claim && c.writer == writeIdle && !c.hasWorkLocked() && c.conn != nil && c.conn.CanWriteNow() {
 		c.writer = writeDirect
 		c.mu.Unlock()
@@ -192,6 +225,92 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 	return enqueued
 }
 
+// enqueueReplay queues msgs, read from the history by a catch-up, for the
+// writer; the catch-up paces itself (waitTaken), so the send queue's bounds
+// do not apply. It reports false when the connection is ending.
+func (c *Client) enqueueReplay(msgs []*message) bool {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	bytes := 0
+	for _, m := range msgs {
+		bytes += len(m.data)
+	}
+	c.sendQueue = append(c.sendQueue, msgs...)
+	c.queuedBytes += bytes
+	c.hub.addQueued(len(msgs), bytes)
+	start := c.takeRightLocked()
+	c.mu.Unlock()
+	c.startPump(start)
+	return true
+}
+
+// waitTaken waits until the writer has taken everything queued, and
+// reports false when the connection ended or ctx did first.
+func (c *Client) waitTaken(ctx context.Context) bool {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.sendQueue) == 0 {
+		c.mu.Unlock()
+		return true
+	}
+	if c.drained == nil {
+		c.drained = make(chan struct{})
+	}
+	done := c.drained
+	c.mu.Unlock()
+	select {
+	case <-done:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.closing == nil
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// finishReplay ends a catch-up that has sent the history up to cursor:
+// the live events held meanwhile are queued, less those the history
+// already gave, and live events flow from now on. When more were held than
+// a send queue holds (they were dropped), it reports more: the catch-up
+// reads them from the history and calls it again.
+func (c *Client) finishReplay(cursor string) (more bool) {
+	last, hasLast := history.ParseID(cursor)
+	c.mu.Lock()
+	if c.closing != nil {
+		c.replaying = false
+		c.held = nil
+		c.mu.Unlock()
+		return false
+	}
+	if c.heldOverflow {
+		c.heldOverflow = false
+		c.mu.Unlock()
+		return true
+	}
+	n, bytes := 0, 0
+	for _, m := range c.held {
+		if id, ok := history.ParseID(m.id); ok && hasLast && !last.Less(id) {
+			continue
+		}
+		c.sendQueue = append(c.sendQueue, m)
+		n++
+		bytes += len(m.data)
+	}
+	c.queuedBytes += bytes
+	c.hub.addQueued(n, bytes)
+	c.held, c.replaying = nil, false
+	start := n > 0 && c.takeRightLocked()
+	c.mu.Unlock()
+	c.startPump(start)
+	return false
+}
+
 // dropQueueLocked empties the send queue and takes it off the hub's
 // send-queue pressure; c.mu must be held.
 func (c *Client) dropQueueLocked() {
@@ -199,6 +318,10 @@ func (c *Client) dropQueueLocked() {
 		c.hub.addQueued(-n, -c.queuedBytes)
 	}
 	clear(c.sendQueue)
+	if c.drained != nil {
+		close(c.drained)
+		c.drained = nil
+	}
 	if cap(c.sendQueue) > maxKeptQueue {
 		c.sendQueue = nil
 	} else {
@@ -284,7 +407,7 @@ func (c *Client) answerPing(appData string) {
 // somebody holds the right already (the work just queued is theirs to do)
 // or the client has no socket.
 func (c *Client) takeRightLocked() bool {
-	if c.writer != writeIdle || c.conn == nil {
+	if c.writer != writeIdle || c.conn == nil && c.sse == nil {
 		return false
 	}
 	c.writer = writePumping
@@ -292,11 +415,17 @@ func (c *Client) takeRightLocked() bool {
 }
 
 // startPump starts the write pump that was given the write right. It is
-// the one place a pump starts.
+// the one place a pump starts. An SSE connection's pump is its request's
+// goroutine, which is woken instead.
 func (c *Client) startPump(start bool) {
-	if start {
-		go c.writePump()
+	if !start {
+		return
 	}
+	if c.sse != nil {
+		c.sse.wake()
+		return
+	}
+	go c.writePump()
 }
 
 // handOff ends writeNow's hold on the write right: a write pump takes it
@@ -334,6 +463,10 @@ func (c *Client) takeWork(done []*message) (w work, idle bool) {
 	}
 	w.batch = c.sendQueue
 	c.sendQueue = nil
+	if c.drained != nil {
+		close(c.drained)
+		c.drained = nil
+	}
 	if cap(done) <= maxKeptQueue {
 		c.sendQueue = done[:0]
 	}
@@ -411,10 +544,23 @@ func (c *Client) writeNow(msg *message) {
 // writeFrame writes msg as one text frame: its prepared frame when it has
 // one.
 func (c *Client) writeFrame(msg *message) error {
-	if msg.prepared != nil {
-		return c.conn.WritePreparedMessage(msg.prepared)
+	prepared := msg.prepared
+	if c.v1 {
+		prepared = msg.preparedV1
 	}
-	return c.conn.WriteMessage(websocket.TextMessage, msg.data)
+	if prepared != nil {
+		return c.conn.WritePreparedMessage(prepared)
+	}
+	return c.conn.WriteMessage(websocket.TextMessage, c.frameData(msg))
+}
+
+// frameData is what msg's frame carries for this client: the published
+// bytes, or for a fanout.v1 client the {"id","data"} object.
+func (c *Client) frameData(msg *message) []byte {
+	if c.v1 && msg.v1 != nil {
+		return msg.v1
+	}
+	return msg.data
 }
 
 // writePump writes queued messages, pongs and pings to the socket, each
@@ -528,7 +674,7 @@ func (c *Client) delivered(chunk []*message, n int, err error) {
 	if err != nil {
 		k := 0
 		for ; k < len(chunk); k++ {
-			size := wsconn.FrameSize(len(chunk[k].data))
+			size := wsconn.FrameSize(len(c.frameData(chunk[k])))
 			if n < size {
 				break
 			}

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 // Config is every setting of the daemon, read and validated once at start-up
@@ -86,6 +88,15 @@ type Config struct {
 	Pprof bool
 	// Console serves the live console page at / on the public listener.
 	Console bool
+
+	// History keeps every event in its user's Redis Stream and gives it an
+	// id (HISTORY); Retention is HISTORY_MAX_LEN and HISTORY_TTL.
+	History   bool
+	Retention history.Retention
+	// ReplayConcurrency bounds the catch-ups reading history at once, and
+	// ReplayPage the events each read takes (HISTORY_REPLAY_*).
+	ReplayConcurrency int
+	ReplayPage        int
 }
 
 // The values of AUTH_MODE.
@@ -261,6 +272,21 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	default:
 		r.fail("CONSOLE", v, "must be on or off")
 	}
+	switch v := strings.ToLower(r.str("HISTORY", "on")); v {
+	case "on", "true", "1":
+		cfg.History = true
+	case "off", "false", "0":
+	default:
+		r.fail("HISTORY", v, "must be on or off")
+	}
+	cfg.Retention.MaxLen = int64(r.intRange("HISTORY_MAX_LEN", history.DefaultMaxLen, 1, 1<<24))
+	cfg.Retention.TTL = r.duration("HISTORY_TTL", history.DefaultTTL)
+	if r.err == nil && cfg.Retention.TTL < time.Second {
+		r.fail("HISTORY_TTL", r.getenv("HISTORY_TTL"), "must be at least 1s")
+	}
+	cfg.ReplayConcurrency = r.intRange("HISTORY_REPLAY_CONCURRENCY", 32, 1, 1<<16)
+	cfg.ReplayPage = r.intRange("HISTORY_REPLAY_PAGE", 200, 1, 10000)
+
 	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
 		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")
 	}

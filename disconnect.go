@@ -37,6 +37,9 @@ var (
 	disconnectExpired = disconnect{code: 4001, reason: "token expired",
 		counter: &counter{name: "expired_disconnects", metric: disconnectsTotal, label: "token_expired",
 			field: func(s *Stats) *atomic.Uint64 { return &s.ExpiredDisconnects }}}
+	// disconnectHistoryUnavailable ends a connection whose catch-up could
+	// not read its history; the client resumes again from the same id.
+	disconnectHistoryUnavailable = disconnect{code: websocket.CloseInternalServerErr, reason: "history unavailable; reconnect with the same last_event_id"}
 	// disconnectGone ends a connection whose peer closed it or stopped
 	// answering; no close frame is sent.
 	disconnectGone = disconnect{code: 0, reason: "connection closed by peer"}
@@ -44,4 +47,4 @@ var (
 
 // disconnects lists the table above; the counted ones are logged in this
 // order.
-var disconnects = []*disconnect{&disconnectShutdown, &disconnectSlow, &disconnectFlood, &disconnectExpired, &disconnectGone}
+var disconnects = []*disconnect{&disconnectShutdown, &disconnectSlow, &disconnectFlood, &disconnectExpired, &disconnectHistoryUnavailable, &disconnectGone}

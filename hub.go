@@ -2,14 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"github.com/gorilla/websocket"
 	"hash/maphash"
 	"log/slog"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // hubShardCount is the number of independently locked parts of the hub, so
@@ -51,6 +53,12 @@ type Hub struct {
 	// deliveryLatency observes, per frame written, the seconds since the
 	// message was read from Redis.
 	deliveryLatency observer
+	// replayer sends resuming connections their history (nil with
+	// HISTORY=off); replays is the context of its catch-ups, cancelled
+	// when shutdown begins.
+	replayer    *replayer
+	replays     context.Context
+	stopReplays context.CancelFunc
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
 	// the socket in closeSocket), and broadcast's fan-out goroutines; the
@@ -62,11 +70,42 @@ type Hub struct {
 // shared by every connection of the user and never changed, and when it was
 // read from Redis.
 type message struct {
-	data     []byte
+	data []byte
+	// id is the event id in the user's history ("" with HISTORY=off, or
+	// when recording the event failed).
+	id string
+	// v1 is the frame for connections that chose the fanout.v1
+	// subprotocol: {"id":…,"data":<data>}, or a control object as it is.
+	v1 []byte
+	// event names a control message ("resync") for SSE; "" for an event.
+	event    string
 	received time.Time
-	// prepared, set for a user with at least preparedMin connections, is
-	// the frame encoded once for all of them.
-	prepared *websocket.PreparedMessage
+	// prepared and preparedV1, set for a user with at least preparedMin
+	// connections, are the frames encoded once for all of them.
+	prepared, preparedV1 *websocket.PreparedMessage
+}
+
+// newEvent returns the message for a published event with id ("" for
+// none).
+func newEvent(id string, data []byte, received time.Time) *message {
+	v1 := make([]byte, 0, len(data)+len(id)+len(`{"id":"","data":}`))
+	if id != "" {
+		v1 = append(append(append(v1, `{"id":"`...), id...), `",`...)
+	} else {
+		v1 = append(v1, '{')
+	}
+	v1 = append(append(append(v1, `"data":`...), data...), '}')
+	return &message{data: data, id: id, v1: v1, received: received}
+}
+
+// newControl returns a control message, such as {"control":"resync"},
+// for fanout.v1 and SSE connections only.
+func newControl(event, reason string) *message {
+	b, _ := json.Marshal(struct {
+		Control string `json:"control"`
+		Reason  string `json:"reason,omitempty"`
+	}{event, reason})
+	return &message{data: b, v1: b, event: event, received: time.Now()}
 }
 
 // preparedMin is the fewest connections for which broadcast encodes the
@@ -103,6 +142,7 @@ type hubShard struct {
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
 	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}}
+	h.replays, h.stopReplays = context.WithCancel(context.Background())
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})
 		h.shards[i].reserved = make(map[string]int)
@@ -160,15 +200,31 @@ func (h *Hub) shard(username string) *hubShard {
 }
 
 // register adds c, whose slot was reserved, to the hub and starts its
-// pumps. It fails once shutdown has begun, and the slot is then released.
-func (h *Hub) register(c *Client) error {
+// pumps, and its catch-up when req asks for history. It fails once
+// shutdown has begun, and the slot is then released.
+func (h *Hub) register(c *Client, req replayRequest) error {
+	if err := h.addAndReplay(c, req); err != nil {
+		return err
+	}
+	go c.readPump()
+	return nil
+}
+
+// addAndReplay adds c (add) and starts its catch-up when req asks for
+// history: live events are held from the moment c is in the map, so none
+// falls between the history and them. The caller starts the read side.
+func (h *Hub) addAndReplay(c *Client, req replayRequest) error {
+	replay := req.wanted() && h.replayer != nil
+	c.replaying = replay
 	if err := h.add(c); err != nil {
 		return err
 	}
 	if !c.expires.IsZero() {
 		c.expiry = time.AfterFunc(time.Until(c.expires), c.tokenExpired)
 	}
-	go c.readPump()
+	if replay {
+		h.wg.Go(func() { h.replayer.replay(h.replays, c, req) })
+	}
 	return nil
 }
 
@@ -235,7 +291,7 @@ func (h *Hub) unregister(c *Client) int {
 // the events that follow queue up behind it and go out in batches.
 func (h *Hub) broadcast(username string, msg *message) int {
 	s := h.shard(username)
-	queued, dropped := 0, 0
+	queued, dropped, held := 0, 0, 0
 	var few [writeNowMax]*Client
 	claimed := few[:0]
 	s.mu.RLock()
@@ -246,6 +302,9 @@ func (h *Hub) broadcast(username string, msg *message) int {
 	if len(conns) >= preparedMin {
 		if pm, err := websocket.NewPreparedMessage(websocket.TextMessage, msg.data); err == nil {
 			msg.prepared = pm
+		}
+		if pm, err := websocket.NewPreparedMessage(websocket.TextMessage, msg.v1); err == nil {
+			msg.preparedV1 = pm
 		}
 	}
 	// Every connection is counted in the send-queue pressure before the
@@ -262,6 +321,8 @@ func (h *Hub) broadcast(username string, msg *message) int {
 			queued++
 		case enqueueClaimed:
 			claimed = append(claimed, c)
+		case enqueueHeld:
+			held++
 		default:
 			dropped++
 		}
@@ -278,7 +339,7 @@ func (h *Hub) broadcast(username string, msg *message) int {
 		for _, c := range claimed {
 			c.writeNow(msg)
 		}
-		return queued + len(claimed)
+		return queued + held + len(claimed)
 	}
 	// Counted in wg like the pumps: each claimed connection holds a count
 	// of its own until then, so the count cannot be zero here.
@@ -292,7 +353,7 @@ func (h *Hub) broadcast(username string, msg *message) int {
 			}
 		})
 	}
-	return queued + len(claimed)
+	return queued + held + len(claimed)
 }
 
 // writeNowMax is the most connections a user may have for broadcast to
@@ -355,6 +416,7 @@ func (h *Hub) connectionCount(username string) int {
 // ends first, the remaining sockets are closed outright.
 func (h *Hub) shutdown(ctx context.Context) error {
 	h.closing.Store(true)
+	h.stopReplays()
 	var all []*Client
 	for i := range h.shards {
 		s := &h.shards[i]
@@ -382,7 +444,11 @@ func (h *Hub) shutdown(ctx context.Context) error {
 		for _, c := range all {
 			// Unblocks a write pump stuck on a client that does not read;
 			// Close may be called concurrently with the pumps.
-			_ = c.conn.Close()
+			if c.sse != nil {
+				c.sse.abort()
+			} else {
+				_ = c.conn.Close()
+			}
 		}
 		<-done
 		return ctx.Err()

@@ -23,6 +23,9 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "publish" {
+		os.Exit(runPublish(context.Background(), os.Args[2:], os.Getenv, os.Stdin, os.Stdout, os.Stderr))
+	}
 	cfg, err := loadConfig(os.Getenv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
@@ -99,6 +102,9 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	// Failing fast lets the subscriber's own backoff decide when to retry.
 	opts.MaxRetries = -1
 	opts.DialTimeout = 2 * time.Second
+	// The recorder's and the catch-ups' deadlines hold even on a
+	// connection that went silent.
+	opts.ContextTimeoutEnabled = true
 	rdb := redis.NewClient(&opts)
 	hub := newHub(clientSettings{
 		sendQueueSize:  cfg.SendQueueSize,
@@ -119,6 +125,10 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		sampler:  newStatsSampler(stats),
 		started:  time.Now(),
 		stopAuth: stopAuth,
+	}
+	if cfg.History {
+		hub.replayer = newReplayer(rdb, cfg, stats, logger)
+		d.sub.recorder = newRecorder(rdb, cfg.Retention, d.sub.broadcast, stats, logger)
 	}
 	host, _ := os.Hostname()
 	d.instance = host + "/" + d.sub.instanceID
@@ -193,6 +203,8 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 		IdleTimeout:       httpIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
 	}
+	// SSE requests last until the hub ends them.
+	httpServer.RegisterOnShutdown(d.hub.endStreams)
 	serveErr := make(chan error, 2)
 	wg.Go(func() { serveErr <- fmt.Errorf("serve %s: %w", ln.Addr(), httpServer.Serve(ln)) })
 	var adminServer *http.Server

@@ -21,6 +21,10 @@ import (
 // maxUsernameBytes bounds the username query parameter.
 const maxUsernameBytes = 128
 
+// subprotocolV1 is the WebSocket subprotocol of clients that want event
+// ids and control messages: each event is {"id":…,"data":…}.
+const subprotocolV1 = "fanout.v1"
+
 // Server is the public HTTP surface: the /ws upgrade, /health and /ready.
 type Server struct {
 	hub      *Hub
@@ -54,6 +58,7 @@ func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Au
 		upgrader:    wsconn.NewUpgrader(),
 		rejectLog:   newLogLimiter(2, 10),
 	}
+	s.upgrader.Subprotocols = []string{subprotocolV1}
 	// The origin was checked, with a clear answer, before Upgrade.
 	s.upgrader.CheckOrigin = func(*http.Request) bool { return true }
 	// Say what was wrong with the handshake, not just "Bad Request"; the
@@ -69,6 +74,7 @@ func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Au
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", s.handleWebSocket)
+	mux.HandleFunc("GET /events", s.handleEvents)
 	mux.HandleFunc("GET /health", s.handleHealth)
 	mux.HandleFunc("GET /ready", s.handleReady)
 	s.webRoutes(mux)
@@ -114,12 +120,17 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
 		w.Header().Add("Vary", "Origin")
 	}
+	req, err := parseReplayRequest(r.URL.Query().Get, r.Header.Get("Last-Event-ID"))
+	if err != nil {
+		s.refuse(w, remote, &refusal{status: http.StatusBadRequest, reason: rejectBadRequest, message: err.Error()})
+		return
+	}
 	id, refused := s.admit(r, client)
 	if refused != nil {
 		s.refuse(w, remote, refused)
 		return
 	}
-	s.upgradeAndRegister(w, r, id, remote)
+	s.upgradeAndRegister(w, r, id, remote, req)
 }
 
 // refusal is the answer to a /ws request that is not upgraded.
@@ -195,7 +206,7 @@ func (s *Server) admit(r *http.Request, client netip.Addr) (identity, *refusal) 
 // upgradeAndRegister upgrades an admitted request and hands the connection
 // to the hub. id's reserved slot is given back here when the upgrade fails,
 // and by the hub when register does.
-func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id identity, remote string) {
+func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id identity, remote string, req replayRequest) {
 	conn, err := wsconn.Upgrade(&s.upgrader, w, r)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
@@ -206,6 +217,7 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 	}
 	c := newClient(s.hub, conn, id.username, remote)
 	c.expires = id.expires
+	c.v1 = conn.Subprotocol() == subprotocolV1
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
 	if id.subject != "" && id.subject != id.username {
@@ -213,7 +225,7 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 	} else {
 		s.logger.Info("New WebSocket connection", "username", id.username, "remote", remote)
 	}
-	if err := s.hub.register(c); err != nil {
+	if err := s.hub.register(c, req); err != nil {
 		s.stats.reject(rejectShuttingDown)
 		s.logger.Info("Closing new connection: server shutting down", "username", id.username, "remote", remote)
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)

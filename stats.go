@@ -37,6 +37,15 @@ type Stats struct {
 	RedisFailures atomic.Uint64
 	// ProbesMissed counts self-probes that did not come back in time.
 	ProbesMissed atomic.Uint64
+	// HistoryRecorded counts events this instance appended to a history
+	// (the others found them there); HistoryErrors counts events delivered
+	// without an id because recording them failed.
+	HistoryRecorded atomic.Uint64
+	HistoryErrors   atomic.Uint64
+	// HistoryReplayed counts events sent from history to resuming or
+	// late-joining connections; HistoryResyncs the resync controls sent.
+	HistoryReplayed atomic.Uint64
+	HistoryResyncs  atomic.Uint64
 }
 
 // rejectReason is why a /ws request was refused, as counted.
@@ -142,6 +151,14 @@ var counterTable = slices.Concat([]counter{
 		metric: &counterMetric{name: "fanout_redis_reconnects_total", help: "Redis subscription sessions that ended in an error and were retried."}},
 	{name: "probes_missed", field: func(s *Stats) *atomic.Uint64 { return &s.ProbesMissed },
 		metric: &counterMetric{name: "fanout_redis_probes_missed_total", help: "Self-probes that did not come back in time (each forces a resubscribe)."}},
+	{name: "history_recorded", field: func(s *Stats) *atomic.Uint64 { return &s.HistoryRecorded },
+		metric: &counterMetric{name: "fanout_history_recorded_total", help: "Events this instance appended to a user's history (the other instances found them there)."}},
+	{name: "history_errors", field: func(s *Stats) *atomic.Uint64 { return &s.HistoryErrors },
+		metric: &counterMetric{name: "fanout_history_errors_total", help: "Events delivered without an id because recording them in Redis failed."}},
+	{name: "history_replayed", field: func(s *Stats) *atomic.Uint64 { return &s.HistoryReplayed },
+		metric: &counterMetric{name: "fanout_history_replayed_total", help: "Events sent from history to resuming or late-joining connections."}},
+	{name: "history_resyncs", field: func(s *Stats) *atomic.Uint64 { return &s.HistoryResyncs },
+		metric: &counterMetric{name: "fanout_history_resyncs_total", help: "Resync controls sent: the last event id a client resumed from was trimmed, malformed or unknown."}},
 })
 
 // disconnectCounters returns the counters of the disconnect table, in its

@@ -66,6 +66,10 @@ type Subscriber struct {
 	resubscribe chan struct{}
 
 	invalidLog *logLimiter
+
+	// recorder, with HISTORY on, gives each event its id before it is
+	// broadcast; nil with HISTORY=off.
+	recorder *recorder
 }
 
 func newSubscriber(rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
@@ -103,10 +107,14 @@ func (s *Subscriber) ready() (bool, string) {
 func (s *Subscriber) setNotReady(reason string) { s.notReady.Store(&reason) }
 
 // run subscribes until ctx ends, reconnecting with capped, jittered backoff
-// after every failure. It owns the prober goroutine and waits for it.
+// after every failure. It owns the prober goroutine, and the recorder's,
+// and waits for them.
 func (s *Subscriber) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.probe(ctx) })
+	if s.recorder != nil {
+		wg.Go(func() { s.recorder.run(ctx) })
+	}
 	defer wg.Wait()
 
 	delay := retryMin
@@ -169,17 +177,26 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 				s.probePending.Store(0)
 				s.confirmed.Store(true)
 				s.notReady.Store(nil)
+				if s.recorder != nil {
+					// Messages may have been missed since the last
+					// session: every user's place in history is lost.
+					if !s.recorder.add(ctx, inbound{reset: true}) {
+						return confirmed, ctx.Err()
+					}
+				}
 				s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "pattern", channelPattern)
 			}
 		case *redis.Message:
-			s.handle(m.Channel, m.Payload)
+			s.handle(ctx, m.Channel, m.Payload)
 		}
 	}
 	return confirmed, ctx.Err()
 }
 
-// handle validates one published payload and broadcasts it to its user.
-func (s *Subscriber) handle(channel, payload string) {
+// handle validates one published payload and broadcasts it to its user,
+// or with HISTORY on hands it to the recorder, which does once it has its
+// id.
+func (s *Subscriber) handle(ctx context.Context, channel, payload string) {
 	if strings.HasPrefix(channel, probePrefix) {
 		if channel == s.probeChannel {
 			// Redis keeps publish order, so every earlier probe is back too.
@@ -206,7 +223,16 @@ func (s *Subscriber) handle(channel, payload string) {
 			"channel", channel, "bytes", len(payload), "dropped_total", s.stats.MessagesInvalid.Load())
 		return
 	}
-	n := s.hub.broadcast(username, &message{data: []byte(payload), received: time.Now()})
+	if s.recorder != nil {
+		s.recorder.add(ctx, inbound{username: username, payload: payload, received: time.Now()})
+		return
+	}
+	s.broadcast(username, newEvent("", []byte(payload), time.Now()))
+}
+
+// broadcast hands msg to username's connections.
+func (s *Subscriber) broadcast(username string, msg *message) {
+	n := s.hub.broadcast(username, msg)
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
 		s.logger.Debug("Broadcasting to username", "username", username, "client_count", n)
 	}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// The exit statuses of `fanout publish`.
+const (
+	// publishFailed: an event was refused (invalid JSON) or Redis failed.
+	publishFailed = 1
+	// publishBadUsage: a flag, an argument or an environment variable is
+	// wrong; nothing was published.
+	publishBadUsage = 2
+)
+
+// Bounds of a pipelined batch of stdin lines: one round trip to Redis
+// carries at most this many events, or about this many bytes of payload.
+const (
+	publishBatchEvents = 1000
+	publishBatchBytes  = 1 << 20
+)
+
+// The bounds of HISTORY_MAX_LEN and HISTORY_TTL (and --max-len, --ttl).
+const (
+	maxHistoryMaxLen = 1 << 24
+	minHistoryTTL    = time.Second
+)
+
+const publishUsage = `usage: fanout publish --username NAME [--max-len N] [--ttl DURATION] ['<json>']
+
+Appends one event to NAME's history and publishes it on workflow:events:NAME
+in one atomic step, so that it is kept even while no fanout instance runs,
+and prints its event id. Without a JSON argument it reads JSON lines from
+stdin, one event per non-empty line, and prints one id per event.
+
+Redis is reached as the daemon reaches it: REDIS_URL, or REDIS_HOST,
+REDIS_PORT, REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB, REDIS_TLS,
+REDIS_TLS_CA_FILE, REDIS_TLS_SKIP_VERIFY.
+
+  --username NAME    the user whose channel gets the events (required)
+  --max-len N        events kept per user (default HISTORY_MAX_LEN, or 1000)
+  --ttl DURATION     how long the history lives after its last event
+                     (default HISTORY_TTL, or 1h)
+
+Exit status: 0 when every event was published; 1 when a line is not valid
+JSON (the lines before it are published, nothing from it on) or Redis
+failed; 2 for bad usage or configuration (nothing is published).
+`
+
+// runPublish runs `fanout publish` with the arguments that follow
+// "publish" and returns the exit status. Messages go to stderr, one line
+// each; event ids go to stdout, one line each.
+func runPublish(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fail := func(status int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "fanout publish: "+format+"\n", a...)
+		return status
+	}
+
+	fs := flag.NewFlagSet("fanout publish", flag.ContinueOnError)
+	// The flag package's own message is several lines with the usage;
+	// ours is the one line naming the problem.
+	fs.SetOutput(io.Discard)
+	username := fs.String("username", "", "")
+	maxLen := fs.String("max-len", "", "")
+	ttl := fs.String("ttl", "", "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, publishUsage)
+			return 0
+		}
+		return fail(publishBadUsage, "%v (see fanout publish --help)", err)
+	}
+	if len(fs.Args()) > 1 {
+		return fail(publishBadUsage, "%d arguments after the flags; give one JSON event (quoted), or none to read JSON lines from stdin", len(fs.Args()))
+	}
+	if *username == "" {
+		return fail(publishBadUsage, "--username is required: the user whose channel workflow:events:NAME gets the events")
+	}
+	if err := history.CheckUsername(*username); err != nil {
+		return fail(publishBadUsage, "--username: %v", err)
+	}
+
+	// Redis as the daemon reaches it; each retention setting from its flag,
+	// or else from the daemon's variable.
+	env := &envReader{getenv: getenv}
+	opts := env.redisOptions()
+	flagValues := &envReader{getenv: func(name string) string { return fs.Lookup(strings.TrimPrefix(name, "--")).Value.String() }}
+	var retention history.Retention
+	if *maxLen != "" {
+		retention.MaxLen = flagValues.retentionMaxLen("--max-len")
+	} else {
+		retention.MaxLen = env.retentionMaxLen("HISTORY_MAX_LEN")
+	}
+	if *ttl != "" {
+		retention.TTL = flagValues.retentionTTL("--ttl")
+	} else {
+		retention.TTL = env.retentionTTL("HISTORY_TTL")
+	}
+	if flagValues.err != nil {
+		return fail(publishBadUsage, "%v", flagValues.err)
+	}
+	if env.err != nil {
+		return fail(publishBadUsage, "configuration: %v", env.err)
+	}
+
+	// No retries: after a timeout go-redis would send the script again and
+	// could publish an event twice. The caller sees the error instead and
+	// knows from the ids printed which events are in.
+	opts.MaxRetries = -1
+	// The error says what failed, in one line; go-redis would add its own.
+	redis.SetLogger(discardRedisLog{})
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+
+	pub := history.NewPublisher(rdb, retention)
+	out := bufio.NewWriter(stdout)
+	defer out.Flush()
+	if len(fs.Args()) == 1 {
+		id, err := pub.Publish(ctx, *username, []byte(fs.Arg(0)))
+		switch {
+		case errors.Is(err, history.ErrInvalidPayload):
+			return fail(publishFailed, "the event argument is not valid JSON; nothing was published")
+		case err != nil:
+			return fail(publishFailed, "%v", err)
+		}
+		fmt.Fprintln(out, id)
+		if err := out.Flush(); err != nil {
+			return fail(publishFailed, "write the event id: %v", err)
+		}
+		return 0
+	}
+
+	if err := publishLines(ctx, pub, *username, stdin, out); err != nil {
+		return fail(publishFailed, "%v", err)
+	}
+	return 0
+}
+
+// retentionMaxLen reads the events kept per user (HISTORY_MAX_LEN).
+func (r *envReader) retentionMaxLen(name string) int64 {
+	return int64(r.intRange(name, history.DefaultMaxLen, 1, maxHistoryMaxLen))
+}
+
+// retentionTTL reads how long a user's history lives (HISTORY_TTL).
+func (r *envReader) retentionTTL(name string) time.Duration {
+	ttl := r.duration(name, history.DefaultTTL)
+	if ttl < minHistoryTTL {
+		r.fail(name, r.getenv(name), "must be at least "+minHistoryTTL.String())
+	}
+	return ttl
+}
+
+// publishLines publishes each non-empty line of in as one event of
+// username, in order, and writes the ids to out. Lines already read go out
+// together, in one round trip: a file goes at pipeline speed and a line
+// typed by hand goes out at once. It stops at the first line that is not
+// valid JSON, after publishing the lines before it.
+func publishLines(ctx context.Context, pub *history.Publisher, username string, in io.Reader, out *bufio.Writer) error {
+	reader := bufio.NewReaderSize(in, 64<<10)
+	var (
+		batch [][]byte
+		// lines holds the line number of each event in batch, and size
+		// their bytes.
+		lines []int
+		size  int
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		ids, err := pub.PublishAll(ctx, username, batch)
+		for _, id := range ids {
+			out.WriteString(id)
+			out.WriteByte('\n')
+		}
+		werr := out.Flush()
+		if err != nil {
+			// ids are those of the events before the first that failed.
+			return fmt.Errorf("stdin line %d: %w; the events before it were published (ids on stdout), it and the lines after it may not be",
+				lines[min(len(ids), len(lines)-1)], err)
+		}
+		if werr != nil {
+			return fmt.Errorf("write the event ids: %w", werr)
+		}
+		batch, lines, size = batch[:0], lines[:0], 0
+		return nil
+	}
+	for lineNo := 1; ; lineNo++ {
+		line, readErr := reader.ReadBytes('\n')
+		if payload := bytes.TrimSpace(line); len(payload) > 0 {
+			if !json.Valid(payload) {
+				if err := flush(); err != nil {
+					return err
+				}
+				return fmt.Errorf("stdin line %d is not valid JSON; the events before it were published (ids on stdout), nothing from it on", lineNo)
+			}
+			batch, lines, size = append(batch, payload), append(lines, lineNo), size+len(payload)
+		}
+		switch {
+		case readErr == io.EOF:
+			return flush()
+		case readErr != nil:
+			if err := flush(); err != nil {
+				return err
+			}
+			return fmt.Errorf("read stdin after line %d: %w", lineNo-1, readErr)
+		}
+		// Send when the next read may wait for input, or the batch is full.
+		if reader.Buffered() == 0 || len(batch) >= publishBatchEvents || size >= publishBatchBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// discardRedisLog silences go-redis's package-level log.
+type discardRedisLog struct{}
+
+func (discardRedisLog) Printf(context.Context, string, ...any) {}

@@ -1,0 +1,344 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// publishResult is what one `fanout publish` run printed and returned.
+type publishResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// ids returns the event ids printed on stdout.
+func (p publishResult) ids() []string { return strings.Fields(p.stdout) }
+
+// runPublishCommand runs `fanout publish args…` against r with stdin and
+// the extra environment variables env.
+func runPublishCommand(t *testing.T, r *redisServer, stdin string, env []string, args ...string) publishResult {
+	t.Helper()
+	cmd := daemonCommand(t, append([]string{"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(r.port)}, env...)...)
+	cmd.Args = append([]string{cmd.Args[0], "publish"}, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := publishResult{stdout: stdout.String(), stderr: stderr.String()}
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		res.code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("run fanout publish: %v", err)
+	}
+	return res
+}
+
+// streamEvents returns the events retained in username's history.
+func streamEvents(t *testing.T, r *redisServer, username string) []history.Event {
+	t.Helper()
+	rdb := r.client()
+	evs, err := history.After(context.Background(), rdb, username, "", 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// subscribe subscribes to username's channel and returns the messages.
+func subscribe(t *testing.T, r *redisServer, username string) <-chan *redis.Message {
+	t.Helper()
+	rdb := r.client()
+	sub := rdb.Subscribe(context.Background(), history.Channel(username))
+	t.Cleanup(func() { sub.Close() })
+	// The confirmation: from here on no message is missed.
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return sub.Channel()
+}
+
+func receive(t *testing.T, messages <-chan *redis.Message) string {
+	t.Helper()
+	select {
+	case m := <-messages:
+		return m.Payload
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message published within 5s")
+		return ""
+	}
+}
+
+func TestPublishCommandAppendsToTheStreamAndPublishes(t *testing.T) {
+	r := startRedis(t)
+	messages := subscribe(t, r, "alice")
+	const event = `{"type":"workflow_started","n":1}`
+	res := runPublishCommand(t, r, "", nil, "--username", "alice", event)
+	if res.code != 0 || res.stderr != "" || len(res.ids()) != 1 || res.stdout != res.ids()[0]+"\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and one id", res.code, res.stdout, res.stderr)
+	}
+	evs := streamEvents(t, r, "alice")
+	if len(evs) != 1 || evs[0].ID != res.ids()[0] || evs[0].Data != event {
+		t.Fatalf("stream holds %+v, want one event %s %s", evs, res.ids()[0], event)
+	}
+	if got := receive(t, messages); got != event {
+		t.Fatalf("SUBSCRIBE got %q, want %q", got, event)
+	}
+}
+
+func TestPublishCommandPublishesEachStdinLineInOrder(t *testing.T) {
+	r := startRedis(t)
+	messages := subscribe(t, r, "bob")
+	// Blank lines, spaces around and CRLF endings do not count; the last
+	// line needs no newline.
+	in := "{\"n\":1}\n\n  {\"n\":2}  \r\n\t\n\"three\"\n{\"n\":4}"
+	want := []string{`{"n":1}`, `{"n":2}`, `"three"`, `{"n":4}`}
+	// Then enough lines for several pipelined batches.
+	var b strings.Builder
+	b.WriteString(in + "\n")
+	for i := 5; i <= 2500; i++ {
+		fmt.Fprintf(&b, "{\"n\":%d}\n", i)
+		want = append(want, fmt.Sprintf(`{"n":%d}`, i))
+	}
+	res := runPublishCommand(t, r, b.String(), []string{"HISTORY_MAX_LEN=5000"}, "--username", "bob")
+	if res.code != 0 || res.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", res.code, res.stderr)
+	}
+	ids, evs := res.ids(), streamEvents(t, r, "bob")
+	if len(ids) != len(want) || len(evs) != len(want) {
+		t.Fatalf("%d ids, %d events in the stream, want %d", len(ids), len(evs), len(want))
+	}
+	for i := range want {
+		if evs[i].ID != ids[i] || evs[i].Data != want[i] {
+			t.Fatalf("event %d: stream has %s %s, want %s %s", i, evs[i].ID, evs[i].Data, ids[i], want[i])
+		}
+	}
+	for i := range want {
+		if got := receive(t, messages); got != want[i] {
+			t.Fatalf("message %d: %q, want %q", i, got, want[i])
+		}
+	}
+}
+
+func TestPublishCommandStopsAtTheFirstInvalidJSONLine(t *testing.T) {
+	r := startRedis(t)
+	res := runPublishCommand(t, r, "{\"n\":1}\n\n{\"n\":2}\n{\"n\":\n{\"n\":4}\n", nil, "--username", "carol")
+	stderr := strings.TrimSuffix(res.stderr, "\n")
+	if res.code != 1 || strings.Contains(stderr, "\n") || !strings.Contains(stderr, "line 4") {
+		t.Fatalf("exit %d, stderr %q; want 1 and one line naming line 4", res.code, res.stderr)
+	}
+	evs := streamEvents(t, r, "carol")
+	if len(res.ids()) != 2 || len(evs) != 2 || evs[0].Data != `{"n":1}` || evs[1].Data != `{"n":2}` ||
+		evs[0].ID != res.ids()[0] || evs[1].ID != res.ids()[1] {
+		t.Fatalf("ids %v, stream %+v; want the two lines before the invalid one, and only those", res.ids(), evs)
+	}
+
+	// As the argument: nothing is published.
+	res = runPublishCommand(t, r, "", nil, "--username", "carol", `{"n":`)
+	if res.code != 1 || res.stdout != "" || !strings.Contains(res.stderr, "not valid JSON") {
+		t.Fatalf("invalid argument: exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+	if n := len(streamEvents(t, r, "carol")); n != 2 {
+		t.Fatalf("%d events after an invalid argument, want 2", n)
+	}
+}
+
+func TestPublishCommandBadUsageExitsWithCode2AndOneLine(t *testing.T) {
+	r := startRedis(t)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		// names is what the message must name.
+		names string
+	}{
+		{"missing username", nil, []string{`{}`}, "--username"},
+		{"empty username", nil, []string{"--username", "", `{}`}, "--username"},
+		{"bad username", nil, []string{"--username", "a/b", `{}`}, "--username"},
+		{"long username", nil, []string{"--username", strings.Repeat("u", 129), `{}`}, "--username"},
+		{"unknown flag", nil, []string{"--username", "u", "--user", "u", `{}`}, "-user"},
+		{"two events", nil, []string{"--username", "u", `{}`, `{}`}, "arguments"},
+		{"bad max-len flag", nil, []string{"--username", "u", "--max-len", "0", `{}`}, "--max-len"},
+		{"bad ttl flag", nil, []string{"--username", "u", "--ttl", "100ms", `{}`}, "--ttl"},
+		{"bad HISTORY_MAX_LEN", []string{"HISTORY_MAX_LEN=lots"}, []string{"--username", "u", `{}`}, "HISTORY_MAX_LEN"},
+		{"bad HISTORY_TTL", []string{"HISTORY_TTL=forever"}, []string{"--username", "u", `{}`}, "HISTORY_TTL"},
+		{"bad REDIS_DB", []string{"REDIS_DB=x"}, []string{"--username", "u", `{}`}, "REDIS_DB"},
+		{"bad REDIS_URL", []string{"REDIS_URL=http://x"}, []string{"--username", "u", `{}`}, "REDIS_URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := runPublishCommand(t, r, "", tc.env, tc.args...)
+			stderr := strings.TrimSuffix(res.stderr, "\n")
+			if res.code != 2 || res.stdout != "" || strings.Contains(stderr, "\n") || !strings.Contains(stderr, tc.names) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 2 and one line naming %s", res.code, res.stdout, res.stderr, tc.names)
+			}
+		})
+	}
+	if keys, _ := r.client().Keys(context.Background(), "fanout:history:*").Result(); len(keys) != 0 {
+		t.Fatalf("bad usage kept events: %v", keys)
+	}
+}
+
+func TestPublishCommandKeepsEventsWhileNoDaemonRuns(t *testing.T) {
+	r := startRedis(t)
+	rdb := r.client()
+	ctx := context.Background()
+	// No daemon: a plain PUBLISH reaches nobody and nothing keeps it.
+	if n, err := rdb.Publish(ctx, history.Channel("dora"), `{"n":0}`).Result(); err != nil || n != 0 {
+		t.Fatalf("PUBLISH: %d receivers, %v; want 0", n, err)
+	}
+	res := runPublishCommand(t, r, "{\"n\":1}\n{\"n\":2}\n", []string{"HISTORY_TTL=10m"}, "--username", "dora")
+	if res.code != 0 || len(res.ids()) != 2 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+	evs := streamEvents(t, r, "dora")
+	if len(evs) != 2 || evs[0].Data != `{"n":1}` || evs[1].Data != `{"n":2}` {
+		t.Fatalf("stream holds %+v, want the two published events", evs)
+	}
+	// Retention: HISTORY_TTL from the environment, --ttl over it.
+	if ttl := rdb.PTTL(ctx, history.HistoryKey("dora")).Val(); ttl <= 9*time.Minute || ttl > 10*time.Minute {
+		t.Fatalf("PTTL %v, want HISTORY_TTL=10m", ttl)
+	}
+	res = runPublishCommand(t, r, "", []string{"HISTORY_TTL=10m"}, "--username", "dora", "--ttl", "90s", `{"n":3}`)
+	if res.code != 0 {
+		t.Fatalf("exit %d, stderr %q", res.code, res.stderr)
+	}
+	if ttl := rdb.PTTL(ctx, history.HistoryKey("dora")).Val(); ttl <= 80*time.Second || ttl > 90*time.Second {
+		t.Fatalf("PTTL %v, want --ttl 90s", ttl)
+	}
+	// --max-len trims (approximately: MAXLEN ~ trims whole stream nodes).
+	var lines strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&lines, "{\"n\":%d}\n", i)
+	}
+	if res = runPublishCommand(t, r, lines.String(), nil, "--username", "eve", "--max-len", "10"); res.code != 0 {
+		t.Fatalf("exit %d, stderr %q", res.code, res.stderr)
+	}
+	if n := rdb.XLen(ctx, history.HistoryKey("eve")).Val(); n < 10 || n >= 1000 {
+		t.Fatalf("%d events kept with --max-len 10", n)
+	}
+}
+
+func TestPublishCommandReportsRedisDownWithExitCode1(t *testing.T) {
+	r := redisAt(t) // nothing listens there
+	res := runPublishCommand(t, r, "", nil, "--username", "u", `{}`)
+	if res.code != 1 || res.stdout != "" || strings.Count(res.stderr, "\n") != 1 || !strings.Contains(res.stderr, "127.0.0.1") {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and one line", res.code, res.stdout, res.stderr)
+	}
+}
+
+// publishersSection returns the README's "For backend engineers
+// (publishers)" section.
+func publishersSection(t *testing.T) string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "### For backend engineers (publishers)\n")
+	if !ok {
+		t.Fatal("README has no publishers section")
+	}
+	section, _, _ = strings.Cut(section, "\n### ")
+	return section
+}
+
+// codeBlocks returns the README code blocks of section in language lang.
+func codeBlocks(section, lang string) []string {
+	var blocks []string
+	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		blocks = append(blocks, m[1])
+	}
+	return blocks
+}
+
+func TestReadmeShowsThePublishScriptAsItIs(t *testing.T) {
+	section := publishersSection(t)
+	lua := codeBlocks(section, "lua")
+	if len(lua) != 1 || lua[0] != history.PublishSource {
+		t.Fatalf("README's Lua block %q, want history.PublishSource %q", lua, history.PublishSource)
+	}
+	for _, lang := range []string{"python", "js"} {
+		if blocks := codeBlocks(section, lang); len(blocks) != 1 || !strings.Contains(blocks[0], history.PublishSource) {
+			t.Fatalf("README's %s recipe does not hold history.PublishSource as it is", lang)
+		}
+	}
+}
+
+// TestReadmeEVALSHARecipePublishesAndKeepsTheEvent runs the README's Python
+// recipe when python3 has the redis module, and its redis-cli one
+// otherwise.
+func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
+	r := startRedis(t)
+	section := publishersSection(t)
+	messages := subscribe(t, r, "alice")
+	dir := t.TempDir()
+	var cmd *exec.Cmd
+	if exec.Command("python3", "-c", "import redis").Run() == nil {
+		recipe := codeBlocks(section, "python")[0]
+		cmd = exec.Command("python3", "-c", recipe)
+		cmd.Env = append(os.Environ(), "REDIS_URL=redis://"+r.addr())
+	} else {
+		if _, err := exec.LookPath("redis-cli"); err != nil {
+			t.Fatal("redis-cli is not installed (it comes with redis-server)")
+		}
+		var recipe string
+		for _, block := range codeBlocks(section, "bash") {
+			if strings.Contains(block, "EVALSHA") {
+				recipe = block
+			}
+		}
+		if recipe == "" {
+			t.Fatal("README has no redis-cli EVALSHA recipe")
+		}
+		// The README's commands, against this test's Redis.
+		recipe = strings.ReplaceAll(recipe, "redis-cli ", "redis-cli -p "+strconv.Itoa(r.port)+" ")
+		if err := os.WriteFile(filepath.Join(dir, "publish.lua"), []byte(history.PublishSource), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd = exec.Command("bash", "-euo", "pipefail", "-c", recipe)
+	}
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if exit, ok := err.(*exec.ExitError); ok {
+			stderr = exit.Stderr
+		}
+		t.Fatalf("%s: %v\n%s%s", cmd.Args[0], err, out, stderr)
+	}
+	t.Logf("ran the README's %s recipe", cmd.Args[0])
+	id := strings.TrimSpace(string(out))
+	const event = `{"type":"workflow_started"}`
+	evs := streamEvents(t, r, "alice")
+	if len(evs) != 1 || evs[0].ID != id || evs[0].Data != event {
+		t.Fatalf("recipe printed %q; stream holds %+v, want one event %s", out, evs, event)
+	}
+	if got := receive(t, messages); got != event {
+		t.Fatalf("SUBSCRIBE got %q, want %q", got, event)
+	}
+	// The recipe loaded the script as it is: same SHA-1.
+	sum := sha1.Sum([]byte(history.PublishSource))
+	if exists, err := r.client().ScriptExists(context.Background(), hex.EncodeToString(sum[:])).Result(); err != nil || !exists[0] {
+		t.Fatalf("SCRIPT EXISTS sha1(PublishSource): %v %v", exists, err)
+	}
+	if ttl := r.client().PTTL(context.Background(), history.HistoryKey("alice")).Val(); ttl <= 59*time.Minute || ttl > time.Hour {
+		t.Fatalf("PTTL %v, want 1h", ttl)
+	}
+}

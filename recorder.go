@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+const (
+	// recordBatchMax is the most events recorded in one round trip.
+	recordBatchMax = 512
+	// recordWindow is how far back an instance without a place in a
+	// user's history looks for an event another instance recorded
+	// (history.RecordSource): longer than instances ever lag each other.
+	recordWindow = time.Minute
+	// cursorIdle is how long a user's place in history is kept after
+	// their last event; well over recordWindow.
+	cursorIdle = 10 * time.Minute
+	// recordTimeout bounds one round trip; past it the batch is
+	// delivered without ids.
+	recordTimeout = 2 * time.Second
+)
+
+// inbound is one valid event from the subscription, on its way to the
+// recorder; reset says the subscription was renewed, so messages may have
+// been missed.
+type inbound struct {
+	username string
+	payload  string
+	received time.Time
+	reset    bool
+}
+
+// recorder gives every event its id in its user's history before it is
+// broadcast: whatever the subscription delivered while the previous batch
+// was being recorded goes to Redis in one pipelined round trip (one
+// history.RecordSource call per user), then to the hub, in the order it
+// arrived. Its goroutine is owned by the subscriber's run.
+type recorder struct {
+	rdb       *redis.Client
+	retention history.Retention
+	in        chan inbound
+	broadcast func(username string, msg *message)
+	stats     *Stats
+	logger    *slog.Logger
+	errLog    *logLimiter
+	// cursors is this instance's place in each recent user's history.
+	cursors   map[string]*userCursor
+	lastSweep time.Time
+}
+
+type userCursor struct {
+	cur  history.Cursor
+	used time.Time
+}
+
+func newRecorder(rdb *redis.Client, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
+	return &recorder{
+		rdb:       rdb,
+		retention: retention,
+		in:        make(chan inbound, 4*recordBatchMax),
+		broadcast: broadcast,
+		stats:     stats,
+		logger:    logger,
+		errLog:    newLogLimiter(1, 5),
+		cursors:   make(map[string]*userCursor),
+		lastSweep: time.Now(),
+	}
+}
+
+// add hands in to the recorder, waiting while it is a full batch and more
+// behind; it reports false when ctx ended first.
+func (r *recorder) add(ctx context.Context, in inbound) bool {
+	select {
+	case r.in <- in:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// run records and broadcasts until ctx ends.
+func (r *recorder) run(ctx context.Context) {
+	batch := make([]inbound, 0, recordBatchMax)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case first := <-r.in:
+			batch = append(batch[:0], first)
+		}
+	more:
+		for len(batch) < recordBatchMax {
+			select {
+			case in := <-r.in:
+				batch = append(batch, in)
+			default:
+				break more
+			}
+		}
+		r.process(ctx, batch)
+		clear(batch)
+	}
+}
+
+// process records and broadcasts a batch; a reset in it forgets every
+// place in history from there on.
+func (r *recorder) process(ctx context.Context, batch []inbound) {
+	start := 0
+	for i, in := range batch {
+		if in.reset {
+			r.record(ctx, batch[start:i])
+			clear(r.cursors)
+			start = i + 1
+		}
+	}
+	r.record(ctx, batch[start:])
+	if now := time.Now(); now.Sub(r.lastSweep) > time.Minute {
+		r.lastSweep = now
+		for u, uc := range r.cursors {
+			if now.Sub(uc.used) > cursorIdle {
+				delete(r.cursors, u)
+			}
+		}
+	}
+}
+
+// userBatch is one user's events in a batch.
+type userBatch struct {
+	index    []int
+	payloads []string
+	rec      history.Recording
+}
+
+// record gives evs their ids, in one round trip, and broadcasts them in
+// order. Events whose recording failed are delivered without an id.
+func (r *recorder) record(ctx context.Context, evs []inbound) {
+	if len(evs) == 0 {
+		return
+	}
+	users := make(map[string]*userBatch)
+	var order []string
+	for i, e := range evs {
+		ub := users[e.username]
+		if ub == nil {
+			ub = &userBatch{}
+			users[e.username] = ub
+			order = append(order, e.username)
+		}
+		ub.index = append(ub.index, i)
+		ub.payloads = append(ub.payloads, e.payload)
+	}
+	ids := make([]string, len(evs))
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+		pipe := r.rdb.Pipeline()
+		for _, u := range order {
+			var cur history.Cursor
+			if uc := r.cursors[u]; uc != nil {
+				cur = uc.cur
+			}
+			users[u].rec = history.Record(rctx, pipe, u, cur, recordWindow, r.retention, users[u].payloads)
+		}
+		_, err = pipe.Exec(rctx)
+		cancel()
+		if attempt == 0 && history.IsNoScript(err) {
+			// Redis restarted, or its scripts were flushed.
+			if lerr := history.Load(ctx, r.rdb); lerr != nil {
+				err = lerr
+				break
+			}
+			continue
+		}
+		break
+	}
+	now := time.Now()
+	failed := 0
+	for _, u := range order {
+		ub := users[u]
+		recs, cur, rerr := ub.rec.Result()
+		if rerr != nil {
+			failed += len(ub.index)
+			if err == nil {
+				err = rerr
+			}
+			continue
+		}
+		r.cursors[u] = &userCursor{cur: cur, used: now}
+		for k, i := range ub.index {
+			ids[i] = recs[k].ID
+			if recs[k].Appended {
+				r.stats.HistoryRecorded.Add(1)
+			}
+		}
+	}
+	if failed > 0 {
+		r.stats.HistoryErrors.Add(uint64(failed))
+		if ctx.Err() == nil {
+			r.errLog.log(r.logger, slog.LevelWarn, "Recording events in history failed; delivering them without ids",
+				"events", failed, "err", err, "failed_total", r.stats.HistoryErrors.Load())
+		}
+	}
+	for i, e := range evs {
+		r.broadcast(e.username, newEvent(ids[i], []byte(e.payload), e.received))
+	}
+}

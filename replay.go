@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// replayer sends connections the events they missed, from their users'
+// histories, before their live events: a resume (?last_event_id= or the
+// Last-Event-ID header) or a late join (?history=N).
+//
+// Reads are bounded so that thousands of clients resuming at once, after
+// an instance died, leave Redis and live delivery responsive: at most
+// concurrency reads run at once, each of at most page events, and a
+// catch-up sends its next page only once the connection's writer has taken
+// the previous one.
+type replayer struct {
+	rdb       redis.Cmdable
+	retention history.Retention
+	page      int64
+	// maxBytes is MAX_MESSAGE_BYTES: larger entries are not replayed,
+	// as they are not forwarded live.
+	maxBytes int
+	// slots holds one token per read that may run.
+	slots  chan struct{}
+	stats  *Stats
+	logger *slog.Logger
+	// errLog rate-limits the lines for failed reads.
+	errLog *logLimiter
+}
+
+func newReplayer(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *replayer {
+	return &replayer{
+		rdb:       rdb,
+		retention: cfg.Retention,
+		page:      int64(cfg.ReplayPage),
+		maxBytes:  cfg.MaxMessageBytes,
+		slots:     make(chan struct{}, cfg.ReplayConcurrency),
+		stats:     stats,
+		logger:    logger,
+		errLog:    newLogLimiter(1, 5),
+	}
+}
+
+// replayRequest is where a connection's events start.
+type replayRequest struct {
+	// lastEventID, when resume is set, is the id the client saw last, as
+	// it sent it.
+	resume      bool
+	lastEventID string
+	// last, when above 0, asks for the last events retained (?history=N).
+	last int64
+}
+
+// wanted reports whether the request asks for any history.
+func (r replayRequest) wanted() bool { return r.resume || r.last > 0 }
+
+// parseReplayRequest reads ?last_event_id=, the Last-Event-ID header and
+// ?history=N. A bad history value is an error for a 400.
+func parseReplayRequest(query func(string) string, lastEventIDHeader string) (replayRequest, error) {
+	var req replayRequest
+	if v := query("last_event_id"); v != "" {
+		req.resume, req.lastEventID = true, v
+	} else if lastEventIDHeader != "" {
+		req.resume, req.lastEventID = true, lastEventIDHeader
+	}
+	if v := query("history"); v != "" {
+		var n int64
+		if _, err := fmt.Sscan(v, &n); err != nil || n < 0 || fmt.Sprint(n) != v {
+			return req, fmt.Errorf("history=%q: must be a whole number of events, 0 or more", v)
+		}
+		req.last = n
+	}
+	return req, nil
+}
+
+// read runs one bounded history read.
+func (p *replayer) read(ctx context.Context, f func(context.Context) ([]history.Event, error)) ([]history.Event, error) {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-p.slots }()
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return f(rctx)
+}
+
+// replay sends c the events req asks for, then lets its live events
+// through: those that arrived meanwhile were held (Client.held), and the
+// ones the history already gave are dropped by id. It runs on a goroutine
+// of the hub's and ends early when c ends or ctx does.
+func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
+	user := c.username
+	cursor := "" // the last event sent; "" before any
+	// Where the reading loop starts: after cursor, or from the oldest
+	// retained event when fromStart is set.
+	fromStart := false
+	switch {
+	case req.resume:
+		resync := ""
+		if _, ok := history.ParseID(req.lastEventID); !ok {
+			resync = "last_event_id is not an event id"
+		} else {
+			evs, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
+				return history.From(ctx, p.rdb, user, req.lastEventID, p.page+1)
+			})
+			if err != nil {
+				p.failed(c, err)
+				return
+			}
+			if len(evs) > 0 && evs[0].ID == req.lastEventID {
+				cursor = req.lastEventID
+				if !p.send(ctx, c, evs[1:], &cursor) {
+					return
+				}
+			} else {
+				resync = p.resyncReason(ctx, user, req.lastEventID)
+			}
+		}
+		if resync != "" {
+			p.stats.HistoryResyncs.Add(1)
+			if c.v1 || c.sse != nil {
+				if !c.enqueueReplay([]*message{newControl("resync", resync)}) {
+					return
+				}
+			}
+			fromStart = true
+		}
+	case req.last > 0:
+		n := min(req.last, p.retention.MaxLen)
+		evs, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
+			return history.Last(ctx, p.rdb, user, n)
+		})
+		if err != nil {
+			p.failed(c, err)
+			return
+		}
+		cursor = "0-0" // nothing retained: every event from now on is new
+		if !p.send(ctx, c, evs, &cursor) {
+			return
+		}
+	}
+	for {
+		for {
+			after := cursor
+			if fromStart {
+				after, fromStart = "", false
+			}
+			evs, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
+				return history.After(ctx, p.rdb, user, after, p.page)
+			})
+			if err != nil {
+				p.failed(c, err)
+				return
+			}
+			if !p.send(ctx, c, evs, &cursor) {
+				return
+			}
+			if int64(len(evs)) < p.page {
+				break
+			}
+		}
+		if !c.finishReplay(cursor) {
+			return
+		}
+	}
+}
+
+// resyncReason says why the history cannot resume after id.
+func (p *replayer) resyncReason(ctx context.Context, user, id string) string {
+	first, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
+		return history.After(ctx, p.rdb, user, "", 1)
+	})
+	want, _ := history.ParseID(id)
+	if err == nil && len(first) > 0 {
+		if got, ok := history.ParseID(first[0].ID); ok && want.Less(got) {
+			return "the events after last_event_id are no longer retained"
+		}
+	}
+	if err == nil && len(first) == 0 {
+		return "no events are retained for this user"
+	}
+	return "last_event_id is not in this user's history"
+}
+
+// send queues evs for c, skipping any that are not valid JSON (a publisher
+// that wrote the history by hand), advances cursor, and waits until c's
+// writer has taken them. It reports false when c ended or ctx did.
+func (p *replayer) send(ctx context.Context, c *Client, evs []history.Event, cursor *string) bool {
+	if len(evs) == 0 {
+		return true
+	}
+	msgs := make([]*message, 0, len(evs))
+	now := time.Now()
+	for _, ev := range evs {
+		*cursor = ev.ID
+		switch {
+		case len(ev.Data) > p.maxBytes:
+			p.stats.MessagesTooLarge.Add(1)
+			continue
+		case ev.Data == "" || !json.Valid([]byte(ev.Data)):
+			p.stats.MessagesInvalid.Add(1)
+			continue
+		}
+		msgs = append(msgs, newEvent(ev.ID, []byte(ev.Data), now))
+	}
+	if !c.enqueueReplay(msgs) {
+		return false
+	}
+	p.stats.HistoryReplayed.Add(uint64(len(msgs)))
+	return c.waitTaken(ctx)
+}
+
+// failed ends a catch-up whose read failed: the client is disconnected
+// (it resumes again with the same id) rather than left with a gap.
+func (p *replayer) failed(c *Client, err error) {
+	if err == context.Canceled {
+		return
+	}
+	p.errLog.log(p.logger, slog.LevelWarn, "Reading history failed; closing the connection so that it resumes", "username", c.username, "err", err)
+	c.disconnect(disconnectHistoryUnavailable)
+}
