@@ -663,6 +663,9 @@ func TestFanoutClientMissesNothingAcrossADaemonRestart(t *testing.T) {
 	if !strings.HasSuffix(urls[len(urls)-1], " protocol=fanout.v1") {
 		t.Fatalf("the daemon did not accept subprotocol fanout.v1: %s", urls[len(urls)-1])
 	}
+	if n := countLines(h.p.logs.String(), "status a open "); n != 2 {
+		t.Fatalf("the client opened %d connections, want 2 (one before the restart, one after)", n)
+	}
 	h.exit()
 }
 
@@ -739,6 +742,21 @@ func TestFanoutClientCallsOnResyncWhenItsLastEventIsNoLongerKept(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Fatalf("client %s got %q, want %q", c.name, got, want)
 		}
+	}
+	h.exit()
+}
+
+func TestFanoutClientWithHistoryOffGetsEventsWithoutIds(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"HISTORY": "off"})
+	td.waitReady()
+	h := startClientHarness(t, td.baseURL, nil)
+	h.connect("a", withOptions("url", td.wsURL, "username", "alice", "history", 5), false)
+	waitStep(t, h.p, "status a open code=0")
+	eventually(t, 5*time.Second, "client connected", func() bool { return td.d.hub.connectionCount("alice") == 1 })
+	td.publish("alice", `{"type":"unrecorded","n":1}`)
+	waitStep(t, h.p, "event a {\"type\":\"unrecorded\",\"n\":1} id=\n")
+	if u := h.urls("a")[0]; !strings.HasSuffix(u, " protocol=fanout.v1") {
+		t.Fatalf("with HISTORY=off the daemon did not accept fanout.v1: %s", u)
 	}
 	h.exit()
 }

@@ -69,7 +69,8 @@
 
 /**
  * @typedef {object} FanoutEventInfo
- * @property {string} id the event id ('' from a daemon without fanout.v1)
+ * @property {string} id the event id; '' when it has none (HISTORY=off, the
+ *   daemon could not record it, or a daemon without fanout.v1)
  */
 
 /**
@@ -245,12 +246,15 @@ export class FanoutClient {
       this.#emit(this.#resyncFns, { reason: String(frame.reason ?? ''), lastEventId: asked });
       return;
     }
-    if (typeof frame?.id !== 'string' || !('data' in frame)) {
-      console.error(`fanout: a fanout.v1 message without id and data: ${text.slice(0, 100)}`);
+    if (frame === null || typeof frame !== 'object' || !('data' in frame)) {
+      console.error(`fanout: a fanout.v1 message without data: ${text.slice(0, 100)}`);
       return;
     }
-    this.#lastEventId = frame.id;
-    this.#deliver(frame.data, publishedText(text, frame), frame.id);
+    // No id with HISTORY=off, or when the daemon could not record the
+    // event: the last id stays where it was.
+    const id = typeof frame.id === 'string' ? frame.id : '';
+    if (id) this.#lastEventId = id;
+    this.#deliver(frame.data, publishedText(text, id), id);
   }
 
   #deliver(event, raw, id) {
@@ -356,13 +360,13 @@ function parse(text) {
 }
 
 // publishedText returns the event's text as it was published: the daemon
-// writes {"id":"<id>","data":<the published bytes>}, so it is cut out of
-// the message: re-encoding frame.data could change spacing, escapes and
-// number formats.
-function publishedText(text, frame) {
-  const head = `{"id":${JSON.stringify(frame.id)},"data":`;
+// writes {"id":"<id>","data":<the published bytes>} ({"data":…} without an
+// id), so it is cut out of the message: re-encoding the data could change
+// spacing, escapes and number formats.
+function publishedText(text, id) {
+  const head = id ? `{"id":${JSON.stringify(id)},"data":` : '{"data":';
   if (text.startsWith(head) && text.endsWith('}')) return text.slice(head.length, -1);
-  return JSON.stringify(frame.data);
+  return JSON.stringify(JSON.parse(text).data);
 }
 
 // toWebSocketURL resolves url (default: this daemon's /ws) to a ws(s): URL.
