@@ -207,5 +207,6 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	}
 	for i, e := range evs {
 		r.broadcast(e.username, newEvent(ids[i], []byte(e.payload), e.received))
+		r.stats.MessagesReceived.Add(1)
 	}
 }

@@ -205,29 +205,40 @@ func (s *Subscriber) handle(ctx context.Context, channel, payload string) {
 		return // another instance's probe
 	}
 	username := strings.TrimPrefix(channel, channelPrefix)
+	if !s.valid(channel, payload) {
+		s.stats.MessagesReceived.Add(1)
+		return
+	}
+	if s.recorder != nil {
+		// Counted as received once broadcast, like the others.
+		s.recorder.add(ctx, inbound{username: username, payload: payload, received: time.Now()})
+		return
+	}
+	s.broadcast(username, newEvent("", []byte(payload), time.Now()))
 	s.stats.MessagesReceived.Add(1)
+}
+
+// valid reports whether payload is to be forwarded, and counts and logs
+// (rate-limited) one that is not.
+func (s *Subscriber) valid(channel, payload string) bool {
 	switch {
 	case len(payload) > s.cfg.MaxMessageBytes:
 		s.stats.MessagesTooLarge.Add(1)
 		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: larger than MAX_MESSAGE_BYTES",
 			"channel", channel, "bytes", len(payload), "max_bytes", s.cfg.MaxMessageBytes, "dropped_total", s.stats.MessagesTooLarge.Load())
-		return
+		return false
 	case len(payload) == 0:
 		s.stats.MessagesInvalid.Add(1)
 		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: empty payload",
 			"channel", channel, "dropped_total", s.stats.MessagesInvalid.Load())
-		return
+		return false
 	case !json.Valid([]byte(payload)):
 		s.stats.MessagesInvalid.Add(1)
 		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: not valid JSON",
 			"channel", channel, "bytes", len(payload), "dropped_total", s.stats.MessagesInvalid.Load())
-		return
+		return false
 	}
-	if s.recorder != nil {
-		s.recorder.add(ctx, inbound{username: username, payload: payload, received: time.Now()})
-		return
-	}
-	s.broadcast(username, newEvent("", []byte(payload), time.Now()))
+	return true
 }
 
 // broadcast hands msg to username's connections.

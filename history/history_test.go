@@ -104,6 +104,10 @@ func TestThreeInstancesRecordEachEventOnceWithTheSameID(t *testing.T) {
 func TestIdenticalPayloadsOneAfterTheOtherAreTwoEvents(t *testing.T) {
 	rdb := client(t)
 	a, b := &instance{rdb: rdb}, &instance{rdb: rdb}
+	// Both have a place in bob's history, as instances running for a
+	// while do (for an instance without one, see the exception below).
+	a.record(t, "bob", `{"n":0}`)
+	b.record(t, "bob", `{"n":0}`)
 	first := a.record(t, "bob", `{"same":1}`)[0]
 	second := a.record(t, "bob", `{"same":1}`)[0]
 	if first.ID == second.ID || !first.Appended || !second.Appended {
@@ -113,8 +117,8 @@ func TestIdenticalPayloadsOneAfterTheOtherAreTwoEvents(t *testing.T) {
 	if got[0].ID != first.ID || got[1].ID != second.ID || got[0].Appended || got[1].Appended {
 		t.Fatalf("b got %+v, want the ids %s and %s, found", got, first.ID, second.ID)
 	}
-	if n := streamLen(t, rdb, "bob"); n != 2 {
-		t.Fatalf("stream holds %d entries, want 2", n)
+	if n := streamLen(t, rdb, "bob"); n != 3 {
+		t.Fatalf("stream holds %d entries, want 3", n)
 	}
 }
 
@@ -218,5 +222,47 @@ func TestParseID(t *testing.T) {
 	b, _ := ParseID("1733-12")
 	if !a.Less(b) || b.Less(a) || a.String() != "1733-5" {
 		t.Fatal("order")
+	}
+}
+
+func TestAnInstanceJoiningABusyUserFindsItsFirstEventAtTheEnd(t *testing.T) {
+	rdb := client(t)
+	a := &instance{rdb: rdb}
+	for i := range 300 {
+		a.record(t, "gus", fmt.Sprintf(`{"n":%d}`, i))
+	}
+	// a is ahead: it has recorded 300 and 301 when the new instance sees
+	// 300 first.
+	ahead := a.record(t, "gus", `{"n":300}`, `{"n":301}`)
+	late := &instance{rdb: rdb}
+	got := late.record(t, "gus", `{"n":300}`, `{"n":301}`, `{"n":302}`)
+	if got[0].ID != ahead[0].ID || got[1].ID != ahead[1].ID || got[0].Appended || got[1].Appended || !got[2].Appended {
+		t.Fatalf("late instance got %+v, want %s and %s found and a new one", got, ahead[0].ID, ahead[1].ID)
+	}
+	if r := a.record(t, "gus", `{"n":302}`)[0]; r.ID != got[2].ID || r.Appended {
+		t.Fatalf("a got %+v for the late instance's %s", r, got[2].ID)
+	}
+	if n := streamLen(t, rdb, "gus"); n != 303 {
+		t.Fatalf("stream holds %d entries, want 303", n)
+	}
+}
+
+// The one exception (RecordSource): an instance without a place in a
+// user's history whose first event is byte-identical to one appended
+// within the window that it did not see takes that event's id.
+func TestTheDocumentedExceptionAnInstanceStartedBetweenTwoIdenticalPayloads(t *testing.T) {
+	rdb := client(t)
+	a := &instance{rdb: rdb}
+	first := a.record(t, "hal", `{"same":1}`)[0]
+	late := &instance{rdb: rdb} // subscribed after the first, before the second
+	merged := late.record(t, "hal", `{"same":1}`)[0]
+	second := a.record(t, "hal", `{"same":1}`)[0]
+	if merged.ID != first.ID || second.ID == first.ID || !second.Appended {
+		t.Fatalf("first %+v, late instance %+v, second %+v", first, merged, second)
+	}
+	// From its second event on, the late instance agrees again.
+	next := a.record(t, "hal", `{"n":2}`)[0]
+	if r := late.record(t, "hal", `{"n":2}`)[0]; r.ID != next.ID {
+		t.Fatalf("late instance got %s, want %s", r.ID, next.ID)
 	}
 }

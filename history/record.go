@@ -25,11 +25,13 @@ import (
 // instance's cursor has moved past the first by then.
 //
 // An instance that has no cursor for a user (just started, resubscribed,
-// or the user was idle) passes the time window instead: the search starts
-// at the later of the cursor and that long ago. The one case this cannot
-// tell apart: an instance whose first event for a user carries the same
-// payload as an event recorded within the window just before it, and not
-// yet matched, takes that event's id.
+// or the user was idle) passes a time window instead: for its first event
+// it takes the newest entry of that window with the same payload (at most
+// 64 entries back), or appends the event, and its cursor starts there. The
+// one case this cannot tell apart: when the first event such an instance
+// sees for a user is byte-identical to another one appended within the
+// window (published just before the instance subscribed, or just after
+// the event, when the instance lags), it takes that event's id.
 //
 // KEYS[1] is the user's history key. ARGV: MAXLEN, TTL in milliseconds,
 // the cursor ("0-0" for none), the window in milliseconds (0: none), the
@@ -48,10 +50,10 @@ local function less(a, b)
   local bm, bs = parse(b)
   return am < bm or (am == bm and as < bs)
 end
+local floor = nil
 if window > 0 then
   local t = redis.call('TIME')
-  local floor = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - window) .. '-0'
-  if less(cursor, floor) then cursor = floor end
+  floor = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - window) .. '-0'
 end
 local consumed, count = {}, 0
 for i = 1, nconsumed do
@@ -62,6 +64,18 @@ local out = {}
 for i = 6 + nconsumed, #ARGV do
   local payload = ARGV[i]
   local found, skipped, from, seen = nil, false, cursor, 0
+  if floor then
+    -- No place yet: the newest entry of the window with this payload.
+    local page = redis.call('XREVRANGE', key, '+', floor, 'COUNT', 64)
+    for _, e in ipairs(page) do
+      if e[2][2] == payload then
+        found = e[1]
+        break
+      end
+    end
+    floor = nil
+    seen = 64
+  end
   while not found and seen < 64 do
     local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', 16)
     for _, e in ipairs(page) do
