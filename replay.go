@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,6 +36,17 @@ type replayer struct {
 	logger *slog.Logger
 	// errLog rate-limits the lines for failed reads.
 	errLog *logLimiter
+	// active counts the catch-ups in progress.
+	active atomic.Int64
+}
+
+// catchups returns the number of connections catching up on their
+// history (0 with HISTORY=off).
+func (h *Hub) catchups() int64 {
+	if h.replayer == nil {
+		return 0
+	}
+	return h.replayer.active.Load()
 }
 
 func newReplayer(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *replayer {
@@ -100,6 +112,8 @@ func (p *replayer) read(ctx context.Context, f func(context.Context) ([]history.
 // ones the history already gave are dropped by id. It runs on a goroutine
 // of the hub's and ends early when c ends or ctx does.
 func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
+	p.active.Add(1)
+	defer p.active.Add(-1)
 	user := c.username
 	cursor := "" // the last event sent; "" before any
 	// Where the reading loop starts: after cursor, or from the oldest

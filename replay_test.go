@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -276,4 +277,69 @@ func TestRecordingTakesOneRoundTripPerBatchNotPerEvent(t *testing.T) {
 	if counter.piped["evalsha"] > counter.pipelines*users {
 		t.Fatalf("%d script calls in %d pipelines: more than one per user per batch", counter.piped["evalsha"], counter.pipelines)
 	}
+}
+
+func TestLiveEventsHeldDuringACatchUpAreDedupedOrReadAgainAfterAnOverflow(t *testing.T) {
+	h := newTestHub(4, 1<<20)
+	c := newClient(h, nil, "ida", "test")
+	c.replaying = true
+	if err := h.reserve("ida"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.add(c); err != nil {
+		t.Fatal(err)
+	}
+	ev := func(id string) *message { return newEvent(id, []byte(`{}`), time.Now()) }
+	// More than a send queue's worth arrives during the catch-up: they
+	// are dropped, and the catch-up is told to read on.
+	for i := 1; i <= 6; i++ {
+		if n := h.broadcast("ida", ev(fmt.Sprintf("%d-0", i))); n != 1 {
+			t.Fatalf("broadcast took %d", n)
+		}
+	}
+	if !c.finishReplay("3-0") {
+		t.Fatal("an overflow of held events did not ask for another read")
+	}
+	// Then: held events the history gave are dropped, the others queued.
+	for _, id := range []string{"6-0", "7-0", "8-0"} {
+		h.broadcast("ida", ev(id))
+	}
+	if c.finishReplay("6-0") {
+		t.Fatal("asked for another read without an overflow")
+	}
+	var got []string
+	for _, m := range c.sendQueue {
+		got = append(got, m.id)
+	}
+	if strings.Join(got, " ") != "7-0 8-0" || c.replaying {
+		t.Fatalf("queued %v (replaying %v), want 7-0 8-0 and live", got, c.replaying)
+	}
+	if f, _ := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 2 {
+		t.Fatalf("send-queue pressure %d frames, want 2", f)
+	}
+	// Live from now on.
+	h.broadcast("ida", ev("9-0"))
+	if len(c.sendQueue) != 3 {
+		t.Fatalf("live event not queued: %d", len(c.sendQueue))
+	}
+}
+
+func TestACatchUpThatCannotReadTheHistoryClosesWith1011(t *testing.T) {
+	r := startRedis(t)
+	td := startDaemon(t, r, nil)
+	td.waitReady()
+	conn := dialV1(t, td.wsURL+"?username=jo")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("jo") == 1 })
+	td.publish("jo", `{"n":1}`)
+	last := readV1(t, conn).ID
+	conn.Close()
+	r.kill()
+	conn = dialV1(t, td.wsURL+"?username=jo&last_event_id="+last)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := conn.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.CloseInternalServerErr {
+		t.Fatalf("got %v, want close 1011", err)
+	}
+	t.Logf("closed: %v", ce)
 }

@@ -77,7 +77,10 @@ for i = 6 + nconsumed, #ARGV do
     seen = 64
   end
   while not found and seen < 64 do
-    local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', 16)
+    -- Mostly the entry is the first one after the cursor, or there is none.
+    local count = 16
+    if seen == 0 then count = 1 end
+    local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', count)
     for _, e in ipairs(page) do
       from = e[1]
       seen = seen + 1
@@ -89,7 +92,7 @@ for i = 6 + nconsumed, #ARGV do
         skipped = true
       end
     end
-    if #page < 16 then break end
+    if #page < count then break end
   end
   local appended = 0
   if not found then
