@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -749,6 +751,44 @@ func daemonProcessEnv(r *redisServer, port int, extra ...string) []string {
 	}, extra...)
 }
 
+// portOutsideEphemeralRange returns a free loopback port below the
+// kernel's ephemeral range: a daemon restarted on it cannot find it taken
+// by an outgoing connection, such as the client's own dials meanwhile.
+func portOutsideEphemeralRange(t *testing.T) int {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	for range 100 {
+		port := low - 1 - rand.IntN(min(low-1024, 10000))
+		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			_ = ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return 0
+}
+
+// waitSubscribed waits until the fanout process p has subscribed to
+// Redis, failing at once if it exits.
+func waitSubscribed(t *testing.T, p *daemonProcess) {
+	t.Helper()
+	eventually(t, 20*time.Second, "fanout process subscribed to Redis", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("fanout process exited (%v) before subscribing:\n%s", p.err, p.logs.String())
+		default:
+		}
+		return strings.Contains(p.logs.String(), "Subscribed to Redis")
+	})
+}
+
 // TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing is the
 // issue's second acceptance test: the events come from history.Publisher
 // (what `fanout publish` runs), and every instance (a real fanout process)
@@ -759,7 +799,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 			r := startRedis(t)
 			var ports []int
 			for len(ports) < 3 {
-				if p := freePort(t); !slices.Contains(ports, p) {
+				if p := portOutsideEphemeralRange(t); !slices.Contains(ports, p) {
 					ports = append(ports, p)
 				}
 			}
@@ -777,7 +817,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 					all = append(all, p)
 				}
 				for _, p := range running {
-					p.waitLog(t, 20*time.Second, "Subscribed to Redis")
+					waitSubscribed(t, p)
 				}
 			}
 			stopAll := func() {
