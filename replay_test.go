@@ -317,6 +317,12 @@ func TestLiveEventsHeldDuringACatchUpAreDedupedOrReadAgainAfterAnOverflow(t *tes
 	if f, _ := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 2 {
 		t.Fatalf("send-queue pressure %d frames, want 2", f)
 	}
+	// An event the catch-up read from the history before the recorder
+	// broadcast it comes live too: it is skipped.
+	h.broadcast("ida", ev("5-0"))
+	if len(c.sendQueue) != 2 {
+		t.Fatalf("an event the history gave was queued again: %d queued", len(c.sendQueue))
+	}
 	// Live from now on.
 	h.broadcast("ida", ev("9-0"))
 	if len(c.sendQueue) != 3 {
