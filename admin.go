@@ -195,6 +195,7 @@ type statsSnapshot struct {
 	Throughput     []throughputPoint  `json:"throughput"`
 	Redis          redisState         `json:"redis"`
 	SendQueues     sendQueueState     `json:"send_queues"`
+	History        historyState       `json:"history"`
 }
 
 // redisState is the subscription's health in /admin/stats.
@@ -208,6 +209,15 @@ type redisState struct {
 	LastReceivedSecondsAgo float64 `json:"last_received_seconds_ago"`
 	Failures               uint64  `json:"failures"`
 	ProbesMissed           uint64  `json:"probes_missed"`
+}
+
+// historyState is the history settings and catch-ups in /admin/stats.
+type historyState struct {
+	Enabled    bool    `json:"enabled"`
+	MaxLen     int64   `json:"max_len"`
+	TTLSeconds float64 `json:"ttl_seconds"`
+	// Catchups is the number of connections catching up right now.
+	Catchups int64 `json:"catchups"`
 }
 
 // sendQueueState is the send-queue pressure in /admin/stats.
@@ -271,6 +281,12 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 			QueuedBytes:  d.hub.queuedBytes.Load(),
 			LimitFrames:  d.cfg.SendQueueSize,
 			LimitBytes:   d.cfg.SendQueueBytes,
+		},
+		History: historyState{
+			Enabled:    d.cfg.History,
+			MaxLen:     d.cfg.Retention.MaxLen,
+			TTLSeconds: d.cfg.Retention.TTL.Seconds(),
+			Catchups:   d.hub.catchups(),
 		},
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -137,3 +137,44 @@ func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
 		}
 	}
 }
+
+func TestEventSourceMissesNothingAcrossADaemonRestart(t *testing.T) {
+	// A plain EventSource, no code for resuming: on its own reconnects it
+	// sends Last-Event-ID, which must win over the URL's history=2.
+	h, _ := resumeAcrossRestart(t, "s", func(h *clientHarness, td *testDaemon) {
+		h.send(map[string]any{"cmd": "eventsource", "name": "s", "url": td.baseURL + "/events?username=alice&history=2"})
+	})
+	// One stream before the restart, one after: live events must not
+	// break a stream (resuming would hide it, 2 s late each time).
+	if n := countLines(h.p.logs.String(), "status s open"); n != 2 || !strings.Contains(h.p.logs.String(), "status s error readyState=0") {
+		t.Fatalf("the EventSource opened %d streams, want 2 (one before the restart, one after):\n%s", n, h.p.logs.String())
+	}
+	h.exit()
+}
+
+// readmeResumeSnippet returns the README's fanout.v1 reconnect loop, wired
+// to wsURL, reporting each event as the client harness does for name.
+func readmeResumeSnippet(t *testing.T, wsURL, name string) string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const marker = "// fanout.v1: reconnect with backoff, resume after the last event id."
+	_, after, ok := strings.Cut(string(readme), "```javascript\n"+marker)
+	snippet, _, ok2 := strings.Cut(marker+after, "```")
+	call := `resumeFanout('wss://events.example.com/ws', 'alice', (event, id) => console.log(id, event), { history: 20 });`
+	if !ok || !ok2 || !strings.Contains(snippet, call) {
+		t.Fatal("README.md has no fanout.v1 snippet ending with the resumeFanout call")
+	}
+	return strings.Replace(snippet, call, fmt.Sprintf(
+		`resumeFanout(%q, 'alice', (event, id) => window.report('event %s ' + JSON.stringify(event) + ' id=' + id), { history: 2, onResync: (reason) => window.report('resync %[2]s reason=' + reason) });`,
+		wsURL, name), 1)
+}
+
+func TestREADMEResumeLoopMissesNothingAcrossADaemonRestart(t *testing.T) {
+	h, _ := resumeAcrossRestart(t, "w", func(h *clientHarness, td *testDaemon) {
+		h.send(map[string]any{"cmd": "script", "code": readmeResumeSnippet(t, td.wsURL, "w")})
+	})
+	h.exit()
+}

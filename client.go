@@ -98,7 +98,8 @@ const (
 	// enqueueClosing: the client was already being disconnected.
 	enqueueClosing
 	// enqueueHeld: the client is catching up on its history; msg waits in
-	// its held list until the catch-up is done (finishReplay).
+	// its held list until the catch-up is done (finishReplay), or was
+	// sent by the catch-up already.
 	enqueueHeld
 )
 
@@ -166,6 +167,12 @@ type Client struct {
 	// drained, made by a catch-up that waits for the send queue to be
 	// taken, is closed by takeWork.
 	drained chan struct{}
+	// replayedTo, while replayedSet, is the last event a finished
+	// catch-up sent: a live event that is not after it was sent already
+	// (its entry was read from the history before the recorder broadcast
+	// it) and is skipped. The first live event after it clears it.
+	replayedTo  history.ID
+	replayedSet bool
 
 	// unflushed is a message writeNow handed to the socket only in part;
 	// owned by the holder of the write right (not guarded by mu): the write
@@ -193,6 +200,15 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 	if c.closing != nil {
 		c.mu.Unlock()
 		return enqueueClosing
+	}
+	if c.replayedSet && msg.id != "" {
+		if id, ok := history.ParseID(msg.id); ok {
+			if !c.replayedTo.Less(id) {
+				c.mu.Unlock()
+				return enqueueHeld // sent from the history already
+			}
+			c.replayedSet = false
+		}
 	}
 	if c.replaying {
 		if len(c.held) >= c.settings.sendQueueSize {
@@ -305,6 +321,7 @@ func (c *Client) finishReplay(cursor string) (more bool) {
 	c.queuedBytes += bytes
 	c.hub.addQueued(n, bytes)
 	c.held, c.replaying = nil, false
+	c.replayedTo, c.replayedSet = last, hasLast
 	start := n > 0 && c.takeRightLocked()
 	c.mu.Unlock()
 	c.startPump(start)

@@ -8,13 +8,17 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"fanout/history"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -85,6 +89,7 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	td.waitReady()
 
 	first := consoleEvent("workflow_started", "run-7f3a9c", `"trigger":"schedule","started_at":"2026-11-27T09:00:00Z"`)
+	whileDown := consoleEvent("workflow_started", "run-c3e210", `"trigger":"webhook","source":"crm"`)
 	afterRestart := consoleEvent("node_completed", "run-7f3a9c", `"node":"fetch-sales","status":"succeeded","duration_ms":1840`)
 	batch := []string{
 		consoleEvent("node_completed", "run-7f3a9c", `"node":"aggregate","status":"succeeded","duration_ms":5210`),
@@ -98,8 +103,9 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 		"url":           td.baseURL + "/",
 		"username":      "alice",
 		"first":         map[string]string{"type": "workflow_started", "run_id": "run-7f3a9c"},
+		"whileDown":     map[string]string{"type": "workflow_started", "run_id": "run-c3e210"},
 		"afterRestart":  map[string]string{"type": "node_completed", "run_id": "run-7f3a9c"},
-		"total":         2 + len(batch),
+		"total":         3 + len(batch),
 		"filter":        "run-b81d04",
 		"filterMatches": 2,
 		"select":        map[string]string{"type": "workflow_completed", "run_id": "run-7f3a9c"},
@@ -114,9 +120,14 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	td.publish("alice", first)
 	waitStep(t, page, "detail ok")
 
-	// The same address, the same Redis: a rolling restart.
+	// The same address, the same Redis: a rolling restart, during which a
+	// publisher that keeps its events in the history publishes one.
 	if err := td.stop(); err != nil {
 		t.Fatalf("run returned %v", err)
+	}
+	pub := history.NewPublisher(r.client(), history.Retention{})
+	if _, err := pub.Publish(context.Background(), "alice", []byte(whileDown)); err != nil {
+		t.Fatal(err)
 	}
 	td2 := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
 	waitStep(t, page, "reconnected")
@@ -131,6 +142,21 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	td2.publish("alice", held)
 	waitStep(t, page, "done")
 	page.waitExit(t, 10*time.Second)
+
+	// Every event once, in order, with its id from the history.
+	retained, err := history.After(context.Background(), r.client(), "alice", "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, e := range retained {
+		want = append(want, e.ID)
+	}
+	_, shown, _ := strings.Cut(page.logs.String(), "\nids ")
+	shown, _, _ = strings.Cut(shown, "\n")
+	if got := strings.Split(shown, ","); !slices.Equal(got, want) || len(want) != 4+len(batch) {
+		t.Fatalf("the console listed ids %v, the history has %v", got, want)
+	}
 }
 
 func TestConsoleOffServesNoPageButStillTheClient(t *testing.T) {
@@ -479,6 +505,258 @@ func TestFanoutClientGetsAFreshTokenOnExpiryOrStopsWithAFixedOne(t *testing.T) {
 	defer mu.Unlock()
 	if issued < 2 {
 		t.Fatalf("the token function was called %d times, want at least 2", issued)
+	}
+	h.exit()
+}
+
+// harnessEvent is one event a harness client printed: its data and id.
+type harnessEvent struct{ data, id string }
+
+// events returns the events client name has printed, in order.
+func (h *clientHarness) events(name string) []harnessEvent {
+	var evs []harnessEvent
+	for _, line := range strings.Split(h.p.logs.String(), "\n") {
+		rest, ok := strings.CutPrefix(line, "event "+name+" ")
+		if !ok {
+			continue
+		}
+		data, id, _ := strings.Cut(rest, " id=")
+		evs = append(evs, harnessEvent{data: data, id: id})
+	}
+	return evs
+}
+
+// waitEvent waits until client name has printed an event with data.
+func (h *clientHarness) waitEvent(name, data string) {
+	h.t.Helper()
+	eventually(h.t, 30*time.Second, "event "+data+" on "+name, func() bool {
+		for _, e := range h.events(name) {
+			if e.data == data {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// urls returns the URLs of the WebSockets client name opened, oldest
+// first, each with the subprotocol the daemon accepted.
+func (h *clientHarness) urls(name string) []string {
+	h.t.Helper()
+	n := h.sockets(name)
+	h.send(map[string]any{"cmd": "urls", "name": name})
+	var urls []string
+	eventually(h.t, 10*time.Second, "socket URLs", func() bool {
+		urls = urls[:0]
+		for _, line := range strings.Split(h.p.logs.String(), "\n") {
+			if u, ok := strings.CutPrefix(line, "url "+name+" "); ok {
+				urls = append(urls, u)
+			}
+		}
+		return len(urls) >= n
+	})
+	return urls[len(urls)-n:]
+}
+
+// resumeStep is the n-th event of the resume scenario.
+func resumeStep(n int) string { return fmt.Sprintf(`{"type":"step","n":%d}`, n) }
+
+// resumeAcrossRestart is the scenario a page must survive without losing
+// or repeating an event: two events before it opens (which it asks for
+// with history=2), five while the daemon runs (plain PUBLISH), five while
+// the daemon is stopped (the publisher, which keeps them in the history),
+// five as soon as another daemon on the same address is ready (while the
+// page may still be catching up), and a last one. open connects page
+// client name for alice, asking for the last 2 events. It returns the
+// harness, for more checks, and the event ids in the order the page got
+// them.
+func resumeAcrossRestart(t *testing.T, name string, open func(h *clientHarness, td *testDaemon)) (*clientHarness, []string) {
+	t.Helper()
+	const user = "alice"
+	r := startRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	td.waitReady()
+	td.publish(user, resumeStep(1))
+	td.publish(user, resumeStep(2))
+	h := startClientHarness(t, td.baseURL, nil)
+	open(h, td)
+	h.waitEvent(name, resumeStep(2))
+	eventually(t, 5*time.Second, "page connected", func() bool { return td.d.hub.connectionCount(user) == 1 })
+	for n := 3; n <= 7; n++ {
+		td.publish(user, resumeStep(n))
+	}
+	h.waitEvent(name, resumeStep(7))
+
+	if err := td.stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	pub := history.NewPublisher(r.client(), history.Retention{})
+	var whileDown []string
+	for n := 8; n <= 12; n++ {
+		id, err := pub.Publish(context.Background(), user, []byte(resumeStep(n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		whileDown = append(whileDown, id)
+	}
+	td2 := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	td2.waitReady()
+	for n := 13; n <= 17; n++ {
+		td2.publish(user, resumeStep(n))
+	}
+	h.waitEvent(name, resumeStep(17))
+	// A duplicate of any earlier event would arrive before this one.
+	td2.publish(user, resumeStep(18))
+	h.waitEvent(name, resumeStep(18))
+
+	var ids, got, want []string
+	for i, e := range h.events(name) {
+		ids, got = append(ids, e.id), append(got, e.data)
+		want = append(want, resumeStep(i+1))
+	}
+	if len(got) != 18 || !slices.Equal(got, want) {
+		t.Fatalf("the page got, in order:\n%s\nwant steps 1 to 18 once each", strings.Join(got, "\n"))
+	}
+	// The ids are the history's, in order.
+	retained, err := history.After(context.Background(), r.client(), user, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(retained) != 18 {
+		t.Fatalf("the history holds %d events, want 18", len(retained))
+	}
+	for i, e := range retained {
+		if ids[i] != e.ID || e.Data != resumeStep(i+1) {
+			t.Fatalf("event %d reached the page with id %q, the history has %q (%s)", i+1, ids[i], e.ID, e.Data)
+		}
+	}
+	if !slices.Equal(ids[7:12], whileDown) {
+		t.Fatalf("events published while the daemon was down have ids %v on the page, the publisher returned %v", ids[7:12], whileDown)
+	}
+	return h, ids
+}
+
+func TestFanoutClientMissesNothingAcrossADaemonRestart(t *testing.T) {
+	h, ids := resumeAcrossRestart(t, "a", func(h *clientHarness, td *testDaemon) {
+		h.connect("a", map[string]any{"url": td.wsURL, "username": "alice", "history": 2, "minDelay": 200, "maxDelay": 1000}, false)
+	})
+	// The first connection asked for history, every later one resumed after
+	// the last event it had: the 7th, before the restart.
+	urls := h.urls("a")
+	if len(urls) < 2 {
+		t.Fatalf("the client opened %d WebSockets, want at least 2", len(urls))
+	}
+	for i, u := range urls {
+		parsed, err := url.Parse(strings.Fields(u)[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := parsed.Query()
+		if i == 0 && (q.Get("history") != "2" || q.Has("last_event_id")) {
+			t.Fatalf("first connection %s, want history=2 and no last_event_id", u)
+		}
+		if i > 0 && (q.Has("history") || q.Get("last_event_id") != ids[6]) {
+			t.Fatalf("connection %d: %s, want last_event_id=%s and no history", i+1, u, ids[6])
+		}
+	}
+	if !strings.HasSuffix(urls[len(urls)-1], " protocol=fanout.v1") {
+		t.Fatalf("the daemon did not accept subprotocol fanout.v1: %s", urls[len(urls)-1])
+	}
+	if n := countLines(h.p.logs.String(), "status a open "); n != 2 {
+		t.Fatalf("the client opened %d connections, want 2 (one before the restart, one after)", n)
+	}
+	h.exit()
+}
+
+func TestFanoutClientCallsOnResyncWhenItsLastEventIsNoLongerKept(t *testing.T) {
+	const user = "alice"
+	r := startRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	td.waitReady()
+	h := startClientHarness(t, td.baseURL, nil)
+	h.connect("a", withOptions("url", td.wsURL, "username", user), false)
+	waitStep(t, h.p, "status a open code=0")
+	eventually(t, 5*time.Second, "client connected", func() bool { return td.d.hub.connectionCount(user) == 1 })
+	for n := 1; n <= 3; n++ {
+		td.publish(user, resumeStep(n))
+	}
+	h.waitEvent("a", resumeStep(3))
+	last := h.events("a")[2].id
+
+	// While the daemon is down the history expires (HISTORY_TTL), then two
+	// events are published: the client's last id is gone.
+	if err := td.stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	rdb := r.client()
+	if err := rdb.Del(context.Background(), history.HistoryKey(user)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	pub := history.NewPublisher(rdb, history.Retention{})
+	for n := 4; n <= 5; n++ {
+		if _, err := pub.Publish(context.Background(), user, []byte(resumeStep(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	td2 := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
+	td2.waitReady()
+	h.waitEvent("a", resumeStep(5))
+	// A page that kept an id that was never one (sessionStorage from
+	// another deployment, say) is told the same.
+	h.connect("b", withOptions("url", td2.wsURL, "username", user, "lastEventId", "not-an-id"), false)
+	h.waitEvent("b", resumeStep(5))
+	td2.publish(user, resumeStep(6))
+	h.waitEvent("a", resumeStep(6))
+	h.waitEvent("b", resumeStep(6))
+
+	for _, c := range []struct{ name, last string }{{"a", last}, {"b", "not-an-id"}} {
+		// One resync, naming the id asked for, before the retained events.
+		var resyncs []int
+		firstEvent := -1
+		lines := strings.Split(h.p.logs.String(), "\n")
+		for i, line := range lines {
+			if strings.HasPrefix(line, "resync "+c.name+" reason=") {
+				resyncs = append(resyncs, i)
+			}
+			if firstEvent < 0 && strings.HasPrefix(line, "event "+c.name+" "+resumeStep(4)) {
+				firstEvent = i
+			}
+		}
+		if len(resyncs) != 1 || resyncs[0] > firstEvent {
+			t.Fatalf("client %s: want one resync, before the retained events; the page printed:\n%s", c.name, h.p.logs.String())
+		}
+		line := lines[resyncs[0]]
+		if strings.HasPrefix(line, "resync "+c.name+" reason= ") || !strings.HasSuffix(line, " last="+c.last) {
+			t.Fatalf("client %s: %q, want a reason and last=%s", c.name, line, c.last)
+		}
+		var got []string
+		for _, e := range h.events(c.name) {
+			got = append(got, e.data)
+		}
+		want := []string{resumeStep(4), resumeStep(5), resumeStep(6)}
+		if c.name == "a" {
+			want = append([]string{resumeStep(1), resumeStep(2), resumeStep(3)}, want...)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("client %s got %q, want %q", c.name, got, want)
+		}
+	}
+	h.exit()
+}
+
+func TestFanoutClientWithHistoryOffGetsEventsWithoutIds(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"HISTORY": "off"})
+	td.waitReady()
+	h := startClientHarness(t, td.baseURL, nil)
+	h.connect("a", withOptions("url", td.wsURL, "username", "alice", "history", 5), false)
+	waitStep(t, h.p, "status a open code=0")
+	eventually(t, 5*time.Second, "client connected", func() bool { return td.d.hub.connectionCount("alice") == 1 })
+	td.publish("alice", `{"type":"unrecorded","n":1}`)
+	waitStep(t, h.p, "event a {\"type\":\"unrecorded\",\"n\":1} id=\n")
+	if u := h.urls("a")[0]; !strings.HasSuffix(u, " protocol=fanout.v1") {
+		t.Fatalf("with HISTORY=off the daemon did not accept fanout.v1: %s", u)
 	}
 	h.exit()
 }

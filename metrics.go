@@ -60,10 +60,12 @@ var (
 		"1 while the Redis subscription is confirmed, else 0.", nil, nil)
 	redisReadyDesc = prometheus.NewDesc("fanout_redis_ready",
 		"1 while the subscription is confirmed and self-probes come back, else 0.", nil, nil)
+	catchupsDesc = prometheus.NewDesc("fanout_history_catchups",
+		"Connections catching up on their history (resuming or late-joining) before their live events.", nil, nil)
 )
 
 // gaugeDescs are the gauges, as Describe lists them.
-var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc}
+var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc, catchupsDesc}
 
 // counterDescs describes each counter metric of counterTable, and the
 // refusals by reason.
@@ -104,6 +106,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(connectionsDesc, float64(d.hub.connections.Load()))
 	gauge(usersDesc, float64(d.hub.users.Load()))
 	gauge(queuedFramesDesc, float64(d.hub.queuedFrames.Load()))
+	gauge(catchupsDesc, float64(d.hub.catchups()))
 	gauge(queuedBytesDesc, float64(d.hub.queuedBytes.Load()))
 	gauge(redisUpDesc, boolValue(d.sub.confirmed.Load()))
 	ready, _ := d.sub.ready()

@@ -13,12 +13,8 @@ import (
 const (
 	// recordBatchMax is the most events recorded in one round trip.
 	recordBatchMax = 512
-	// recordWindow is how far back an instance without a place in a
-	// user's history looks for an event another instance recorded
-	// (history.RecordSource): longer than instances ever lag each other.
-	recordWindow = time.Minute
 	// cursorIdle is how long a user's place in history is kept after
-	// their last event; well over recordWindow.
+	// their last event.
 	cursorIdle = 10 * time.Minute
 	// recordTimeout bounds one round trip; past it the batch is
 	// delivered without ids.
@@ -27,12 +23,13 @@ const (
 
 // inbound is one valid event from the subscription, on its way to the
 // recorder; reset says the subscription was renewed, so messages may have
-// been missed.
+// been missed, and since is when it was asked for, by Redis's clock.
 type inbound struct {
 	username string
 	payload  string
 	received time.Time
 	reset    bool
+	since    time.Time
 }
 
 // recorder gives every event its id in its user's history before it is
@@ -48,8 +45,11 @@ type recorder struct {
 	stats     *Stats
 	logger    *slog.Logger
 	errLog    *logLimiter
-	// cursors is this instance's place in each recent user's history.
+	// cursors is this instance's place in each recent user's history;
+	// horizon is the place of every other user (history.RecordSource):
+	// when the subscription began, or the newest place dropped since.
 	cursors   map[string]*userCursor
+	horizon   history.Cursor
 	lastSweep time.Time
 }
 
@@ -115,18 +115,32 @@ func (r *recorder) process(ctx context.Context, batch []inbound) {
 		if in.reset {
 			r.record(ctx, batch[start:i])
 			clear(r.cursors)
+			r.horizon = history.Horizon(in.since)
 			start = i + 1
 		}
 	}
 	r.record(ctx, batch[start:])
 	if now := time.Now(); now.Sub(r.lastSweep) > time.Minute {
 		r.lastSweep = now
-		for u, uc := range r.cursors {
-			if now.Sub(uc.used) > cursorIdle {
-				delete(r.cursors, u)
-			}
+		r.dropIdle(now)
+	}
+}
+
+// dropIdle forgets the places of users with no event for cursorIdle; the
+// horizon moves to the newest of them, which is after every entry this
+// instance matched for any user it has no place for.
+func (r *recorder) dropIdle(now time.Time) {
+	newest, _ := history.ParseID(r.horizon.After)
+	for u, uc := range r.cursors {
+		if now.Sub(uc.used) <= cursorIdle {
+			continue
+		}
+		delete(r.cursors, u)
+		if id, ok := history.ParseID(uc.cur.After); ok && newest.Less(id) {
+			newest = id
 		}
 	}
+	r.horizon = history.Cursor{After: newest.String()}
 }
 
 // userBatch is one user's events in a batch.
@@ -160,11 +174,11 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
 		pipe := r.rdb.Pipeline()
 		for _, u := range order {
-			var cur history.Cursor
+			cur := r.horizon
 			if uc := r.cursors[u]; uc != nil {
 				cur = uc.cur
 			}
-			users[u].rec = history.Record(rctx, pipe, u, cur, recordWindow, r.retention, users[u].payloads)
+			users[u].rec = history.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
 		}
 		_, err = pipe.Exec(rctx)
 		cancel()
@@ -179,7 +193,7 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		break
 	}
 	now := time.Now()
-	failed := 0
+	failed, lagging := 0, 0
 	for _, u := range order {
 		ub := users[u]
 		recs, cur, rerr := ub.rec.Result()
@@ -196,7 +210,15 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 			if recs[k].Appended {
 				r.stats.HistoryRecorded.Add(1)
 			}
+			if recs[k].ID == "" {
+				lagging++
+			}
 		}
+	}
+	if lagging > 0 {
+		r.stats.HistoryErrors.Add(uint64(lagging))
+		r.errLog.log(r.logger, slog.LevelWarn, "This instance lags more than HISTORY_MAX_LEN events behind for a user; delivering those events without ids",
+			"events", lagging, "failed_total", r.stats.HistoryErrors.Load())
 	}
 	if failed > 0 {
 		r.stats.HistoryErrors.Add(uint64(failed))

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,6 +36,17 @@ type replayer struct {
 	logger *slog.Logger
 	// errLog rate-limits the lines for failed reads.
 	errLog *logLimiter
+	// active counts the catch-ups in progress.
+	active atomic.Int64
+}
+
+// catchups returns the number of connections catching up on their
+// history (0 with HISTORY=off).
+func (h *Hub) catchups() int64 {
+	if h.replayer == nil {
+		return 0
+	}
+	return h.replayer.active.Load()
 }
 
 func newReplayer(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *replayer {
@@ -99,6 +112,8 @@ func (p *replayer) read(ctx context.Context, f func(context.Context) ([]history.
 // ones the history already gave are dropped by id. It runs on a goroutine
 // of the hub's and ends early when c ends or ctx does.
 func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
+	p.active.Add(1)
+	defer p.active.Add(-1)
 	user := c.username
 	cursor := "" // the last event sent; "" before any
 	// Where the reading loop starts: after cursor, or from the oldest
@@ -223,8 +238,8 @@ func (p *replayer) send(ctx context.Context, c *Client, evs []history.Event, cur
 // failed ends a catch-up whose read failed: the client is disconnected
 // (it resumes again with the same id) rather than left with a gap.
 func (p *replayer) failed(c *Client, err error) {
-	if err == context.Canceled {
-		return
+	if errors.Is(err, context.Canceled) {
+		return // shutdown: the client is being closed with 1001
 	}
 	p.errLog.log(p.logger, slog.LevelWarn, "Reading history failed; closing the connection so that it resumes", "username", c.username, "err", err)
 	c.disconnect(disconnectHistoryUnavailable)

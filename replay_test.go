@@ -4,13 +4,16 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
 )
@@ -195,4 +198,154 @@ func TestSSEStreamsEventsWithIDsAndResumesFromLastEventID(t *testing.T) {
 	if got := readSSE(t, br); got.event != "resync" {
 		t.Fatalf("want resync, got %+v", got)
 	}
+}
+
+// pipelineCounter counts what a go-redis client sends: single commands by
+// name, and pipelines with the commands in them.
+type pipelineCounter struct {
+	mu        sync.Mutex
+	single    map[string]int
+	pipelines int
+	piped     map[string]int
+}
+
+func (p *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (p *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		p.mu.Lock()
+		p.single[cmd.Name()]++
+		p.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (p *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		p.mu.Lock()
+		p.pipelines++
+		for _, c := range cmds {
+			p.piped[c.Name()]++
+		}
+		p.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func TestRecordingTakesOneRoundTripPerBatchNotPerEvent(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
+	td.waitReady()
+	counter := &pipelineCounter{single: map[string]int{}, piped: map[string]int{}}
+	td.d.rdb.AddHook(counter)
+	const users, perUser = 20, 250
+	conns := make([]*websocket.Conn, users)
+	for u := range users {
+		conns[u] = dialV1(t, fmt.Sprintf("%s?username=u%d", td.wsURL, u))
+	}
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connections.Load() == users })
+	// Published in bursts, as a busy engine does: the subscription hands
+	// over many events at a time.
+	ctx := context.Background()
+	for i := range perUser {
+		pipe := td.pub.Pipeline()
+		for u := range users {
+			pipe.Publish(ctx, fmt.Sprintf("%su%d", channelPrefix, u), fmt.Sprintf(`{"n":%d}`, i))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const total = users * perUser
+	eventually(t, 30*time.Second, "all recorded", func() bool { return td.d.stats.MessagesReceived.Load() == total })
+	for u, conn := range conns {
+		last := ""
+		for i := range perUser {
+			f := readV1(t, conn)
+			if string(f.Data) != fmt.Sprintf(`{"n":%d}`, i) || f.ID == "" || f.ID == last {
+				t.Fatalf("user %d, event %d: %+v", u, i, f)
+			}
+			last = f.ID
+		}
+	}
+	counter.mu.Lock()
+	defer counter.mu.Unlock()
+	t.Logf("%d events recorded in %d pipelines (%d script calls)", total, counter.pipelines, counter.piped["evalsha"])
+	if counter.single["evalsha"] != 0 || counter.single["eval"] != 0 {
+		t.Fatalf("scripts sent outside pipelines: %v", counter.single)
+	}
+	if counter.pipelines >= total/4 {
+		t.Fatalf("%d pipelines for %d events: recording is not batched", counter.pipelines, total)
+	}
+	if counter.piped["evalsha"] > counter.pipelines*users {
+		t.Fatalf("%d script calls in %d pipelines: more than one per user per batch", counter.piped["evalsha"], counter.pipelines)
+	}
+}
+
+func TestLiveEventsHeldDuringACatchUpAreDedupedOrReadAgainAfterAnOverflow(t *testing.T) {
+	h := newTestHub(4, 1<<20)
+	c := newClient(h, nil, "ida", "test")
+	c.replaying = true
+	if err := h.reserve("ida"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.add(c); err != nil {
+		t.Fatal(err)
+	}
+	ev := func(id string) *message { return newEvent(id, []byte(`{}`), time.Now()) }
+	// More than a send queue's worth arrives during the catch-up: they
+	// are dropped, and the catch-up is told to read on.
+	for i := 1; i <= 6; i++ {
+		if n := h.broadcast("ida", ev(fmt.Sprintf("%d-0", i))); n != 1 {
+			t.Fatalf("broadcast took %d", n)
+		}
+	}
+	if !c.finishReplay("3-0") {
+		t.Fatal("an overflow of held events did not ask for another read")
+	}
+	// Then: held events the history gave are dropped, the others queued.
+	for _, id := range []string{"6-0", "7-0", "8-0"} {
+		h.broadcast("ida", ev(id))
+	}
+	if c.finishReplay("6-0") {
+		t.Fatal("asked for another read without an overflow")
+	}
+	var got []string
+	for _, m := range c.sendQueue {
+		got = append(got, m.id)
+	}
+	if strings.Join(got, " ") != "7-0 8-0" || c.replaying {
+		t.Fatalf("queued %v (replaying %v), want 7-0 8-0 and live", got, c.replaying)
+	}
+	if f, _ := h.queuedFrames.Load(), h.queuedBytes.Load(); f != 2 {
+		t.Fatalf("send-queue pressure %d frames, want 2", f)
+	}
+	// An event the catch-up read from the history before the recorder
+	// broadcast it comes live too: it is skipped.
+	h.broadcast("ida", ev("5-0"))
+	if len(c.sendQueue) != 2 {
+		t.Fatalf("an event the history gave was queued again: %d queued", len(c.sendQueue))
+	}
+	// Live from now on.
+	h.broadcast("ida", ev("9-0"))
+	if len(c.sendQueue) != 3 {
+		t.Fatalf("live event not queued: %d", len(c.sendQueue))
+	}
+}
+
+func TestACatchUpThatCannotReadTheHistoryClosesWith1011(t *testing.T) {
+	r := startRedis(t)
+	td := startDaemon(t, r, nil)
+	td.waitReady()
+	conn := dialV1(t, td.wsURL+"?username=jo")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("jo") == 1 })
+	td.publish("jo", `{"n":1}`)
+	last := readV1(t, conn).ID
+	conn.Close()
+	r.kill()
+	conn = dialV1(t, td.wsURL+"?username=jo&last_event_id="+last)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := conn.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.CloseInternalServerErr {
+		t.Fatalf("got %v, want close 1011", err)
+	}
+	t.Logf("closed: %v", ce)
 }

@@ -10,8 +10,8 @@ import (
 )
 
 // sseHeartbeat is how often an SSE stream gets a comment line, so that
-// proxies and browsers see it alive between events.
-const sseHeartbeat = 15 * time.Second
+// proxies and browsers see it alive between events (a variable for tests).
+var sseHeartbeat = 15 * time.Second
 
 // sseRetry is the reconnection delay an EventSource is told to use.
 const sseRetry = 2 * time.Second
@@ -146,6 +146,9 @@ func (c *Client) serveSSE(ctx context.Context) {
 		for {
 			w, idle := c.takeWork(batch)
 			if idle {
+				// takeWork may keep batch's array as the next send
+				// queue: it is no longer ours.
+				batch = nil
 				break
 			}
 			batch = w.batch

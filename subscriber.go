@@ -141,6 +141,17 @@ func (s *Subscriber) run(ctx context.Context) {
 // session runs one subscription until it fails, the prober asks for a new
 // one, or ctx ends. confirmed reports whether Redis confirmed it.
 func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
+	// Where this instance's place in every user's history begins: Redis's
+	// clock before the subscription (history.RecordSource).
+	var since time.Time
+	if s.recorder != nil {
+		tctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+		since, err = s.rdb.Time(tctx).Result()
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("read the Redis clock: %w", err)
+		}
+	}
 	pubsub := s.rdb.PSubscribe(ctx, channelPattern)
 	defer pubsub.Close()
 	// Closing the connection ends a blocked read at once on shutdown.
@@ -180,7 +191,7 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 				if s.recorder != nil {
 					// Messages may have been missed since the last
 					// session: every user's place in history is lost.
-					if !s.recorder.add(ctx, inbound{reset: true}) {
+					if !s.recorder.add(ctx, inbound{reset: true, since: since}) {
 						return confirmed, ctx.Err()
 					}
 				}

@@ -13,11 +13,20 @@
 //   {"cmd":"flood","name":"a","count":30}   sends count messages on a's socket
 //   {"cmd":"sockets","name":"a"}            prints "sockets a N": how many
 //                                           WebSockets a has opened
+//   {"cmd":"urls","name":"a"}               prints "url a URL protocol=P" for
+//                                           each of them, oldest first
 //   {"cmd":"close","name":"a"}              a.close()
+//   {"cmd":"eventsource","name":"s","url":"…"}
+//       a plain EventSource on url, with no code of its own for resuming
+//   {"cmd":"script","code":"…"}            runs code in the page (a README
+//                                           snippet), which may call report(line)
 //   {"cmd":"exit"}
-// and prints each status change and event:
+// and prints each status change, event and resync:
 //   status a open code=0 http=0 reconnects=0 reason= delay=0
-//   event a {"type":"…"}
+//   event a {"type":"…"} id=1764590000000-0
+//   resync a reason=… last=1764590000000-0
+// (an EventSource prints "status s open", "status s error readyState=N",
+// "event s DATA id=LAST_EVENT_ID" and "resync s DATA").
 import readline from 'node:readline';
 import { run, step, watch } from './browser.mjs';
 
@@ -59,7 +68,8 @@ await run(async (browser) => {
           if (cmd.tokenURL) options.token = async () => (await fetch(cmd.tokenURL)).text();
           options.onStatus = (s) =>
             window.report(`status ${cmd.name} ${s.state} code=${s.code} http=${s.httpStatus} reconnects=${s.reconnects} reason=${s.reason} delay=${s.delay}`);
-          options.onEvent = (event) => window.report(`event ${cmd.name} ${JSON.stringify(event)}`);
+          options.onEvent = (event, raw, info) => window.report(`event ${cmd.name} ${JSON.stringify(event)} id=${info?.id}`);
+          options.onResync = (r) => window.report(`resync ${cmd.name} reason=${r.reason} last=${r.lastEventId}`);
           window.clients[cmd.name] = window.fanout.connect(options);
           break;
         }
@@ -71,8 +81,24 @@ await run(async (browser) => {
         case 'sockets':
           window.report(`sockets ${cmd.name} ${mine().length}`);
           break;
+        case 'urls':
+          for (const ws of mine()) window.report(`url ${cmd.name} ${ws.url} protocol=${ws.protocol}`);
+          break;
+        case 'eventsource': {
+          const source = new EventSource(cmd.url);
+          source.onopen = () => window.report(`status ${cmd.name} open`);
+          source.onerror = () => window.report(`status ${cmd.name} error readyState=${source.readyState}`);
+          source.onmessage = (e) => window.report(`event ${cmd.name} ${e.data} id=${e.lastEventId}`);
+          source.addEventListener('resync', (e) => window.report(`resync ${cmd.name} ${e.data}`));
+          window.clients[cmd.name] = source;
+          break;
+        }
         case 'close':
           window.clients[cmd.name].close();
+          break;
+        case 'script':
+          // The harness's own page, its own code: a README snippet.
+          (0, eval)(cmd.code);
           break;
         default:
           throw new Error(`unknown command ${cmd.cmd}`);

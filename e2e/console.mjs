@@ -4,11 +4,13 @@
 //
 //   node console.mjs SPEC_JSON
 //
-// SPEC_JSON: {url, username, first: {type, run_id}, afterRestart: {type,
-// run_id}, total, filter, filterMatches, select: {type, run_id}}.
+// SPEC_JSON: {url, username, first: {type, run_id}, whileDown: {type,
+// run_id}, afterRestart: {type, run_id}, total, filter, filterMatches,
+// select: {type, run_id}}.
 // Steps: "open", "detail ok", "reconnected", "shown after restart",
 // "filter ok", "paused" (the test then publishes one event), "resumed",
-// "done". With FANOUT_SCREENSHOTS=DIR it saves DIR/console.png at the end.
+// "ids ID,ID,…" (every row's event id, oldest first), "done". With
+// FANOUT_SCREENSHOTS=DIR it saves DIR/console.png at the end.
 import { run, screenshot, step, watch } from './browser.mjs';
 
 const spec = JSON.parse(process.argv[2]);
@@ -44,13 +46,20 @@ await run(async (browser) => {
   if (shown.type !== spec.first.type || shown.run_id !== spec.first.run_id || !text.includes('\n  "run_id": ')) {
     throw new Error(`detail pane shows ${JSON.stringify(text)}`);
   }
+  const firstID = await row(spec.first).locator('td.id').textContent();
+  const meta = await page.locator('#detail-meta').textContent();
+  if (!/^\d+-\d+$/.test(firstID) || !meta.startsWith(`id ${firstID} · `)) {
+    throw new Error(`the event's id is ${JSON.stringify(firstID)}, the detail says ${JSON.stringify(meta)}`);
+  }
   step('detail ok');
 
-  // b) the daemon restarts: the badge counts the reconnect, events flow again.
+  // b) the daemon restarts: the badge counts the reconnect, the event
+  // published while it was down is listed, events flow again.
   await page.locator('#status[data-state="open"][data-reconnects="1"]').waitFor({ timeout });
   const badge = await page.locator('#status').textContent();
   if (!badge.includes('1 reconnect')) throw new Error(`badge says ${JSON.stringify(badge)}`);
   step('reconnected');
+  await row(spec.whileDown).waitFor({ timeout });
   await row(spec.afterRestart).waitFor({ timeout });
   step('shown after restart');
 
@@ -77,6 +86,8 @@ await run(async (browser) => {
   await page.click('#pause');
   await waitFor('the held event', async () => (await rowCount()) === spec.total + 1);
   step('resumed');
+  const ids = (await page.locator('#rows td.id').allTextContents()).reverse();
+  step(`ids ${ids.join(',')}`);
 
   // Clear empties the list and the detail pane.
   await row(spec.select).click();

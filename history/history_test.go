@@ -23,15 +23,16 @@ func client(t *testing.T) *redis.Client {
 
 // instance plays one fanout instance's side of recording.
 type instance struct {
-	rdb *redis.Client
-	cur Cursor
+	rdb       *redis.Client
+	cur       Cursor
+	retention Retention
 }
 
 func (in *instance) record(t *testing.T, user string, payloads ...string) []Recorded {
 	t.Helper()
 	ctx := context.Background()
 	pipe := in.rdb.Pipeline()
-	rec := Record(ctx, pipe, user, in.cur, time.Minute, Retention{}, payloads)
+	rec := Record(ctx, pipe, user, in.cur, in.retention, payloads)
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatalf("record: %v", err)
 	}
@@ -41,6 +42,17 @@ func (in *instance) record(t *testing.T, user string, payloads ...string) []Reco
 	}
 	in.cur = cur
 	return out
+}
+
+// subscribed returns a new instance with the horizon of one that
+// subscribes now.
+func subscribed(t *testing.T, rdb *redis.Client) *instance {
+	t.Helper()
+	now, err := rdb.Time(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &instance{rdb: rdb, cur: Horizon(now)}
 }
 
 func streamLen(t *testing.T, rdb *redis.Client, user string) int64 {
@@ -180,8 +192,8 @@ func TestAnInstanceWithoutCursorFindsWhatOthersRecorded(t *testing.T) {
 	rdb := client(t)
 	a := &instance{rdb: rdb}
 	a.record(t, "erin", `{"n":1}`, `{"n":2}`)
+	late := subscribed(t, rdb) // started after {"n":2}
 	got := a.record(t, "erin", `{"n":3}`)[0]
-	late := &instance{rdb: rdb} // started after {"n":2}
 	if r := late.record(t, "erin", `{"n":3}`)[0]; r.ID != got.ID || r.Appended {
 		t.Fatalf("late instance got %+v, want %s found", r, got.ID)
 	}
@@ -225,44 +237,107 @@ func TestParseID(t *testing.T) {
 	}
 }
 
-func TestAnInstanceJoiningABusyUserFindsItsFirstEventAtTheEnd(t *testing.T) {
+func TestAnInstanceJoiningABusyUserOrABurstFindsEveryEvent(t *testing.T) {
 	rdb := client(t)
 	a := &instance{rdb: rdb}
 	for i := range 300 {
 		a.record(t, "gus", fmt.Sprintf(`{"n":%d}`, i))
 	}
-	// a is ahead: it has recorded 300 and 301 when the new instance sees
-	// 300 first.
-	ahead := a.record(t, "gus", `{"n":300}`, `{"n":301}`)
-	late := &instance{rdb: rdb}
-	got := late.record(t, "gus", `{"n":300}`, `{"n":301}`, `{"n":302}`)
-	if got[0].ID != ahead[0].ID || got[1].ID != ahead[1].ID || got[0].Appended || got[1].Appended || !got[2].Appended {
-		t.Fatalf("late instance got %+v, want %s and %s found and a new one", got, ahead[0].ID, ahead[1].ID)
+	late := subscribed(t, rdb)
+	// 300 more are published between the new instance's clock reading
+	// and its subscription: it never sees them.
+	for i := range 300 {
+		a.record(t, "gus", fmt.Sprintf(`{"unseen":%d}`, i))
 	}
-	if r := a.record(t, "gus", `{"n":302}`)[0]; r.ID != got[2].ID || r.Appended {
-		t.Fatalf("a got %+v for the late instance's %s", r, got[2].ID)
+	// a is far ahead: it has recorded a burst of 200, identical payloads
+	// among them, when the new instance sees the first.
+	var burst []string
+	for i := range 200 {
+		burst = append(burst, fmt.Sprintf(`{"m":%d}`, i/3))
 	}
-	if n := streamLen(t, rdb, "gus"); n != 303 {
-		t.Fatalf("stream holds %d entries, want 303", n)
+	ahead := a.record(t, "gus", burst...)
+	got := late.record(t, "gus", burst...)
+	for i := range burst {
+		if got[i].ID != ahead[i].ID || got[i].Appended {
+			t.Fatalf("burst event %d: late instance got %+v, a %+v", i, got[i], ahead[i])
+		}
+	}
+	if n := streamLen(t, rdb, "gus"); n != 800 {
+		t.Fatalf("stream holds %d entries, want 800", n)
 	}
 }
 
-// The one exception (RecordSource): an instance without a place in a
-// user's history whose first event is byte-identical to one appended
-// within the window that it did not see takes that event's id.
-func TestTheDocumentedExceptionAnInstanceStartedBetweenTwoIdenticalPayloads(t *testing.T) {
+// The one exception (RecordSource): an entry appended late, after a new
+// instance's horizon, for an event published before it subscribed, and
+// byte-identical to the first event the instance sees for that user.
+func TestTheDocumentedExceptionALateEntryIdenticalToANewInstancesFirstEvent(t *testing.T) {
 	rdb := client(t)
 	a := &instance{rdb: rdb}
+	a.record(t, "hal", `{"n":0}`)
+	// The first {"same":1} is published, then the new instance
+	// subscribes, then a (lagging) appends the first, then the second
+	// is published.
+	late := subscribed(t, rdb)
+	time.Sleep(2 * time.Millisecond)
 	first := a.record(t, "hal", `{"same":1}`)[0]
-	late := &instance{rdb: rdb} // subscribed after the first, before the second
 	merged := late.record(t, "hal", `{"same":1}`)[0]
 	second := a.record(t, "hal", `{"same":1}`)[0]
 	if merged.ID != first.ID || second.ID == first.ID || !second.Appended {
 		t.Fatalf("first %+v, late instance %+v, second %+v", first, merged, second)
 	}
-	// From its second event on, the late instance agrees again.
+	// From its next event on, the late instance agrees again.
 	next := a.record(t, "hal", `{"n":2}`)[0]
 	if r := late.record(t, "hal", `{"n":2}`)[0]; r.ID != next.ID {
 		t.Fatalf("late instance got %s, want %s", r.ID, next.ID)
+	}
+	// Without the late entry, identical first events are told apart.
+	b := subscribed(t, rdb)
+	c := &instance{rdb: rdb, cur: b.cur}
+	one := b.record(t, "hal", `{"x":1}`, `{"x":1}`)
+	two := c.record(t, "hal", `{"x":1}`, `{"x":1}`)
+	if one[0].ID == one[1].ID || one[0].ID != two[0].ID || one[1].ID != two[1].ID {
+		t.Fatalf("b got %+v, c %+v", one, two)
+	}
+}
+
+func TestAnInstanceLaggingMoreThanTheRetentionAppendsNothing(t *testing.T) {
+	rdb := client(t)
+	small := Retention{MaxLen: 10}
+	a, b := &instance{rdb: rdb, retention: small}, &instance{rdb: rdb, retention: small}
+	a.record(t, "ivy", `{"n":0}`)
+	b.record(t, "ivy", `{"n":0}`)
+	var payloads []string
+	for i := 1; i <= 500; i++ {
+		payloads = append(payloads, fmt.Sprintf(`{"n":%d}`, i))
+	}
+	var ids []string
+	for _, p := range payloads {
+		ids = append(ids, a.record(t, "ivy", p)[0].ID)
+	}
+	before, err := After(context.Background(), rdb, "ivy", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b is 500 events behind, with 10 (and a little more) retained.
+	got := b.record(t, "ivy", payloads...)
+	for i, r := range got {
+		if r.Appended {
+			t.Fatalf("event %d appended again by the lagging instance", i+1)
+		}
+		if r.ID != "" && r.ID != ids[i] {
+			t.Fatalf("event %d: lagging instance got %s, want %s or none", i+1, r.ID, ids[i])
+		}
+	}
+	if got[len(got)-1].ID != ids[len(ids)-1] {
+		t.Fatal("the lagging instance did not catch up on the retained events")
+	}
+	after, _ := After(context.Background(), rdb, "ivy", "", 1000)
+	if len(after) != len(before) {
+		t.Fatalf("history went from %d to %d entries", len(before), len(after))
+	}
+	// Caught up: the next event is recorded once.
+	next := a.record(t, "ivy", `{"n":501}`)[0]
+	if r := b.record(t, "ivy", `{"n":501}`)[0]; r.ID != next.ID || r.Appended {
+		t.Fatalf("after catching up b got %+v, want %s found", r, next.ID)
 	}
 }

@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,23 +25,30 @@ import (
 // payloads published one after the other are two entries, since the second
 // instance's cursor has moved past the first by then.
 //
-// An instance that has no cursor for a user (just started, resubscribed,
-// or the user was idle) passes a time window instead: for its first event
-// it takes the newest entry of that window with the same payload (at most
-// 64 entries back), or appends the event, and its cursor starts there. The
-// one case this cannot tell apart: when the first event such an instance
-// sees for a user is byte-identical to another one appended within the
-// window (published just before the instance subscribed, or just after
-// the event, when the instance lags), it takes that event's id.
+// An instance that has no cursor for a user starts from its horizon: the
+// time it subscribed (an id made of Redis's clock just before PSUBSCRIBE),
+// or later the newest cursor it dropped for an idle user. Every entry after
+// the horizon and before the first event the instance sees for the user
+// is one it will never see (published between its clock reading and its
+// subscription, or appended late by a slower instance): the search looks
+// up to 1024 entries further for that first event, and the cursor then
+// starts at it, leaving them behind. The one case this cannot tell apart:
+// such an entry byte-identical to the first event the instance sees for
+// that user; it takes that entry's id.
+//
+// An instance more than the retention behind for a user (its cursor's
+// entry was trimmed away) appends nothing: the events it sees were
+// appended, and trimmed, already. They get no id ("") until it catches up.
 //
 // KEYS[1] is the user's history key. ARGV: MAXLEN, TTL in milliseconds,
-// the cursor ("0-0" for none), the window in milliseconds (0: none), the
-// number of consumed ids, those ids, then the payloads in the order they
-// were received. It returns the new cursor, the consumed ids, then for each
-// payload its id and 1 when this call appended it (0 when it was found).
+// the cursor (the horizon when there is none), "1" when the cursor is an
+// entry's id ("0" for a horizon), the number of consumed ids, those ids,
+// then the payloads in the order they were received. It returns the new
+// cursor, its "1" or "0", the consumed ids, then for each payload its id
+// ("" when it lags) and 1 when this call appended it (0 otherwise).
 const RecordSource = `
 local key, maxlen, ttl = KEYS[1], ARGV[1], ARGV[2]
-local cursor, window, nconsumed = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local cursor, entry, nconsumed = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -49,11 +57,6 @@ local function less(a, b)
   local am, as = parse(a)
   local bm, bs = parse(b)
   return am < bm or (am == bm and as < bs)
-end
-local floor = nil
-if window > 0 then
-  local t = redis.call('TIME')
-  floor = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - window) .. '-0'
 end
 local consumed, count = {}, 0
 for i = 1, nconsumed do
@@ -64,20 +67,15 @@ local out = {}
 for i = 6 + nconsumed, #ARGV do
   local payload = ARGV[i]
   local found, skipped, from, seen = nil, false, cursor, 0
-  if floor then
-    -- No place yet: the newest entry of the window with this payload.
-    local page = redis.call('XREVRANGE', key, '+', floor, 'COUNT', 64)
-    for _, e in ipairs(page) do
-      if e[2][2] == payload then
-        found = e[1]
-        break
-      end
-    end
-    floor = nil
-    seen = 64
-  end
-  while not found and seen < 64 do
-    local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', 16)
+  -- From a horizon, the events published between the instance's clock
+  -- reading and its subscription come first: look further.
+  local limit, pagesize = 64, 16
+  if entry == '0' then limit, pagesize = 1024, 64 end
+  while not found and seen < limit do
+    -- Mostly the entry is the first one after the cursor, or there is none.
+    local n = pagesize
+    if seen == 0 then n = 1 end
+    local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', n)
     for _, e in ipairs(page) do
       from = e[1]
       seen = seen + 1
@@ -89,19 +87,30 @@ for i = 6 + nconsumed, #ARGV do
         skipped = true
       end
     end
-    if #page < 16 then break end
+    if #page < n then break end
   end
   local appended = 0
+  if not found and entry == '1' then
+    -- The cursor's entry trimmed away means this instance lags more than
+    -- the retention behind: this event was appended, and trimmed, already.
+    local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
+    if #head > 0 and less(cursor, head[1][1]) then
+      found = ''
+    end
+  end
   if not found then
     found = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', payload)
     redis.call('PEXPIRE', key, ttl)
     appended = 1
   end
-  if skipped then
+  if found == '' then
+    -- Left as it is: a later event finds its entry after the cursor.
+  elseif skipped and entry == '1' then
     consumed[found] = true
     count = count + 1
   else
     cursor = found
+    entry = '1'
     for id in pairs(consumed) do
       if not less(cursor, id) then
         consumed[id] = nil
@@ -113,7 +122,7 @@ for i = 6 + nconsumed, #ARGV do
     for id in pairs(consumed) do
       if less(cursor, id) then cursor = id end
     end
-    consumed, count = {}, 0
+    consumed, count, entry = {}, 0, '1'
   end
   out[#out + 1] = found
   out[#out + 1] = appended
@@ -121,6 +130,7 @@ end
 local list = {}
 for id in pairs(consumed) do list[#list + 1] = id end
 table.insert(out, 1, list)
+table.insert(out, 1, entry)
 table.insert(out, 1, cursor)
 return out
 `
@@ -130,12 +140,16 @@ var recordScript = redis.NewScript(RecordSource)
 // Cursor is an instance's place in one user's history (see RecordSource).
 // The zero Cursor means none.
 type Cursor struct {
-	After    string
+	After string
+	// Entry is set when After is an entry's id, not a horizon.
+	Entry    bool
 	Consumed []string
 }
 
 // Recorded is the outcome of recording one event.
 type Recorded struct {
+	// ID is the event's id, "" when the instance lags more than the
+	// retention behind (RecordSource).
 	ID string
 	// Appended is true when this call appended the event, false when
 	// another instance or a publisher had.
@@ -149,17 +163,21 @@ type Recording struct {
 }
 
 // Record queues on pipe the recording of payloads, received in this order
-// for username, from cursor. window is the search window for an instance
-// without a cursor (RecordSource); it is used when cur.After is "".
+// for username, from cur; a zero cur.After means from the beginning, so an
+// instance passes its horizon instead (see RecordSource).
 // Load must have been called on the Redis server first (EVALSHA).
-func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Cursor, window time.Duration, retention Retention, payloads []string) Recording {
+func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Cursor, retention Retention, payloads []string) Recording {
 	retention = retention.withDefaults()
-	after, win := cur.After, int64(0)
+	after := cur.After
 	if after == "" {
-		after, win = "0-0", window.Milliseconds()
+		after = "0-0"
 	}
-	args := make([]any, 0, 5+len(cur.Consumed)+len(payloads))
-	args = append(args, retention.MaxLen, retention.TTL.Milliseconds(), after, win, len(cur.Consumed))
+	args := make([]any, 0, 4+len(cur.Consumed)+len(payloads))
+	entry := "0"
+	if cur.Entry {
+		entry = "1"
+	}
+	args = append(args, retention.MaxLen, retention.TTL.Milliseconds(), after, entry, len(cur.Consumed))
 	for _, id := range cur.Consumed {
 		args = append(args, id)
 	}
@@ -169,6 +187,14 @@ func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Curs
 	return Recording{cmd: recordScript.EvalSha(ctx, pipe, []string{HistoryKey(username)}, args...), n: len(payloads)}
 }
 
+// Horizon returns the cursor of an instance that subscribed at t (by
+// Redis's clock): every entry appended from then on is after it.
+func Horizon(t time.Time) Cursor {
+	// Just before the first id of that millisecond: the search after it
+	// excludes the cursor.
+	return Cursor{After: ID{Ms: uint64(t.UnixMilli()) - 1, Seq: math.MaxUint64}.String()}
+}
+
 // Result returns the ids of the recorded payloads, in order, and the new
 // cursor, once the pipeline has run.
 func (r Recording) Result() ([]Recorded, Cursor, error) {
@@ -176,12 +202,14 @@ func (r Recording) Result() ([]Recorded, Cursor, error) {
 	if err != nil {
 		return nil, Cursor{}, err
 	}
-	if len(vals) != 2+2*r.n {
+	if len(vals) != 3+2*r.n {
 		return nil, Cursor{}, fmt.Errorf("record script returned %d values for %d events", len(vals), r.n)
 	}
 	var cur Cursor
 	cur.After, _ = vals[0].(string)
-	if list, ok := vals[1].([]any); ok {
+	entry, _ := vals[1].(string)
+	cur.Entry = entry == "1"
+	if list, ok := vals[2].([]any); ok {
 		for _, v := range list {
 			if s, ok := v.(string); ok {
 				cur.Consumed = append(cur.Consumed, s)
@@ -190,8 +218,8 @@ func (r Recording) Result() ([]Recorded, Cursor, error) {
 	}
 	out := make([]Recorded, r.n)
 	for i := range out {
-		id, _ := vals[2+2*i].(string)
-		appended, _ := vals[3+2*i].(int64)
+		id, _ := vals[3+2*i].(string)
+		appended, _ := vals[4+2*i].(int64)
 		out[i] = Recorded{ID: id, Appended: appended == 1}
 	}
 	return out, cur, nil

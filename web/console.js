@@ -1,5 +1,7 @@
 // The live console: connects with fanout-client.js and lists the events of
-// one user. Event content only ever reaches the page as textContent.
+// one user, each with its event id. The client resumes after the last id
+// when it reconnects (a daemon restart loses nothing). Event content only
+// ever reaches the page as textContent.
 import { connect } from '/fanout-client.js';
 
 const MAX_EVENTS = 1000;
@@ -17,9 +19,10 @@ const empty = $('empty');
 const count = $('count');
 const json = $('json');
 const detailMeta = $('detail-meta');
+const resyncNote = $('resync');
 
 let client = null;
-let events = []; // { seq, at, event, raw, row }
+let events = []; // { seq, id, at, event, raw, row }
 let pending = []; // received while paused
 let paused = false;
 let selected = null;
@@ -75,11 +78,20 @@ function start() {
   else url.searchParams.delete('username');
   history.replaceState(null, '', url);
   empty.textContent = `Waiting for events on workflow:events:${username || '(the token’s user)'}…`;
-  client = connect({ username, token: token || undefined, onEvent: receive, onStatus: showStatus });
+  resyncNote.hidden = true;
+  client = connect({ username, token: token || undefined, onEvent: receive, onStatus: showStatus, onResync: resynced });
 }
 
-function receive(event, raw) {
-  const item = { seq: ++seq, at: new Date(), event, raw, row: null };
+// resynced: the daemon could not resume after the last id (history trimmed
+// or expired); every retained event follows, some of them already listed.
+function resynced({ reason }) {
+  resyncNote.textContent = `resync at ${clock(new Date())}: ${reason || 'cannot resume'}; the retained history follows`;
+  resyncNote.title = resyncNote.textContent;
+  resyncNote.hidden = false;
+}
+
+function receive(event, raw, info) {
+  const item = { seq: ++seq, id: info?.id ?? '', at: new Date(), event, raw, row: null };
   if (paused) {
     pending.push(item);
     updateCounts();
@@ -112,6 +124,7 @@ function rowFor(item) {
   const tr = document.createElement('tr');
   tr.tabIndex = 0;
   tr.dataset.seq = String(item.seq);
+  tr.dataset.id = item.id;
   // The other fields as key=value, in the order the engine sent them.
   const rest = item.event && typeof item.event === 'object' && !Array.isArray(item.event)
     ? Object.entries(item.event)
@@ -119,11 +132,11 @@ function rowFor(item) {
       .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
       .join('  ')
     : item.raw;
-  for (const [cls, text] of [['time', clock(item.at)], ['type', field(item.event, 'type')], ['run', field(item.event, 'run_id')], ['summary', rest]]) {
+  for (const [cls, text] of [['time', clock(item.at)], ['id', item.id], ['type', field(item.event, 'type')], ['run', field(item.event, 'run_id')], ['summary', rest]]) {
     const td = document.createElement('td');
     td.className = cls;
     td.textContent = text;
-    if (cls === 'run' || cls === 'summary') td.title = text;
+    if (cls === 'id' || cls === 'run' || cls === 'summary') td.title = text;
     tr.append(td);
   }
   tr.addEventListener('click', () => select(item));
@@ -149,7 +162,7 @@ function select(item) {
   item.row?.classList.add('selected');
   json.className = '';
   json.textContent = typeof item.event === 'string' ? item.raw : JSON.stringify(item.event, null, 2);
-  detailMeta.textContent = `#${item.seq} · received ${clock(item.at)} · ${new TextEncoder().encode(item.raw).length} bytes`;
+  detailMeta.textContent = `${item.id ? `id ${item.id} · ` : ''}#${item.seq} · received ${clock(item.at)} · ${new TextEncoder().encode(item.raw).length} bytes`;
 }
 
 function render() {
@@ -186,6 +199,7 @@ pauseButton.addEventListener('click', () => {
 $('clear').addEventListener('click', () => {
   events = [];
   pending = [];
+  resyncNote.hidden = true;
   select(null);
   render();
 });

@@ -7,8 +7,10 @@
  * const client = connect({
  *   username: 'alice',                                             // optional with a token
  *   token: async () => (await fetch('/api/fanout-token')).text(), // optional
- *   onEvent: (event) => console.log(event.type, event.run_id),
+ *   onEvent: (event, raw, { id }) => console.log(id, event.type, event.run_id),
  *   onStatus: (s) => console.log(s.state, s.reconnects, s.code, s.reason),
+ *   onResync: ({ reason }) => console.warn('events were lost:', reason), // optional
+ *   history: 20,                                                   // optional
  * });
  * // later: client.close();
  *
@@ -33,9 +35,23 @@
  * - anything else, or no answer: backs off.
  * The stopping states carry the daemon's reason in status.reason.
  *
- * Missed events: the daemon keeps no history (Redis pub/sub), so events
- * published while the client is reconnecting are not delivered. There is no
- * last_event_id to resume from yet; this client sends none.
+ * Missed events: the client offers the WebSocket subprotocol fanout.v1, in
+ * which the daemon sends each event as {"id":"…","data":<event>} and, when
+ * it cannot resume, a {"control":"resync","reason":"…"} message. The client
+ * hands data to onEvent (with the id), keeps the last id and reconnects with
+ * ?last_event_id=<id>: the daemon replays every retained event after it,
+ * then the live ones, with no gap and no duplicate. When the id is no longer
+ * retained (trimmed, expired), onResync is called, then every retained event
+ * follows. Until an id is known (the first connection, or while none came),
+ * the `history` option asks for the last N retained events instead; the
+ * `lastEventId` option gives the first connection an id to resume after.
+ *
+ * A daemon without fanout.v1 (older than history): browsers fail a
+ * handshake whose server picks none of the offered subprotocols. After two
+ * such failures in a row that the daemon's diagnosis (below) says it would
+ * have accepted, the client dials once without a subprotocol; on that
+ * connection events reach onEvent as published, with an empty id, and
+ * nothing missed is replayed. The next reconnect offers fanout.v1 again.
  */
 
 /**
@@ -52,19 +68,40 @@
  */
 
 /**
+ * @typedef {object} FanoutEventInfo
+ * @property {string} id the event id; '' when it has none (HISTORY=off, the
+ *   daemon could not record it, or a daemon without fanout.v1)
+ */
+
+/**
+ * @typedef {object} FanoutResync
+ * @property {string} reason why the daemon could not resume, in its words
+ * @property {string} lastEventId the id the client asked to resume after ('' if none)
+ */
+
+/**
  * @typedef {object} FanoutOptions
  * @property {string} [url] the /ws URL (ws:, wss:, http(s): or relative to
  *   the page); default: /ws of the daemon that served this module
  * @property {string} [username] the channel; with JWT auth it defaults to the token's user
  * @property {string|(() => string|Promise<string>)} [token] a JWT, or a function
  *   returning a fresh one, called before every connection
- * @property {(event: any, raw: string) => void} [onEvent] each event: parsed JSON (the raw text if not JSON)
+ * @property {(event: any, raw: string, info: FanoutEventInfo) => void} [onEvent] each event: parsed
+ *   JSON (the raw text if not JSON), its text as published, and its id
  * @property {(status: FanoutStatus) => void} [onStatus] each status change
+ * @property {(resync: FanoutResync) => void} [onResync] the daemon could not resume
+ *   after the last id (trimmed, expired or unknown): every retained event
+ *   follows, some of which the page may have shown already
+ * @property {number} [history] until an event id is known, ask for the last
+ *   N retained events (?history=N): a page that opens late still shows them
+ * @property {string} [lastEventId] resume after this id on the first
+ *   connection, e.g. one kept in sessionStorage across a reload
  * @property {number} [minDelay=500] first backoff delay, ms
  * @property {number} [maxDelay=30000] largest backoff delay, ms
  */
 
 const STABLE_MS = 5000; // a connection open this long resets the backoff
+const SUBPROTOCOL = 'fanout.v1'; // events as {"id","data"}, controls as {"control"}
 const FINAL = new Set(['closed', 'unauthorized', 'forbidden', 'expired', 'failed']);
 
 /**
@@ -83,8 +120,16 @@ export class FanoutClient {
   #failures = 0; // attempts since the last stable connection
   #openedAt = 0;
   #everOpen = false;
+  #lastEventId = ''; // the id of the last event handed to onEvent
+  #historyWanted = false; // ask for ?history=N while no id is known
+  // Browsers fail a handshake that offered a subprotocol the server did
+  // not pick, so a daemon without fanout.v1 is only seen as failed
+  // handshakes that its diagnosis says it would have accepted.
+  #v1Misses = 0; // such failures in a row
+  #plainNext = false; // the next attempt offers no subprotocol
   #eventFns = new Set();
   #statusFns = new Set();
+  #resyncFns = new Set();
   #status = { state: 'connecting', reconnects: 0, code: 0, reason: '', httpStatus: 0, delay: 0 };
 
   /** @param {FanoutOptions} options */
@@ -92,8 +137,11 @@ export class FanoutClient {
     this.#opts = { minDelay: 500, maxDelay: 30000, ...options };
     /** The /ws URL, without username and token. */
     this.url = toWebSocketURL(options.url);
+    this.#lastEventId = options.lastEventId ? String(options.lastEventId) : '';
+    this.#historyWanted = options.history > 0;
     if (options.onEvent) this.onEvent(options.onEvent);
     if (options.onStatus) this.onStatus(options.onStatus);
+    if (options.onResync) this.onResync(options.onResync);
     // After the caller's synchronous onEvent/onStatus calls.
     queueMicrotask(() => this.#open());
   }
@@ -101,6 +149,11 @@ export class FanoutClient {
   /** @returns {FanoutStatus} a copy of the current status */
   get status() {
     return { ...this.#status };
+  }
+
+  /** The id of the last event received ('' if none): the next connection resumes after it. */
+  get lastEventId() {
+    return this.#lastEventId;
   }
 
   /** Adds an event listener; returns a function that removes it. */
@@ -113,6 +166,12 @@ export class FanoutClient {
   onStatus(fn) {
     this.#statusFns.add(fn);
     return () => this.#statusFns.delete(fn);
+  }
+
+  /** Adds a resync listener; returns a function that removes it. */
+  onResync(fn) {
+    this.#resyncFns.add(fn);
+    return () => this.#resyncFns.delete(fn);
   }
 
   /** Closes the connection for good (state 'closed'). */
@@ -130,30 +189,32 @@ export class FanoutClient {
       return this.#retry({ code: 0, reason: `token: ${err?.message ?? err}`, httpStatus: 0 });
     }
     if (FINAL.has(this.#status.state)) return;
-    const ws = new WebSocket(url);
+    const offered = !this.#plainNext;
+    this.#plainNext = false;
+    const ws = offered ? new WebSocket(url, [SUBPROTOCOL]) : new WebSocket(url);
     this.#ws = ws;
     let opened = false;
     ws.onopen = () => {
       opened = true;
       this.#openedAt = Date.now();
+      if (ws.protocol === SUBPROTOCOL) {
+        this.#v1Misses = 0;
+      } else {
+        // Events come without ids: the last id would replay some of them
+        // again, and history would repeat what the page has shown.
+        this.#lastEventId = '';
+        this.#historyWanted = false;
+      }
       const reconnects = this.#status.reconnects + (this.#everOpen ? 1 : 0);
       this.#everOpen = true;
       this.#set('open', { reconnects, code: 0, reason: '', httpStatus: 0 });
     };
     ws.onmessage = (msg) => {
-      let event;
-      try {
-        event = JSON.parse(msg.data);
-      } catch {
-        event = msg.data;
-      }
-      for (const fn of this.#eventFns) {
-        try {
-          fn(event, msg.data);
-        } catch (err) {
-          console.error(err);
-        }
-      }
+      if (this.#ws !== ws) return;
+      // Without fanout.v1 (a daemon older than history) ws.protocol is
+      // empty and each message is the published bytes as they are.
+      if (ws.protocol === SUBPROTOCOL) this.#receiveFrame(msg.data, url);
+      else this.#deliver(parse(msg.data), msg.data, '');
     };
     ws.onclose = ({ code, reason }) => {
       if (this.#ws !== ws) return;
@@ -165,14 +226,58 @@ export class FanoutClient {
         if (typeof this.#opts.token !== 'function') return this.#stop('expired', why);
         return this.#retry(why, 0);
       }
-      if (!opened) return this.#diagnose(url, why);
+      if (!opened) return this.#diagnose(url, why, offered);
       this.#retry(why);
     };
+  }
+
+  // #receiveFrame handles one fanout.v1 message: an event or a control.
+  #receiveFrame(text, url) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      console.error(`fanout: a fanout.v1 message that is not JSON: ${text.slice(0, 100)}`);
+      return;
+    }
+    if (frame?.control !== undefined) {
+      if (frame.control !== 'resync') return; // a control from a newer daemon
+      const asked = new URL(url).searchParams.get('last_event_id') ?? '';
+      this.#emit(this.#resyncFns, { reason: String(frame.reason ?? ''), lastEventId: asked });
+      return;
+    }
+    if (frame === null || typeof frame !== 'object' || !('data' in frame)) {
+      console.error(`fanout: a fanout.v1 message without data: ${text.slice(0, 100)}`);
+      return;
+    }
+    // No id with HISTORY=off, or when the daemon could not record the
+    // event: the last id stays where it was.
+    const id = typeof frame.id === 'string' ? frame.id : '';
+    if (id) this.#lastEventId = id;
+    this.#deliver(frame.data, publishedText(text, id), id);
+  }
+
+  #deliver(event, raw, id) {
+    this.#emit(this.#eventFns, event, raw, { id });
+  }
+
+  #emit(fns, ...args) {
+    for (const fn of fns) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error(err);
+      }
+    }
   }
 
   async #connectURL() {
     const url = new URL(this.url);
     if (this.#opts.username) url.searchParams.set('username', this.#opts.username);
+    // Resume after the last event seen; until there is one, the optional
+    // late-join history.
+    if (this.#lastEventId) url.searchParams.set('last_event_id', this.#lastEventId);
+    else if (this.#historyWanted) url.searchParams.set('history', String(Math.floor(this.#opts.history)));
     const { token } = this.#opts;
     const value = typeof token === 'function' ? await token() : token;
     if (value) url.searchParams.set('token', value);
@@ -180,7 +285,7 @@ export class FanoutClient {
   }
 
   // #diagnose asks the daemon, over plain HTTP, why the handshake failed.
-  async #diagnose(url, why) {
+  async #diagnose(url, why, offered) {
     const httpURL = url.replace(/^ws/, 'http');
     let resp, text;
     try {
@@ -201,6 +306,12 @@ export class FanoutClient {
       if (after > 0) return this.#retry(refused, after * 1000 + Math.random() * this.#opts.minDelay);
     }
     // 400 "websocket: …" means the daemon would have accepted a handshake.
+    // Twice in a row after offering fanout.v1: a daemon without it (older
+    // than history), or a proxy dropping the header; one try without.
+    if (status === 400 && offered && ++this.#v1Misses >= 2) {
+      this.#v1Misses = 0;
+      this.#plainNext = true;
+    }
     this.#retry(status === 400 ? { ...why, reason: 'cannot connect' } : refused);
   }
 
@@ -237,6 +348,25 @@ export class FanoutClient {
       }
     }
   }
+}
+
+// parse returns text as JSON, or text itself when it is not JSON.
+function parse(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+// publishedText returns the event's text as it was published: the daemon
+// writes {"id":"<id>","data":<the published bytes>} ({"data":…} without an
+// id), so it is cut out of the message: re-encoding the data could change
+// spacing, escapes and number formats.
+function publishedText(text, id) {
+  const head = id ? `{"id":${JSON.stringify(id)},"data":` : '{"data":';
+  if (text.startsWith(head) && text.endsWith('}')) return text.slice(head.length, -1);
+  return JSON.stringify(JSON.parse(text).data);
 }
 
 // toWebSocketURL resolves url (default: this daemon's /ws) to a ws(s): URL.

@@ -1,0 +1,1423 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// The acceptance tests of issue 11 (history and resume): real redis-server,
+// real daemons (in-process where nothing stops, processes where every
+// instance is stopped and started again), real sockets.
+
+// historySubprotocol is the WebSocket subprotocol of history-aware clients.
+const historySubprotocol = "fanout.v1"
+
+// histFrame is one message a history-aware client received: an event or a
+// control.
+type histFrame struct {
+	// control is the control's name ("resync"); "" for an event.
+	control string
+	// hasID is false for an event sent without an id (HISTORY=off).
+	hasID bool
+	id    string
+	// data is the event's payload; for a control, the control's JSON.
+	data string
+}
+
+func (f histFrame) String() string {
+	if f.control != "" {
+		return "control " + f.data
+	}
+	if !f.hasID {
+		return "event (no id) " + f.data
+	}
+	return "event " + f.id + " " + f.data
+}
+
+// histStream is one open connection of a history-aware client.
+type histStream interface {
+	// next returns the next frame; it fails once the stream has ended or
+	// has been closed.
+	next() (histFrame, error)
+	// nextWithin is next, failing (and ending the stream) after d.
+	nextWithin(d time.Duration) (histFrame, error)
+	// close ends the stream; it may be called from another goroutine than
+	// the reader's, and more than once.
+	close()
+}
+
+// histTransport opens history-aware connections to an instance.
+type histTransport struct {
+	name string
+	// dial opens a stream at baseURL ("http://host:port") with query;
+	// lastEventID, when set, is sent as the Last-Event-ID header.
+	dial func(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error)
+	// headerResume tells whether the transport can resume with the
+	// Last-Event-ID header (EventSource's own reconnects).
+	headerResume bool
+}
+
+// historyTransports are WebSocket with fanout.v1 and SSE.
+func historyTransports() []histTransport {
+	return []histTransport{
+		{name: "websocket", dial: dialHistoryWS},
+		{name: "sse", dial: dialSSE, headerResume: true},
+	}
+}
+
+// resumeQuery is the query (and Last-Event-ID header) of a connection for
+// user resuming after lastID ("": none). SSE connections alternate between
+// the header and the query parameter.
+func resumeQuery(tr histTransport, user, lastID string, attempt int) (url.Values, string) {
+	q := url.Values{"username": {user}}
+	if lastID == "" {
+		return q, ""
+	}
+	if tr.headerResume && attempt%2 == 0 {
+		return q, lastID
+	}
+	q.Set("last_event_id", lastID)
+	return q, ""
+}
+
+// newSSEClient returns an HTTP client for SSE streams that keeps no idle
+// connection past the test.
+func newSSEClient(t testing.TB) *http.Client {
+	tr := &http.Transport{DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// wsHistStream is a WebSocket offering fanout.v1.
+type wsHistStream struct{ conn *websocket.Conn }
+
+// dialHistoryWS opens /ws offering fanout.v1, which the daemon must accept.
+func dialHistoryWS(ctx context.Context, _ *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
+	dialer := websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 5 * time.Second}
+	var header http.Header
+	if lastEventID != "" {
+		header = http.Header{"Last-Event-ID": {lastEventID}}
+	}
+	u := "ws" + strings.TrimPrefix(baseURL, "http") + "/ws?" + query.Encode()
+	conn, resp, err := dialer.DialContext(ctx, u, header)
+	if err != nil {
+		if resp != nil {
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			return nil, fmt.Errorf("dial %s: HTTP %d %q: %w", u, resp.StatusCode, strings.TrimSpace(string(body)), err)
+		}
+		return nil, fmt.Errorf("dial %s: %w", u, err)
+	}
+	if got := conn.Subprotocol(); got != historySubprotocol {
+		_ = conn.Close()
+		return nil, fmt.Errorf("dial %s: subprotocol %q, want %q", u, got, historySubprotocol)
+	}
+	return &wsHistStream{conn: conn}, nil
+}
+
+func (s *wsHistStream) next() (histFrame, error) {
+	typ, data, err := s.conn.ReadMessage()
+	if err != nil {
+		return histFrame{}, err
+	}
+	if typ != websocket.TextMessage {
+		return histFrame{}, fmt.Errorf("frame type %d, want text", typ)
+	}
+	return parseHistoryMessage(data)
+}
+
+func (s *wsHistStream) nextWithin(d time.Duration) (histFrame, error) {
+	_ = s.conn.SetReadDeadline(time.Now().Add(d))
+	defer func() { _ = s.conn.SetReadDeadline(time.Time{}) }()
+	return s.next()
+}
+
+func (s *wsHistStream) close() { _ = s.conn.Close() }
+
+// parseHistoryMessage parses a fanout.v1 text frame: {"id":…,"data":…} or
+// {"control":…}. data keeps the payload's bytes as sent.
+func parseHistoryMessage(msg []byte) (histFrame, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(msg, &fields); err != nil {
+		return histFrame{}, fmt.Errorf("fanout.v1 frame %q is not a JSON object: %w", msg, err)
+	}
+	if raw, ok := fields["control"]; ok {
+		var name string
+		if err := json.Unmarshal(raw, &name); err != nil || name == "" {
+			return histFrame{}, fmt.Errorf("fanout.v1 control %q: control is not a name", msg)
+		}
+		return histFrame{control: name, data: string(msg)}, nil
+	}
+	data, ok := fields["data"]
+	if !ok {
+		return histFrame{}, fmt.Errorf("fanout.v1 frame %q has neither data nor control", msg)
+	}
+	f := histFrame{data: string(data)}
+	if raw, ok := fields["id"]; ok {
+		if err := json.Unmarshal(raw, &f.id); err != nil {
+			return histFrame{}, fmt.Errorf("fanout.v1 frame %q: id is not a string", msg)
+		}
+		f.hasID = true
+	}
+	return f, nil
+}
+
+// sseHistStream is a GET /events response read as EventSource reads it.
+type sseHistStream struct {
+	body   io.ReadCloser
+	lines  *bufio.Reader
+	cancel context.CancelFunc
+}
+
+// dialSSE opens /events and checks the response headers. The daemon must
+// send them at once, before any event (EventSource's open).
+func dialSSE(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	u := baseURL + "/events?" + query.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
+	headersLate := time.AfterFunc(5*time.Second, cancel)
+	resp, err := client.Do(req)
+	if !headersLate.Stop() {
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		return nil, fmt.Errorf("GET %s: no response headers within 5s", u)
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	fail := func(format string, args ...any) (histStream, error) {
+		cancel()
+		_ = resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: "+format, append([]any{u}, args...)...)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fail("HTTP %d %q", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		return fail("Content-Type %q, want text/event-stream", ct)
+	}
+	// nginx acts on X-Accel-Buffering and does not pass it on.
+	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" && !strings.HasPrefix(resp.Header.Get("Server"), "nginx") {
+		return fail("X-Accel-Buffering %q, want no", got)
+	}
+	return &sseHistStream{body: resp.Body, lines: bufio.NewReader(resp.Body), cancel: cancel}, nil
+}
+
+// next reads up to the next dispatched event, as EventSource does: a
+// partial event cut by the end of the stream is dropped, comments
+// (heartbeats) are skipped, data lines are joined with "\n".
+func (s *sseHistStream) next() (histFrame, error) {
+	var (
+		f       histFrame
+		event   string
+		data    []string
+		hasData bool
+	)
+	for {
+		line, err := s.lines.ReadString('\n')
+		if err != nil {
+			return histFrame{}, err
+		}
+		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+		if line == "" {
+			if !hasData {
+				f, event = histFrame{}, ""
+				continue
+			}
+			f.data = strings.Join(data, "\n")
+			switch event {
+			case "", "message":
+			case "resync":
+				f.control = event
+				var c struct{ Control string }
+				if err := json.Unmarshal([]byte(f.data), &c); err != nil || c.Control != "resync" {
+					return histFrame{}, fmt.Errorf("SSE resync event with data %q, want {\"control\":\"resync\",…}", f.data)
+				}
+			default:
+				return histFrame{}, fmt.Errorf("SSE event %q (data %q): no such event in the contract", event, f.data)
+			}
+			return f, nil
+		}
+		if strings.HasPrefix(line, ":") {
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "id":
+			f.id, f.hasID = value, true
+		case "data":
+			data, hasData = append(data, value), true
+		case "event":
+			event = value
+		}
+	}
+}
+
+func (s *sseHistStream) nextWithin(d time.Duration) (histFrame, error) {
+	late := time.AfterFunc(d, s.cancel)
+	defer late.Stop()
+	return s.next()
+}
+
+func (s *sseHistStream) close() {
+	s.cancel()
+	_ = s.body.Close()
+}
+
+// resumeSegment is one connection of a resumingClient.
+type resumeSegment struct {
+	instance int
+	// resumedFrom is the last id the connection was opened with.
+	resumedFrom string
+	viaHeader   bool
+	// failedDials counts the dials that failed just before this one.
+	failedDials int
+	events      int
+	end         string
+}
+
+// resumingClient is a history-aware client that, whenever its connection
+// ends (cut by the test or closed by the instance), connects to the next
+// instance with the id of the last event it received.
+type resumingClient struct {
+	tr    histTransport
+	http  *http.Client
+	user  string
+	bases []string
+	// firstQuery is added to the first connection's query only.
+	firstQuery url.Values
+	// rng (reconnect pauses) is owned by run.
+	rng *rand.Rand
+
+	// mu guards what follows.
+	mu sync.Mutex
+	// cur is the open stream, nil between connections.
+	cur histStream
+	// cutsPending counts the cuts asked for while the client had no
+	// connection or no id yet; each ends one connection.
+	cutsPending int
+	stopped     bool
+	events      []histFrame
+	// eventSegment is the segment each event came in.
+	eventSegment []int
+	controls     []histFrame
+	segments     []resumeSegment
+	lastDialErr  error
+}
+
+func newResumingClient(t testing.TB, tr histTransport, user string, bases []string, seed uint64) *resumingClient {
+	return &resumingClient{tr: tr, http: newSSEClient(t), user: user, bases: bases, rng: rand.New(rand.NewPCG(seed, 1))}
+}
+
+// run connects and reconnects until stop.
+func (c *resumingClient) run(ctx context.Context) {
+	last := ""
+	failed := 0
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		instance := attempt % len(c.bases)
+		query, header := resumeQuery(c.tr, c.user, last, attempt)
+		if attempt == 0 {
+			for k, v := range c.firstQuery {
+				query[k] = v
+			}
+		}
+		s, err := c.tr.dial(ctx, c.http, c.bases[instance], query, header)
+		if err != nil {
+			failed++
+			c.mu.Lock()
+			c.lastDialErr = err
+			c.mu.Unlock()
+			sleepCtx(ctx, 20*time.Millisecond)
+			continue
+		}
+		seg := resumeSegment{instance: instance, resumedFrom: last, viaHeader: header != "", failedDials: failed}
+		failed = 0
+		c.mu.Lock()
+		if c.stopped {
+			c.mu.Unlock()
+			s.close()
+			return
+		}
+		c.cur = s
+		cutNow := c.cutsPending > 0 && last != ""
+		if cutNow {
+			c.cutsPending--
+		}
+		c.mu.Unlock()
+		if cutNow {
+			s.close()
+		}
+		for {
+			f, err := s.next()
+			if err != nil {
+				seg.end = err.Error()
+				break
+			}
+			c.mu.Lock()
+			if f.control != "" {
+				c.controls = append(c.controls, f)
+			} else {
+				c.events = append(c.events, f)
+				c.eventSegment = append(c.eventSegment, len(c.segments))
+				last = f.id
+				seg.events++
+			}
+			cutNow := c.cutsPending > 0
+			if cutNow {
+				c.cutsPending--
+			}
+			c.mu.Unlock()
+			if cutNow {
+				s.close()
+			}
+		}
+		s.close()
+		c.mu.Lock()
+		c.cur = nil
+		c.segments = append(c.segments, seg)
+		c.mu.Unlock()
+		sleepCtx(ctx, time.Duration(c.rng.IntN(50))*time.Millisecond)
+	}
+}
+
+// cut disconnects the client now, or as soon as it has a connection and
+// an event id to resume from: without one it could not resume.
+func (c *resumingClient) cut() {
+	c.mu.Lock()
+	s := c.cur
+	if s == nil || len(c.events) == 0 {
+		s = nil
+		c.cutsPending++
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+}
+
+// stop ends the client; run returns once ctx is cancelled too.
+func (c *resumingClient) stop() {
+	c.mu.Lock()
+	c.stopped = true
+	s := c.cur
+	c.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+}
+
+func (c *resumingClient) received() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.events)
+}
+
+// waitFor waits until the client has n events, then a quiet half second
+// more so that a duplicate sent after the last event is caught too. It
+// returns when the client had n events.
+func (c *resumingClient) waitFor(t *testing.T, n int, d time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for c.received() < n {
+		if time.Now().After(deadline) {
+			c.report(t)
+			t.Fatalf("client has %d of %d events after %v", c.received(), n, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	caughtUp := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	return caughtUp
+}
+
+// report logs the client's connections, for a failure.
+func (c *resumingClient) report(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var b strings.Builder
+	for i, s := range c.segments {
+		via := "query"
+		if s.viaHeader {
+			via = "header"
+		}
+		fmt.Fprintf(&b, "  connection %d: instance %d, resumed from %q (%s) after %d failed dials: %d events, ended: %s\n",
+			i, s.instance, s.resumedFrom, via, s.failedDials, s.events, s.end)
+	}
+	t.Logf("%s client: %d events, %d controls, last dial error %v; connections:\n%s",
+		c.tr.name, len(c.events), len(c.controls), c.lastDialErr, b.String())
+}
+
+// checkExactly checks that the client got want, in order, each once, with
+// increasing ids, and no control.
+func (c *resumingClient) checkExactly(t *testing.T, want []string) {
+	t.Helper()
+	c.mu.Lock()
+	events, segOf, controls := slices.Clone(c.events), slices.Clone(c.eventSegment), slices.Clone(c.controls)
+	c.mu.Unlock()
+	if len(controls) > 0 {
+		c.report(t)
+		t.Errorf("got %d controls, want none (every resume id was retained); first: %s", len(controls), controls[0])
+	}
+	index := make(map[string]int, len(want))
+	for i, p := range want {
+		index[p] = i
+	}
+	seen := make(map[string]int, len(events))
+	for _, e := range events {
+		seen[e.data]++
+	}
+	var dups, missing, unknown int
+	for p, n := range seen {
+		if _, ok := index[p]; !ok {
+			unknown += n
+		} else if n > 1 {
+			dups += n - 1
+		}
+	}
+	for _, p := range want {
+		if seen[p] == 0 {
+			missing++
+		}
+	}
+	for i := range max(len(events), len(want)) {
+		if i < len(events) && i < len(want) && events[i].data == want[i] {
+			continue
+		}
+		c.report(t)
+		got, gotSeg := "(none)", -1
+		if i < len(events) {
+			got, gotSeg = events[i].String(), segOf[i]
+		}
+		prev := "(none)"
+		if i > 0 {
+			prev = events[i-1].String()
+		}
+		earlier := ""
+		if i < len(events) {
+			if j := slices.IndexFunc(events[:i], func(e histFrame) bool { return e.data == events[i].data }); j >= 0 {
+				earlier = fmt.Sprintf("; it came before as #%d: %s (connection %d)", j, events[j], segOf[j])
+			}
+		}
+		t.Fatalf("got %d events, want %d: %d missing, %d duplicated, %d unknown; first difference at #%d: %s (connection %d), want %s; previous %s%s",
+			len(events), len(want), missing, dups, unknown, i, got, gotSeg, want[min(i, len(want)-1)], prev, earlier)
+	}
+	var prev history.ID
+	for i, e := range events {
+		id, ok := history.ParseID(e.id)
+		if !e.hasID || !ok {
+			t.Fatalf("event #%d has id %q (present %v), want a stream id", i, e.id, e.hasID)
+		}
+		if i > 0 && !prev.Less(id) {
+			t.Fatalf("event #%d has id %s after %s, want increasing ids", i, e.id, events[i-1].id)
+		}
+		prev = id
+	}
+}
+
+// numbered returns n distinct events for user, in publish order.
+func numbered(user string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = event(user, i)
+	}
+	return out
+}
+
+// randomCuts returns n distinct publish counts in [1, total), ascending:
+// the moments the client is disconnected.
+func randomCuts(rng *rand.Rand, n, total int) []int {
+	set := map[int]bool{}
+	for len(set) < n {
+		set[1+rng.IntN(total-1)] = true
+	}
+	cuts := make([]int, 0, n)
+	for k := range set {
+		cuts = append(cuts, k)
+	}
+	sort.Ints(cuts)
+	return cuts
+}
+
+// publishSteadily sends payloads in groups of group, one group every
+// every, and calls progress with the number sent after each group.
+func publishSteadily(ctx context.Context, payloads []string, group int, every time.Duration,
+	send func(ctx context.Context, batch []string) error, progress func(sent int)) error {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for sent := 0; sent < len(payloads); {
+		batch := payloads[sent:min(sent+group, len(payloads))]
+		if err := send(ctx, batch); err != nil {
+			return fmt.Errorf("publish #%d: %w", sent, err)
+		}
+		sent += len(batch)
+		progress(sent)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// plainPublish sends payloads to user with plain PUBLISH, pipelined.
+func plainPublish(rdb *redis.Client, user string) func(ctx context.Context, batch []string) error {
+	return func(ctx context.Context, batch []string) error {
+		pipe := rdb.Pipeline()
+		for _, p := range batch {
+			pipe.Publish(ctx, history.Channel(user), p)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+}
+
+// publishNow publishes payloads to user with plain PUBLISH in pipelines
+// of 100.
+func publishNow(t *testing.T, rdb *redis.Client, user string, payloads ...string) {
+	t.Helper()
+	send := plainPublish(rdb, user)
+	for len(payloads) > 0 {
+		n := min(100, len(payloads))
+		if err := send(t.Context(), payloads[:n]); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		payloads = payloads[n:]
+	}
+}
+
+// streamEntries returns user's whole history, oldest first.
+func streamEntries(t *testing.T, rdb *redis.Client, user string) []history.Event {
+	t.Helper()
+	evs, err := history.After(t.Context(), rdb, user, "", 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// waitRecorded waits until user's newest history entry holds payload and
+// returns that entry.
+func waitRecorded(t *testing.T, rdb *redis.Client, user, payload string) history.Event {
+	t.Helper()
+	var last history.Event
+	eventually(t, 10*time.Second, "event recorded: "+payload, func() bool {
+		evs, err := history.Last(t.Context(), rdb, user, 1)
+		if err != nil || len(evs) == 0 {
+			return false
+		}
+		last = evs[0]
+		return last.Data == payload
+	})
+	return last
+}
+
+// checkHistoryKeys checks that user's history is the only history key:
+// nothing else (probes included) is recorded.
+func checkHistoryKeys(t *testing.T, rdb *redis.Client, user string) {
+	t.Helper()
+	keys, err := rdb.Keys(t.Context(), "fanout:history:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{history.HistoryKey(user)}; !slices.Equal(keys, want) {
+		t.Errorf("history keys %q, want only %q", keys, want)
+	}
+}
+
+// checkStream checks that user's history is exactly want, with the ids the
+// client got.
+func checkStream(t *testing.T, rdb *redis.Client, user string, got []histFrame, want []string) {
+	t.Helper()
+	if n, err := rdb.XLen(t.Context(), history.HistoryKey(user)).Result(); err != nil || n != int64(len(want)) {
+		t.Fatalf("XLEN %s = %d (%v), want %d", history.HistoryKey(user), n, err, len(want))
+	}
+	entries := streamEntries(t, rdb, user)
+	for i, e := range entries {
+		if e.Data != want[i] || e.ID != got[i].id {
+			t.Fatalf("history entry #%d is %s %s, want %s %s (as delivered)", i, e.ID, e.Data, got[i].id, want[i])
+		}
+	}
+	checkHistoryKeys(t, rdb, user)
+}
+
+// TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce
+// is the issue's first acceptance test: three instances, 10 000 plain
+// PUBLISHes at a steady rate, a client cut at 20 random moments that
+// resumes each time on the next instance with its last id.
+func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t *testing.T) {
+	for _, tr := range historyTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			r := startRedis(t)
+			var daemons []*testDaemon
+			var bases []string
+			for range 3 {
+				td := startDaemon(t, r, map[string]string{"HISTORY_MAX_LEN": "20000", "LOG_LEVEL": "info"})
+				td.waitReady()
+				daemons = append(daemons, td)
+				bases = append(bases, td.baseURL)
+			}
+			user := "resume-" + tr.name
+			seed := uint64(time.Now().UnixNano())
+			t.Logf("seed %d", seed)
+			rng := rand.New(rand.NewPCG(seed, 2))
+
+			c := newResumingClient(t, tr, user, bases, seed)
+			ctx, cancel := context.WithCancel(t.Context())
+			var wg sync.WaitGroup
+			wg.Go(func() { c.run(ctx) })
+			defer wg.Wait()
+			defer cancel()
+			defer c.stop()
+			// The first connection has no id to resume from: it must be
+			// live before the first event.
+			eventually(t, 5*time.Second, "first connection registered", func() bool {
+				return daemons[0].d.hub.connectionCount(user) == 1
+			})
+
+			payloads := numbered(user, 10000)
+			cuts := randomCuts(rng, 20, len(payloads))
+			pub := r.client()
+			start := time.Now()
+			err := publishSteadily(ctx, payloads, 10, 10*time.Millisecond, plainPublish(pub, user), func(sent int) {
+				for len(cuts) > 0 && cuts[0] <= sent {
+					cuts = cuts[1:]
+					c.cut()
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			published := time.Now()
+			caughtUp := c.waitFor(t, len(payloads), 30*time.Second)
+			t.Logf("published %d events in %v; the client had them all %v later", len(payloads),
+				published.Sub(start).Round(time.Millisecond), caughtUp.Sub(published).Round(time.Millisecond))
+			c.stop()
+			cancel()
+			wg.Wait()
+			c.checkExactly(t, payloads)
+			checkStream(t, pub, user, c.events, payloads)
+			if n := len(c.segments); n != 21 {
+				c.report(t)
+				t.Fatalf("%d connections, want 21 (20 cuts)", n)
+			}
+		})
+	}
+}
+
+// daemonProcessEnv is the environment of a fanout process for the resume
+// tests.
+func daemonProcessEnv(r *redisServer, port int, extra ...string) []string {
+	return append([]string{
+		"PORT=" + strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(r.port),
+		"CONNECT_RATE_PER_IP=0", "MAX_CONNECTIONS_PER_USER=0",
+		"LOG_LEVEL=info", "SHUTDOWN_TIMEOUT=5s",
+	}, extra...)
+}
+
+// portOutsideEphemeralRange returns a free loopback port below the
+// kernel's ephemeral range: a daemon restarted on it cannot find it taken
+// by an outgoing connection, such as the client's own dials meanwhile.
+func portOutsideEphemeralRange(t *testing.T) int {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	for range 100 {
+		port := low - 1 - rand.IntN(min(low-1024, 10000))
+		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			_ = ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return 0
+}
+
+// waitSubscribed waits until the fanout process p has subscribed to
+// Redis, failing at once if it exits.
+func waitSubscribed(t *testing.T, p *daemonProcess) {
+	t.Helper()
+	eventually(t, 20*time.Second, "fanout process subscribed to Redis", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("fanout process exited (%v) before subscribing:\n%s", p.err, p.logs.String())
+		default:
+		}
+		return strings.Contains(p.logs.String(), "Subscribed to Redis")
+	})
+}
+
+// TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing is the
+// issue's second acceptance test: the events come from history.Publisher
+// (what `fanout publish` runs), and every instance (a real fanout process)
+// is stopped for a while in the middle, publishing going on.
+func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T) {
+	for _, tr := range historyTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			r := startRedis(t)
+			var ports []int
+			for len(ports) < 3 {
+				if p := portOutsideEphemeralRange(t); !slices.Contains(ports, p) {
+					ports = append(ports, p)
+				}
+			}
+			var bases []string
+			for _, p := range ports {
+				bases = append(bases, "http://127.0.0.1:"+strconv.Itoa(p))
+			}
+			var all []*daemonProcess
+			var running []*daemonProcess
+			startAll := func() {
+				running = running[:0]
+				for _, port := range ports {
+					p := startProcess(t, daemonCommand(t, daemonProcessEnv(r, port, "HISTORY_MAX_LEN=20000")...))
+					running = append(running, p)
+					all = append(all, p)
+				}
+				for _, p := range running {
+					waitSubscribed(t, p)
+				}
+			}
+			stopAll := func() {
+				for _, p := range running {
+					if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, p := range running {
+					p.waitExit(t, 15*time.Second)
+				}
+			}
+			startAll()
+
+			user := "publisher-" + tr.name
+			seed := uint64(time.Now().UnixNano())
+			t.Logf("seed %d", seed)
+			rng := rand.New(rand.NewPCG(seed, 2))
+			c := newResumingClient(t, tr, user, bases, seed)
+			// Nothing tells a test when a process has registered a
+			// connection: the first one asks for every retained event
+			// (late join), so that it misses none published before then.
+			c.firstQuery = url.Values{"history": {"20000"}}
+			ctx, cancel := context.WithCancel(t.Context())
+			var wg sync.WaitGroup
+			wg.Go(func() { c.run(ctx) })
+			defer wg.Wait()
+			defer cancel()
+			defer c.stop()
+
+			payloads := numbered(user, 10000)
+			cuts := randomCuts(rng, 20, len(payloads))
+			pub := history.NewPublisher(r.client(), history.Retention{MaxLen: 20000})
+			var sent atomic.Int64
+			publishErr := make(chan error, 1)
+			start := time.Now()
+			wg.Go(func() {
+				publishErr <- publishSteadily(ctx, payloads, 10, 12*time.Millisecond, func(ctx context.Context, batch []string) error {
+					for _, p := range batch {
+						if _, err := pub.Publish(ctx, user, []byte(p)); err != nil {
+							return err
+						}
+					}
+					return nil
+				}, func(n int) {
+					for len(cuts) > 0 && cuts[0] <= n {
+						cuts = cuts[1:]
+						c.cut()
+					}
+					sent.Store(int64(n))
+				})
+			})
+			waitSent := func(n int) {
+				eventually(t, 30*time.Second, fmt.Sprintf("%d events published", n), func() bool { return sent.Load() >= int64(n) })
+			}
+			waitSent(4000)
+			stopAll()
+			down := time.Now()
+			waitSent(6000)
+			startAll()
+			t.Logf("every instance down from event ~4000 to ~%d, for %v", sent.Load(), time.Since(down).Round(time.Millisecond))
+			if err := <-publishErr; err != nil {
+				t.Fatal(err)
+			}
+			published := time.Now()
+			caughtUp := c.waitFor(t, len(payloads), 30*time.Second)
+			t.Logf("published %d events in %v; the client had them all %v later", len(payloads),
+				published.Sub(start).Round(time.Millisecond), caughtUp.Sub(published).Round(time.Millisecond))
+			c.stop()
+			cancel()
+			wg.Wait()
+			if os.Getenv("DEBUG_STREAM") != "" {
+				for i, e := range streamEntries(t, r.client(), user) {
+					if i > 6000 && i < 6400 {
+						t.Logf("entry %d %s %s", i, e.ID, e.Data[len(e.Data)-20:])
+					}
+				}
+			}
+			c.checkExactly(t, payloads)
+			checkStream(t, r.client(), user, c.events, payloads)
+			for _, p := range all {
+				if strings.Contains(p.logs.String(), "DATA RACE") {
+					t.Errorf("a fanout process reported a data race:\n%s", p.logs.String())
+				}
+			}
+		})
+	}
+}
+
+// openHistory opens one stream for a test that reads it frame by frame.
+func openHistory(t *testing.T, tr histTransport, baseURL string, query url.Values, lastEventID string) histStream {
+	t.Helper()
+	s, err := tr.dial(t.Context(), newSSEClient(t), baseURL, query, lastEventID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.close)
+	return s
+}
+
+// nextFrame reads the next frame within 5 s.
+func nextFrame(t *testing.T, s histStream) histFrame {
+	t.Helper()
+	f, err := s.nextWithin(5 * time.Second)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return f
+}
+
+// expectEvents reads len(want) frames, which must be want's events in
+// order, with their ids.
+func expectEvents(t *testing.T, s histStream, want []history.Event) {
+	t.Helper()
+	for i, w := range want {
+		f := nextFrame(t, s)
+		if f.control != "" || f.id != w.ID || f.data != w.Data {
+			t.Fatalf("frame %d of %d: %s, want event %s %s", i+1, len(want), f, w.ID, w.Data)
+		}
+	}
+}
+
+// expectResync reads the next frame, which must be a resync control with
+// a reason.
+func expectResync(t *testing.T, s histStream) {
+	t.Helper()
+	f := nextFrame(t, s)
+	var c struct{ Control, Reason string }
+	if err := json.Unmarshal([]byte(f.data), &c); f.control != "resync" || err != nil || c.Control != "resync" || c.Reason == "" {
+		t.Fatalf("first frame %s, want {\"control\":\"resync\",\"reason\":\"…\"}", f)
+	}
+}
+
+// expectLive publishes payload and reads it as the next frame, with an id
+// after after.
+func expectLive(t *testing.T, s histStream, rdb *redis.Client, user, payload, after string) {
+	t.Helper()
+	publishNow(t, rdb, user, payload)
+	f := nextFrame(t, s)
+	id, ok := history.ParseID(f.id)
+	prev, _ := history.ParseID(after)
+	if f.control != "" || f.data != payload || !ok || !prev.Less(id) {
+		t.Fatalf("live frame %s, want event %s with an id after %s", f, payload, after)
+	}
+}
+
+// unknownIDBetween returns an id that is not in entries but lies between
+// two of them, the newest such.
+func unknownIDBetween(t *testing.T, entries []history.Event) string {
+	t.Helper()
+	for i := len(entries) - 2; i >= 0; i-- {
+		a, _ := history.ParseID(entries[i].ID)
+		b, _ := history.ParseID(entries[i+1].ID)
+		if mid := (history.ID{Ms: a.Ms, Seq: a.Seq + 1}); mid.Less(b) {
+			return mid.String()
+		}
+	}
+	t.Fatal("no gap between the retained ids")
+	return ""
+}
+
+// TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent:
+// a client whose last id is no longer retained, was never an id, or is not
+// in the history, gets one resync first, then everything retained, then
+// live events; a retained id gets what follows it without resync.
+func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(t *testing.T) {
+	r := startRedis(t)
+	var bases []string
+	for range 2 {
+		td := startDaemon(t, r, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
+		td.waitReady()
+		bases = append(bases, td.baseURL)
+	}
+	pub := r.client()
+	const user = "trimmed"
+	payloads := numbered(user, 1000)
+	publishNow(t, pub, user, payloads[0])
+	first := waitRecorded(t, pub, user, payloads[0])
+	publishNow(t, pub, user, payloads[1:]...)
+	waitRecorded(t, pub, user, payloads[len(payloads)-1])
+	if retained := streamEntries(t, pub, user); len(retained) >= len(payloads) || retained[0].ID == first.ID {
+		t.Fatalf("%d of %d events retained with HISTORY_MAX_LEN=100, from %s: the first was not trimmed", len(retained), len(payloads), retained[0].ID)
+	}
+	live := 0
+	for _, tr := range historyTransports() {
+		cases := []struct {
+			name   string
+			lastID func(t *testing.T, retained []history.Event) string
+			resync bool
+		}{
+			{"trimmed", func(*testing.T, []history.Event) string { return first.ID }, true},
+			{"malformed", func(*testing.T, []history.Event) string { return "not-an-id" }, true},
+			{"malformed sequence", func(_ *testing.T, retained []history.Event) string {
+				ms, _, _ := strings.Cut(retained[0].ID, "-")
+				return ms + "-x"
+			}, true},
+			{"unknown between two retained", unknownIDBetween, true},
+			{"unknown after the newest", func(_ *testing.T, retained []history.Event) string {
+				newest, _ := history.ParseID(retained[len(retained)-1].ID)
+				return history.ID{Ms: newest.Ms + 3_600_000}.String()
+			}, true},
+			{"retained", func(_ *testing.T, retained []history.Event) string { return retained[len(retained)-10].ID }, false},
+			{"newest", func(_ *testing.T, retained []history.Event) string { return retained[len(retained)-1].ID }, false},
+		}
+		for i, tc := range cases {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				retained := streamEntries(t, pub, user)
+				lastID := tc.lastID(t, retained)
+				query, header := resumeQuery(tr, user, lastID, i)
+				s := openHistory(t, tr, bases[i%len(bases)], query, header)
+				want := retained
+				if tc.resync {
+					expectResync(t, s)
+				} else {
+					at := slices.IndexFunc(retained, func(e history.Event) bool { return e.ID == lastID })
+					want = retained[at+1:]
+				}
+				expectEvents(t, s, want)
+				live++
+				expectLive(t, s, pub, user, event(user, 1000+live), retained[len(retained)-1].ID)
+			})
+		}
+	}
+}
+
+// TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive: ?history=N
+// replays the last N retained events (the last HISTORY_MAX_LEN when N is
+// larger), then live events, with no gap even while events keep
+// coming.
+func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
+	r := startRedis(t)
+	td := startDaemon(t, r, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
+	td.waitReady()
+	pub := r.client()
+	const user = "latejoiner"
+	next := 0
+	publishUpTo := func(n int) {
+		var batch []string
+		for ; next < n; next++ {
+			batch = append(batch, event(user, next))
+		}
+		publishNow(t, pub, user, batch...)
+		waitRecorded(t, pub, user, batch[len(batch)-1])
+	}
+	join := func(t *testing.T, tr histTransport, n int) histStream {
+		q := url.Values{"username": {user}, "history": {strconv.Itoa(n)}}
+		return openHistory(t, tr, td.baseURL, q, "")
+	}
+
+	publishUpTo(50)
+	for _, tr := range historyTransports() {
+		t.Run(tr.name+"/last 10 of 50", func(t *testing.T) {
+			retained := streamEntries(t, pub, user)
+			s := join(t, tr, 10)
+			expectEvents(t, s, retained[len(retained)-10:])
+			next++
+			expectLive(t, s, pub, user, event(user, next-1), retained[len(retained)-1].ID)
+		})
+	}
+
+	publishUpTo(next + 500)
+	for _, tr := range historyTransports() {
+		t.Run(tr.name+"/more than retained", func(t *testing.T) {
+			retained := streamEntries(t, pub, user)
+			if len(retained) >= 500 {
+				t.Fatalf("%d events retained with HISTORY_MAX_LEN=100", len(retained))
+			}
+			// "MAXLEN ~" keeps at least HISTORY_MAX_LEN events, often more:
+			// the replay is capped at HISTORY_MAX_LEN.
+			s := join(t, tr, 100000)
+			expectEvents(t, s, retained[len(retained)-min(len(retained), 100):])
+			next++
+			expectLive(t, s, pub, user, event(user, next-1), retained[len(retained)-1].ID)
+		})
+	}
+
+	for _, tr := range historyTransports() {
+		t.Run(tr.name+"/while publishing", func(t *testing.T) {
+			const total = 2000
+			payloads := make([]string, total)
+			for i := range payloads {
+				payloads[i] = fmt.Sprintf(`{"type":"progress","join":%q,"n":%d}`, tr.name, i)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			var sent atomic.Int64
+			publishErr := make(chan error, 1)
+			go func() {
+				publishErr <- publishSteadily(ctx, payloads, 10, 5*time.Millisecond, plainPublish(pub, user), func(n int) { sent.Store(int64(n)) })
+			}()
+			eventually(t, 10*time.Second, "500 published", func() bool { return sent.Load() >= 500 })
+			s := join(t, tr, 20)
+			var got []histFrame
+			for len(got) == 0 || got[len(got)-1].data != payloads[total-1] {
+				f, err := s.nextWithin(15 * time.Second)
+				if err != nil {
+					t.Fatalf("after %d frames (last %v): %v", len(got), got[max(0, len(got)-1):], err)
+				}
+				got = append(got, f)
+			}
+			if err := <-publishErr; err != nil {
+				t.Fatal(err)
+			}
+			// The replay, then live events: a run of consecutive events
+			// ending with the last one, 20 at least.
+			firstN := -1
+			for i, f := range got {
+				var e struct{ N int }
+				if f.control != "" || json.Unmarshal([]byte(f.data), &e) != nil || f.data != payloads[min(e.N, total-1)] {
+					t.Fatalf("frame %d: %s, want an event of this run", i, f)
+				}
+				if i == 0 {
+					firstN = e.N
+				} else if e.N != firstN+i {
+					t.Fatalf("frame %d is event %d after event %d: gap or duplicate at the switch from replay to live", i, e.N, firstN+i-1)
+				}
+				if i > 0 {
+					a, _ := history.ParseID(got[i-1].id)
+					b, ok := history.ParseID(f.id)
+					if !ok || !a.Less(b) {
+						t.Fatalf("frame %d has id %q after %q, want increasing ids", i, f.id, got[i-1].id)
+					}
+				}
+			}
+			if len(got) < 20 {
+				t.Fatalf("%d frames, want the 20 replayed at least", len(got))
+			}
+			t.Logf("joined at event %d of %d", firstN, total)
+		})
+	}
+}
+
+// TestHistoryOffWritesNothingAndGivesNoIDs: with HISTORY=off nothing is
+// written to Redis, fanout.v1 frames carry no id, SSE events no id line,
+// and plain WebSocket clients get the published bytes as before.
+func TestHistoryOffWritesNothingAndGivesNoIDs(t *testing.T) {
+	r := startRedis(t)
+	a := startDaemon(t, r, map[string]string{"HISTORY": "off", "LOG_LEVEL": "info"})
+	b := startDaemon(t, r, map[string]string{"HISTORY": "off", "LOG_LEVEL": "info"})
+	a.waitReady()
+	b.waitReady()
+	const user = "nohistory"
+	q := url.Values{"username": {user}}
+	ws := openHistory(t, historyTransports()[0], a.baseURL, q, "")
+	sse := openHistory(t, historyTransports()[1], b.baseURL, q, "")
+	plain := a.dial(user)
+	eventually(t, 5*time.Second, "connections registered", func() bool {
+		return a.d.hub.connectionCount(user) == 2 && b.d.hub.connectionCount(user) == 1
+	})
+	payloads := []string{event(user, 1), "{\n  \"type\": \"multi-line\"\n}", event(user, 1)}
+	publishNow(t, r.client(), user, payloads...)
+	for _, p := range payloads {
+		for name, s := range map[string]histStream{"fanout.v1": ws, "sse": sse} {
+			if f := nextFrame(t, s); f.control != "" || f.hasID || f.data != p {
+				t.Fatalf("%s client got %s, want %q without id", name, f, p)
+			}
+		}
+		if got := readText(t, plain, 5*time.Second); got != p {
+			t.Fatalf("plain client got %q, want %q", got, p)
+		}
+	}
+	if keys, err := r.client().Keys(t.Context(), "fanout:*").Result(); err != nil || len(keys) != 0 {
+		t.Fatalf("keys %q (%v) with HISTORY=off, want none", keys, err)
+	}
+}
+
+// TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents: byte-
+// identical payloads published one after the other with plain PUBLISH to
+// three instances are each one event: one entry, one id, delivered once
+// each, on every instance with the same id. Both when they are the user's
+// first events (no instance has a place in the user's history yet) and
+// when every instance has already recorded an event of the user.
+func TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents(t *testing.T) {
+	p1, p2 := `{"type":"progress","pct":50}`, "{\n  \"type\": \"heartbeat\"\n}"
+	// Runs of identical payloads: "P P", "Q Q Q", ….
+	rng := rand.New(rand.NewPCG(11, 11))
+	runs := []string{p1, p1}
+	for len(runs) < 100 {
+		p := p1
+		if rng.IntN(2) == 0 {
+			p = p2
+		}
+		runs = append(runs, p)
+	}
+	cases := []struct {
+		name string
+		// warm publishes a distinct event first and waits until every
+		// instance has delivered it.
+		warm     bool
+		payloads []string
+	}{
+		{"two as the user's first events", false, []string{p1, p1}},
+		{"two after a first event", true, []string{p1, p1}},
+		{"runs of 100 as the user's first events", false, runs},
+		{"runs of 100 after a first event", true, runs},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRedis(t)
+			var daemons []*testDaemon
+			for range 3 {
+				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+				td.waitReady()
+				daemons = append(daemons, td)
+			}
+			const user = "twins"
+			q := url.Values{"username": {user}}
+			ws, sse := historyTransports()[0], historyTransports()[1]
+			streams := map[string]histStream{
+				"fanout.v1 on instance 0": openHistory(t, ws, daemons[0].baseURL, q, ""),
+				"fanout.v1 on instance 1": openHistory(t, ws, daemons[1].baseURL, q, ""),
+				"fanout.v1 on instance 2": openHistory(t, ws, daemons[2].baseURL, q, ""),
+				"sse on instance 2":       openHistory(t, sse, daemons[2].baseURL, q, ""),
+			}
+			plain := daemons[1].dial(user)
+			eventually(t, 5*time.Second, "connections registered", func() bool {
+				return daemons[0].d.hub.connectionCount(user) == 1 && daemons[1].d.hub.connectionCount(user) == 2 &&
+					daemons[2].d.hub.connectionCount(user) == 2
+			})
+			pub := r.client()
+			skip := 0
+			if tc.warm {
+				first := event(user, 0)
+				publishNow(t, pub, user, first)
+				for name, s := range streams {
+					if f := nextFrame(t, s); f.data != first {
+						t.Fatalf("%s got %s, want %s", name, f, first)
+					}
+				}
+				if got := readText(t, plain, 5*time.Second); got != first {
+					t.Fatalf("plain client got %q, want %q", got, first)
+				}
+				skip = 1
+			}
+			publishNow(t, pub, user, tc.payloads...)
+
+			var entries []history.Event
+			eventually(t, 10*time.Second, "every event recorded", func() bool {
+				entries = streamEntries(t, pub, user)
+				return len(entries) >= skip+len(tc.payloads)
+			})
+			entries = entries[skip:]
+			for name, s := range streams {
+				t.Run(name, func(t *testing.T) { expectEvents(t, s, entries[:len(tc.payloads)]) })
+			}
+			for i, p := range tc.payloads {
+				if got := readText(t, plain, 5*time.Second); got != p {
+					t.Fatalf("plain client message %d: %q, want %q", i, got, p)
+				}
+			}
+			entries = streamEntries(t, pub, user)[skip:]
+			if len(entries) != len(tc.payloads) {
+				t.Fatalf("%d history entries for %d publishes", len(entries), len(tc.payloads))
+			}
+			for i, e := range entries {
+				if e.Data != tc.payloads[i] {
+					t.Fatalf("entry %d: %q, want %q", i, e.Data, tc.payloads[i])
+				}
+			}
+			checkHistoryKeys(t, pub, user)
+		})
+	}
+}
+
+// TestHistoryABurstToANewUserIsRecordedOnce: a burst of events to a user
+// no instance has a place for yet is one entry per event, whoever appends
+// it: history.Publisher.PublishAll (what `fanout publish` runs for JSON
+// lines), which instances must not record again, or plain PUBLISH seen by
+// three instances. Every client gets each event once, with its one id.
+func TestHistoryABurstToANewUserIsRecordedOnce(t *testing.T) {
+	const burst = 500
+	for _, tc := range []struct {
+		name      string
+		instances int
+		publisher bool
+	}{
+		{"PublishAll, one instance", 1, true},
+		{"plain PUBLISH, three instances", 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRedis(t)
+			user := "burst"
+			q := url.Values{"username": {user}}
+			var streams []histStream
+			for range tc.instances {
+				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+				td.waitReady()
+				streams = append(streams, openHistory(t, historyTransports()[0], td.baseURL, q, ""))
+				eventually(t, 5*time.Second, "connection registered", func() bool { return td.d.hub.connectionCount(user) == 1 })
+			}
+			payloads := numbered(user, burst)
+			pub := r.client()
+			var published []string
+			if tc.publisher {
+				raw := make([][]byte, len(payloads))
+				for i, p := range payloads {
+					raw[i] = []byte(p)
+				}
+				ids, err := history.NewPublisher(pub, history.Retention{}).PublishAll(t.Context(), user, raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				published = ids
+			} else {
+				publishNow(t, pub, user, payloads...)
+			}
+			for i, s := range streams {
+				var ids []string
+				for j, p := range payloads {
+					f := nextFrame(t, s)
+					if f.control != "" || f.data != p || published != nil && f.id != published[j] {
+						want := p
+						if published != nil {
+							want = published[j] + " " + p
+						}
+						t.Fatalf("instance %d, event %d: %s, want %s", i, j, f, want)
+					}
+					ids = append(ids, f.id)
+				}
+				if published == nil {
+					published = ids
+					continue
+				}
+				for j := range ids {
+					if ids[j] != published[j] {
+						t.Fatalf("instance %d gave event %d the id %s, instance 0 %s", i, j, ids[j], published[j])
+					}
+				}
+			}
+			if n := pub.XLen(t.Context(), history.HistoryKey(user)).Val(); n != burst {
+				t.Fatalf("%d history entries for %d events", n, burst)
+			}
+		})
+	}
+}
+
+// TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents:
+// the instance a client is on stops (a deploy); the client comes back
+// through the README's nginx, lands on another instance and gets what was
+// published meanwhile, then live events.
+func TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents(t *testing.T) {
+	for _, tr := range historyTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			r := startRedis(t)
+			var daemons []*testDaemon
+			var backends []string
+			for range 3 {
+				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+				td.waitReady()
+				daemons = append(daemons, td)
+				backends = append(backends, strings.TrimPrefix(td.baseURL, "http://"))
+			}
+			if tr.name == "sse" && !strings.Contains(readmeNginxBlock(t), "location /events") {
+				t.Fatal("README's nginx block has no location /events: SSE cannot go through it")
+			}
+			base := "http://127.0.0.1:" + strconv.Itoa(startNginx(t, backends))
+			const user = "behind-nginx"
+			holder := func() int {
+				for i, td := range daemons {
+					if td.d.hub.connectionCount(user) == 1 {
+						return i
+					}
+				}
+				return -1
+			}
+			s := openHistory(t, tr, base, url.Values{"username": {user}}, "")
+			eventually(t, 5*time.Second, "connection registered", func() bool { return holder() >= 0 })
+			first := holder()
+
+			pub := r.client()
+			payloads := numbered(user, 20)
+			publishNow(t, pub, user, payloads[:10]...)
+			last := ""
+			for i := range 10 {
+				f := nextFrame(t, s)
+				if f.control != "" || f.data != payloads[i] || !f.hasID {
+					t.Fatalf("frame %d: %s, want %s with an id", i, f, payloads[i])
+				}
+				last = f.id
+			}
+
+			var stopped sync.WaitGroup
+			stopped.Go(func() { _ = daemons[first].stop() })
+			// WebSocket: close 1001 through nginx; SSE: the response ends.
+			if f, err := s.nextWithin(10 * time.Second); err == nil {
+				t.Fatalf("got %s from the stopping instance, want the end of the stream", f)
+			}
+			stopped.Wait()
+			publishNow(t, pub, user, payloads[10:]...)
+			waitRecorded(t, pub, user, payloads[19])
+
+			query, header := resumeQuery(tr, user, last, 0)
+			s = openHistory(t, tr, base, query, header)
+			eventually(t, 5*time.Second, "resumed connection registered", func() bool { return holder() >= 0 })
+			if now := holder(); now == first {
+				t.Fatalf("resumed on instance %d, the stopped one", now)
+			}
+			entries := streamEntries(t, pub, user)
+			expectEvents(t, s, entries[10:])
+			expectLive(t, s, pub, user, event(user, 20), entries[19].ID)
+		})
+	}
+}
