@@ -67,16 +67,18 @@ func main() {
 
 // daemon wires the hub, the Redis subscriber and the HTTP server together.
 type daemon struct {
-	cfg     Config
-	logger  *slog.Logger
-	stats   *Stats
-	rdb     *redis.Client
-	hub     *Hub
-	sub     *Subscriber
-	auth    *Authenticator
-	server  *Server
-	metrics *metrics
-	sampler *statsSampler
+	cfg    Config
+	logger *slog.Logger
+	stats  *Stats
+	rdb    *redis.Client
+	// recordRdb is the recorder's client (nil with HISTORY=off).
+	recordRdb *redis.Client
+	hub       *Hub
+	sub       *Subscriber
+	auth      *Authenticator
+	server    *Server
+	metrics   *metrics
+	sampler   *statsSampler
 	// instance names this process in /admin/stats: host and a random id.
 	instance string
 	started  time.Time
@@ -128,7 +130,12 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	}
 	if cfg.History {
 		hub.replayer = newReplayer(rdb, cfg, stats, logger)
-		d.sub.recorder = newRecorder(rdb, cfg.Retention, d.sub.broadcast, stats, logger)
+		// The recorder has connections of its own, so that live events
+		// never wait for one behind a reconnect storm's history reads.
+		recOpts := opts
+		recOpts.PoolSize = 2
+		d.recordRdb = redis.NewClient(&recOpts)
+		d.sub.recorder = newRecorder(d.recordRdb, cfg.Retention, d.sub.broadcast, stats, logger)
 	}
 	host, _ := os.Hostname()
 	d.instance = host + "/" + d.sub.instanceID
@@ -244,6 +251,9 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	wg.Wait()
 	_ = d.rdb.Close()
+	if d.recordRdb != nil {
+		_ = d.recordRdb.Close()
+	}
 	d.logger.Info("Stopped", d.stats.logValues()...)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -234,7 +234,7 @@ func TestRecordingTakesOneRoundTripPerBatchNotPerEvent(t *testing.T) {
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	counter := &pipelineCounter{single: map[string]int{}, piped: map[string]int{}}
-	td.d.rdb.AddHook(counter)
+	td.d.recordRdb.AddHook(counter)
 	const users, perUser = 20, 250
 	conns := make([]*websocket.Conn, users)
 	for u := range users {

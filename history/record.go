@@ -64,6 +64,7 @@ for i = 1, nconsumed do
   count = count + 1
 end
 local out = {}
+local anyAppended = false
 for i = 6 + nconsumed, #ARGV do
   local payload = ARGV[i]
   local found, skipped, from, seen = nil, false, cursor, 0
@@ -90,9 +91,11 @@ for i = 6 + nconsumed, #ARGV do
     if #page < n then break end
   end
   local appended = 0
-  if not found and entry == '1' then
-    -- The cursor's entry trimmed away means this instance lags more than
-    -- the retention behind: this event was appended, and trimmed, already.
+  if not found and entry == '1' and seen > 0 then
+    -- Entries after the cursor, none of them this event, and the
+    -- cursor's own entry trimmed away: this instance lags more than the
+    -- retention behind, and this event was appended and trimmed already.
+    -- (Nothing after the cursor: this instance is the first, as usual.)
     local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
     if #head > 0 and less(cursor, head[1][1]) then
       found = ''
@@ -100,8 +103,8 @@ for i = 6 + nconsumed, #ARGV do
   end
   if not found then
     found = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', payload)
-    redis.call('PEXPIRE', key, ttl)
     appended = 1
+    anyAppended = true
   end
   if found == '' then
     -- Left as it is: a later event finds its entry after the cursor.
@@ -127,6 +130,7 @@ for i = 6 + nconsumed, #ARGV do
   out[#out + 1] = found
   out[#out + 1] = appended
 end
+if anyAppended then redis.call('PEXPIRE', key, ttl) end
 local list = {}
 for id in pairs(consumed) do list[#list + 1] = id end
 table.insert(out, 1, list)
