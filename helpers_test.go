@@ -325,7 +325,13 @@ func (td *testDaemon) dial(username string) *websocket.Conn {
 // dialWS opens a WebSocket and closes it at cleanup.
 func dialWS(t *testing.T, url string, header http.Header) *websocket.Conn {
 	t.Helper()
-	conn, resp, err := websocket.DefaultDialer.Dial(url, header)
+	return dialWith(t, websocket.DefaultDialer, url, header)
+}
+
+// dialWith is dialWS with dialer.
+func dialWith(t *testing.T, dialer *websocket.Dialer, url string, header http.Header) *websocket.Conn {
+	t.Helper()
+	conn, resp, err := dialer.Dial(url, header)
 	if err != nil {
 		status := 0
 		if resp != nil {

@@ -30,16 +30,7 @@ type v1Frame struct {
 // that the daemon chose the subprotocol.
 func dialV1(t *testing.T, url string) *websocket.Conn {
 	t.Helper()
-	d := websocket.Dialer{Subprotocols: []string{subprotocolV1}}
-	conn, resp, err := d.Dial(url, nil)
-	if err != nil {
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	conn := dialWith(t, &websocket.Dialer{Subprotocols: []string{subprotocolV1}}, url, nil)
 	if conn.Subprotocol() != subprotocolV1 {
 		t.Fatalf("subprotocol %q, want %q", conn.Subprotocol(), subprotocolV1)
 	}

@@ -100,37 +100,53 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ready")
 }
 
-// handleWebSocket answers /ws: it checks the request (admit), so that every
-// refusal is an HTTP status with a one-line reason before any upgrade, then
-// upgrades and registers the connection.
+// handleWebSocket answers /ws: it checks the request (admitRequest), so
+// that every refusal is an HTTP status with a one-line reason before any
+// upgrade, then upgrades and registers the connection.
 func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
+	// A browser hides why a handshake was refused; fanout-client.js then
+	// fetches the same URL, and the CORS headers let a page on an allowed
+	// origin read the status, the reason and Retry-After (no credentials:
+	// the answer is about the request the page made). The upgrade response
+	// ignores them.
+	id, req, remote, ok := s.admitRequest(w, r, false)
+	if !ok {
+		return
+	}
+	s.upgradeAndRegister(w, r, id, remote, req)
+}
+
+// admitRequest runs what /ws and /events do before they answer: it finds
+// the client's address, sets the CORS headers for an allowed origin (with
+// credentials for EventSource's withCredentials), reads where the events
+// start (parseReplayRequest) and runs admit. When ok is false it has
+// answered the refusal.
+func (s *Server) admitRequest(w http.ResponseWriter, r *http.Request, credentials bool) (id identity, req replayRequest, remote string, ok bool) {
 	client := clientAddr(r, s.cfg.TrustedProxies)
-	remote := client.String()
+	remote = client.String()
 	if !client.IsValid() {
 		remote = r.RemoteAddr
 	}
 	s.warnUntrustedForward(r)
 	if origin := r.Header.Get("Origin"); origin != "" && s.originAllowed(r, origin) {
-		// A browser hides why a handshake was refused; fanout-client.js
-		// then fetches the same URL, and these let a page on an allowed
-		// origin read the status, the reason and Retry-After (no
-		// credentials: the answer is about the request the page made).
-		// The upgrade response ignores them.
 		w.Header().Set("Access-Control-Allow-Origin", origin)
+		if credentials {
+			w.Header().Set("Access-Control-Allow-Credentials", "true")
+		}
 		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
 		w.Header().Add("Vary", "Origin")
 	}
 	req, err := parseReplayRequest(r.URL.Query().Get, r.Header.Get("Last-Event-ID"))
 	if err != nil {
 		s.refuse(w, remote, &refusal{status: http.StatusBadRequest, reason: rejectBadRequest, message: err.Error()})
-		return
+		return identity{}, req, remote, false
 	}
 	id, refused := s.admit(r, client)
 	if refused != nil {
 		s.refuse(w, remote, refused)
-		return
+		return identity{}, req, remote, false
 	}
-	s.upgradeAndRegister(w, r, id, remote, req)
+	return id, req, remote, true
 }
 
 // refusal is the answer to a /ws request that is not upgraded.

@@ -48,27 +48,9 @@ func (st *sseStream) abort() {
 // text/event-stream, with the same checks (admit), limits and slow-client
 // policy. EventSource resumes on its own with the Last-Event-ID header.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
-	client := clientAddr(r, s.cfg.TrustedProxies)
-	remote := client.String()
-	if !client.IsValid() {
-		remote = r.RemoteAddr
-	}
-	s.warnUntrustedForward(r)
-	if origin := r.Header.Get("Origin"); origin != "" && s.originAllowed(r, origin) {
-		// EventSource with withCredentials sends the token cookie.
-		w.Header().Set("Access-Control-Allow-Origin", origin)
-		w.Header().Set("Access-Control-Allow-Credentials", "true")
-		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
-		w.Header().Add("Vary", "Origin")
-	}
-	req, err := parseReplayRequest(r.URL.Query().Get, r.Header.Get("Last-Event-ID"))
-	if err != nil {
-		s.refuse(w, remote, &refusal{status: http.StatusBadRequest, reason: rejectBadRequest, message: err.Error()})
-		return
-	}
-	id, refused := s.admit(r, client)
-	if refused != nil {
-		s.refuse(w, remote, refused)
+	// EventSource with withCredentials sends the token cookie.
+	id, req, remote, ok := s.admitRequest(w, r, true)
+	if !ok {
 		return
 	}
 	ctx, stop := context.WithCancel(r.Context())
