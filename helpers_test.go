@@ -217,6 +217,21 @@ func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemo
 	return startDaemonOn(t, r, env, "127.0.0.1:0")
 }
 
+// startInstances runs n ready daemons on r with env, as instances of one
+// deployment, and returns them with their base URLs.
+func startInstances(t *testing.T, r *redisServer, n int, env map[string]string) ([]*testDaemon, []string) {
+	t.Helper()
+	var daemons []*testDaemon
+	var bases []string
+	for range n {
+		td := startDaemon(t, r, env)
+		td.waitReady()
+		daemons = append(daemons, td)
+		bases = append(bases, td.baseURL)
+	}
+	return daemons, bases
+}
+
 // startDaemonOn is startDaemon listening on addr, so that a test can start
 // another daemon where a stopped one was.
 func startDaemonOn(t *testing.T, r *redisServer, env map[string]string, addr string) *testDaemon {

@@ -415,6 +415,21 @@ func (c *resumingClient) run(ctx context.Context) {
 	}
 }
 
+// finish waits, once everything was published (publishing began at
+// start), until the client has every payload, stops it and checks it got
+// each exactly once, in order.
+func (c *resumingClient) finish(t *testing.T, start time.Time, payloads []string, cancel context.CancelFunc, wg *sync.WaitGroup) {
+	t.Helper()
+	published := time.Now()
+	caughtUp := c.waitFor(t, len(payloads), 30*time.Second)
+	t.Logf("published %d events in %v; the client had them all %v later", len(payloads),
+		published.Sub(start).Round(time.Millisecond), caughtUp.Sub(published).Round(time.Millisecond))
+	c.stop()
+	cancel()
+	wg.Wait()
+	c.checkExactly(t, payloads)
+}
+
 // cut disconnects the client now, or as soon as it has a connection and
 // an event id to resume from: without one it could not resume.
 func (c *resumingClient) cut() {
@@ -689,14 +704,7 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 	for _, tr := range historyTransports() {
 		t.Run(tr.name, func(t *testing.T) {
 			r := startRedis(t)
-			var daemons []*testDaemon
-			var bases []string
-			for range 3 {
-				td := startDaemon(t, r, map[string]string{"HISTORY_MAX_LEN": "20000", "LOG_LEVEL": "info"})
-				td.waitReady()
-				daemons = append(daemons, td)
-				bases = append(bases, td.baseURL)
-			}
+			daemons, bases := startInstances(t, r, 3, map[string]string{"HISTORY_MAX_LEN": "20000", "LOG_LEVEL": "info"})
 			user := "resume-" + tr.name
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
@@ -728,14 +736,7 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 			if err != nil {
 				t.Fatal(err)
 			}
-			published := time.Now()
-			caughtUp := c.waitFor(t, len(payloads), 30*time.Second)
-			t.Logf("published %d events in %v; the client had them all %v later", len(payloads),
-				published.Sub(start).Round(time.Millisecond), caughtUp.Sub(published).Round(time.Millisecond))
-			c.stop()
-			cancel()
-			wg.Wait()
-			c.checkExactly(t, payloads)
+			c.finish(t, start, payloads, cancel, &wg)
 			checkStream(t, pub, user, c.events, payloads)
 			if n := len(c.segments); n != 21 {
 				c.report(t)
@@ -902,14 +903,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 			if ids := strings.Fields(pubOut.String()); len(ids) != len(payloads) {
 				t.Fatalf("fanout publish printed %d ids for %d events", len(ids), len(payloads))
 			}
-			published := time.Now()
-			caughtUp := c.waitFor(t, len(payloads), 30*time.Second)
-			t.Logf("published %d events in %v; the client had them all %v later", len(payloads),
-				published.Sub(start).Round(time.Millisecond), caughtUp.Sub(published).Round(time.Millisecond))
-			c.stop()
-			cancel()
-			wg.Wait()
-			c.checkExactly(t, payloads)
+			c.finish(t, start, payloads, cancel, &wg)
 			checkStream(t, r.client(), user, c.events, payloads)
 			for _, p := range all {
 				if strings.Contains(p.logs.String(), "DATA RACE") {
@@ -998,12 +992,7 @@ func unknownIDBetween(t *testing.T, entries []history.Event) string {
 // live events; a retained id gets what follows it without resync.
 func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(t *testing.T) {
 	r := startRedis(t)
-	var bases []string
-	for range 2 {
-		td := startDaemon(t, r, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
-		td.waitReady()
-		bases = append(bases, td.baseURL)
-	}
+	_, bases := startInstances(t, r, 2, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
 	pub := r.client()
 	const user = "trimmed"
 	payloads := numbered(user, 1000)
@@ -1230,12 +1219,7 @@ func TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents(t *testing
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := startRedis(t)
-			var daemons []*testDaemon
-			for range 3 {
-				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
-				td.waitReady()
-				daemons = append(daemons, td)
-			}
+			daemons, _ := startInstances(t, r, 3, map[string]string{"LOG_LEVEL": "info"})
 			const user = "twins"
 			q := url.Values{"username": {user}}
 			ws, sse := historyTransports()[0], historyTransports()[1]
@@ -1375,13 +1359,10 @@ func TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents(t *tes
 	for _, tr := range historyTransports() {
 		t.Run(tr.name, func(t *testing.T) {
 			r := startRedis(t)
-			var daemons []*testDaemon
+			daemons, bases := startInstances(t, r, 3, map[string]string{"LOG_LEVEL": "info"})
 			var backends []string
-			for range 3 {
-				td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
-				td.waitReady()
-				daemons = append(daemons, td)
-				backends = append(backends, strings.TrimPrefix(td.baseURL, "http://"))
+			for _, b := range bases {
+				backends = append(backends, strings.TrimPrefix(b, "http://"))
 			}
 			if tr.name == "sse" && !strings.Contains(readmeNginxBlock(t), "location /events") {
 				t.Fatal("README's nginx block has no location /events: SSE cannot go through it")

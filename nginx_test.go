@@ -95,13 +95,10 @@ http {
 
 func TestBehindTheReadmesNginxEveryInstanceDelivers(t *testing.T) {
 	r := startRedis(t)
-	var daemons []*testDaemon
+	daemons, bases := startInstances(t, r, 3, map[string]string{"LOG_LEVEL": "info"})
 	var backends []string
-	for range 3 {
-		td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
-		td.waitReady()
-		daemons = append(daemons, td)
-		backends = append(backends, strings.TrimPrefix(td.baseURL, "http://"))
+	for _, b := range bases {
+		backends = append(backends, strings.TrimPrefix(b, "http://"))
 	}
 	port := startNginx(t, backends)
 	url := fmt.Sprintf("ws://127.0.0.1:%d/ws?username=org_acme", port)
