@@ -265,20 +265,8 @@ func loadConfig(getenv func(string) string) (Config, error) {
 
 	cfg.AdminAddr, cfg.AdminToken = r.admin()
 	cfg.Pprof = r.boolean("PPROF", false)
-	switch v := strings.ToLower(r.str("CONSOLE", "on")); v {
-	case "on", "true", "1":
-		cfg.Console = true
-	case "off", "false", "0":
-	default:
-		r.fail("CONSOLE", v, "must be on or off")
-	}
-	switch v := strings.ToLower(r.str("HISTORY", "on")); v {
-	case "on", "true", "1":
-		cfg.History = true
-	case "off", "false", "0":
-	default:
-		r.fail("HISTORY", v, "must be on or off")
-	}
+	cfg.Console = r.onOff("CONSOLE", true)
+	cfg.History = r.onOff("HISTORY", true)
 	cfg.Retention.MaxLen = int64(r.intRange("HISTORY_MAX_LEN", history.DefaultMaxLen, 1, 1<<24))
 	cfg.Retention.TTL = r.duration("HISTORY_TTL", history.DefaultTTL)
 	if r.err == nil && cfg.Retention.TTL < time.Second {
@@ -292,6 +280,21 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 
 	return cfg, r.err
+}
+
+// onOff reads a switch: on, true or 1; off, false or 0.
+func (r *envReader) onOff(name string, def bool) bool {
+	switch v := strings.ToLower(r.str(name, "")); v {
+	case "":
+		return def
+	case "on", "true", "1":
+		return true
+	case "off", "false", "0":
+		return false
+	default:
+		r.fail(name, v, "must be on or off")
+		return def
+	}
 }
 
 func (r *envReader) float(name string, def, lo, hi float64) float64 {

@@ -51,6 +51,11 @@ func TestConfigDefaultsMatchTheSeed(t *testing.T) {
 		{"pong", cfg.PongWait, 60 * time.Second},
 		{"write", cfg.WriteWait, 10 * time.Second},
 		{"shutdown", cfg.ShutdownTimeout, 10 * time.Second},
+		{"history", cfg.History, true},
+		{"history max len", cfg.Retention.MaxLen, int64(1000)},
+		{"history ttl", cfg.Retention.TTL, time.Hour},
+		{"replay concurrency", cfg.ReplayConcurrency, 32},
+		{"replay page", cfg.ReplayPage, 200},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -136,6 +141,13 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"PROBE_INTERVAL": "x"}, "PROBE_INTERVAL"},
 		{map[string]string{"PROBE_TIMEOUT": "x"}, "PROBE_TIMEOUT"},
 		{map[string]string{"REDIS_RETRY_MAX": "x"}, "REDIS_RETRY_MAX"},
+		{map[string]string{"HISTORY": "maybe"}, `HISTORY="maybe"`},
+		{map[string]string{"HISTORY_MAX_LEN": "0"}, `HISTORY_MAX_LEN="0"`},
+		{map[string]string{"HISTORY_TTL": "forever"}, `HISTORY_TTL="forever"`},
+		{map[string]string{"HISTORY_TTL": "10ms"}, "HISTORY_TTL"},
+		{map[string]string{"HISTORY_REPLAY_CONCURRENCY": "0"}, "HISTORY_REPLAY_CONCURRENCY"},
+		{map[string]string{"HISTORY_REPLAY_PAGE": "lots"}, "HISTORY_REPLAY_PAGE"},
+		{map[string]string{"CONSOLE": "maybe"}, `CONSOLE="maybe"`},
 	}
 	for _, tc := range cases {
 		_, err := loadConfig(envOf(tc.env))
