@@ -267,11 +267,8 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	cfg.Pprof = r.boolean("PPROF", false)
 	cfg.Console = r.onOff("CONSOLE", true)
 	cfg.History = r.onOff("HISTORY", true)
-	cfg.Retention.MaxLen = int64(r.intRange("HISTORY_MAX_LEN", history.DefaultMaxLen, 1, 1<<24))
-	cfg.Retention.TTL = r.duration("HISTORY_TTL", history.DefaultTTL)
-	if r.err == nil && cfg.Retention.TTL < time.Second {
-		r.fail("HISTORY_TTL", r.getenv("HISTORY_TTL"), "must be at least 1s")
-	}
+	cfg.Retention.MaxLen = r.retentionMaxLen("HISTORY_MAX_LEN")
+	cfg.Retention.TTL = r.retentionTTL("HISTORY_TTL")
 	cfg.ReplayConcurrency = r.intRange("HISTORY_REPLAY_CONCURRENCY", 32, 1, 1<<16)
 	cfg.ReplayPage = r.intRange("HISTORY_REPLAY_PAGE", 200, 1, 10000)
 
