@@ -340,3 +340,23 @@ func TestACatchUpThatCannotReadTheHistoryClosesWith1011(t *testing.T) {
 	}
 	t.Logf("closed: %v", ce)
 }
+
+func TestARecorderForgetsIdleUsersAndItsHorizonMovesToTheNewestForgotten(t *testing.T) {
+	r := newRecorder(nil, history.Retention{}, nil, &Stats{}, nil)
+	now := time.Now()
+	r.horizon = history.Cursor{After: "100-0"}
+	r.cursors["idle1"] = &userCursor{cur: history.Cursor{After: "300-2", Entry: true}, used: now.Add(-cursorIdle - time.Second)}
+	r.cursors["idle2"] = &userCursor{cur: history.Cursor{After: "200-0", Entry: true}, used: now.Add(-2 * cursorIdle)}
+	r.cursors["busy"] = &userCursor{cur: history.Cursor{After: "900-0", Entry: true}, used: now}
+	r.dropIdle(now)
+	if _, ok := r.cursors["busy"]; !ok || len(r.cursors) != 1 {
+		t.Fatalf("kept %v, want busy only", r.cursors)
+	}
+	if r.horizon.After != "300-2" || r.horizon.Entry {
+		t.Fatalf("horizon %+v, want 300-2 (not an entry of the next user)", r.horizon)
+	}
+	r.dropIdle(now.Add(2 * cursorIdle))
+	if len(r.cursors) != 0 || r.horizon.After != "900-0" {
+		t.Fatalf("cursors %v, horizon %+v", r.cursors, r.horizon)
+	}
+}
