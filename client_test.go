@@ -222,7 +222,13 @@ func TestIdleConnectionHoldsOneSmallGoroutine(t *testing.T) {
 		}
 	}
 	time.Sleep(1500 * time.Millisecond) // a ping from the daemon to every connection
+	// The pinger keeps starting short-lived write pumps (a quarter of the
+	// connections every 250 ms): measure between them.
 	g1, s1 := settle()
+	for try := 0; try < 50 && float64(g1-g0)/n > 1.05; try++ {
+		time.Sleep(20 * time.Millisecond)
+		g1, s1 = settle()
+	}
 	// The race detector doubles the stack guard, so that a 2 KiB stack is
 	// not enough there: ./test.sh runs this test without it too.
 	if per := float64(g1-g0) / n; per > 1.05 {
