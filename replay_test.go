@@ -360,3 +360,55 @@ func TestARecorderForgetsIdleUsersAndItsHorizonMovesToTheNewestForgotten(t *test
 		t.Fatalf("cursors %v, horizon %+v", r.cursors, r.horizon)
 	}
 }
+
+func TestManyCatchUpsWithOneReadAtATimeAndSmallPagesMissNothing(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{
+		"HISTORY_REPLAY_CONCURRENCY": "1", "HISTORY_REPLAY_PAGE": "5", "LOG_LEVEL": "info"})
+	td.waitReady()
+	const clients, behind = 20, 37
+	last := make([]string, clients)
+	for i := range clients {
+		conn := dialV1(t, fmt.Sprintf("%s?username=c%d", td.wsURL, i))
+		eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount(fmt.Sprintf("c%d", i)) == 1 })
+		td.publish(fmt.Sprintf("c%d", i), `{"n":0}`)
+		last[i] = readV1(t, conn).ID
+		conn.Close()
+	}
+	eventually(t, 5*time.Second, "all gone", func() bool { return td.d.hub.connections.Load() == 0 })
+	for n := 1; n <= behind; n++ {
+		for i := range clients {
+			td.publish(fmt.Sprintf("c%d", i), fmt.Sprintf(`{"n":%d}`, n))
+		}
+	}
+	eventually(t, 10*time.Second, "recorded", func() bool { return td.d.stats.MessagesReceived.Load() == clients*(behind+1) })
+	// All resume at once, while more events are published: the catch-ups
+	// take turns at one read of 5 events, and each ends live.
+	conns := make([]*websocket.Conn, clients)
+	for i := range clients {
+		conns[i] = dialV1(t, fmt.Sprintf("%s?username=c%d&last_event_id=%s", td.wsURL, i, last[i]))
+	}
+	for i := range clients {
+		td.publish(fmt.Sprintf("c%d", i), fmt.Sprintf(`{"n":%d}`, behind+1))
+	}
+	for i, conn := range conns {
+		prev := last[i]
+		for n := 1; n <= behind+1; n++ {
+			f := readV1(t, conn)
+			if string(f.Data) != fmt.Sprintf(`{"n":%d}`, n) {
+				t.Fatalf("client %d, event %d: got %s", i, n, f.Data)
+			}
+			a, _ := history.ParseID(prev)
+			b, _ := history.ParseID(f.ID)
+			if !a.Less(b) {
+				t.Fatalf("client %d: id %s after %s", i, f.ID, prev)
+			}
+			prev = f.ID
+		}
+	}
+	if got := td.d.stats.HistoryReplayed.Load(); got < clients*behind {
+		t.Fatalf("%d events replayed, want at least %d", got, clients*behind)
+	}
+	if n := td.d.hub.catchups(); n != 0 {
+		t.Fatalf("%d catch-ups still counted", n)
+	}
+}
