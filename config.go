@@ -236,7 +236,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 
 	cfg.AllowedOrigins = r.origins("ALLOWED_ORIGINS")
 
-	cfg.MaxMessageBytes = r.intRange("MAX_MESSAGE_BYTES", 1<<20, 1, 64<<20)
+	cfg.MaxMessageBytes = r.maxMessageBytes()
 	cfg.SendQueueSize = r.intRange("SEND_QUEUE_SIZE", 4096, 1, 1<<20)
 	cfg.SendQueueBytes = r.intRange("SEND_QUEUE_BYTES", 1<<20, 1024, 1<<30)
 
@@ -277,6 +277,11 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 
 	return cfg, r.err
+}
+
+// maxMessageBytes reads MAX_MESSAGE_BYTES, the largest payload forwarded.
+func (r *envReader) maxMessageBytes() int {
+	return r.intRange("MAX_MESSAGE_BYTES", 1<<20, 1, 64<<20)
 }
 
 // onOff reads a switch: on, true or 1; off, false or 0.

@@ -55,9 +55,12 @@ REDIS_TLS_CA_FILE, REDIS_TLS_SKIP_VERIFY.
   --ttl DURATION     how long the history lives after its last event
                      (default HISTORY_TTL, or 1h)
 
+An event larger than MAX_MESSAGE_BYTES (default 1 MiB), which the
+instances would not deliver, is refused like invalid JSON.
+
 Exit status: 0 when every event was published; 1 when a line is not valid
-JSON (the lines before it are published, nothing from it on) or Redis
-failed; 2 for bad usage or configuration (nothing is published).
+JSON or too large (the lines before it are published, nothing from it on)
+or Redis failed; 2 for bad usage or configuration (nothing is published).
 `
 
 // runPublish runs `fanout publish` with the arguments that follow
@@ -109,6 +112,9 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	} else {
 		retention.TTL = env.retentionTTL("HISTORY_TTL")
 	}
+	// What the instances forward: a larger event would be kept but never
+	// delivered.
+	maxBytes := env.maxMessageBytes()
 	if flagValues.err != nil {
 		return fail(publishBadUsage, "%v", flagValues.err)
 	}
@@ -129,6 +135,9 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()
 	if len(fs.Args()) == 1 {
+		if n := len(fs.Arg(0)); n > maxBytes {
+			return fail(publishFailed, "the event is %d bytes, over MAX_MESSAGE_BYTES (%d), so instances would not deliver it; nothing was published", n, maxBytes)
+		}
 		id, err := pub.Publish(ctx, *username, []byte(fs.Arg(0)))
 		switch {
 		case errors.Is(err, history.ErrInvalidPayload):
@@ -143,7 +152,7 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		return 0
 	}
 
-	if err := publishLines(ctx, pub, *username, stdin, out); err != nil {
+	if err := publishLines(ctx, pub, *username, maxBytes, stdin, out); err != nil {
 		return fail(publishFailed, "%v", err)
 	}
 	return 0
@@ -168,7 +177,7 @@ func (r *envReader) retentionTTL(name string) time.Duration {
 // together, in one round trip: a file goes at pipeline speed and a line
 // typed by hand goes out at once. It stops at the first line that is not
 // valid JSON, after publishing the lines before it.
-func publishLines(ctx context.Context, pub *history.Publisher, username string, in io.Reader, out *bufio.Writer) error {
+func publishLines(ctx context.Context, pub *history.Publisher, username string, maxBytes int, in io.Reader, out *bufio.Writer) error {
 	reader := bufio.NewReaderSize(in, 64<<10)
 	var (
 		batch [][]byte
@@ -201,11 +210,18 @@ func publishLines(ctx context.Context, pub *history.Publisher, username string, 
 	for lineNo := 1; ; lineNo++ {
 		line, readErr := reader.ReadBytes('\n')
 		if payload := bytes.TrimSpace(line); len(payload) > 0 {
-			if !json.Valid(payload) {
+			why := ""
+			switch {
+			case len(payload) > maxBytes:
+				why = fmt.Sprintf("is %d bytes, over MAX_MESSAGE_BYTES (%d), so instances would not deliver it", len(payload), maxBytes)
+			case !json.Valid(payload):
+				why = "is not valid JSON"
+			}
+			if why != "" {
 				if err := flush(); err != nil {
 					return err
 				}
-				return fmt.Errorf("stdin line %d is not valid JSON; the events before it were published (ids on stdout), nothing from it on", lineNo)
+				return fmt.Errorf("stdin line %d %s; the events before it were published (ids on stdout), nothing from it on", lineNo, why)
 			}
 			batch, lines, size = append(batch, payload), append(lines, lineNo), size+len(payload)
 		}

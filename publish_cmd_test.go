@@ -160,6 +160,26 @@ func TestPublishCommandStopsAtTheFirstInvalidJSONLine(t *testing.T) {
 	}
 }
 
+func TestPublishCommandRefusesEventsOverMAX_MESSAGE_BYTES(t *testing.T) {
+	r := startRedis(t)
+	env := []string{"MAX_MESSAGE_BYTES=16"}
+	res := runPublishCommand(t, r, "{\"n\":1}\n{\"blob\":\"0123456789\"}\n{\"n\":3}\n", env, "--username", "dora")
+	stderr := strings.TrimSuffix(res.stderr, "\n")
+	if res.code != 1 || strings.Contains(stderr, "\n") || !strings.Contains(stderr, "line 2") || !strings.Contains(stderr, "MAX_MESSAGE_BYTES") {
+		t.Fatalf("exit %d, stderr %q; want 1 and one line naming line 2 and MAX_MESSAGE_BYTES", res.code, res.stderr)
+	}
+	if evs := streamEvents(t, r, "dora"); len(res.ids()) != 1 || len(evs) != 1 || evs[0].Data != `{"n":1}` {
+		t.Fatalf("ids %v, stream %+v; want the line before the large one only", res.ids(), evs)
+	}
+	res = runPublishCommand(t, r, "", env, "--username", "dora", `{"blob":"0123456789"}`)
+	if res.code != 1 || res.stdout != "" || !strings.Contains(res.stderr, "MAX_MESSAGE_BYTES") {
+		t.Fatalf("large argument: exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+	if n := len(streamEvents(t, r, "dora")); n != 1 {
+		t.Fatalf("%d events after a large argument, want 1", n)
+	}
+}
+
 func TestPublishCommandBadUsageExitsWithCode2AndOneLine(t *testing.T) {
 	r := startRedis(t)
 	for _, tc := range []struct {
