@@ -156,28 +156,40 @@ type Client struct {
 	readEnded bool
 	readDone  chan struct{}
 
-	// replaying is set while the connection catches up on its history:
-	// live events wait in held, in order, until finishReplay, which
-	// drops those the history already gave. heldOverflow is set when
-	// more than a send queue's worth arrived; they are then read from the
-	// history too.
-	replaying    bool
-	held         []*message
-	heldOverflow bool
-	// drained, made by a catch-up that waits for the send queue to be
-	// taken, is closed by takeWork.
-	drained chan struct{}
-	// replayedTo, while replayedSet, is the last event a finished
-	// catch-up sent: a live event that is not after it was sent already
-	// (its entry was read from the history before the recorder broadcast
-	// it) and is skipped. The first live event after it clears it.
-	replayedTo  history.ID
-	replayedSet bool
+	// catchUp is the connection's catch-up on its history, while it runs
+	// and until the first live event after it; nil otherwise (most of a
+	// connection's life, so an idle connection does not carry it).
+	catchUp *catchUp
 
 	// unflushed is a message writeNow handed to the socket only in part;
 	// owned by the holder of the write right (not guarded by mu): the write
 	// pump it hands over to finishes the write and counts it.
 	unflushed *message
+}
+
+// catchUp is the state of a connection catching up on its history,
+// guarded by its client's mu.
+type catchUp struct {
+	// done is set by finishReplay: live events flow again.
+	done bool
+	// Until done, live events wait in held, in order; heldOverflow is set
+	// when more than a send queue's worth arrived (they were dropped, and
+	// are read from the history instead).
+	held         []*message
+	heldOverflow bool
+	// drained, made by a catch-up that waits for the send queue to be
+	// taken, is closed by takeWork (or when the queue is dropped).
+	drained chan struct{}
+	// replayedTo, once done, is the last event the catch-up sent: a live
+	// event that is not after it was sent already (its entry was read
+	// from the history before the recorder broadcast it) and is skipped.
+	replayedTo history.ID
+}
+
+// sent reports whether msg is an event the finished catch-up sent already.
+func (cu *catchUp) sent(msg *message) bool {
+	id, ok := history.ParseID(msg.id)
+	return ok && !cu.replayedTo.Less(id)
 }
 
 // newClient makes the client of an upgraded connection; conn is nil for a
@@ -201,25 +213,24 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 		c.mu.Unlock()
 		return enqueueClosing
 	}
-	if c.replayedSet && msg.id != "" {
-		if id, ok := history.ParseID(msg.id); ok {
-			if !c.replayedTo.Less(id) {
-				c.mu.Unlock()
-				return enqueueHeld // sent from the history already
+	if cu := c.catchUp; cu != nil {
+		switch {
+		case !cu.done:
+			if len(cu.held) >= c.settings.sendQueueSize {
+				cu.heldOverflow = true
+				clear(cu.held)
+				cu.held = cu.held[:0]
+			} else {
+				cu.held = append(cu.held, msg)
 			}
-			c.replayedSet = false
+			c.mu.Unlock()
+			return enqueueHeld
+		case cu.sent(msg):
+			c.mu.Unlock()
+			return enqueueHeld // sent from the history already
+		case msg.id != "":
+			c.catchUp = nil // the first live event after the catch-up
 		}
-	}
-	if c.replaying {
-		if len(c.held) >= c.settings.sendQueueSize {
-			c.heldOverflow = true
-			clear(c.held)
-			c.held = c.held[:0]
-		} else {
-			c.held = append(c.held, msg)
-		}
-		c.mu.Unlock()
-		return enqueueHeld
 	}
 	if claim && c.writer == writeIdle && !c.hasWorkLocked() && c.conn != nil && c.conn.CanWriteNow() {
 		c.writer = writeDirect
@@ -271,14 +282,14 @@ func (c *Client) waitTaken(ctx context.Context) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.sendQueue) == 0 {
+	if len(c.sendQueue) == 0 || c.catchUp == nil {
 		c.mu.Unlock()
 		return true
 	}
-	if c.drained == nil {
-		c.drained = make(chan struct{})
+	if c.catchUp.drained == nil {
+		c.catchUp.drained = make(chan struct{})
 	}
-	done := c.drained
+	done := c.catchUp.drained
 	c.mu.Unlock()
 	select {
 	case <-done:
@@ -298,34 +309,46 @@ func (c *Client) waitTaken(ctx context.Context) bool {
 func (c *Client) finishReplay(cursor string) (more bool) {
 	last, hasLast := history.ParseID(cursor)
 	c.mu.Lock()
-	if c.closing != nil {
-		c.replaying = false
-		c.held = nil
+	cu := c.catchUp
+	if c.closing != nil || cu == nil {
+		c.catchUp = nil
 		c.mu.Unlock()
 		return false
 	}
-	if c.heldOverflow {
-		c.heldOverflow = false
+	if cu.heldOverflow {
+		cu.heldOverflow = false
 		c.mu.Unlock()
 		return true
 	}
+	cu.done, cu.replayedTo = true, last
 	n, bytes := 0, 0
-	for _, m := range c.held {
-		if id, ok := history.ParseID(m.id); ok && hasLast && !last.Less(id) {
+	for _, m := range cu.held {
+		if hasLast && cu.sent(m) {
 			continue
 		}
 		c.sendQueue = append(c.sendQueue, m)
 		n++
 		bytes += len(m.data)
 	}
+	cu.held = nil
+	if !hasLast {
+		c.catchUp = nil // nothing was sent that could come again
+	}
 	c.queuedBytes += bytes
 	c.hub.addQueued(n, bytes)
-	c.held, c.replaying = nil, false
-	c.replayedTo, c.replayedSet = last, hasLast
 	start := n > 0 && c.takeRightLocked()
 	c.mu.Unlock()
 	c.startPump(start)
 	return false
+}
+
+// takenLocked tells a catch-up waiting in waitTaken that the send queue
+// was taken or dropped; c.mu must be held.
+func (c *Client) takenLocked() {
+	if c.catchUp != nil && c.catchUp.drained != nil {
+		close(c.catchUp.drained)
+		c.catchUp.drained = nil
+	}
 }
 
 // dropQueueLocked empties the send queue and takes it off the hub's
@@ -335,10 +358,7 @@ func (c *Client) dropQueueLocked() {
 		c.hub.addQueued(-n, -c.queuedBytes)
 	}
 	clear(c.sendQueue)
-	if c.drained != nil {
-		close(c.drained)
-		c.drained = nil
-	}
+	c.takenLocked()
 	if cap(c.sendQueue) > maxKeptQueue {
 		c.sendQueue = nil
 	} else {
@@ -480,10 +500,7 @@ func (c *Client) takeWork(done []*message) (w work, idle bool) {
 	}
 	w.batch = c.sendQueue
 	c.sendQueue = nil
-	if c.drained != nil {
-		close(c.drained)
-		c.drained = nil
-	}
+	c.takenLocked()
 	if cap(done) <= maxKeptQueue {
 		c.sendQueue = done[:0]
 	}

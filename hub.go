@@ -215,7 +215,9 @@ func (h *Hub) register(c *Client, req replayRequest) error {
 // falls between the history and them. The caller starts the read side.
 func (h *Hub) addAndReplay(c *Client, req replayRequest) error {
 	replay := req.wanted() && h.replayer != nil
-	c.replaying = replay
+	if replay {
+		c.catchUp = &catchUp{}
+	}
 	if err := h.add(c); err != nil {
 		return err
 	}

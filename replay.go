@@ -108,7 +108,7 @@ func (p *replayer) read(ctx context.Context, f func(context.Context) ([]history.
 }
 
 // replay sends c the events req asks for, then lets its live events
-// through: those that arrived meanwhile were held (Client.held), and the
+// through: those that arrived meanwhile were held (catchUp.held), and the
 // ones the history already gave are dropped by id. It runs on a goroutine
 // of the hub's and ends early when c ends or ctx does.
 func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
