@@ -34,9 +34,10 @@ func readmeNginxBlock(t *testing.T) string {
 	return block
 }
 
-// startNginx runs nginx with the README's block, its upstream servers
-// pointed at backends, listening on a free loopback port; it returns the
-// port.
+// startNginx runs nginx with deploy/nginx.conf, the file production
+// uses, listening on a free loopback port with its upstream servers
+// pointed at backends; only those addresses, the log and temp paths and
+// the worker count change. It returns the port.
 func startNginx(t *testing.T, backends []string) int {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
@@ -46,38 +47,14 @@ func startNginx(t *testing.T, backends []string) int {
 			t.Fatal("nginx is not installed: run ./test.sh, which installs it")
 		}
 	}
-	block := readmeNginxBlock(t)
-	for i, port := range []string{"8084", "8085", "8086"} {
-		if !strings.Contains(block, "server localhost:"+port+";") {
-			t.Fatalf("README's nginx block lacks upstream localhost:%s", port)
-		}
-		block = strings.Replace(block, "server localhost:"+port+";", "server "+backends[i%len(backends)]+";", 1)
-	}
 	port := freePort(t)
-	block = strings.Replace(block, "server {\n", fmt.Sprintf("server {\n    listen 127.0.0.1:%d;\n", port), 1)
-
 	dir := t.TempDir()
-	// Room for the 2 000-client test: two sockets per proxied connection.
-	conf := fmt.Sprintf(`worker_processes 1;
-worker_rlimit_nofile 10000;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-%[2]s
-}
-`, dir, block)
+	conf := deployNginxConf(t, backends, fmt.Sprintf("127.0.0.1:%d", port), dir)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := startProcess(t, exec.Command(bin, "-p", dir, "-c", confPath, "-g", "daemon off;"))
+	p := startProcess(t, exec.Command(bin, "-p", dir, "-c", confPath, "-g", fmt.Sprintf("daemon off; pid %s/nginx.pid; error_log %s/error.log warn;", dir, dir)))
 	eventually(t, 10*time.Second, "nginx listening", func() bool {
 		select {
 		case <-p.done:
@@ -228,5 +205,64 @@ func TestBehindTheReadmesNginxOneAddressOverItsBudgetGets429WhileOthersConnect(t
 	l.mu.Unlock()
 	if loopback {
 		t.Fatal("clients on this host took a per-address bucket")
+	}
+}
+
+// deployNginxConf returns deploy/nginx.conf with its upstream servers
+// replaced by backends, listening on listen, logging and keeping its temp
+// files under dir, with one worker process.
+func deployNginxConf(t *testing.T, backends []string, listen, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("deploy/nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := string(b)
+	replace := func(old, new string) {
+		t.Helper()
+		if strings.Count(conf, old) != 1 {
+			t.Fatalf("deploy/nginx.conf: want exactly one %q", old)
+		}
+		conf = strings.Replace(conf, old, new, 1)
+	}
+	var servers strings.Builder
+	for _, b := range backends {
+		fmt.Fprintf(&servers, "        server %s;\n", b)
+	}
+	replace("        server fanout-1:8084;\n        server fanout-2:8084;\n        server fanout-3:8084;\n", servers.String())
+	replace("listen 80;", "listen "+listen+";")
+	replace("worker_processes auto;", "worker_processes 1;")
+	replace("access_log /dev/stdout fanout;", fmt.Sprintf(`access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;`, dir))
+	return conf
+}
+
+// TestReadmesNginxBlockIsDeployNginxConf keeps README's nginx block (the
+// seed's upstream on localhost:8084-8086) and deploy/nginx.conf, which the
+// tests run, the same configuration.
+func TestReadmesNginxBlockIsDeployNginxConf(t *testing.T) {
+	block := readmeNginxBlock(t)
+	conf := deployNginxConf(t, []string{"localhost:8084", "localhost:8085", "localhost:8086"}, "80", t.TempDir())
+	normalize := func(s string) []string {
+		var lines []string
+		for _, l := range strings.Split(s, "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	have := strings.Join(normalize(conf), "\n")
+	for _, want := range []string{
+		strings.Join(normalize(block[:strings.Index(block, "server {")]), "\n"),
+		strings.Join(normalize(block[strings.Index(block, "server {")+len("server {"):]), "\n"),
+	} {
+		if !strings.Contains(have, want) {
+			t.Fatalf("README's nginx block is not deploy/nginx.conf's:\n%s\n\nnot found in\n%s", want, have)
+		}
 	}
 }
