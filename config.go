@@ -97,7 +97,20 @@ type Config struct {
 	// ReplayPage the events each read takes (HISTORY_REPLAY_*).
 	ReplayConcurrency int
 	ReplayPage        int
+
+	// SubscribeMode is subscribePattern (the seed's PSUBSCRIBE to every
+	// user's channel) or subscribeUser (SUBSCRIBE to the channels of the
+	// users connected here); SubscribeGrace is how long user mode keeps a
+	// channel after its user's last connection leaves.
+	SubscribeMode  string
+	SubscribeGrace time.Duration
 }
+
+// The values of SUBSCRIBE_MODE.
+const (
+	subscribePattern = "pattern"
+	subscribeUser    = "user"
+)
 
 // The values of AUTH_MODE.
 const (
@@ -271,6 +284,12 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	cfg.Retention.TTL = r.retentionTTL("HISTORY_TTL")
 	cfg.ReplayConcurrency = r.intRange("HISTORY_REPLAY_CONCURRENCY", 32, 1, 1<<16)
 	cfg.ReplayPage = r.intRange("HISTORY_REPLAY_PAGE", 200, 1, 10000)
+	switch cfg.SubscribeMode = strings.ToLower(r.str("SUBSCRIBE_MODE", subscribePattern)); cfg.SubscribeMode {
+	case subscribePattern, subscribeUser:
+	default:
+		r.fail("SUBSCRIBE_MODE", cfg.SubscribeMode, "must be pattern (every instance reads every user's events) or user (each instance reads only its connected users' events)")
+	}
+	cfg.SubscribeGrace = r.duration("SUBSCRIBE_GRACE", 5*time.Second)
 
 	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
 		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")

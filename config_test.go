@@ -56,6 +56,8 @@ func TestConfigDefaultsMatchTheSeed(t *testing.T) {
 		{"history ttl", cfg.Retention.TTL, time.Hour},
 		{"replay concurrency", cfg.ReplayConcurrency, 32},
 		{"replay page", cfg.ReplayPage, 200},
+		{"subscribe mode", cfg.SubscribeMode, "pattern"},
+		{"subscribe grace", cfg.SubscribeGrace, 5 * time.Second},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -148,6 +150,8 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"HISTORY_REPLAY_CONCURRENCY": "0"}, "HISTORY_REPLAY_CONCURRENCY"},
 		{map[string]string{"HISTORY_REPLAY_PAGE": "lots"}, "HISTORY_REPLAY_PAGE"},
 		{map[string]string{"CONSOLE": "maybe"}, `CONSOLE="maybe"`},
+		{map[string]string{"SUBSCRIBE_MODE": "channel"}, `SUBSCRIBE_MODE="channel"`},
+		{map[string]string{"SUBSCRIBE_GRACE": "0"}, `SUBSCRIBE_GRACE="0"`},
 	}
 	for _, tc := range cases {
 		_, err := loadConfig(envOf(tc.env))
