@@ -196,6 +196,36 @@ type statsSnapshot struct {
 	Redis          redisState         `json:"redis"`
 	SendQueues     sendQueueState     `json:"send_queues"`
 	History        historyState       `json:"history"`
+	Subscription   subscriptionState  `json:"subscription"`
+}
+
+// subscriptionState is what this instance reads from Redis, in
+// /admin/stats.
+type subscriptionState struct {
+	// Mode is SUBSCRIBE_MODE: pattern or user.
+	Mode string `json:"mode"`
+	// Channels, in user mode, is the number of user channels Redis holds
+	// for this instance.
+	Channels int `json:"channels"`
+	// RecorderLease, in user mode with history on, is true while this
+	// instance holds the recorder lease; RecorderReceived counts the
+	// events its recording subscription read (every user's, while it
+	// held the lease).
+	RecorderLease    bool   `json:"recorder_lease"`
+	RecorderReceived uint64 `json:"recorder_received"`
+}
+
+// subscription returns the subscription's state for /admin/stats.
+func (d *daemon) subscription() subscriptionState {
+	st := subscriptionState{Mode: d.cfg.SubscribeMode}
+	if d.sub.users != nil {
+		st.Channels = d.sub.users.count()
+	}
+	if d.lease != nil {
+		st.RecorderLease = d.lease.held.Load()
+		st.RecorderReceived = d.leaseStats.MessagesReceived.Load()
+	}
+	return st
 }
 
 // redisState is the subscription's health in /admin/stats.
@@ -288,6 +318,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 			TTLSeconds: d.cfg.Retention.TTL.Seconds(),
 			Catchups:   d.hub.catchups(),
 		},
+		Subscription: d.subscription(),
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

@@ -59,11 +59,21 @@ type Hub struct {
 	replayer    *replayer
 	replays     context.Context
 	stopReplays context.CancelFunc
+	// watch, in SUBSCRIBE_MODE=user, is told when a user arrives (their
+	// first connection is reserved) and leaves (their last one ends),
+	// under the user's shard lock; nil in pattern mode.
+	watch userWatcher
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
 	// the socket in closeSocket), and broadcast's fan-out goroutines; the
 	// hub owns them and shutdown waits for them.
 	wg sync.WaitGroup
+}
+
+// userWatcher follows which users have connections on this instance.
+type userWatcher interface {
+	want(username string)
+	unwant(username string)
 }
 
 // message is one published event on its way to the sockets: its bytes,
@@ -173,6 +183,9 @@ func (h *Hub) reserve(username string) error {
 		h.slots.Add(-1)
 		return errInstanceLimit
 	}
+	if h.watch != nil && len(s.users[username])+s.reserved[username] == 0 {
+		h.watch.want(username)
+	}
 	s.reserved[username]++
 	return nil
 }
@@ -182,8 +195,17 @@ func (h *Hub) release(username string) {
 	s := h.shard(username)
 	s.mu.Lock()
 	h.unreserve(s, username)
+	h.leftIfGone(s, username)
 	s.mu.Unlock()
 	h.slots.Add(-1)
+}
+
+// leftIfGone tells the watcher that username left when they have no
+// connection or reservation any more; s.mu must be held.
+func (h *Hub) leftIfGone(s *hubShard, username string) {
+	if h.watch != nil && len(s.users[username]) == 0 && s.reserved[username] == 0 {
+		h.watch.unwant(username)
+	}
 }
 
 // unreserve drops one reservation of username; s.mu must be held.
@@ -239,6 +261,7 @@ func (h *Hub) add(c *Client) error {
 	// Checked under the shard lock: shutdown sets closing before it walks
 	// the shards, so it either sees c or register sees closing.
 	if h.closing.Load() {
+		h.leftIfGone(s, c.username)
 		s.mu.Unlock()
 		h.slots.Add(-1)
 		return errHubClosed
@@ -275,6 +298,7 @@ func (h *Hub) unregister(c *Client) int {
 	if len(conns) == 0 {
 		delete(s.users, c.username)
 		h.users.Add(-1)
+		h.leftIfGone(s, c.username)
 	}
 	return len(conns)
 }

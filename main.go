@@ -88,6 +88,11 @@ type daemon struct {
 	topAt time.Time
 	// stopAuth ends the JWKS refresh; run calls it on the way out.
 	stopAuth context.CancelFunc
+	// lease, in SUBSCRIBE_MODE=user with HISTORY on, makes one instance
+	// record every user's events (nil otherwise); leaseStats are the
+	// counters of its recording subscription.
+	lease      *recorderLease
+	leaseStats *Stats
 }
 
 // newDaemon builds the daemon for cfg. Its background work (the JWKS
@@ -134,14 +139,31 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		// never wait for one behind a reconnect storm's history reads.
 		recOpts := opts
 		recOpts.PoolSize = 2
+		if cfg.SubscribeMode == subscribeUser {
+			// And the recorder lease's recording subscription.
+			recOpts.PoolSize = 4
+		}
 		d.recordRdb = redis.NewClient(&recOpts)
 		d.sub.recorder = newRecorder(d.recordRdb, cfg.Retention, d.sub.broadcast, stats, logger)
+	}
+	if cfg.SubscribeMode == subscribeUser {
+		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout)
+		d.sub.users = users
+		hub.watch = users
+		if cfg.History {
+			d.leaseStats = &Stats{}
+			recLogger := logger.With("role", "recorder")
+			rec := newSubscriber(rdb, nil, cfg, recLogger, d.leaseStats)
+			rec.recorder = newRecorder(d.recordRdb, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
+			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
+		}
 	}
 	host, _ := os.Hostname()
 	d.instance = host + "/" + d.sub.instanceID
 	d.metrics = newMetrics(d)
 	hub.deliveryLatency = d.metrics.deliveryLatency
 	d.server = newServer(hub, cfg, logger, stats, auth, func() (bool, string) { return d.ready(context.Background()) })
+	d.server.users = d.sub.users
 	return d, nil
 }
 
@@ -194,13 +216,21 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	redisLogOnce.Do(func() {
 		redis.SetLogger(redisLogger{logger: d.logger, limiter: newLogLimiter(1, 5)})
 	})
-	d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
-		"redis", d.cfg.Redis.Addr, "pattern", channelPattern)
+	if d.cfg.SubscribeMode == subscribeUser {
+		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
+			"redis", d.cfg.Redis.Addr, "subscribe_mode", subscribeUser, "channels", channelPrefix+"{username}")
+	} else {
+		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
+			"redis", d.cfg.Redis.Addr, "pattern", channelPattern)
+	}
 	d.logAuthMode()
 
 	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { d.sub.run(subCtx) })
+	if d.lease != nil {
+		wg.Go(func() { d.lease.run(subCtx) })
+	}
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
 

@@ -62,10 +62,14 @@ var (
 		"1 while the subscription is confirmed and self-probes come back, else 0.", nil, nil)
 	catchupsDesc = prometheus.NewDesc("fanout_history_catchups",
 		"Connections catching up on their history (resuming or late-joining) before their live events.", nil, nil)
+	channelsDesc = prometheus.NewDesc("fanout_redis_channels",
+		"SUBSCRIBE_MODE=user: the user channels Redis holds for this instance (0 in pattern mode).", nil, nil)
+	leaseDesc = prometheus.NewDesc("fanout_recorder_lease",
+		"SUBSCRIBE_MODE=user with history: 1 while this instance holds the recorder lease and records every user's events, else 0.", nil, nil)
 )
 
 // gaugeDescs are the gauges, as Describe lists them.
-var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc, catchupsDesc}
+var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc, catchupsDesc, channelsDesc, leaseDesc}
 
 // counterDescs describes each counter metric of counterTable, and the
 // refusals by reason.
@@ -111,6 +115,9 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(redisUpDesc, boolValue(d.sub.confirmed.Load()))
 	ready, _ := d.sub.ready()
 	gauge(redisReadyDesc, boolValue(ready))
+	sub := d.subscription()
+	gauge(channelsDesc, float64(sub.Channels))
+	gauge(leaseDesc, boolValue(sub.RecorderLease))
 	for _, row := range counterTable {
 		if row.metric != nil {
 			counter(row.metric, row.field(s).Load(), row.labels()...)

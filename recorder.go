@@ -23,7 +23,8 @@ const (
 
 // inbound is one valid event from the subscription, on its way to the
 // recorder; reset says the subscription was renewed, so messages may have
-// been missed, and since is when it was asked for, by Redis's clock.
+// been missed, and since is when it was asked for, by Redis's clock; a
+// reset with a username is about that user's channel alone (user mode).
 type inbound struct {
 	username string
 	payload  string
@@ -112,12 +113,18 @@ func (r *recorder) run(ctx context.Context) {
 func (r *recorder) process(ctx context.Context, batch []inbound) {
 	start := 0
 	for i, in := range batch {
-		if in.reset {
-			r.record(ctx, batch[start:i])
-			clear(r.cursors)
-			r.horizon = history.Horizon(in.since)
-			start = i + 1
+		if !in.reset {
+			continue
 		}
+		r.record(ctx, batch[start:i])
+		start = i + 1
+		if in.username != "" {
+			// One user's channel was subscribed again (user mode).
+			r.cursors[in.username] = &userCursor{cur: history.Horizon(in.since), used: time.Now()}
+			continue
+		}
+		clear(r.cursors)
+		r.horizon = history.Horizon(in.since)
 	}
 	r.record(ctx, batch[start:])
 	if now := time.Now(); now.Sub(r.lastSweep) > time.Minute {

@@ -40,6 +40,9 @@ type Server struct {
 	rejectLog *logLimiter
 	// untrustedForwardWarned is set once the TRUSTED_PROXIES warning is out.
 	untrustedForwardWarned atomic.Bool
+	// users, in SUBSCRIBE_MODE=user, are the subscribed channels a new
+	// connection waits for; nil in pattern mode.
+	users *userChannels
 }
 
 func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Authenticator, ready func() (bool, string)) *Server {
@@ -145,6 +148,16 @@ func (s *Server) admitRequest(w http.ResponseWriter, r *http.Request, credential
 	if refused != nil {
 		s.refuse(w, remote, refused)
 		return identity{}, req, remote, false
+	}
+	if s.users != nil {
+		// User mode: the connection starts once Redis has confirmed its
+		// user's channel, so no event falls between the two.
+		if err := s.users.wait(r.Context(), id.username); err != nil {
+			s.hub.release(id.username)
+			s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectNotSubscribed,
+				message: err.Error() + "; retry", retryAfter: 1})
+			return identity{}, req, remote, false
+		}
 	}
 	return id, req, remote, true
 }

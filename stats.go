@@ -62,6 +62,7 @@ const (
 	rejectInstanceLimit
 	rejectShuttingDown
 	rejectUpgradeFailed
+	rejectNotSubscribed
 	rejectReasonCount
 )
 
@@ -78,6 +79,7 @@ var rejectReasonNames = [rejectReasonCount]string{
 	rejectInstanceLimit: "instance_limit",
 	rejectShuttingDown:  "shutting_down",
 	rejectUpgradeFailed: "upgrade_failed",
+	rejectNotSubscribed: "not_subscribed",
 }
 
 func (r rejectReason) String() string { return rejectReasonNames[r] }

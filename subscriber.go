@@ -70,6 +70,9 @@ type Subscriber struct {
 	// recorder, with HISTORY on, gives each event its id before it is
 	// broadcast; nil with HISTORY=off.
 	recorder *recorder
+	// users, in SUBSCRIBE_MODE=user, are the channels this instance
+	// subscribes to instead of the pattern; nil in pattern mode.
+	users *userChannels
 }
 
 func newSubscriber(rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
@@ -143,17 +146,25 @@ func (s *Subscriber) run(ctx context.Context) {
 func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 	// Where this instance's place in every user's history begins: Redis's
 	// clock before the subscription (history.RecordSource).
-	var since time.Time
-	if s.recorder != nil {
-		tctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
-		since, err = s.rdb.Time(tctx).Result()
-		cancel()
-		if err != nil {
-			return false, fmt.Errorf("read the Redis clock: %w", err)
-		}
+	since, err := s.clock(ctx)
+	if err != nil {
+		return false, err
 	}
-	pubsub := s.rdb.PSubscribe(ctx, channelPattern)
+	var pubsub *redis.PubSub
+	if s.users != nil {
+		// User mode: the probe channel first; the users' channels once
+		// Redis confirmed it, in batches (userChannels.flush).
+		pubsub = s.rdb.Subscribe(ctx, s.probeChannel)
+	} else {
+		pubsub = s.rdb.PSubscribe(ctx, channelPattern)
+	}
 	defer pubsub.Close()
+	// The flusher of user mode ends with the session.
+	flushCtx, stopFlush := context.WithCancel(ctx)
+	var flusher sync.WaitGroup
+	defer flusher.Wait()
+	defer stopFlush()
+	flushErr := make(chan error, 1)
 	// Closing the connection ends a blocked read at once on shutdown.
 	stopClose := context.AfterFunc(ctx, func() { _ = pubsub.Close() })
 	defer stopClose()
@@ -168,6 +179,8 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 		select {
 		case <-s.resubscribe:
 			return confirmed, errProbeOverdue
+		case err := <-flushErr:
+			return confirmed, err
 		default:
 		}
 		msg, err := pubsub.ReceiveTimeout(ctx, receivePoll)
@@ -183,7 +196,13 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 		s.lastReceived.Store(time.Now().UnixNano())
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "psubscribe" && m.Channel == channelPattern {
+			if s.users != nil && m.Channel != s.probeChannel {
+				if !s.userConfirmation(ctx, m) {
+					return confirmed, ctx.Err()
+				}
+				continue
+			}
+			if (m.Kind == "psubscribe" && m.Channel == channelPattern) || (m.Kind == "subscribe" && m.Channel == s.probeChannel) {
 				confirmed = true
 				s.probePending.Store(0)
 				s.confirmed.Store(true)
@@ -195,13 +214,59 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 						return confirmed, ctx.Err()
 					}
 				}
-				s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "pattern", channelPattern)
+				if s.users != nil {
+					s.users.begin()
+					flusher.Go(func() {
+						if err := s.users.flush(flushCtx, pubsub, s.clock); err != nil && flushCtx.Err() == nil {
+							flushErr <- err
+						}
+					})
+					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "mode", subscribeUser, "probe_channel", s.probeChannel)
+				} else {
+					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "pattern", channelPattern)
+				}
 			}
 		case *redis.Message:
 			s.handle(ctx, m.Channel, m.Payload)
 		}
 	}
 	return confirmed, ctx.Err()
+}
+
+// userConfirmation takes Redis's answer to a SUBSCRIBE or UNSUBSCRIBE of
+// a user's channel in user mode. A new subscription may have missed
+// events: the recorder starts the user's place in history again from
+// Redis's clock before it was asked for. It reports false when ctx ended.
+func (s *Subscriber) userConfirmation(ctx context.Context, m *redis.Subscription) bool {
+	username := userOf(m.Channel)
+	if username == "" {
+		return true
+	}
+	switch m.Kind {
+	case "subscribe":
+		since, ok := s.users.confirmed(username)
+		if ok && s.recorder != nil {
+			return s.recorder.add(ctx, inbound{reset: true, username: username, since: since})
+		}
+	case "unsubscribe":
+		s.users.unsubscribed(username)
+	}
+	return true
+}
+
+// clock returns Redis's time, for the recorder's horizon; without a
+// recorder it is not needed and not read.
+func (s *Subscriber) clock(ctx context.Context) (time.Time, error) {
+	if s.recorder == nil {
+		return time.Time{}, nil
+	}
+	tctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+	defer cancel()
+	t, err := s.rdb.Time(tctx).Result()
+	if err != nil {
+		return t, fmt.Errorf("read the Redis clock: %w", err)
+	}
+	return t, nil
 }
 
 // handle validates one published payload and broadcasts it to its user,

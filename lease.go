@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// leaseKey names the instance that records plain PUBLISH events in
+	// user mode (recorderLease).
+	leaseKey = "fanout:recorder:lease"
+	// leaseTTL is how long the lease outlives its holder; leaseRenew is
+	// how often the holder renews it and the others try to take it.
+	leaseTTL   = 5 * time.Second
+	leaseRenew = time.Second
+	// handoverMax bounds how long a stopping holder keeps recording while
+	// another instance takes the lease over; handoverOverlap is how long
+	// it goes on after it sees the new holder, for the new holder's
+	// PSUBSCRIBE to be confirmed.
+	handoverMax     = 3 * time.Second
+	handoverOverlap = 500 * time.Millisecond
+)
+
+// leaseScript takes the lease when nobody holds it, renews it when this
+// instance does, and returns 1 when this instance holds it.
+var leaseScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0`)
+
+// releaseScript gives the lease up if this instance holds it.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
+// recorderLease keeps history whole in SUBSCRIBE_MODE=user. There, an
+// instance reads only its connected users' channels, so an event for a
+// user connected nowhere would reach no instance and never be recorded.
+// One instance at a time holds a lease in Redis and, while it does, runs
+// a pattern subscription whose only job is recording (rec: a Subscriber
+// whose recorder broadcasts nothing). Recording is idempotent across
+// instances (history.RecordSource), so the holder and the instances that
+// deliver the same events agree on every id. When the holder stops, it
+// gives the lease up and records on until another instance has taken it;
+// when it dies, the lease expires after leaseTTL and another takes it at
+// its next try.
+type recorderLease struct {
+	rdb    *redis.Client
+	owner  string
+	rec    *Subscriber
+	logger *slog.Logger
+	held   atomic.Bool
+}
+
+// run tries for the lease every leaseRenew until ctx ends, and runs the
+// recording subscription while it holds it. It owns that subscription.
+func (l *recorderLease) run(ctx context.Context) {
+	var recording *leaseRecording
+	stop := func() {
+		if recording != nil {
+			recording.stop()
+			recording = nil
+		}
+		l.held.Store(false)
+	}
+	defer stop()
+	var renewed time.Time
+	tick := time.NewTicker(leaseRenew)
+	defer tick.Stop()
+	for {
+		held, err := l.try(ctx)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			// Redis is unreachable: the lease may still be this
+			// instance's until it would have expired.
+			held = recording != nil && time.Since(renewed) < leaseTTL-leaseRenew
+		case held:
+			renewed = time.Now()
+		}
+		switch {
+		case held && recording == nil:
+			recording = startLeaseRecording(l.rec)
+			l.held.Store(true)
+			l.logger.Info("Holding the recorder lease: recording every user's events in history", "key", leaseKey)
+		case !held && recording != nil:
+			stop()
+			l.logger.Info("Recorder lease lost: another instance records", "key", leaseKey)
+		}
+		select {
+		case <-ctx.Done():
+			if recording != nil {
+				l.handOver()
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// leaseRecording is the recording subscription of a lease holder.
+type leaseRecording struct {
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+func startLeaseRecording(rec *Subscriber) *leaseRecording {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &leaseRecording{cancel: cancel}
+	r.done.Go(func() { rec.run(ctx) })
+	return r
+}
+
+func (r *leaseRecording) stop() {
+	r.cancel()
+	r.done.Wait()
+}
+
+// try takes or renews the lease.
+func (l *recorderLease) try(ctx context.Context) (bool, error) {
+	tctx, cancel := context.WithTimeout(ctx, leaseRenew)
+	defer cancel()
+	n, err := leaseScript.Run(tctx, l.rdb, []string{leaseKey}, l.owner, leaseTTL.Milliseconds()).Int()
+	return n == 1, err
+}
+
+// handOver gives the lease up and waits, recording on, until another
+// instance holds it (and a little more, for its subscription), at most
+// handoverMax.
+func (l *recorderLease) handOver() {
+	ctx, cancel := context.WithTimeout(context.Background(), handoverMax)
+	defer cancel()
+	if err := releaseScript.Run(ctx, l.rdb, []string{leaseKey}, l.owner).Err(); err != nil {
+		l.logger.Warn("Could not give the recorder lease up; another instance takes it when it expires", "err", err, "expires_in", leaseTTL)
+		return
+	}
+	for ctx.Err() == nil {
+		v, err := l.rdb.Get(ctx, leaseKey).Result()
+		if err == nil && v != l.owner {
+			l.logger.Info("Recorder lease handed over")
+			sleepCtx(ctx, handoverOverlap)
+			return
+		}
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return
+		}
+		sleepCtx(ctx, 50*time.Millisecond)
+	}
+	l.logger.Info("No other instance took the recorder lease; the next one to start takes it")
+}

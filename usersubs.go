@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// subscribeBatchMax is the most channels one SUBSCRIBE or UNSUBSCRIBE
+	// names.
+	subscribeBatchMax = 1000
+	// subscribeBatchWait lets the connections arriving together (a
+	// reconnect storm) share one SUBSCRIBE.
+	subscribeBatchWait = 2 * time.Millisecond
+)
+
+// errNotSubscribed refuses a connection whose user's channel Redis did
+// not confirm in time.
+var errNotSubscribed = errors.New("the Redis subscription for this user was not confirmed in time")
+
+// userChannels is SUBSCRIBE_MODE=user's set of subscribed channels: the
+// channel of every user with a connection (or one being admitted) on this
+// instance. The hub says when a user arrives and leaves (want, unwant,
+// under its shard lock, so never twice in a row for one user); a flusher
+// goroutine, owned by the subscription session, sends the SUBSCRIBE and
+// UNSUBSCRIBE commands in batches; the session's read loop reports Redis's
+// confirmations (confirmed, unsubscribed). A channel is kept for grace
+// after its user's last connection leaves, so that a page reload does not
+// unsubscribe and subscribe again.
+type userChannels struct {
+	grace   time.Duration
+	timeout time.Duration
+
+	mu   sync.Mutex
+	subs map[string]*userChannel
+	// live is set while a session's flusher runs; down is closed when it
+	// stops, so that connections waiting for a confirmation proceed.
+	live bool
+	down chan struct{}
+	// subscribed counts the channels Redis confirmed and holds now.
+	subscribed int
+	// kick wakes the flusher (capacity 1).
+	kick chan struct{}
+}
+
+// userChannel is one user's channel in the current session.
+type userChannel struct {
+	// wanted is true while the user has connections here; released is
+	// when the last one left.
+	wanted   bool
+	released time.Time
+	// on is true when the last command sent for the channel in this
+	// session was SUBSCRIBE; queued when the flusher is to send one.
+	on, queued bool
+	// pending counts the commands sent and not yet confirmed; sinces are
+	// Redis's clock before each SUBSCRIBE not yet confirmed, oldest first.
+	pending int
+	sinces  []time.Time
+	// live is true while Redis holds the subscription, and ready is
+	// closed then.
+	live  bool
+	ready chan struct{}
+}
+
+func newUserChannels(grace, timeout time.Duration) *userChannels {
+	down := make(chan struct{})
+	close(down)
+	return &userChannels{
+		grace:   grace,
+		timeout: timeout,
+		subs:    make(map[string]*userChannel),
+		down:    down,
+		kick:    make(chan struct{}, 1),
+	}
+}
+
+// want marks username's channel as needed: it is subscribed unless it is
+// already, or kept if it was waiting out its grace period.
+func (u *userChannels) want(username string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ch := u.subs[username]
+	if ch == nil {
+		ch = &userChannel{ready: make(chan struct{})}
+		u.subs[username] = ch
+	}
+	ch.wanted = true
+	if !ch.on && !ch.queued {
+		ch.queued = true
+		u.wake()
+	}
+}
+
+// unwant marks username's channel as no longer needed: it is unsubscribed
+// once grace has passed, unless wanted again before.
+func (u *userChannels) unwant(username string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if ch := u.subs[username]; ch != nil {
+		ch.wanted = false
+		ch.released = time.Now()
+	}
+}
+
+func (u *userChannels) wake() {
+	select {
+	case u.kick <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once Redis has confirmed username's subscription, or at
+// once while no session runs (Redis is down: nothing is published that a
+// subscription would miss, and the next session subscribes every wanted
+// channel). It fails after the timeout.
+func (u *userChannels) wait(ctx context.Context, username string) error {
+	u.mu.Lock()
+	ch := u.subs[username]
+	if ch == nil || !u.live || ch.live {
+		u.mu.Unlock()
+		return nil
+	}
+	ready, down := ch.ready, u.down
+	u.mu.Unlock()
+	t := time.NewTimer(u.timeout)
+	defer t.Stop()
+	select {
+	case <-ready:
+		return nil
+	case <-down:
+		return nil
+	case <-t.C:
+		return errNotSubscribed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// count returns how many user channels Redis holds for this instance.
+func (u *userChannels) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.subscribed
+}
+
+// begin starts a session, once Redis confirmed it: from here connections
+// wait for their channel's confirmation, and every wanted channel is to be
+// subscribed. flush runs next.
+func (u *userChannels) begin() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.live = true
+	u.down = make(chan struct{})
+	for _, ch := range u.subs {
+		ch.queued = ch.wanted
+	}
+}
+
+// flush runs a session's batches until ctx ends or a command fails:
+// SUBSCRIBE for every wanted channel first, then whatever changes; it
+// ends the session (stop) on its way out. clock
+// reads Redis's time, taken before each SUBSCRIBE for the history
+// recorder's horizon.
+func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock func(context.Context) (time.Time, error)) error {
+	defer u.stop()
+
+	tick := time.NewTicker(min(max(u.grace/4, 10*time.Millisecond), time.Second))
+	defer tick.Stop()
+	u.wake()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-u.kick:
+			if !sleepCtx(ctx, subscribeBatchWait) {
+				return ctx.Err()
+			}
+		case <-tick.C:
+		}
+		subs, unsubs := u.due(time.Now())
+		for len(subs) > 0 {
+			n := min(len(subs), subscribeBatchMax)
+			if err := u.subscribe(ctx, pubsub, clock, subs[:n]); err != nil {
+				return err
+			}
+			subs = subs[n:]
+		}
+		for len(unsubs) > 0 {
+			n := min(len(unsubs), subscribeBatchMax)
+			if err := pubsub.Unsubscribe(ctx, unsubs[:n]...); err != nil {
+				return fmt.Errorf("unsubscribe %d channels: %w", n, err)
+			}
+			unsubs = unsubs[n:]
+		}
+	}
+}
+
+// due returns the channels to subscribe and to unsubscribe now, and marks
+// them sent.
+func (u *userChannels) due(now time.Time) (subs, unsubs []string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for name, ch := range u.subs {
+		switch {
+		case ch.queued:
+			ch.queued = false
+			if ch.wanted && !ch.on {
+				ch.on = true
+				ch.pending++
+				subs = append(subs, name)
+			}
+		case ch.on && !ch.wanted && now.Sub(ch.released) >= u.grace:
+			ch.on = false
+			ch.pending++
+			u.setLive(ch, false)
+			unsubs = append(unsubs, channelPrefix+name)
+		case !ch.on && !ch.wanted && ch.pending == 0:
+			delete(u.subs, name)
+		}
+	}
+	return subs, unsubs
+}
+
+// subscribe sends one SUBSCRIBE for names, after reading Redis's clock.
+func (u *userChannels) subscribe(ctx context.Context, pubsub *redis.PubSub, clock func(context.Context) (time.Time, error), names []string) error {
+	since, err := clock(ctx)
+	if err != nil {
+		return err
+	}
+	channels := make([]string, len(names))
+	u.mu.Lock()
+	for i, name := range names {
+		channels[i] = channelPrefix + name
+		if ch := u.subs[name]; ch != nil {
+			ch.sinces = append(ch.sinces, since)
+		}
+	}
+	u.mu.Unlock()
+	if err := pubsub.Subscribe(ctx, channels...); err != nil {
+		return fmt.Errorf("subscribe %d channels: %w", len(channels), err)
+	}
+	return nil
+}
+
+// confirmed takes Redis's confirmation of a SUBSCRIBE for username and
+// returns Redis's clock before that SUBSCRIBE: the recorder's horizon for
+// the user, whose earlier place in history is lost. ok is false for a
+// channel this session did not subscribe.
+func (u *userChannels) confirmed(username string) (since time.Time, ok bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ch := u.subs[username]
+	if ch == nil || len(ch.sinces) == 0 {
+		return time.Time{}, false
+	}
+	since, ch.sinces = ch.sinces[0], ch.sinces[1:]
+	u.settled(ch)
+	return since, true
+}
+
+// unsubscribed takes Redis's confirmation of an UNSUBSCRIBE.
+func (u *userChannels) unsubscribed(username string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if ch := u.subs[username]; ch != nil && ch.pending > 0 {
+		u.settled(ch)
+	}
+}
+
+// settled counts one confirmation for ch; once every command sent is
+// confirmed, the last one says whether Redis holds the subscription.
+func (u *userChannels) settled(ch *userChannel) {
+	ch.pending--
+	if ch.pending == 0 {
+		u.setLive(ch, ch.on)
+	}
+}
+
+func (u *userChannels) setLive(ch *userChannel, live bool) {
+	switch {
+	case live && !ch.live:
+		u.subscribed++
+		close(ch.ready)
+	case !live && ch.live:
+		u.subscribed--
+		ch.ready = make(chan struct{})
+	}
+	ch.live = live
+}
+
+// stop ends a session: Redis holds none of its subscriptions any more,
+// and the next session subscribes every wanted channel again.
+func (u *userChannels) stop() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.live = false
+	close(u.down)
+	for name, ch := range u.subs {
+		if !ch.wanted {
+			delete(u.subs, name)
+			continue
+		}
+		u.setLive(ch, false)
+		ch.on, ch.queued, ch.pending, ch.sinces = false, false, 0, nil
+	}
+}
+
+// userOf returns the username of a user channel, or "" for another one.
+func userOf(channel string) string {
+	if !strings.HasPrefix(channel, channelPrefix) || strings.HasPrefix(channel, probePrefix) {
+		return ""
+	}
+	return strings.TrimPrefix(channel, channelPrefix)
+}
