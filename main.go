@@ -112,6 +112,11 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	// The recorder's and the catch-ups' deadlines hold even on a
 	// connection that went silent.
 	opts.ContextTimeoutEnabled = true
+	id := newInstanceID()
+	if opts.ClientName == "" {
+		// CLIENT LIST tells the instances' connections apart.
+		opts.ClientName = "fanout-" + id
+	}
 	rdb := redis.NewClient(&opts)
 	hub := newHub(clientSettings{
 		sendQueueSize:  cfg.SendQueueSize,
@@ -127,7 +132,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		stats:    stats,
 		rdb:      rdb,
 		hub:      hub,
-		sub:      newSubscriber(rdb, hub, cfg, logger, stats),
+		sub:      newSubscriber(id, rdb, hub, cfg, logger, stats),
 		auth:     auth,
 		sampler:  newStatsSampler(stats),
 		started:  time.Now(),
@@ -153,7 +158,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		if cfg.History {
 			d.leaseStats = &Stats{}
 			recLogger := logger.With("role", "recorder")
-			rec := newSubscriber(rdb, nil, cfg, recLogger, d.leaseStats)
+			rec := newSubscriber(newInstanceID(), rdb, nil, cfg, recLogger, d.leaseStats)
 			rec.recorder = newRecorder(d.recordRdb, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
 			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
 		}

@@ -75,8 +75,7 @@ type Subscriber struct {
 	users *userChannels
 }
 
-func newSubscriber(rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
-	id := newInstanceID()
+func newSubscriber(id string, rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
 	s := &Subscriber{
 		instanceID:   id,
 		rdb:          rdb,
@@ -205,8 +204,6 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 			if (m.Kind == "psubscribe" && m.Channel == channelPattern) || (m.Kind == "subscribe" && m.Channel == s.probeChannel) {
 				confirmed = true
 				s.probePending.Store(0)
-				s.confirmed.Store(true)
-				s.notReady.Store(nil)
 				if s.recorder != nil {
 					// Messages may have been missed since the last
 					// session: every user's place in history is lost.
@@ -215,12 +212,18 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 					}
 				}
 				if s.users != nil {
+					// Before the daemon reads ready: from here a new
+					// connection waits for its user's channel.
 					s.users.begin()
 					flusher.Go(func() {
 						if err := s.users.flush(flushCtx, pubsub, s.clock); err != nil && flushCtx.Err() == nil {
 							flushErr <- err
 						}
 					})
+				}
+				s.confirmed.Store(true)
+				s.notReady.Store(nil)
+				if s.users != nil {
 					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "mode", subscribeUser, "probe_channel", s.probeChannel)
 				} else {
 					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "pattern", channelPattern)

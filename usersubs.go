@@ -47,6 +47,10 @@ type userChannels struct {
 	subscribed int
 	// kick wakes the flusher (capacity 1).
 	kick chan struct{}
+	// commands and channels count the SUBSCRIBE commands sent and the
+	// channels they named: how well connections arriving together share
+	// one command.
+	commands, channels uint64
 }
 
 // userChannel is one user's channel in the current session.
@@ -142,6 +146,14 @@ func (u *userChannels) wait(ctx context.Context, username string) error {
 	}
 }
 
+// batching returns the SUBSCRIBE commands sent and the channels they
+// named.
+func (u *userChannels) batching() (commands, channels uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.commands, u.channels
+}
+
 // count returns how many user channels Redis holds for this instance.
 func (u *userChannels) count() int {
 	u.mu.Lock()
@@ -235,6 +247,8 @@ func (u *userChannels) subscribe(ctx context.Context, pubsub *redis.PubSub, cloc
 	}
 	channels := make([]string, len(names))
 	u.mu.Lock()
+	u.commands++
+	u.channels += uint64(len(names))
 	for i, name := range names {
 		channels[i] = channelPrefix + name
 		if ch := u.subs[name]; ch != nil {
