@@ -1,13 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -139,6 +142,163 @@ func TestBehindTheReadmesNginxEveryInstanceDelivers(t *testing.T) {
 	if got := readText(t, conn, 5*time.Second); got != `{"type":"after failover"}` {
 		t.Fatalf("reconnected client got %q", got)
 	}
+}
+
+// TestBehindDeployNginx600ClientsGetExactlyTheirOwnEventsSpreadOverTheInstances
+// runs deploy/nginx.conf in front of 3 instances: 600 WebSocket clients (200
+// users with 3 connections each) are spread by least_conn over all three,
+// and each receives its own user's events, all of them, in order, once, and
+// nothing else; 60 SSE clients get each event through nginx as it is
+// published. In both subscription modes: events are published only once
+// every connection is registered on a ready instance.
+func TestBehindDeployNginx600ClientsGetExactlyTheirOwnEventsSpreadOverTheInstances(t *testing.T) {
+	for _, mode := range []string{subscribePattern, subscribeUser} {
+		t.Run("SUBSCRIBE_MODE="+mode, func(t *testing.T) {
+			r := startRedis(t)
+			daemons, bases := startInstances(t, r, 3, map[string]string{"LOG_LEVEL": "warn", "SUBSCRIBE_MODE": mode})
+			var backends []string
+			for _, b := range bases {
+				backends = append(backends, strings.TrimPrefix(b, "http://"))
+			}
+			proxy := fmt.Sprintf("127.0.0.1:%d", startNginx(t, backends))
+			connected := func() (n int64) {
+				for _, td := range daemons {
+					n += td.d.hub.connections.Load()
+				}
+				return n
+			}
+
+			const users, connsPerUser, eventsPerUser = 200, 3, 5
+			user := func(i int) string { return fmt.Sprintf("deploy%03d", i%users) }
+			conns := dialThroughNginx(t, proxy, users*connsPerUser, user)
+			eventually(t, 10*time.Second, "600 connections registered", func() bool { return connected() == int64(len(conns)) })
+			var spread []int64
+			for _, td := range daemons {
+				spread = append(spread, td.d.hub.connections.Load())
+			}
+			t.Logf("connections per instance through nginx: %v", spread)
+			for i, td := range daemons {
+				// least_conn: about 200 each.
+				if n := spread[i]; n < 150 {
+					t.Errorf("instance %d holds %d of the %d connections through nginx, want at least 150", i, n, len(conns))
+				}
+				if status := td.readyStatus(); status != http.StatusOK {
+					t.Fatalf("instance %d /ready: %d", i, status)
+				}
+			}
+
+			pipe := r.client().Pipeline()
+			for n := 1; n <= eventsPerUser; n++ {
+				for u := range users {
+					pipe.Publish(t.Context(), channelPrefix+user(u), event(user(u), n))
+				}
+			}
+			if _, err := pipe.Exec(t.Context()); err != nil {
+				t.Fatalf("publish: %v", err)
+			}
+			errs := make([]error, len(conns))
+			var wg sync.WaitGroup
+			for i, conn := range conns {
+				wg.Go(func() { errs[i] = readOwnEvents(conn, user(i), eventsPerUser) })
+			}
+			wg.Wait()
+			if failed := slices.DeleteFunc(errs, func(err error) bool { return err == nil }); len(failed) > 0 {
+				t.Fatalf("%d of %d clients did not get exactly their own %d events; the first: %v", len(failed), len(conns), eventsPerUser, errors.Join(failed[:min(5, len(failed))]...))
+			}
+
+			// Server-Sent Events through the location /events, unbuffered:
+			// each event arrives before the next one is published.
+			const sseUsers, sseConnsPerUser, sseEvents = 20, 3, 3
+			sseUser := func(i int) string { return fmt.Sprintf("deploy-sse%02d", i%sseUsers) }
+			client := newSSEClient(t)
+			streams := make([]histStream, sseUsers*sseConnsPerUser)
+			for i := range streams {
+				stream, err := dialSSE(t.Context(), client, "http://"+proxy, url.Values{"username": {sseUser(i)}}, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(stream.close)
+				streams[i] = stream
+			}
+			eventually(t, 10*time.Second, "SSE connections registered", func() bool {
+				return connected() == int64(len(conns)+len(streams))
+			})
+			for n := 1; n <= sseEvents; n++ {
+				for u := range sseUsers {
+					daemons[0].publish(sseUser(u), event(sseUser(u), n))
+				}
+				sseErrs := make([]error, len(streams))
+				for i, stream := range streams {
+					wg.Go(func() {
+						f, err := stream.nextWithin(5 * time.Second)
+						switch {
+						case err != nil:
+							sseErrs[i] = fmt.Errorf("SSE client %d: event %d: %w", i, n, err)
+						case f.data != event(sseUser(i), n) || !f.hasID:
+							sseErrs[i] = fmt.Errorf("SSE client %d of %s got %+v, want event %d with an id", i, sseUser(i), f, n)
+						}
+					})
+				}
+				wg.Wait()
+				if err := errors.Join(sseErrs...); err != nil {
+					t.Fatalf("round %d of SSE through nginx: %v", n, err)
+				}
+			}
+		})
+	}
+}
+
+// dialThroughNginx opens n WebSockets through the proxy at addr, client i
+// as user(i), 32 handshakes at a time, and closes them at cleanup.
+func dialThroughNginx(t *testing.T, addr string, n int, user func(int) string) []*websocket.Conn {
+	t.Helper()
+	conns := make([]*websocket.Conn, n)
+	errs := make([]error, n)
+	dialer := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	inFlight := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i := range conns {
+		inFlight <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-inFlight }()
+			conn, _, err := dialer.Dial(fmt.Sprintf("ws://%s/ws?username=%s", addr, user(i)), nil)
+			conns[i], errs[i] = conn, err
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, conn := range conns {
+			if conn != nil {
+				_ = conn.Close()
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("dial through nginx: %v", err)
+	}
+	return conns
+}
+
+// readOwnEvents reads events 1 to count of username from conn, in order,
+// and then checks that nothing else comes.
+func readOwnEvents(conn *websocket.Conn, username string, count int) error {
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for n := 1; n <= count; n++ {
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return fmt.Errorf("%s: event %d: %w", username, n, err)
+		}
+		if want := event(username, n); string(data) != want {
+			return fmt.Errorf("%s: got %s, want %s", username, data, want)
+		}
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, data, err := conn.ReadMessage(); err == nil {
+		return fmt.Errorf("%s: got %s after its %d events, want nothing more", username, data, count)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		return fmt.Errorf("%s: after its %d events: %w", username, count, err)
+	}
+	return nil
 }
 
 func TestDefaultLimitsAccept2000ClientsConnectingAtOnceThroughTheReadmesNginx(t *testing.T) {
