@@ -127,3 +127,14 @@ func (v ceilingVerdict) print(out io.Writer, limit time.Duration) error {
 	}
 	return nil
 }
+
+// printIdle writes the idle half of the ceiling: connections per GiB from
+// the idle scenarios (S1, S1-max: RSS per connection after ping rounds).
+func printIdle(out io.Writer, reports []report) {
+	for _, r := range reports {
+		if (r.Scenario == "S1" || r.Scenario == "S1-max") && r.ConnsPerGiB > 0 {
+			fmt.Fprintf(out, "idle: %s holds %.0f connections per GiB (%.0f B of RSS per connection over %d connections, after ping rounds)\n",
+				r.Scenario, r.ConnsPerGiB, r.RSSPerConnBytes, r.Connections)
+		}
+	}
+}

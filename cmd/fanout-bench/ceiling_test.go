@@ -42,6 +42,11 @@ func TestCeilingIsTheFastestStepUnderTheLimit(t *testing.T) {
 	if !strings.Contains(out.String(), "ceiling: 4000 deliveries/s") {
 		t.Errorf("printed:\n%s", out.String())
 	}
+	out.Reset()
+	printIdle(&out, []report{{Scenario: "S1-max", RSSPerConnBytes: 8192, ConnsPerGiB: connsPerGiB(8192), Connections: 19500}, step(1, 0)})
+	if got := out.String(); got != "idle: S1-max holds 131072 connections per GiB (8192 B of RSS per connection over 19500 connections, after ping rounds)\n" {
+		t.Errorf("idle: %q", got)
+	}
 
 	// While every step passes the sweep goes on.
 	v = ceilingOf(reports[:3], limit)

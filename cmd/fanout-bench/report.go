@@ -240,6 +240,7 @@ func printSummary(path string, p99Limit time.Duration) error {
 		if err := v.print(os.Stdout, p99Limit); err != nil {
 			return err
 		}
+		printIdle(os.Stdout, plain)
 	}
 	if len(storms) == 0 {
 		return nil
