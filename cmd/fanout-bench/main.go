@@ -300,9 +300,9 @@ type report struct {
 	// first publish to after the drain: what it sent to every client,
 	// the instances' pub/sub messages, history reads and replies
 	// (PUBLISH's, to the generator) included.
-	RedisEgressBytes       int64   `json:"redis_egress_bytes"`
-	RedisEgressBytesPerSec float64 `json:"redis_egress_bytes_per_sec"`
-	RedisEgressPerEvent    float64 `json:"redis_egress_bytes_per_event"`
+	RedisEgressBytes       int64   `json:"redis_egress_bytes,omitempty"`
+	RedisEgressBytesPerSec float64 `json:"redis_egress_bytes_per_sec,omitempty"`
+	RedisEgressPerEvent    float64 `json:"redis_egress_bytes_per_event,omitempty"`
 	// ConnsPerGiB is 1 GiB over RSSPerConnBytes: idle connections one GiB
 	// of daemon memory holds, at the measured cost per connection.
 	ConnsPerGiB float64 `json:"conns_per_gib,omitempty"`
