@@ -24,7 +24,7 @@
 #       # each, a fresh daemon per step) that stops at the first step whose
 #       # p99 exceeds CEILING_P99 (50ms), or that loses an event, or that the
 #       # generator cannot publish at; at most 10 steps and CEILING_BUDGET
-#       # seconds (240) in all. The summary names the ceiling.
+#       # seconds (180) in all. The summary names the ceiling.
 #
 # It raises the soft open-files limit to the hard one, builds the daemon and
 # the bench into a temporary directory, starts its own redis-server on a free
@@ -210,7 +210,7 @@ CEILING_RATES=${CEILING_RATES:-$(q "2000 4000 6000 8000 12000 16000 24000 32000"
 CEILING_USERS=${CEILING_USERS:-$(q 2000 200)}
 CEILING_SECONDS=${CEILING_SECONDS:-$(q 10 3)}
 CEILING_P99=${CEILING_P99:-50ms}
-CEILING_BUDGET=${CEILING_BUDGET:-$(q 240 60)}
+CEILING_BUDGET=${CEILING_BUDGET:-$(q 180 60)}
 CEILING_MAX_STEPS=10
 
 # instances S: how many daemons scenario S runs.
