@@ -31,8 +31,9 @@
 # loopback port (no persistence), and for each scenario starts the daemon on
 # a free port with LOG_LEVEL=warn (info logs a line per connection),
 # CONNECT_RATE_PER_IP=0 and MAX_CONNECTIONS_PER_USER=0 (one client address
-# opens thousands of connections) and ADMIN_ADDR=off, waits for /ready, runs
-# fanout-bench with -pid set to the daemon, and stops the daemon. Redis is
+# opens thousands of connections) and ADMIN_ADDR=off (the scale scenarios:
+# several daemons, each with an admin listener on a free port), waits for
+# /ready, runs fanout-bench with -pid set to the daemon(s), and stops them. Redis is
 # emptied (FLUSHALL) before each scenario, so each one's history starts
 # empty. Everything it started is stopped on exit. Reports (table +
 # BENCH_JSON line) go to stdout; a summary table of all scenarios is printed
