@@ -8,15 +8,32 @@
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
 #   PERF_DIR=/tmp/p ./bench.sh S3   # also record the daemon with perf
 #                                   # (linux-perf; perf report -i /tmp/p/S3.perf.data)
-#   DAEMON_ENV='GOMAXPROCS=1' ./bench.sh S2   # extra environment for the daemon
+#   DAEMON_ENV='GOMAXPROCS=1' ./bench.sh S2   # extra environment for the daemon(s)
+#
+# Scenarios run only when named (not part of the default run):
+#   ./bench.sh scale-pattern scale-user   # 3 instances on one Redis, one per
+#       # SUBSCRIBE_MODE: users spread over them round-robin (all of a user's
+#       # connections on one instance), SCALE_RATE events/s for SCALE_SECONDS;
+#       # reports what each instance received from Redis, Redis egress/s,
+#       # CPU per delivery over all instances, p50/p99, lost/duplicated.
+#       # SCALE_INSTANCES (3), SCALE_USERS (3000), SCALE_RATE (1500),
+#       # SCALE_SECONDS (20) override the load.
+#   ./bench.sh S1-max ceiling   # the ceiling of one instance: idle
+#       # connections per GiB (S1-max), then a sweep of publish rates
+#       # (CEILING_RATES events/s to CEILING_USERS users x 2, CEILING_SECONDS
+#       # each, a fresh daemon per step) that stops at the first step whose
+#       # p99 exceeds CEILING_P99 (50ms), or that loses an event, or that the
+#       # generator cannot publish at; at most 10 steps and CEILING_BUDGET
+#       # seconds (180) in all. The summary names the ceiling.
 #
 # It raises the soft open-files limit to the hard one, builds the daemon and
 # the bench into a temporary directory, starts its own redis-server on a free
 # loopback port (no persistence), and for each scenario starts the daemon on
 # a free port with LOG_LEVEL=warn (info logs a line per connection),
 # CONNECT_RATE_PER_IP=0 and MAX_CONNECTIONS_PER_USER=0 (one client address
-# opens thousands of connections) and ADMIN_ADDR=off, waits for /ready, runs
-# fanout-bench with -pid set to the daemon, and stops the daemon. Redis is
+# opens thousands of connections) and ADMIN_ADDR=off (the scale scenarios:
+# several daemons, each with an admin listener on a free port), waits for
+# /ready, runs fanout-bench with -pid set to the daemon(s), and stops them. Redis is
 # emptied (FLUSHALL) before each scenario, so each one's history starts
 # empty. Everything it started is stopped on exit. Reports (table +
 # BENCH_JSON line) go to stdout; a summary table of all scenarios is printed
@@ -31,9 +48,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 ALL=(S1 S1-max S2 S2-history-off S3 S3-history-off S4 connect storm)
+# Run only when named: several instances, and the ceiling sweep.
+EXTRA=(scale-pattern scale-user ceiling)
 if (($# == 0)); then set -- "${ALL[@]}"; fi
 for s in "$@"; do
-  case " ${ALL[*]} " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (known: ${ALL[*]})" >&2; exit 2 ;; esac
+  case " ${ALL[*]} ${EXTRA[*]} " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (known: ${ALL[*]} ${EXTRA[*]})" >&2; exit 2 ;; esac
 done
 
 # Installs what is missing, as test.sh does (Debian packages, as root).
@@ -51,9 +70,15 @@ SOURCES=${SOURCES:-8}
 TIMEOUT=${TIMEOUT:-60s}
 
 WORK=$(mktemp -d /tmp/fanout-bench.XXXXXX)
-REDIS_PID="" DAEMON_PID=""
+REDIS_PID=""
+# The running daemons: PIDs, public ports and admin ports (admin "off" for
+# the single-instance scenarios); DAEMON_PID and DAEMON_PORT are the first.
+DAEMON_PIDS=() DAEMON_PORTS=() ADMIN_PORTS=()
+DAEMON_PID="" DAEMON_PORT=""
 cleanup() {
-  [[ -n $DAEMON_PID ]] && kill -TERM "$DAEMON_PID" 2>/dev/null && wait_gone "$DAEMON_PID" 15
+  local pid
+  for pid in "${DAEMON_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${DAEMON_PIDS[@]}"; do wait_gone "$pid" 15; done
   [[ -n $REDIS_PID ]] && kill -TERM "$REDIS_PID" 2>/dev/null && wait_gone "$REDIS_PID" 5
   rm -rf "$WORK"
 }
@@ -69,12 +94,13 @@ wait_gone() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: a loopback TCP port nobody listens on, below the ephemeral
-# range so client sockets never take it.
+# free_port [TAKEN...]: a loopback TCP port nobody listens on and not
+# among TAKEN, below the ephemeral range so client sockets never take it.
 free_port() {
   local p i
   for ((i = 0; i < 100; i++)); do
     p=$((20000 + RANDOM % 12000))
+    case " $* " in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
   echo "bench.sh: no free port" >&2; exit 1
@@ -94,33 +120,61 @@ for ((i = 0; i < 50; i++)); do
 done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "bench.sh: redis did not start" >&2; cat "$WORK/redis.log" >&2; exit 1; }
 
-# start_daemon S: a fresh daemon for scenario S.
-start_daemon() {
-  DAEMON_PORT=$(free_port)
-  PORT=$DAEMON_PORT LISTEN_HOST=127.0.0.1 REDIS_HOST=127.0.0.1 REDIS_PORT=$REDIS_PORT \
-    LOG_LEVEL=warn CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 ADMIN_ADDR=off \
-    env $(scenario_env "$1") ${DAEMON_ENV:-} "$WORK/fanout" >"$WORK/daemon.log" 2>&1 &
-  DAEMON_PID=$!
-  for ((i = 0; i < 150; i++)); do
-    curl -fs "http://127.0.0.1:$DAEMON_PORT/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$DAEMON_PID" 2>/dev/null || break
-    sleep 0.1
+# start_daemons S [N]: N fresh daemons (default 1) for scenario S, on one
+# Redis. With N > 1 each has its own admin listener (ADMIN_ADDR) for the
+# bench to read /admin/stats; a single daemon runs with ADMIN_ADDR=off.
+start_daemons() {
+  local n=${2:-1} i j port admin admin_addr
+  DAEMON_PIDS=() DAEMON_PORTS=() ADMIN_PORTS=()
+  for ((i = 0; i < n; i++)); do
+    port=$(free_port "${DAEMON_PORTS[@]}" "${ADMIN_PORTS[@]}")
+    admin=off admin_addr=off
+    if ((n > 1)); then
+      admin=$(free_port "$port" "${DAEMON_PORTS[@]}" "${ADMIN_PORTS[@]}")
+      admin_addr=127.0.0.1:$admin
+    fi
+    # shellcheck disable=SC2046
+    PORT=$port LISTEN_HOST=127.0.0.1 REDIS_HOST=127.0.0.1 REDIS_PORT=$REDIS_PORT \
+      LOG_LEVEL=warn CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 ADMIN_ADDR=$admin_addr \
+      env $(scenario_env "$1") ${DAEMON_ENV:-} $(scenario_mode "$1") "$WORK/fanout" >"$WORK/daemon-$i.log" 2>&1 &
+    DAEMON_PIDS+=($!) DAEMON_PORTS+=("$port") ADMIN_PORTS+=("$admin")
   done
-  echo "bench.sh: daemon not ready" >&2; tail -20 "$WORK/daemon.log" >&2; exit 1
+  DAEMON_PID=${DAEMON_PIDS[0]} DAEMON_PORT=${DAEMON_PORTS[0]}
+  for ((i = 0; i < n; i++)); do
+    for ((j = 0; j < 150; j++)); do
+      curl -fs "http://127.0.0.1:${DAEMON_PORTS[i]}/ready" >/dev/null 2>&1 && continue 2
+      kill -0 "${DAEMON_PIDS[i]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    echo "bench.sh: daemon $i not ready" >&2; tail -20 "$WORK/daemon-$i.log" >&2; exit 1
+  done
 }
 
-stop_daemon() {
-  kill -TERM "$DAEMON_PID" 2>/dev/null || true
-  wait_gone "$DAEMON_PID" 15
-  wait "$DAEMON_PID" 2>/dev/null || true
-  DAEMON_PID=""
+stop_daemons() {
+  local pid i log
+  for pid in "${DAEMON_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${DAEMON_PIDS[@]}"; do
+    wait_gone "$pid" 15
+    wait "$pid" 2>/dev/null || true
+  done
   # Warnings and errors other than the protected-mode notice.
-  local log
-  log=$(grep -v 'PROTECTED MODE' "$WORK/daemon.log" | tail -5 || true)
-  if [[ -n $log ]]; then
-    echo "  daemon log (warnings and errors, last 5 lines):"
-    echo "$log" | sed 's/^/    /'
-  fi
+  for ((i = 0; i < ${#DAEMON_PIDS[@]}; i++)); do
+    log=$(grep -v 'PROTECTED MODE' "$WORK/daemon-$i.log" | tail -5 || true)
+    if [[ -n $log ]]; then
+      echo "  daemon $i log (warnings and errors, last 5 lines):"
+      echo "$log" | sed 's/^/    /'
+    fi
+  done
+  DAEMON_PIDS=() DAEMON_PORTS=() ADMIN_PORTS=() DAEMON_PID="" DAEMON_PORT=""
+}
+
+# join SEP PREFIX SUFFIX ITEMS...: the items, each as PREFIX item SUFFIX,
+# separated by SEP.
+join() {
+  local sep=$1 pre=$2 suf=$3 out="" x
+  shift 3
+  for x in "$@"; do out+="${out:+$sep}$pre$x$suf"; done
+  echo "$out"
 }
 
 # q FULL QUICK: FULL, or QUICK when QUICK=1.
@@ -140,6 +194,31 @@ scenario_args() {
     # 5 000 resuming clients, one per user (each catch-up its own Redis
     # read); live users u0..u199, one connection each, 500 events/s.
     storm) echo "-storm-clients $(q 5000 500) -storm-missed 50 -users $(q 200 20) -conns-per-user 1 -rate $(q 500 100) -payload 256 -settle 1s -storm-baseline $(q 3s 1s) -storm-after 1s" ;;
+    # SCALE_RATE events/s for SCALE_SECONDS, round-robin over the users,
+    # each user's 2 connections on one instance (fanout-bench -url a,b,c).
+    scale-pattern | scale-user) echo "-users $SCALE_USERS -conns-per-user 2 -events $((SCALE_RATE * SCALE_SECONDS)) -rate $SCALE_RATE -payload 256 -settle 2s -subprotocol fanout.v1" ;;
+  esac
+}
+
+# The load of the scale scenarios.
+SCALE_INSTANCES=${SCALE_INSTANCES:-3}
+SCALE_USERS=${SCALE_USERS:-$(q 3000 300)}
+SCALE_RATE=${SCALE_RATE:-$(q 1500 300)}
+SCALE_SECONDS=${SCALE_SECONDS:-$(q 20 5)}
+# The ceiling sweep: publish rates (events/s) in increasing order, to
+# CEILING_USERS users x 2 connections (2 deliveries per event).
+CEILING_RATES=${CEILING_RATES:-$(q "2000 4000 6000 8000 12000 16000 24000 32000" "500 1000 2000 4000")}
+CEILING_USERS=${CEILING_USERS:-$(q 2000 200)}
+CEILING_SECONDS=${CEILING_SECONDS:-$(q 10 3)}
+CEILING_P99=${CEILING_P99:-50ms}
+CEILING_BUDGET=${CEILING_BUDGET:-$(q 180 60)}
+CEILING_MAX_STEPS=10
+
+# instances S: how many daemons scenario S runs.
+instances() {
+  case $1 in
+    scale-pattern | scale-user) echo "$SCALE_INSTANCES" ;;
+    *) echo 1 ;;
   esac
 }
 
@@ -151,12 +230,67 @@ scenario_env() {
   esac
 }
 
+# scenario_mode S: SUBSCRIBE_MODE for the scale scenarios, applied after
+# DAEMON_ENV so that the scenario's name holds.
+scenario_mode() {
+  case $1 in
+    scale-pattern) echo "SUBSCRIBE_MODE=pattern" ;;
+    scale-user) echo "SUBSCRIBE_MODE=user" ;;
+  esac
+}
+
 # daemon_settings S: what the daemon of scenario S runs with beyond the
 # settings above, for the report.
 daemon_settings() {
   local set
-  set=$(echo $(scenario_env "$1") ${DAEMON_ENV:-})
+  set=$(echo $(scenario_env "$1") ${DAEMON_ENV:-} $(scenario_mode "$1"))
   echo "${set:-defaults}"
+}
+
+# run_bench S ARGS...: fanout-bench for scenario S against the running
+# daemons, its report appended to RESULTS.
+run_bench() {
+  local s=$1 n=${#DAEMON_PIDS[@]} several=()
+  shift
+  if ((n > 1)); then
+    several=(-admin "$(join , http://127.0.0.1: "" "${ADMIN_PORTS[@]}")")
+    echo "$s: $n instances on ports ${DAEMON_PORTS[*]} (admin ${ADMIN_PORTS[*]}); user uN connects to instance N % $n"
+  fi
+  timeout 600 "$WORK/fanout-bench" -scenario "$s" \
+    -url "$(join , ws://127.0.0.1: /ws "${DAEMON_PORTS[@]}")" "${several[@]}" \
+    -redis "127.0.0.1:$REDIS_PORT" -pid "$(join , "" "" "${DAEMON_PIDS[@]}")" -sources "$SOURCES" -timeout "$TIMEOUT" \
+    -note "daemon settings: $(daemon_settings "$s")" "$@" | tee -a "$RESULTS"
+}
+
+# run_ceiling: the sweep of publish rates against one fresh daemon per
+# step, until a step goes over (fanout-bench -ceiling says so), the rates
+# run out, CEILING_MAX_STEPS steps or CEILING_BUDGET seconds.
+run_ceiling() {
+  local ceil=$WORK/ceiling rate step=0 t0=$SECONDS
+  : >"$ceil"
+  for rate in $CEILING_RATES; do
+    if ((step >= CEILING_MAX_STEPS)); then echo "ceiling: stopped after $step steps"; break; fi
+    # A step takes about CEILING_SECONDS plus connecting and draining.
+    if ((SECONDS - t0 + CEILING_SECONDS + 15 > CEILING_BUDGET)); then
+      echo "ceiling: stopped, CEILING_BUDGET (${CEILING_BUDGET}s) reached after $step steps"; break
+    fi
+    step=$((step + 1))
+    echo
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    start_daemons ceiling
+    # A step over the limit may lose events (slow clients are dropped):
+    # that ends the sweep, it does not fail bench.sh.
+    run_bench "ceiling@$rate" -users "$CEILING_USERS" -conns-per-user 2 -rate "$rate" \
+      -events $((rate * CEILING_SECONDS)) -payload 256 -settle 1s -publishers 16 -subprotocol fanout.v1 |
+      tee -a "$ceil" || true
+    stop_daemons
+    if ! "$WORK/fanout-bench" -ceiling "$ceil" -p99-limit "$CEILING_P99" >"$WORK/ceiling.out"; then
+      echo "ceiling: step at $rate events/s went over, sweep stopped"
+      break
+    fi
+  done
+  echo
+  cat "$WORK/ceiling.out" 2>/dev/null || true
 }
 
 RESULTS=$WORK/results
@@ -164,28 +298,30 @@ RESULTS=$WORK/results
 status=0
 for s in "$@"; do
   echo
+  if [[ $s == ceiling ]]; then
+    run_ceiling
+    continue
+  fi
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
-  start_daemon "$s"
+  start_daemons "$s" "$(instances "$s")"
   PERF_PID=""
   if [[ -n ${PERF_DIR:-} ]]; then
-    # Optional: a CPU profile of the whole scenario with perf (linux-perf).
+    # Optional: a CPU profile of the whole scenario with perf (linux-perf),
+    # of the first daemon.
     mkdir -p "$PERF_DIR"
     perf record -q -g -F 499 -p "$DAEMON_PID" -o "$PERF_DIR/$s.perf.data" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
   # shellcheck disable=SC2046
-  if timeout 600 "$WORK/fanout-bench" -scenario "$s" -url "ws://127.0.0.1:$DAEMON_PORT/ws" \
-    -redis "127.0.0.1:$REDIS_PORT" -pid "$DAEMON_PID" -sources "$SOURCES" -timeout "$TIMEOUT" \
-    -note "daemon settings: $(daemon_settings "$s")" \
-    $(scenario_args "$s") | tee -a "$RESULTS"; then :; else
+  if run_bench "$s" $(scenario_args "$s"); then :; else
     echo "bench.sh: scenario $s failed" >&2
     status=1
   fi
   if [[ -n $PERF_PID ]]; then kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true; fi
-  stop_daemon
+  stop_daemons
 done
 
 echo
 echo "== summary$([[ $QUICK == 1 ]] && echo ' (QUICK=1: scaled down ~10x)') =="
-"$WORK/fanout-bench" -summary "$RESULTS"
+"$WORK/fanout-bench" -summary "$RESULTS" -p99-limit "${CEILING_P99:-50ms}"
 exit $status

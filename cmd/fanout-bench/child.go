@@ -25,10 +25,11 @@ import (
 const childEnv = "FANOUT_BENCH_CHILD"
 
 // childConfig is what a child needs: the global connection indices [Lo, Hi)
-// it opens. Connection i watches user UserPrefix + (i % Users) and binds
-// source address 127.0.0.(1 + i % Sources).
+// it opens. Connection i watches user UserPrefix + (i % Users), dials
+// URLs[instanceOf(i % Users, len(URLs))] and binds source address
+// 127.0.0.(1 + i % Sources).
 type childConfig struct {
-	URL         string        `json:"url"`
+	URLs        []string      `json:"urls"`                  // one /ws URL per daemon instance
 	Subprotocol string        `json:"subprotocol,omitempty"` // offered on every dial ("fanout.v1")
 	UserPrefix  string        `json:"user_prefix"`           // "u" (the S scenarios, live users) or "s" (storm users)
 	Users       int           `json:"users"`
@@ -262,7 +263,8 @@ func (s *childState) dialAll(conns []*benchConn, which []int, workers int, query
 				var ws *websocket.Conn
 				err := ctx.Err()
 				if err == nil {
-					ws, _, err = s.dialers[gi%s.cfg.Sources].DialContext(ctx, s.cfg.URL+"?username="+c.user+query(c), nil)
+					u := s.cfg.URLs[instanceOf(gi%s.cfg.Users, len(s.cfg.URLs))]
+					ws, _, err = s.dialers[gi%s.cfg.Sources].DialContext(ctx, u+"?username="+c.user+query(c), nil)
 				}
 				if err != nil {
 					mu.Lock()
@@ -284,6 +286,12 @@ func (s *childState) dialAll(conns []*benchConn, which []int, workers int, query
 	wg.Wait()
 	return failed, errs
 }
+
+// instanceOf is the instance (index into the -url list) that user number
+// user connects to: round-robin by user, so all of a user's connections
+// land on the same instance, as they would behind a proxy that hashes on
+// the user (with least_conn they may spread over several).
+func instanceOf(user, instances int) int { return user % instances }
 
 // disconnectAll closes every open connection (a close frame 1000, then the
 // socket) and waits for the readers to return. It answers "dc" with the

@@ -42,6 +42,7 @@ import (
 
 type options struct {
 	url, redis, pids, scenario  string
+	admin                       string
 	subprotocol, note           string
 	users, connsPerUser, events int
 	inflight, payload, sources  int
@@ -63,7 +64,8 @@ func main() {
 		return
 	}
 	var o options
-	flag.StringVar(&o.url, "url", "ws://127.0.0.1:8084/ws", "daemon WebSocket URL (without query)")
+	flag.StringVar(&o.url, "url", "ws://127.0.0.1:8084/ws", "daemon WebSocket URL (without query); several instances: comma-separated, user uN connects to the (N % count)th")
+	flag.StringVar(&o.admin, "admin", "", "admin base URL(s) of the instances (http://127.0.0.1:9084), comma-separated in -url's order: their /admin/stats counters are read before and after publishing")
 	flag.StringVar(&o.redis, "redis", "127.0.0.1:6379", "Redis address to publish to")
 	flag.IntVar(&o.users, "users", 100, "number of users (u0..uN-1)")
 	flag.IntVar(&o.connsPerUser, "conns-per-user", 1, "connections per user")
@@ -91,11 +93,26 @@ func main() {
 	flag.DurationVar(&o.stormBaseline, "storm-baseline", 3*time.Second, "storm: how long live latency is measured before the storm, for comparison")
 	flag.DurationVar(&o.stormAfter, "storm-after", time.Second, "storm: live events keep coming this long after every storm client is live")
 	summary := flag.String("summary", "", "print a one-row-per-scenario table of the BENCH_JSON lines in this file, and exit")
+	ceiling := flag.String("ceiling", "", "judge the ceiling sweep's steps (scenarios ceiling@…) in the BENCH_JSON lines of this file, print them, and exit: 0 when the last step passed, 3 when it did not (the sweep stops)")
+	p99Limit := flag.Duration("p99-limit", 50*time.Millisecond, "with -ceiling and -summary: the p99 a step of the ceiling sweep must stay under")
 	flag.Parse()
 	if *summary != "" {
-		if err := printSummary(*summary); err != nil {
+		if err := printSummary(*summary, *p99Limit); err != nil {
 			fmt.Fprintln(os.Stderr, "fanout-bench:", err)
 			os.Exit(1)
+		}
+		return
+	}
+	if *ceiling != "" {
+		reports, err := readReports(*ceiling)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fanout-bench:", err)
+			os.Exit(1)
+		}
+		v := ceilingOf(reports, *p99Limit)
+		v.print(os.Stdout, *p99Limit)
+		if v.stop {
+			os.Exit(3)
 		}
 		return
 	}
@@ -168,6 +185,12 @@ func (o *options) check() error {
 		return errors.New("-procs >= 0, -dial-concurrency and -publishers >= 1")
 	case o.timeout <= 0:
 		return errors.New("-timeout must be positive")
+	case len(o.urls()) == 0:
+		return errors.New("-url: no URL")
+	case o.admin != "" && len(o.admins()) != len(o.urls()):
+		return fmt.Errorf("-admin: %d admin URLs for %d -url instances (one each, same order)", len(o.admins()), len(o.urls()))
+	case o.stormClients > 0 && len(o.urls()) > 1:
+		return errors.New("the storm scenario runs against one instance (one -url)")
 	case o.stormClients < 0 || o.stormUsers < 0 || o.stormMissed < 1 || o.stormDialWorkers < 1:
 		return errors.New("-storm-clients and -storm-users must be >= 0, -storm-missed and -storm-dial-concurrency >= 1")
 	}
@@ -267,7 +290,24 @@ type report struct {
 	HistoryKeys         int64        `json:"history_keys"`
 	RedisMemPerEntry    float64      `json:"redis_mem_per_entry_bytes"`
 	Storm               *stormResult `json:"storm,omitempty"`
-	Notes               []string     `json:"notes,omitempty"`
+
+	// With several instances (-url a,b,c): what each one received and
+	// delivered over the publish window (instances.go); RedisPubSub is
+	// Redis's pub/sub clients after the connect phase.
+	Instances   []instanceResult `json:"instances,omitempty"`
+	RedisPubSub *pubsubClients   `json:"redis_pubsub,omitempty"`
+	// Redis's egress (INFO stats total_net_output_bytes) from before the
+	// first publish to after the drain: what it sent to every client,
+	// the instances' pub/sub messages, history reads and replies
+	// (PUBLISH's, to the generator) included.
+	RedisEgressBytes       int64   `json:"redis_egress_bytes,omitempty"`
+	RedisEgressBytesPerSec float64 `json:"redis_egress_bytes_per_sec,omitempty"`
+	RedisEgressPerEvent    float64 `json:"redis_egress_bytes_per_event,omitempty"`
+	// ConnsPerGiB is 1 GiB over RSSPerConnBytes: idle connections one GiB
+	// of daemon memory holds, at the measured cost per connection.
+	ConnsPerGiB float64 `json:"conns_per_gib,omitempty"`
+
+	Notes []string `json:"notes,omitempty"`
 }
 
 // latency of a group of events reported apart: the -then-events phase, or
@@ -283,6 +323,15 @@ type latency struct {
 	P99us         float64 `json:"lat_p99_us"`
 	P999us        float64 `json:"lat_p999_us"`
 	Maxus         float64 `json:"lat_max_us"`
+}
+
+// connsPerGiB is how many connections of rssPerConn bytes fit in 1 GiB
+// (0 when unmeasured).
+func connsPerGiB(rssPerConn float64) float64 {
+	if rssPerConn <= 0 {
+		return 0
+	}
+	return float64(1<<30) / rssPerConn
 }
 
 func us(ns int64) float64 { return float64(ns) / 1e3 }
@@ -443,7 +492,7 @@ func run(o options) (*report, error) {
 	workers := max(1, o.dialWorkers/o.procs)
 	start := time.Now()
 	for i := 0; i < o.procs; i++ {
-		cfg := childConfig{URL: o.url, Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
+		cfg := childConfig{URLs: o.urls(), Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
 			Lo: total * i / o.procs, Hi: total * (i + 1) / o.procs,
 			DialWorkers: workers, Timeout: o.timeout, MaxLife: o.maxLife()}
 		if _, err := spawn(self, cfg, tr); err != nil {
@@ -486,6 +535,11 @@ func run(o options) (*report, error) {
 	}
 	if len(pids) > 0 && rep.Connections > 0 {
 		rep.RSSPerConnBytes = float64(rep.RSSConnectedBytes-rep.RSSBaseBytes) / float64(rep.Connections)
+		rep.ConnsPerGiB = connsPerGiB(rep.RSSPerConnBytes)
+	}
+	several := len(o.urls()) > 1 || o.admin != ""
+	if several {
+		rep.RedisPubSub = redisPubSub(rdb)
 	}
 
 	benchCPU0 := benchTicks(tr.children)
@@ -494,7 +548,23 @@ func run(o options) (*report, error) {
 		mem0 := redisMemory(rdb)
 		entries0, _ := historyEntries(rdb, users)
 		p := &publisher{o: o, rdb: rdb, tr: tr, connsOf: connectsPerUser}
+		var probe *instanceProbe
+		if several {
+			probe = newInstanceProbe(o, pids)
+			probe.start()
+		}
+		net0, netT0 := redisNetOut(rdb), time.Now()
 		p.run(rep, pids)
+		if net1 := redisNetOut(rdb); net0 >= 0 && net1 >= net0 {
+			rep.RedisEgressBytes = net1 - net0
+			rep.RedisEgressBytesPerSec = float64(rep.RedisEgressBytes) / time.Since(netT0).Seconds()
+			if rep.EventsPublished > 0 {
+				rep.RedisEgressPerEvent = float64(rep.RedisEgressBytes) / float64(rep.EventsPublished)
+			}
+		}
+		if probe != nil {
+			rep.Instances = probe.finish(o.users, connectsPerUser, rep.EventsPublished)
+		}
 		rep.measureHistory(rdb, users, mem0, entries0)
 	}
 

@@ -3,9 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // print writes the human-readable table (unless jsonOnly) and one line
@@ -23,7 +25,7 @@ func (r *report) print(jsonOnly bool) {
 		row("connect failures", "%d %s", r.ConnectFailures, strings.Join(r.ConnectErrors, "; "))
 		row("connect rate", "%.0f upgrades/s (%.2f s)", r.UpgradesPerSec, r.ConnectSeconds)
 		row("daemon RSS", "%.1f MiB idle -> %.1f MiB connected -> %.1f MiB at end", mib(r.RSSBaseBytes), mib(r.RSSConnectedBytes), mib(r.RSSEndBytes))
-		row("RSS per connection", "%.0f bytes (%.1f KiB)", r.RSSPerConnBytes, r.RSSPerConnBytes/1024)
+		row("RSS per connection", "%.0f bytes (%.1f KiB): %.0f connections per GiB", r.RSSPerConnBytes, r.RSSPerConnBytes/1024, r.ConnsPerGiB)
 		row("daemon CPU while idle", "%.1f%% of one core (during -settle)", r.DaemonIdleCPUPercent)
 		if r.EventsPublished > 0 || r.PublishErrors > 0 {
 			mode := fmt.Sprintf("%.0f events/s", r.Rate)
@@ -59,6 +61,16 @@ func (r *report) print(jsonOnly bool) {
 			row("history", "%d entries added in %d keys; Redis used_memory %.1f -> %.1f MiB: %s per entry",
 				r.HistoryEntries, r.HistoryKeys, mib(r.RedisMemBeforeBytes), mib(r.RedisMemAfterBytes), perEntry(r))
 			row("events with an id / id regressions", "%d / %d (subprotocol %q)", r.EventsWithID, r.IDRegressions, r.Subprotocol)
+			row("Redis egress", "%s/s (%.0f B per event published; %d B over the window)", bytesHuman(r.RedisEgressBytesPerSec), r.RedisEgressPerEvent, r.RedisEgressBytes)
+		}
+		if len(r.Instances) > 0 {
+			row("instances", "%d; %d received every event (pattern mode: all; user mode: the lease holder)", len(r.Instances), fullReceivers(r.Instances))
+			for _, line := range instanceRows(r) {
+				row("", "%s", line)
+			}
+		}
+		if pc := r.RedisPubSub; pc != nil {
+			row("Redis pub/sub clients", "%d with a pattern, %d with channels (%d channel subscriptions)", pc.PatternClients, pc.ChannelClients, pc.Channels)
 		}
 		if st := r.Storm; st != nil {
 			row("storm clients", "%d connected (%d users), %d missed events each; %d live connections at %.0f events/s",
@@ -90,6 +102,54 @@ func (r *report) print(jsonOnly bool) {
 	fmt.Printf("BENCH_JSON %s\n", b)
 }
 
+// bytesHuman formats a byte count (or rate) in B, KiB or MiB.
+func bytesHuman(b float64) string {
+	switch {
+	case b >= 1<<20:
+		return fmt.Sprintf("%.2f MiB", b/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", b/(1<<10))
+	default:
+		return fmt.Sprintf("%.0f B", b)
+	}
+}
+
+// printInstances prints, for each run with several instances, one row per
+// instance and one for the run: what Redis sent, the daemons' CPU per
+// delivery, latency and faults.
+func printInstances(out io.Writer, reports []report) error {
+	var runs []report
+	for _, r := range reports {
+		if len(r.Instances) > 0 {
+			runs = append(runs, r)
+		}
+	}
+	if len(runs) == 0 {
+		return nil
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "== several instances: received from Redis per instance ==")
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "scenario\tinstance\tusers\tconns\treceived\tof published\tdelivered\trecorded\tCPU ms\t")
+	for _, r := range runs {
+		for i, in := range r.Instances {
+			fmt.Fprintf(w, "%s\t#%d\t%d\t%d\t%d\t%.0f%%\t%d\t%d\t%.0f\t\n", r.Scenario, i, in.Users, in.ConnsPlanned,
+				in.Received, 100*in.ReceivedShare, in.Delivered, in.Recorded, in.CPUus/1e3)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "scenario\tinstances\treceiving all\tevents/s\tdeliv/s\tRedis egress/s\tB/event\tCPU µs/deliv\tp50\tp99\tlost\tdup\t")
+	for _, r := range runs {
+		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f\t%.0f\t%s\t%.0f\t%.2f\t%s\t%s\t%d\t%d\t\n", r.Scenario, len(r.Instances), fullReceivers(r.Instances),
+			r.publishRate(), r.DeliveriesPerSec, bytesHuman(r.RedisEgressBytesPerSec), r.RedisEgressPerEvent, r.DaemonCPUPerDeliv,
+			dur(r.LatP50us), dur(r.LatP99us), r.Losses, r.Duplicates)
+	}
+	return w.Flush()
+}
+
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 func perEntry(r *report) string {
@@ -112,14 +172,13 @@ func dur(us float64) string {
 	}
 }
 
-// printSummary reads BENCH_JSON lines from path and prints one row per
-// scenario: the table bench.sh shows at the end.
-func printSummary(path string) error {
+// readReports returns the reports of the BENCH_JSON lines in path.
+func readReports(path string) ([]report, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var plain, storms []report
+	var reports []report
 	for _, line := range strings.Split(string(data), "\n") {
 		raw, ok := strings.CutPrefix(line, "BENCH_JSON ")
 		if !ok {
@@ -127,8 +186,24 @@ func printSummary(path string) error {
 		}
 		var r report
 		if err := json.Unmarshal([]byte(raw), &r); err != nil {
-			return err
+			return nil, err
 		}
+		reports = append(reports, r)
+	}
+	return reports, nil
+}
+
+// printSummary reads BENCH_JSON lines from path and prints one row per
+// scenario: the table bench.sh shows at the end; then, when there are
+// any, the instances of the runs with several, the ceiling sweep judged
+// against p99Limit, and the storm runs.
+func printSummary(path string, p99Limit time.Duration) error {
+	reports, err := readReports(path)
+	if err != nil {
+		return err
+	}
+	var plain, storms []report
+	for _, r := range reports {
 		if r.Storm != nil {
 			storms = append(storms, r)
 		} else {
@@ -137,25 +212,38 @@ func printSummary(path string) error {
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if len(plain) > 0 {
-		fmt.Fprintln(w, "scenario\tconns\tfail\tupgr/s\tRSS/conn\tevents\texpected\tdelivered\tlost\tdup\tleak\tp50\tp99\tp99.9\tmax\tdeliv/s\tCPU µs/deliv\tidle CPU\tRedis µs/event\tRedis B/entry\t")
+		fmt.Fprintln(w, "scenario\tconns\tfail\tupgr/s\tRSS/conn\tconns/GiB\tevents\texpected\tdelivered\tlost\tdup\tleak\tp50\tp99\tp99.9\tmax\tdeliv/s\tCPU µs/deliv\tidle CPU\tRedis µs/event\tRedis B/entry\t")
 	}
 	for _, r := range plain {
 		redisCPU := "-"
 		if r.EventsPublished > 0 {
 			redisCPU = fmt.Sprintf("%.2f", r.RedisCPUPerEvent)
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f\t%.1f KiB\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.1f%%\t%s\t%s\t\n",
-			r.Scenario, r.Connections, r.ConnectFailures, r.UpgradesPerSec, r.RSSPerConnBytes/1024,
+		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f\t%.1f KiB\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.1f%%\t%s\t%s\t\n",
+			r.Scenario, r.Connections, r.ConnectFailures, r.UpgradesPerSec, r.RSSPerConnBytes/1024, r.ConnsPerGiB,
 			r.EventsPublished, r.Expected, r.Deliveries, r.Losses, r.Duplicates, r.Leaks,
 			dur(r.LatP50us), dur(r.LatP99us), dur(r.LatP999us), dur(r.LatMaxus), r.DeliveriesPerSec, r.DaemonCPUPerDeliv, r.DaemonIdleCPUPercent,
 			redisCPU, perEntry(&r))
 		if p := r.Phase2; p != nil {
-			fmt.Fprintf(w, "%s\t\t\t\t\t%d\t%d\t%d\t\t\t\t%s\t%s\t%s\t%s\t\t%.2f\t\t\t\t\n", r.Scenario+" tail",
+			fmt.Fprintf(w, "%s\t\t\t\t\t\t%d\t%d\t%d\t\t\t\t%s\t%s\t%s\t%s\t\t%.2f\t\t\t\t\n", r.Scenario+" tail",
 				p.Events, p.Expected, p.Deliv, dur(p.P50us), dur(p.P99us), dur(p.P999us), dur(p.Maxus), p.CPUPerDeliv)
 		}
 	}
-	if err := w.Flush(); err != nil || len(storms) == 0 {
+	if err := w.Flush(); err != nil {
 		return err
+	}
+	if err := printInstances(os.Stdout, plain); err != nil {
+		return err
+	}
+	if v := ceilingOf(plain, p99Limit); len(v.steps) > 0 {
+		fmt.Println()
+		if err := v.print(os.Stdout, p99Limit); err != nil {
+			return err
+		}
+		printIdle(os.Stdout, plain)
+	}
+	if len(storms) == 0 {
+		return nil
 	}
 	if len(plain) > 0 {
 		fmt.Println()

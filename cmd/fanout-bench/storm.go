@@ -129,7 +129,7 @@ func runStorm(o options) (*report, error) {
 	defer func() { reap(append(liveTr.children, stormTr.children...)) }()
 	start := time.Now()
 	for i := 0; i < o.procs; i++ {
-		cfg := childConfig{URL: o.url, Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users,
+		cfg := childConfig{URLs: o.urls(), Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users,
 			Sources: o.sources, Lo: liveTotal * i / o.procs, Hi: liveTotal * (i + 1) / o.procs,
 			DialWorkers: max(1, o.dialWorkers/(o.procs+stormProcs)), Timeout: o.timeout, MaxLife: o.maxLife()}
 		if _, err := spawn(self, cfg, liveTr); err != nil {
@@ -137,7 +137,7 @@ func runStorm(o options) (*report, error) {
 		}
 	}
 	for i := 0; i < stormProcs; i++ {
-		cfg := childConfig{URL: o.url, Subprotocol: o.subprotocol, UserPrefix: "s", Users: o.stormUsers,
+		cfg := childConfig{URLs: o.urls(), Subprotocol: o.subprotocol, UserPrefix: "s", Users: o.stormUsers,
 			Sources: o.sources, Lo: o.stormClients * i / stormProcs, Hi: o.stormClients * (i + 1) / stormProcs,
 			DialWorkers: max(1, o.dialWorkers/(o.procs+stormProcs)), Timeout: o.timeout, MaxLife: o.maxLife(),
 			StormTarget: int64(1 + o.stormMissed), ReconnectWorkers: max(1, o.stormDialWorkers/stormProcs)}
