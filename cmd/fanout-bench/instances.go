@@ -117,7 +117,7 @@ func parseAdminStats(body []byte) (adminStats, error) {
 // modeField reports whether an /admin/stats key is about the subscription
 // mode or the recorder lease.
 func modeField(k string) bool {
-	return strings.Contains(k, "lease") || strings.Contains(k, "subscribe_mode")
+	return strings.Contains(k, "lease") || strings.Contains(k, "recorder") || strings.Contains(k, "subscribe_mode")
 }
 
 func (st *adminStats) setExtra(k string, v json.RawMessage) {
