@@ -236,7 +236,9 @@ func (s *Server) admit(r *http.Request, client netip.Addr) (identity, *refusal) 
 // to the hub. id's reserved slot is given back here when the upgrade fails,
 // and by the hub when register does.
 func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id identity, remote string, req replayRequest) {
-	conn, err := wsconn.Upgrade(&s.upgrader, w, r)
+	// The 101 is held back until the connection is in the hub, so that an
+	// event published as soon as the client sees it open reaches it.
+	conn, err := wsconn.UpgradeHeld(&s.upgrader, w, r)
 	if err != nil {
 		// Upgrade has already answered with a 4xx.
 		s.hub.release(id.username)
@@ -247,6 +249,9 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 	c := newClient(s.hub, conn, id.username, remote)
 	c.expires = id.expires
 	c.v1 = conn.Subprotocol() == subprotocolV1
+	// This goroutine holds the write right until the 101 is out: events
+	// broadcast meanwhile queue behind it.
+	c.writer = writeDirect
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
 	if id.subject != "" && id.subject != id.username {
@@ -257,11 +262,17 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 	if err := s.hub.register(c, req); err != nil {
 		s.stats.reject(rejectShuttingDown)
 		s.logger.Info("Closing new connection: server shutting down", "username", id.username, "remote", remote)
+		_, _ = conn.Flush(time.Now().Add(s.cfg.WriteWait))
 		msg := websocket.FormatCloseMessage(disconnectShutdown.code, disconnectShutdown.reason)
 		_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.cfg.WriteWait))
 		_ = conn.Close()
 		return
 	}
+	if _, err := conn.Flush(time.Now().Add(s.cfg.WriteWait)); err != nil {
+		c.disconnect(disconnectGone)
+	}
+	// A write pump takes over what was queued meanwhile.
+	c.handOff()
 }
 
 // refuse answers a /ws request that admit refused with its one-line

@@ -56,18 +56,6 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	ctx, stop := context.WithCancel(r.Context())
 	defer stop()
 	st := &sseStream{w: w, rc: http.NewResponseController(w), woken: make(chan struct{}, 1), stop: stop}
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	// nginx would otherwise buffer the stream.
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	st.buf.WriteString("retry: " + strconv.Itoa(int(sseRetry/time.Millisecond)) + "\n\n")
-	if err := st.flush(s.cfg.WriteWait); err != nil {
-		s.hub.release(id.username)
-		return
-	}
-
 	c := newClient(s.hub, nil, id.username, remote)
 	c.expires = id.expires
 	c.sse = st
@@ -76,9 +64,23 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.logger.Info("New SSE connection", "username", id.username, "remote", remote)
 	}
+	// In the hub before the response starts: an event published once the
+	// client has its first bytes waits in the queue for serveSSE, this
+	// goroutine, which alone writes the stream.
 	if err := s.hub.addAndReplay(c, req); err != nil {
-		s.stats.reject(rejectShuttingDown)
+		s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: err.Error()})
 		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	// nginx would otherwise buffer the stream.
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	st.buf.WriteString("retry: " + strconv.Itoa(int(sseRetry/time.Millisecond)) + "\n\n")
+	if err := st.flush(s.cfg.WriteWait); err != nil {
+		// serveSSE returns at once and unregisters the client.
+		stop()
 	}
 	c.serveSSE(ctx)
 }

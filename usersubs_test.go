@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -203,26 +204,40 @@ func readJSON(conn *websocket.Conn, v any) error {
 	return conn.ReadJSON(v)
 }
 
-func TestUserModeAConnectionStartsOnlyOnceItsChannelIsSubscribed(t *testing.T) {
-	// With history off nothing replays: the connection itself must start
-	// after its user's subscription is confirmed, so an event published
-	// as soon as the connection is open reaches it.
-	r := startRedis(t)
-	td := startDaemon(t, r, userModeEnv(map[string]string{"HISTORY": "off"}))
-	td.waitReady()
-	pub := r.client()
-	const users = 200
-	for i := range users {
-		u := fmt.Sprintf("fresh%d", i)
-		conn := td.dial(u)
-		if err := pub.Publish(context.Background(), channelPrefix+u, event(u, i)).Err(); err != nil {
-			t.Fatal(err)
+// TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt publishes the
+// moment the client sees its connection open (the 101, or /events'
+// response headers) and expects the event, in both subscription modes and
+// over both transports. With history off nothing replays: a user mode
+// connection must start only once its channel is subscribed, and in both
+// modes it must be in the hub before the client learns it is open.
+func TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt(t *testing.T) {
+	for _, mode := range []string{subscribePattern, subscribeUser} {
+		for _, tr := range historyTransports() {
+			t.Run(mode+"/"+tr.name, func(t *testing.T) {
+				r := startRedis(t)
+				td := startDaemon(t, r, map[string]string{"SUBSCRIBE_MODE": mode, "HISTORY": "off", "LOG_LEVEL": "warn"})
+				td.waitReady()
+				pub := r.client()
+				client := &http.Client{}
+				defer client.CloseIdleConnections()
+				const users = 100
+				for i := range users {
+					u := fmt.Sprintf("fresh%d", i)
+					s, err := tr.dial(t.Context(), client, td.baseURL, url.Values{"username": {u}}, "")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := pub.Publish(context.Background(), channelPrefix+u, event(u, i)).Err(); err != nil {
+						t.Fatal(err)
+					}
+					f, err := s.nextWithin(5 * time.Second)
+					s.close()
+					if err != nil || f.data != event(u, i) {
+						t.Fatalf("%s (connection %d) got %+v, %v; want its event", u, i, f, err)
+					}
+				}
+			})
 		}
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, got, err := conn.ReadMessage(); err != nil || string(got) != event(u, i) {
-			t.Fatalf("%s (connection %d) got %q, %v", u, i, got, err)
-		}
-		_ = conn.Close()
 	}
 }
 

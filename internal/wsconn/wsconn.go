@@ -96,6 +96,19 @@ func Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*Co
 	return &Conn{Conn: conn, out: h.out, in: h.in}, nil
 }
 
+// UpgradeHeld is Upgrade with the handshake's answer (101 Switching
+// Protocols) held back: it waits, corked, with whatever is written after
+// it, until the caller's Flush. The caller can so make the connection
+// ready to receive before the client learns it is open.
+func UpgradeHeld(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*Conn, error) {
+	h := &hijacker{ResponseWriter: w, hold: true}
+	conn, err := u.Upgrade(h, r, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{Conn: conn, out: h.out, in: h.in}, nil
+}
+
 // hijacker hands gorilla's Upgrade the socket wrapped in a batchConn, and a
 // read buffer of ours, so that the read pump can see whether gorilla has
 // bytes buffered.
@@ -103,6 +116,8 @@ type hijacker struct {
 	http.ResponseWriter
 	out *batchConn
 	in  *bufio.Reader
+	// hold corks the socket before gorilla writes its answer (UpgradeHeld).
+	hold bool
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -111,6 +126,9 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.out = &batchConn{Conn: conn}
+	if h.hold {
+		h.out.cork()
+	}
 	if sc, ok := conn.(syscall.Conn); ok {
 		h.out.raw, _ = sc.SyscallConn()
 	}
