@@ -326,15 +326,33 @@ func get(url string) (int, string, error) {
 	return resp.StatusCode, string(body), err
 }
 
-// dial opens a WebSocket for username and waits until the hub has it.
+// dial opens a WebSocket for username and waits until the hub has it and
+// its write right is idle (the handshake's goroutine has handed it off).
 func (td *testDaemon) dial(username string) *websocket.Conn {
 	td.t.Helper()
 	before := td.d.hub.connectionCount(username)
 	conn := dialWS(td.t, td.wsURL+"?username="+username, nil)
 	eventually(td.t, 5*time.Second, "connection registered", func() bool {
-		return td.d.hub.connectionCount(username) > before
+		return td.d.hub.connectionCount(username) > before && td.d.hub.writersIdle(username)
 	})
 	return conn
+}
+
+// writersIdle reports whether no connection of username holds its write
+// right: nothing is being written to them.
+func (h *Hub) writersIdle(username string) bool {
+	s := h.shard(username)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for c := range s.users[username] {
+		c.mu.Lock()
+		idle := c.writer == writeIdle
+		c.mu.Unlock()
+		if !idle {
+			return false
+		}
+	}
+	return true
 }
 
 // dialWS opens a WebSocket and closes it at cleanup.
