@@ -65,6 +65,15 @@ type recorderLease struct {
 	rec    *Subscriber
 	logger *slog.Logger
 	held   atomic.Bool
+	// other is set while another instance holds the lease, as last seen.
+	other atomic.Bool
+}
+
+// recording reports whether an instance, this one or another, records
+// every user's events all along: the lease is held and, when by this
+// instance, its recording subscription is confirmed.
+func (l *recorderLease) recording() bool {
+	return l.other.Load() || l.held.Load() && l.rec.confirmed.Load()
 }
 
 // run tries for the lease every leaseRenew until ctx ends, and runs the
@@ -94,6 +103,7 @@ func (l *recorderLease) run(ctx context.Context) {
 		case held:
 			renewed = time.Now()
 		}
+		l.other.Store(err == nil && !held)
 		switch {
 		case held && recording == nil:
 			recording = startLeaseRecording(l.rec)

@@ -161,6 +161,10 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			rec := newSubscriber(newInstanceID(), rdb, nil, cfg, recLogger, d.leaseStats)
 			rec.recorder = newRecorder(d.recordRdb, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
 			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
+			// A user's first events after this instance subscribes are
+			// found in the history the lease holder writes, not appended
+			// ahead of the ones it has still to record.
+			d.sub.recorder.waitFirst = d.lease.recording
 		}
 	}
 	host, _ := os.Hostname()

@@ -19,6 +19,12 @@ const (
 	// recordTimeout bounds one round trip; past it the batch is
 	// delivered without ids.
 	recordTimeout = 2 * time.Second
+	// waitFirstMax is how long a user's first events after a new
+	// subscription wait for the instances subscribed all along to record
+	// them (recorder.waitFirst) before this instance appends them itself;
+	// pendingRetry is how often they are offered again meanwhile.
+	waitFirstMax = 500 * time.Millisecond
+	pendingRetry = 5 * time.Millisecond
 )
 
 // inbound is one valid event from the subscription, on its way to the
@@ -52,6 +58,15 @@ type recorder struct {
 	cursors   map[string]*userCursor
 	horizon   history.Cursor
 	lastSweep time.Time
+	// waitFirst, when set and true, says another instance records every
+	// event all along (user mode's recorder lease): a user's first events
+	// after a new subscription are then found in the history, not
+	// appended ahead of the ones published just before them, which that
+	// instance may not have recorded yet (history.RecordSource). They
+	// wait in pending, in order, at most waitFirstMax since waiting.
+	waitFirst func() bool
+	pending   map[string][]inbound
+	waiting   map[string]time.Time
 }
 
 type userCursor struct {
@@ -70,6 +85,8 @@ func newRecorder(rdb *redis.Client, retention history.Retention, broadcast func(
 		errLog:    newLogLimiter(1, 5),
 		cursors:   make(map[string]*userCursor),
 		lastSweep: time.Now(),
+		pending:   make(map[string][]inbound),
+		waiting:   make(map[string]time.Time),
 	}
 }
 
@@ -87,10 +104,20 @@ func (r *recorder) add(ctx context.Context, in inbound) bool {
 // run records and broadcasts until ctx ends.
 func (r *recorder) run(ctx context.Context) {
 	batch := make([]inbound, 0, recordBatchMax)
+	retry := time.NewTimer(pendingRetry)
+	defer retry.Stop()
 	for {
+		if len(r.pending) > 0 {
+			retry.Reset(pendingRetry)
+		} else {
+			retry.Stop()
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-retry.C:
+			r.process(ctx, nil)
+			continue
 		case first := <-r.in:
 			batch = append(batch[:0], first)
 		}
@@ -120,9 +147,11 @@ func (r *recorder) process(ctx context.Context, batch []inbound) {
 		start = i + 1
 		if in.username != "" {
 			// One user's channel was subscribed again (user mode).
+			r.flushPending(ctx, in.username)
 			r.cursors[in.username] = &userCursor{cur: history.Horizon(in.since), used: time.Now()}
 			continue
 		}
+		r.flushPending(ctx, "")
 		clear(r.cursors)
 		r.horizon = history.Horizon(in.since)
 	}
@@ -130,6 +159,22 @@ func (r *recorder) process(ctx context.Context, batch []inbound) {
 	if now := time.Now(); now.Sub(r.lastSweep) > time.Minute {
 		r.lastSweep = now
 		r.dropIdle(now)
+	}
+}
+
+// flushPending records username's pending events (every user's for "")
+// without waiting any more, before their place in history is lost: from
+// the next horizon they would not be found.
+func (r *recorder) flushPending(ctx context.Context, username string) {
+	n := 0
+	for u, evs := range r.pending {
+		if username == "" || u == username {
+			r.waiting[u] = time.Time{}
+			n += len(evs)
+		}
+	}
+	if n > 0 {
+		r.record(ctx, nil)
 	}
 }
 
@@ -160,9 +205,20 @@ type userBatch struct {
 // record gives evs their ids, in one round trip, and broadcasts them in
 // order. Events whose recording failed are delivered without an id.
 func (r *recorder) record(ctx context.Context, evs []inbound) {
+	if len(r.pending) > 0 {
+		// Before the new ones: a user's events keep their order.
+		var all []inbound
+		for _, p := range r.pending {
+			all = append(all, p...)
+		}
+		evs = append(all, evs...)
+		clear(r.pending)
+	}
 	if len(evs) == 0 {
 		return
 	}
+	waitFirst := r.waitFirst != nil && r.waitFirst()
+	now := time.Now()
 	users := make(map[string]*userBatch)
 	var order []string
 	for i, e := range evs {
@@ -185,6 +241,10 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 			if uc := r.cursors[u]; uc != nil {
 				cur = uc.cur
 			}
+			if !cur.Entry && waitFirst {
+				since, ok := r.waiting[u]
+				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
+			}
 			users[u].rec = history.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
 		}
 		_, err = pipe.Exec(rctx)
@@ -199,8 +259,8 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		}
 		break
 	}
-	now := time.Now()
 	failed, lagging := 0, 0
+	var held map[int]bool
 	for _, u := range order {
 		ub := users[u]
 		recs, cur, rerr := ub.rec.Result()
@@ -212,7 +272,22 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 			continue
 		}
 		r.cursors[u] = &userCursor{cur: cur, used: now}
+		if len(recs) > 0 && recs[0].Pending {
+			if _, ok := r.waiting[u]; !ok {
+				r.waiting[u] = now
+			}
+		} else {
+			delete(r.waiting, u)
+		}
 		for k, i := range ub.index {
+			if recs[k].Pending {
+				if held == nil {
+					held = make(map[int]bool)
+				}
+				held[i] = true
+				r.pending[u] = append(r.pending[u], evs[i])
+				continue
+			}
 			ids[i] = recs[k].ID
 			if recs[k].Appended {
 				r.stats.HistoryRecorded.Add(1)
@@ -235,6 +310,9 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		}
 	}
 	for i, e := range evs {
+		if held[i] {
+			continue
+		}
 		r.broadcast(e.username, newEvent(ids[i], []byte(e.payload), e.received))
 		r.stats.MessagesReceived.Add(1)
 	}

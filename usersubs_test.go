@@ -514,8 +514,10 @@ func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	killed := time.Now()
+	// Its recording subscription confirmed: the lease holder's second
+	// "Subscribed to Redis" line.
 	eventually(t, leaseTTL+5*time.Second, "the other instance takes the lease", func() bool {
-		return strings.Contains(other.logs.String(), holding)
+		return strings.Contains(other.logs.String(), `msg="Subscribed to Redis" role=recorder`)
 	})
 	t.Logf("lease taken over %v after the holder was killed", time.Since(killed).Round(time.Millisecond))
 	// Events for a user connected nowhere are recorded again.

@@ -341,3 +341,55 @@ func TestAnInstanceLaggingMoreThanTheRetentionAppendsNothing(t *testing.T) {
 		t.Fatalf("after catching up b got %+v, want %s found", r, next.ID)
 	}
 }
+
+// TestAnInstanceWaitingForItsFirstEventNeverAppendsAheadOfEarlierOnes is
+// user mode's case: an instance subscribes to a user's channel while the
+// lease holder (subscribed all along) has not recorded yet the events
+// published just before the instance's first one. Appending that first
+// event would put it ahead of them.
+func TestAnInstanceWaitingForItsFirstEventNeverAppendsAheadOfEarlierOnes(t *testing.T) {
+	rdb := client(t)
+	holder := &instance{rdb: rdb}
+	holder.record(t, "fay", `{"n":1}`)
+	late := subscribed(t, rdb)
+	late.cur.WaitFirst = true
+	// {"n":2} was published before late's subscription, {"n":3} and
+	// {"n":4} after; the holder has recorded none of them yet.
+	for _, r := range late.record(t, "fay", `{"n":3}`, `{"n":4}`) {
+		if !r.Pending || r.ID != "" || r.Appended {
+			t.Fatalf("late instance got %+v, want pending", r)
+		}
+	}
+	if n := streamLen(t, rdb, "fay"); n != 1 {
+		t.Fatalf("stream holds %d entries, want 1: nothing appended while waiting", n)
+	}
+	want := holder.record(t, "fay", `{"n":2}`, `{"n":3}`)
+	// Offered again: the first is found, and the next, which nobody
+	// recorded, is appended after it.
+	late.cur.WaitFirst = true
+	got := late.record(t, "fay", `{"n":3}`, `{"n":4}`)
+	if got[0].ID != want[1].ID || got[0].Appended || got[0].Pending {
+		t.Fatalf("first event %+v, want %s found", got[0], want[1].ID)
+	}
+	if !got[1].Appended || got[1].Pending {
+		t.Fatalf("second event %+v, want appended", got[1])
+	}
+	if !late.cur.Entry {
+		t.Fatal("cursor is still a horizon after a found event")
+	}
+	if r := holder.record(t, "fay", `{"n":4}`)[0]; r.ID != got[1].ID || r.Appended {
+		t.Fatalf("holder got %+v for {\"n\":4}, want %s found", r, got[1].ID)
+	}
+	entries, err := rdb.XRange(context.Background(), HistoryKey("fay"), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range entries {
+		if want := fmt.Sprintf(`{"n":%d}`, i+1); e.Values["d"] != want {
+			t.Fatalf("entry %d is %v, want %s", i, e.Values["d"], want)
+		}
+	}
+	if len(entries) != 4 {
+		t.Fatalf("%d entries, want 4", len(entries))
+	}
+}

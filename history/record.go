@@ -40,15 +40,29 @@ import (
 // entry was trimmed away) appends nothing: the events it sees were
 // appended, and trimmed, already. They get no id ("") until it catches up.
 //
+// An instance that starts from a horizon while other instances are
+// subscribed to the user all along (SUBSCRIBE_MODE=user: one of them, the
+// recorder lease holder, records every event) may see its first event
+// before those others have appended the events published just before it.
+// Appending it then would put it ahead of them in the history. Such an
+// instance asks to wait ("w" for the cursor's kind): until it finds its
+// first event, it appends nothing and gets its events back as pending, to
+// offer again a moment later. Once it has found one, everything published
+// before is in the history, and it appends as usual.
+//
 // KEYS[1] is the user's history key. ARGV: MAXLEN, TTL in milliseconds,
 // the cursor (the horizon when there is none), "1" when the cursor is an
-// entry's id ("0" for a horizon), the number of consumed ids, those ids,
-// then the payloads in the order they were received. It returns the new
-// cursor, its "1" or "0", the consumed ids, then for each payload its id
-// ("" when it lags) and 1 when this call appended it (0 otherwise).
+// entry's id ("0" for a horizon, "w" for a horizon from which the first
+// event is only to be found, not appended), the number of consumed ids,
+// those ids, then the payloads in the order they were received. It
+// returns the new cursor, its "1" or "0", the consumed ids, then for each
+// payload its id ("" when it lags or is pending) and 1 when this call
+// appended it, 2 when it is pending, 0 otherwise.
 const RecordSource = `
 local key, maxlen, ttl = KEYS[1], ARGV[1], ARGV[2]
 local cursor, entry, nconsumed = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local waitFirst = entry == 'w'
+if waitFirst then entry = '0' end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -65,8 +79,9 @@ for i = 1, nconsumed do
 end
 local out = {}
 local anyAppended = false
-for i = 6 + nconsumed, #ARGV do
-  local payload = ARGV[i]
+-- one records one payload; it returns its id and 1 when it appended it,
+-- 0 when not, or nil and 2 when the payload is pending.
+local function one(payload)
   local found, skipped, from, seen = nil, false, cursor, 0
   -- From a horizon, the events published between the instance's clock
   -- reading and its subscription come first: look further.
@@ -89,6 +104,10 @@ for i = 6 + nconsumed, #ARGV do
       end
     end
     if #page < n then break end
+  end
+  if not found and waitFirst and entry == '0' then
+    -- Not recorded yet by the instances subscribed all along.
+    return nil, 2
   end
   local appended = 0
   if not found and entry == '1' and seen > 0 then
@@ -127,6 +146,18 @@ for i = 6 + nconsumed, #ARGV do
     end
     consumed, count, entry = {}, 0, '1'
   end
+  return found, appended
+end
+-- Once one payload is pending, every later one is.
+local pending = false
+for i = 6 + nconsumed, #ARGV do
+  local found, appended = '', 2
+  if not pending then
+    found, appended = one(ARGV[i])
+    if appended == 2 then
+      found, pending = '', true
+    end
+  end
   out[#out + 1] = found
   out[#out + 1] = appended
 end
@@ -148,6 +179,10 @@ type Cursor struct {
 	// Entry is set when After is an entry's id, not a horizon.
 	Entry    bool
 	Consumed []string
+	// WaitFirst, from a horizon, asks to find the first event rather than
+	// append it: it and the events after it come back Pending until
+	// another instance has recorded it (RecordSource).
+	WaitFirst bool
 }
 
 // Recorded is the outcome of recording one event.
@@ -158,6 +193,9 @@ type Recorded struct {
 	// Appended is true when this call appended the event, false when
 	// another instance or a publisher had.
 	Appended bool
+	// Pending is set, with Cursor.WaitFirst, for an event not recorded
+	// yet by another instance: offer it again.
+	Pending bool
 }
 
 // Recording is one user's part of a pipelined Record call.
@@ -178,8 +216,11 @@ func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Curs
 	}
 	args := make([]any, 0, 4+len(cur.Consumed)+len(payloads))
 	entry := "0"
-	if cur.Entry {
+	switch {
+	case cur.Entry:
 		entry = "1"
+	case cur.WaitFirst:
+		entry = "w"
 	}
 	args = append(args, retention.MaxLen, retention.TTL.Milliseconds(), after, entry, len(cur.Consumed))
 	for _, id := range cur.Consumed {
@@ -224,7 +265,7 @@ func (r Recording) Result() ([]Recorded, Cursor, error) {
 	for i := range out {
 		id, _ := vals[3+2*i].(string)
 		appended, _ := vals[4+2*i].(int64)
-		out[i] = Recorded{ID: id, Appended: appended == 1}
+		out[i] = Recorded{ID: id, Appended: appended == 1, Pending: appended == 2}
 	}
 	return out, cur, nil
 }
