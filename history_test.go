@@ -319,6 +319,8 @@ type resumingClient struct {
 	http  *http.Client
 	user  string
 	bases []string
+	// diagnose, when set, logs the instances' side of a failure.
+	diagnose func(t *testing.T)
 	// firstQuery is added to the first connection's query only.
 	firstQuery url.Values
 	// rng (reconnect pauses) is owned by run.
@@ -345,6 +347,37 @@ func newResumingClient(t testing.TB, tr histTransport, user string, bases []stri
 }
 
 // run connects and reconnects until stop.
+// diagnoseInstances logs, for a failure, what each instance holds for
+// user: its connections' catch-up and queue state.
+func diagnoseInstances(daemons []*testDaemon, user string) func(t *testing.T) {
+	return func(t *testing.T) {
+		for i, td := range daemons {
+			s := td.d.hub.shard(user)
+			s.mu.RLock()
+			for c := range s.users[user] {
+				c.mu.Lock()
+				cu := "none"
+				if c.catchUp != nil {
+					cu = fmt.Sprintf("done=%v held=%d overflow=%v replayedTo=%v", c.catchUp.done, len(c.catchUp.held), c.catchUp.heldOverflow, c.catchUp.replayedTo)
+				}
+				t.Logf("instance %d: connection writer=%v queue=%d closing=%v catchUp=%s", i, c.writer, len(c.sendQueue), c.closing, cu)
+				c.mu.Unlock()
+			}
+			s.mu.RUnlock()
+			if td.d.sub.users != nil {
+				td.d.sub.users.mu.Lock()
+				if ch := td.d.sub.users.subs[user]; ch != nil {
+					t.Logf("instance %d: channel %+v", i, *ch)
+				}
+				td.d.sub.users.mu.Unlock()
+			}
+			t.Logf("instance %d: catchups %d, received %d", i, td.d.hub.catchups(), td.d.stats.MessagesReceived.Load())
+		}
+		entries := streamEntries(t, daemons[0].pub, user)
+		t.Logf("stream: %d entries; last: %v", len(entries), entries[max(0, len(entries)-3):])
+	}
+}
+
 func (c *resumingClient) run(ctx context.Context) {
 	last := ""
 	failed := 0
@@ -475,6 +508,9 @@ func (c *resumingClient) waitFor(t *testing.T, n int, d time.Duration) time.Time
 	for c.received() < n {
 		if time.Now().After(deadline) {
 			c.report(t)
+			if c.diagnose != nil {
+				c.diagnose(t)
+			}
 			t.Fatalf("client has %d of %d events after %v", c.received(), n, d)
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -730,6 +766,7 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 			rng := rand.New(rand.NewPCG(seed, 2))
 
 			c := newResumingClient(t, tr, user, bases, seed)
+			c.diagnose = diagnoseInstances(daemons, user)
 			ctx, cancel := context.WithCancel(t.Context())
 			var wg sync.WaitGroup
 			wg.Go(func() { c.run(ctx) })
