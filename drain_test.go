@@ -215,6 +215,9 @@ const (
 	// clientStable is how long a connection must stay open to reset the
 	// backoff.
 	clientStable = 5 * time.Second
+	// drainClientHistory is the history option of the drain clients: more
+	// than the rounds any test publishes.
+	drainClientHistory = 100
 )
 
 // drainEvent is one event a drainClient received.
@@ -295,9 +298,14 @@ func (c *drainClient) run(ctx context.Context) {
 	failures := 0
 	move := -1 // the index of the move in progress, -1 if none
 	for ctx.Err() == nil {
+		// Resume after the last event; until there is one, ask for the
+		// retained events (fanout-client.js's history option), so that
+		// one published just before a 1001 is not lost.
 		q := url.Values{"username": {c.user}}
 		if last != "" {
 			q.Set("last_event_id", last)
+		} else {
+			q.Set("history", strconv.Itoa(drainClientHistory))
 		}
 		conn, _, err := dialer.DialContext(ctx, c.wsURL+"?"+q.Encode(), nil)
 		if err != nil {
@@ -635,4 +643,121 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 			t.Logf("%d clients moved: %s", len(moves), gapSummary(moves))
 		})
 	}
+}
+
+// TestRollingRestartOf3InstancesWith3000UsersLosesNothing: 3 000 users,
+// one client each through nginx, a publisher sending one event to every
+// user every 2 s, while the 3 instances are restarted one after the other
+// (SIGTERM, exit, a new process on the same port, /ready, nginx routing to
+// it again). Every client ends with every event of its user, in order,
+// once; the 1001 → resumed gaps are logged.
+func TestRollingRestartOf3InstancesWith3000UsersLosesNothing(t *testing.T) {
+	for _, mode := range drainModes {
+		t.Run(drainModeName(mode), func(t *testing.T) { rollingRestart(t, mode, 3000) })
+	}
+}
+
+func rollingRestart(t *testing.T, mode string, users int) {
+	began := time.Now()
+	c := startDrainCluster(t, 3, append(drainModeEnv(mode), "LOG_LEVEL=warn")...)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	var clients []*drainClient
+	var names []string
+	for i := range users {
+		name := fmt.Sprintf("rolling-%d", i)
+		dc := newDrainClient(c.base, name, seed+uint64(i))
+		clients, names = append(clients, dc), append(names, name)
+		wg.Go(func() { dc.run(ctx) })
+		if i%100 == 99 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	eventually(t, 30*time.Second, "every client connected", func() bool {
+		_, n := c.spread(0, 1, 2)
+		return n == users
+	})
+	spread, _ := c.spread(0, 1, 2)
+	t.Logf("%d clients connected in %v: %v", users, time.Since(began).Round(time.Millisecond), spread)
+
+	// The publisher goes on until two rounds after the last restart.
+	var mu sync.Mutex
+	restartedAt := -1 // the round during which the last instance was ready
+	roundNow := 0
+	const every = 2 * time.Second
+	published := make(chan error, 1)
+	var rounds int
+	go func() {
+		var err error
+		rounds, err = publishRounds(ctx, c.r.client(), names, 250, every, 30, func(round int) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			roundNow = round
+			return restartedAt < 0 || round <= restartedAt+2
+		})
+		published <- err
+	}()
+	time.Sleep(every) // a round before the first SIGTERM
+
+	for i := range c.instances {
+		step := time.Now()
+		c.stop(i)
+		exited := time.Since(step)
+		if logs := c.instances[i].p.logs.String(); strings.Contains(logs, "level=WARN") {
+			t.Logf("instance %d warned while stopping:\n%s", i, logs)
+		}
+		c.launch(i)
+		c.waitReady(i)
+		ready := time.Since(step)
+		routed := time.Duration(0)
+		if i < len(c.instances)-1 {
+			routed = c.waitRouted(i)
+		}
+		counts, n := c.spread(0, 1, 2)
+		t.Logf("instance %d: exited %v after SIGTERM, new process ready after %v, routed to by nginx %v later; connections %v (%d)",
+			i, exited.Round(time.Millisecond), ready.Round(time.Millisecond), routed.Round(time.Millisecond), counts, n)
+	}
+	mu.Lock()
+	restartedAt = roundNow
+	mu.Unlock()
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("published %d rounds (%d events), restarts done during round %d", rounds, rounds*users, restartedAt)
+	deadline := time.Now().Add(20 * time.Second)
+	for _, dc := range clients {
+		for dc.received() < rounds && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a duplicate would come now
+	cancel()
+	wg.Wait()
+
+	var moves []drainMove
+	failedDials, movedTwice := 0, 0
+	for _, dc := range clients {
+		dc.check(t, rounds)
+		_, m, _, _ := dc.state()
+		if len(m) == 0 {
+			t.Fatalf("%s never got a close 1001, though every instance was restarted", dc.user)
+		}
+		if len(m) > 1 {
+			movedTwice++
+		}
+		for _, mv := range m {
+			if mv.handshake == 0 {
+				t.Fatalf("%s: a 1001 was never followed by a connection", dc.user)
+			}
+			failedDials += mv.failedDials
+		}
+		moves = append(moves, m...)
+	}
+	t.Logf("%d closes 1001 (%d clients moved more than once), %d failed dials after them", len(moves), movedTwice, failedDials)
+	t.Logf("rolling restart, SUBSCRIBE_MODE=%s: %s", drainModeName(mode), gapSummary(moves))
+	t.Logf("whole test %v", time.Since(began).Round(time.Millisecond))
 }
