@@ -761,3 +761,149 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	t.Logf("rolling restart, SUBSCRIBE_MODE=%s: %s", drainModeName(mode), gapSummary(moves))
 	t.Logf("whole test %v", time.Since(began).Round(time.Millisecond))
 }
+
+// jitterPageScript opens n fanout-client.js clients in the harness page,
+// users jitter-0…, each reporting its status changes with the page's
+// clock (ms since the epoch) and its events.
+const jitterPageScript = `
+for (let i = 0; i < %d; i++) {
+  const name = 'jitter-' + i;
+  const now = () => (performance.timeOrigin + performance.now()).toFixed(1);
+  window.fanout.connect({
+    url: %q, username: name, history: 100,
+    onStatus: (s) => window.report('jstatus ' + name + ' ' + s.state + ' code=' + s.code + ' delay=' + s.delay + ' t=' + now()),
+    onEvent: (event, raw, info) => window.report('jevent ' + name + ' ' + event.counter + ' id=' + info.id),
+    onResync: (r) => window.report('jresync ' + name + ' ' + r.reason),
+  });
+}
+`
+
+// TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing:
+// fanout-client.js in headless Chromium, 90 clients in one page through
+// nginx, about 30 on each of 3 instances. The instance holding the most
+// gets SIGTERM: each of its clients waits a random 50–100 % of minDelay
+// after the close 1001 (never at once), so they come back spread out, and
+// every client ends with every event.
+func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *testing.T) {
+	c := startDrainCluster(t, 3)
+	const clients, rounds = 90, 40
+	const minDelay = 500 * time.Millisecond // fanout-client.js's default
+	h := startClientHarness(t, c.base, nil)
+	h.send(map[string]any{"cmd": "script", "code": fmt.Sprintf(jitterPageScript, clients, "ws"+strings.TrimPrefix(c.base, "http")+"/ws")})
+	eventually(t, 30*time.Second, "every client open", func() bool {
+		return countLines(h.p.logs.String(), " open code=") == clients
+	})
+	eventually(t, 10*time.Second, "every connection registered", func() bool {
+		_, n := c.spread(0, 1, 2)
+		return n == clients
+	})
+	before, _ := c.spread(0, 1, 2)
+	stopped := 0
+	for i, n := range before {
+		if n > before[stopped] {
+			stopped = i
+		}
+	}
+	var names []string
+	for i := range clients {
+		names = append(names, fmt.Sprintf("jitter-%d", i))
+	}
+	signalled := make(chan struct{})
+	published := make(chan error, 1)
+	go func() {
+		_, err := publishRounds(t.Context(), c.r.client(), names, clients, 100*time.Millisecond, rounds, func(round int) bool {
+			if round == 10 {
+				close(signalled)
+			}
+			return true
+		})
+		published <- err
+	}()
+	<-signalled
+	c.stop(stopped)
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "every event in every client", func() bool {
+		return countLines(h.p.logs.String(), "jevent ") >= clients*rounds
+	})
+	time.Sleep(300 * time.Millisecond) // a duplicate would come now
+	logs := h.p.logs.String()
+	h.exit()
+
+	// Per client: its events in order; after the 1001, when it dialled
+	// (its status goes from reconnecting with a delay to reconnecting with
+	// none) and when the new connection opened.
+	counters := map[string][]int{}
+	closedAt, dialledAt := map[string]float64{}, map[string]float64{}
+	var waits, opens, dials []float64
+	for _, line := range strings.Split(logs, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[0] == "jevent":
+			n, _ := strconv.Atoi(f[2])
+			counters[f[1]] = append(counters[f[1]], n)
+		case len(f) >= 3 && f[0] == "jresync":
+			t.Fatalf("%s: resync %s, want none", f[1], strings.Join(f[2:], " "))
+		case len(f) == 6 && f[0] == "jstatus":
+			name := f[1]
+			at, _ := strconv.ParseFloat(strings.TrimPrefix(f[5], "t="), 64)
+			switch {
+			case f[2] == "reconnecting" && f[3] == "code=1001" && f[4] != "delay=0":
+				if _, twice := closedAt[name]; twice {
+					t.Fatalf("%s: a second close 1001", name)
+				}
+				closedAt[name] = at
+			case f[2] == "reconnecting" && f[4] == "delay=0":
+				if start, ok := closedAt[name]; ok {
+					if _, ok := dialledAt[name]; ok {
+						t.Fatalf("%s: a second dial after its 1001", name)
+					}
+					dialledAt[name] = at
+					waits = append(waits, at-start)
+					dials = append(dials, at)
+				}
+			case f[2] == "open":
+				if start, ok := closedAt[name]; ok {
+					opens = append(opens, at-start)
+				}
+			case f[2] != "connecting" && f[2] != "reconnecting":
+				t.Fatalf("%s: status %s, want only connecting, open, reconnecting", name, strings.Join(f[2:], " "))
+			}
+		}
+	}
+	for _, name := range names {
+		if got := counters[name]; !slices.Equal(got, numbers(rounds)) {
+			t.Fatalf("%s received counters %v, want 0…%d once each, in order", name, got, rounds-1)
+		}
+	}
+	if len(closedAt) != before[stopped] || len(waits) != len(closedAt) || len(opens) != len(closedAt) {
+		t.Fatalf("%d clients got 1001, %d dialled again and %d opened, want the %d of instance %d (connections %v)",
+			len(closedAt), len(waits), len(opens), before[stopped], stopped, before)
+	}
+	slices.Sort(waits)
+	slices.Sort(dials)
+	slices.Sort(opens)
+	spread := dials[len(dials)-1] - dials[0]
+	ms := float64(minDelay.Milliseconds())
+	// Chromium lets one WebSocket per host be connecting at a time
+	// (RFC 6455 4.1), so in one page the handshakes queue behind each
+	// other: the dials show the client's policy, the opens the queue.
+	t.Logf("%d clients of instance %d (connections %v): 1001 → dial %.0f…%.0f ms, dials spread over %.0f ms; 1001 → open median %.0f ms, max %.0f ms",
+		len(waits), stopped, before, waits[0], waits[len(waits)-1], spread, opens[len(opens)/2], opens[len(opens)-1])
+	if waits[0] < ms/2-5 || waits[len(waits)-1] > ms+250 {
+		t.Fatalf("clients dialled %.0f…%.0f ms after their 1001, want a random 50–100 %% of minDelay (%.0f…%.0f ms)", waits[0], waits[len(waits)-1], ms/2, ms)
+	}
+	if spread < ms/4 {
+		t.Fatalf("the %d clients dialled within %.0f ms, want them spread over more than minDelay/4 (%.0f ms)", len(waits), spread, ms/4)
+	}
+}
+
+// numbers returns 0, 1, …, n-1.
+func numbers(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
