@@ -344,7 +344,7 @@ func (c *drainClient) run(ctx context.Context) {
 			}
 			now := time.Now()
 			f, err := parseHistoryMessage(msg)
-			if err != nil || f.control != "" || !f.hasID {
+			if err != nil || f.control != "" {
 				c.problem("frame %s (%v)", msg, err)
 				continue
 			}
@@ -357,7 +357,12 @@ func (c *drainClient) run(ctx context.Context) {
 				continue
 			}
 			ev := drainEvent{id: f.id, counter: p.Counter, sent: time.Unix(0, p.SentUnixNs)}
-			last = f.id
+			// An event the daemon could not record comes without an id
+			// (its log says so): as fanout-client.js does, the last id
+			// stays where it was.
+			if f.hasID {
+				last = f.id
+			}
 			c.mu.Lock()
 			c.events = append(c.events, ev)
 			if move >= 0 && c.moves[move].firstEvent == 0 {
@@ -408,7 +413,10 @@ func (c *drainClient) check(t *testing.T, rounds int) {
 	var prev history.ID
 	for i, e := range events {
 		id, ok := history.ParseID(e.id)
-		if e.counter != i || !ok || (i > 0 && !prev.Less(id)) {
+		if e.id == "" {
+			id, ok = prev, true // not recorded: no id to compare
+		}
+		if e.counter != i || !ok || (e.id != "" && i > 0 && !prev.Less(id)) {
 			var b strings.Builder
 			for _, m := range moves {
 				fmt.Fprintf(&b, "  1001 at %s, resumed from %q after %v (%d failed dials)\n",
@@ -647,10 +655,10 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 
 // TestRollingRestartOf3InstancesWith3000UsersLosesNothing: 3 000 users,
 // one client each through nginx, a publisher sending one event to every
-// user every 2 s, while the 3 instances are restarted one after the other
-// (SIGTERM, exit, a new process on the same port, /ready, nginx routing to
-// it again). Every client ends with every event of its user, in order,
-// once; the 1001 → resumed gaps are logged.
+// user every 2 s (3 s under the race detector), while the 3 instances are
+// restarted one after the other (SIGTERM, exit, a new process on the same
+// port, /ready, nginx routing to it again). Every client ends with every
+// event of its user, in order, once; the 1001 → resumed gaps are logged.
 func TestRollingRestartOf3InstancesWith3000UsersLosesNothing(t *testing.T) {
 	for _, mode := range drainModes {
 		t.Run(drainModeName(mode), func(t *testing.T) { rollingRestart(t, mode, 3000) })
@@ -688,7 +696,12 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	var mu sync.Mutex
 	restartedAt := -1 // the round during which the last instance was ready
 	roundNow := 0
-	const every = 2 * time.Second
+	// 1 500 events/s; under the race detector Redis and the instances'
+	// recorders fall behind on a busy 2-core machine, so 1 000.
+	every := 2 * time.Second
+	if raceEnabled {
+		every = 3 * time.Second
+	}
 	published := make(chan error, 1)
 	var rounds int
 	go func() {
@@ -741,10 +754,15 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	wg.Wait()
 
 	var moves []drainMove
-	failedDials, movedTwice := 0, 0
+	failedDials, movedTwice, withoutID := 0, 0, 0
 	for _, dc := range clients {
 		dc.check(t, rounds)
-		_, m, _, _ := dc.state()
+		events, m, _, _ := dc.state()
+		for _, e := range events {
+			if e.id == "" {
+				withoutID++
+			}
+		}
 		if len(m) == 0 {
 			t.Fatalf("%s never got a close 1001, though every instance was restarted", dc.user)
 		}
@@ -759,7 +777,8 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		}
 		moves = append(moves, m...)
 	}
-	t.Logf("%d closes 1001 (%d clients moved more than once), %d failed dials after them", len(moves), movedTwice, failedDials)
+	t.Logf("%d closes 1001 (%d clients moved more than once), %d failed dials after them; %d events delivered without an id (not recorded)",
+		len(moves), movedTwice, failedDials, withoutID)
 	t.Logf("rolling restart, SUBSCRIBE_MODE=%s: %s", drainModeName(mode), gapSummary(moves))
 	t.Logf("whole test %v", time.Since(began).Round(time.Millisecond))
 }
