@@ -439,6 +439,17 @@ func (c *drainClient) received() int {
 	return len(c.events)
 }
 
+// publisher returns a Redis client for the drain tests' publisher that
+// never sends a command twice: go-redis retries a pipeline whose reply
+// timed out (3 s by default, which a starved Redis reaches under the race
+// detector), and a PUBLISH sent again is a second, identical event.
+func (c *drainCluster) publisher() *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: c.r.addr(), MaxRetries: -1,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
+	c.t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
 // drainPayload is the round-th event of user, stamped with its send time.
 func drainPayload(user string, round int) string {
 	return fmt.Sprintf(`{"type":"node_completed","run_id":"r:drain","username":%q,"counter":%d,"sent_unix_ns":%d}`,
@@ -601,7 +612,7 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 			signalled := make(chan struct{})
 			published := make(chan error, 1)
 			go func() {
-				_, err := publishRounds(ctx, c.r.client(), names, users, 100*time.Millisecond, rounds, func(round int) bool {
+				_, err := publishRounds(ctx, c.publisher(), names, users, 100*time.Millisecond, rounds, func(round int) bool {
 					if round == 10 {
 						close(signalled)
 					}
@@ -706,7 +717,7 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	var rounds int
 	go func() {
 		var err error
-		rounds, err = publishRounds(ctx, c.r.client(), names, 250, every, 30, func(round int) bool {
+		rounds, err = publishRounds(ctx, c.publisher(), names, 250, every, 30, func(round int) bool {
 			mu.Lock()
 			defer mu.Unlock()
 			roundNow = round
@@ -832,7 +843,7 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 	signalled := make(chan struct{})
 	published := make(chan error, 1)
 	go func() {
-		_, err := publishRounds(t.Context(), c.r.client(), names, clients, 100*time.Millisecond, rounds, func(round int) bool {
+		_, err := publishRounds(t.Context(), c.publisher(), names, clients, 100*time.Millisecond, rounds, func(round int) bool {
 			if round == 10 {
 				close(signalled)
 			}
