@@ -402,13 +402,21 @@ func (c *drainClient) state() (events []drainEvent, moves []drainMove, handshake
 	return slices.Clone(c.events), slices.Clone(c.moves), c.handshake, slices.Clone(c.problems)
 }
 
-// check fails unless the client received events 0..rounds-1 of its user,
-// in order, each once, with increasing ids, and saw nothing unexpected.
+// check fails unless verify passes.
 func (c *drainClient) check(t *testing.T, rounds int) {
 	t.Helper()
+	if err := c.verify(rounds); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// verify says whether the client received events 0..rounds-1 of its user,
+// in order, each once, with increasing ids (an event without one, which
+// the daemon could not record, aside), and saw nothing unexpected.
+func (c *drainClient) verify(rounds int) error {
 	events, moves, _, problems := c.state()
 	if len(problems) > 0 {
-		t.Fatalf("%s: %d problems, first: %s", c.user, len(problems), problems[0])
+		return fmt.Errorf("%s: %d problems, first: %s", c.user, len(problems), problems[0])
 	}
 	var prev history.ID
 	for i, e := range events {
@@ -422,14 +430,15 @@ func (c *drainClient) check(t *testing.T, rounds int) {
 				fmt.Fprintf(&b, "  1001 at %s, resumed from %q after %v (%d failed dials)\n",
 					m.closedAt.Format("15:04:05.000"), m.resumedFrom, m.handshake, m.failedDials)
 			}
-			t.Fatalf("%s: event #%d is counter %d id %s after %s, want counter %d with a later id (%d events, %d wanted); moves:\n%s",
+			return fmt.Errorf("%s: event #%d is counter %d id %s after %s, want counter %d with a later id (%d events, %d wanted); moves:\n%s",
 				c.user, i, e.counter, e.id, prev, i, len(events), rounds, b.String())
 		}
 		prev = id
 	}
 	if len(events) != rounds {
-		t.Fatalf("%s: %d events, want %d", c.user, len(events), rounds)
+		return fmt.Errorf("%s: %d events, want %d", c.user, len(events), rounds)
 	}
+	return nil
 }
 
 // received is how many events the client has.
@@ -767,7 +776,15 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	var moves []drainMove
 	failedDials, movedTwice, withoutID := 0, 0, 0
 	for _, dc := range clients {
-		dc.check(t, rounds)
+		if err := dc.verify(rounds); err != nil {
+			// What the history holds for that user, to tell a duplicate
+			// recording from a duplicate delivery.
+			entries, herr := history.After(context.Background(), c.r.client(), dc.user, "", 1000)
+			for _, e := range entries {
+				t.Logf("history of %s: %s %s", dc.user, e.ID, e.Data)
+			}
+			t.Fatalf("%v(history read: %v)", err, herr)
+		}
 		events, m, _, _ := dc.state()
 		for _, e := range events {
 			if e.id == "" {
