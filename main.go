@@ -249,10 +249,13 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 		// A pprof profile in progress is cut short rather than waited for.
 		_ = adminServer.Close()
 	}
-	stopSub()
 	if herr := <-hubDone; herr != nil {
 		d.logger.Warn("Some clients did not close in time; dropped them", "err", herr)
 	}
+	// Only now: a recording cut short by the subscriber's end is
+	// delivered without an id, which a client still connected would
+	// receive, and get again from the history when it resumes.
+	stopSub()
 	wg.Wait()
 	_ = d.rdb.Close()
 	if d.recordRdb != nil {
