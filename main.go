@@ -277,6 +277,10 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	d.logger.Info("Shutting down", "connections", d.hub.connections.Load(), "timeout", d.cfg.ShutdownTimeout)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
 	defer cancel()
+	// The 1001s go out once the listener is closed, not after Shutdown
+	// has waited for HTTP connections (up to 5 s for one that sent nothing).
+	hubDone := make(chan error, 1)
+	httpServer.RegisterOnShutdown(func() { hubDone <- d.hub.shutdown(shutdownCtx) })
 	if serr := httpServer.Shutdown(shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		d.logger.Warn("HTTP shutdown incomplete", "err", serr)
 	}
@@ -284,10 +288,13 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 		// A pprof profile in progress is cut short rather than waited for.
 		_ = adminServer.Close()
 	}
-	stopSub()
-	if herr := d.hub.shutdown(shutdownCtx); herr != nil {
+	if herr := <-hubDone; herr != nil {
 		d.logger.Warn("Some clients did not close in time; dropped them", "err", herr)
 	}
+	// Only now: a recording cut short by the subscriber's end is
+	// delivered without an id, which a client still connected would
+	// receive, and get again from the history when it resumes.
+	stopSub()
 	wg.Wait()
 	_ = d.rdb.Close()
 	if d.recordRdb != nil {

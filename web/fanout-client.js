@@ -17,7 +17,10 @@
  * What the client does when a connection ends, by close code:
  * - 1001 (server shutting down), 1013 (send queue full: client too slow),
  *   1006 (network lost) and any other code: reconnects with exponential
- *   backoff and jitter, from minDelay up to maxDelay.
+ *   backoff and jitter, from minDelay up to maxDelay. Each wait is a random
+ *   50–100 % of the backoff, so the first one after a connection that was
+ *   open 5 s is 250–500 ms by default: the clients of an instance that
+ *   stops (1001) come back spread over 250 ms, not all at the same instant.
  * - 4001 (token expired): with a token function, asks it for a fresh token
  *   and reconnects at once; with a fixed token, stops with state 'expired'.
  * - 1008 (too many messages) and 1009 (message too big): a bug in the page,

@@ -1,0 +1,958 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// The drain tests of issue 12: real fanout processes (SIGTERM is a real
+// signal) behind deploy/nginx.conf run by Debian's nginx, and clients that
+// reconnect as fanout-client.js does.
+
+// drainModes are the SUBSCRIBE_MODE values the drain tests run with: ""
+// leaves the variable unset (pattern, the default). Add subscribeUser
+// once user mode has landed: the tests are written for both.
+var drainModes = []string{""}
+
+// drainModeName names a subtest after mode.
+func drainModeName(mode string) string {
+	if mode == "" {
+		return subscribePattern
+	}
+	return mode
+}
+
+// drainModeEnv is the process environment for mode.
+func drainModeEnv(mode string) []string {
+	if mode == "" {
+		return nil
+	}
+	return []string{"SUBSCRIBE_MODE=" + mode}
+}
+
+// fanoutInstance is one fanout process of a drainCluster, started again
+// on the same port after each stop.
+type fanoutInstance struct {
+	port int
+	// adminURL is the running process's admin listener (a new port at
+	// every start).
+	adminURL string
+	p        *daemonProcess
+	// all is every process started for this instance, oldest first.
+	all []*daemonProcess
+}
+
+// drainCluster is redis-server, fanout processes on fixed ports and nginx
+// with deploy/nginx.conf in front of them.
+type drainCluster struct {
+	t         *testing.T
+	r         *redisServer
+	env       []string
+	instances []*fanoutInstance
+	// base is nginx's http://127.0.0.1:PORT.
+	base string
+}
+
+// startDrainCluster starts n ready fanout processes with env behind nginx.
+func startDrainCluster(t *testing.T, n int, env ...string) *drainCluster {
+	t.Helper()
+	c := &drainCluster{t: t, r: startRedis(t), env: env}
+	var backends []string
+	for len(c.instances) < n {
+		// Below the ephemeral range: the clients' thousands of sockets
+		// cannot take it while the instance restarts.
+		port := portOutsideEphemeralRange(t)
+		if slices.ContainsFunc(c.instances, func(i *fanoutInstance) bool { return i.port == port }) {
+			continue
+		}
+		c.instances = append(c.instances, &fanoutInstance{port: port})
+		backends = append(backends, "127.0.0.1:"+strconv.Itoa(port))
+	}
+	for i := range c.instances {
+		c.launch(i)
+	}
+	for i := range c.instances {
+		c.waitReady(i)
+	}
+	c.base = "http://127.0.0.1:" + strconv.Itoa(startNginx(t, backends))
+	t.Cleanup(func() {
+		for _, inst := range c.instances {
+			for _, p := range inst.all {
+				if strings.Contains(p.logs.String(), "DATA RACE") {
+					t.Errorf("a fanout process reported a data race:\n%s", p.logs.String())
+				}
+			}
+		}
+	})
+	return c
+}
+
+// launch starts instance i's process on its port.
+func (c *drainCluster) launch(i int) {
+	c.t.Helper()
+	inst := c.instances[i]
+	admin := "127.0.0.1:" + strconv.Itoa(freePort(c.t))
+	inst.adminURL = "http://" + admin
+	// ADMIN_ADDR comes after daemonCommand's own: the last one wins.
+	env := daemonProcessEnv(c.r, inst.port, append(slices.Clone(c.env), "ADMIN_ADDR="+admin)...)
+	inst.p = startProcess(c.t, daemonCommand(c.t, env...))
+	inst.all = append(inst.all, inst.p)
+}
+
+// readyStatus is the status of instance i's /ready, 0 when unreachable.
+func (c *drainCluster) readyStatus(i int) int {
+	status, _, err := get("http://127.0.0.1:" + strconv.Itoa(c.instances[i].port) + "/ready")
+	if err != nil {
+		return 0
+	}
+	return status
+}
+
+// waitReady waits until instance i's /ready answers 200.
+func (c *drainCluster) waitReady(i int) {
+	c.t.Helper()
+	p := c.instances[i].p
+	eventually(c.t, 20*time.Second, fmt.Sprintf("instance %d ready", i), func() bool {
+		select {
+		case <-p.done:
+			c.t.Fatalf("instance %d exited (%v) before it was ready:\n%s", i, p.err, p.logs.String())
+		default:
+		}
+		return c.readyStatus(i) == http.StatusOK
+	})
+}
+
+// stop sends instance i SIGTERM and waits for its exit, with status 0.
+func (c *drainCluster) stop(i int) {
+	c.t.Helper()
+	p := c.instances[i].p
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		c.t.Fatal(err)
+	}
+	p.waitExit(c.t, 15*time.Second)
+}
+
+// connections returns the connections instance i holds (/admin/stats).
+func (c *drainCluster) connections(i int) int {
+	c.t.Helper()
+	status, body, err := get(c.instances[i].adminURL + "/admin/stats")
+	if err != nil || status != http.StatusOK {
+		c.t.Fatalf("instance %d /admin/stats: %d %v", i, status, err)
+	}
+	var s struct{ Connections int }
+	if err := json.Unmarshal([]byte(body), &s); err != nil {
+		c.t.Fatalf("instance %d /admin/stats: %v", i, err)
+	}
+	return s.Connections
+}
+
+// spread returns every instance's connections, and their sum.
+func (c *drainCluster) spread(running ...int) ([]int, int) {
+	var counts []int
+	sum := 0
+	for _, i := range running {
+		n := c.connections(i)
+		counts = append(counts, n)
+		sum += n
+	}
+	return counts, sum
+}
+
+// waitRouted waits until nginx sends a new connection to instance i
+// again. After its first refused connect to a stopped instance nginx
+// takes the server out for fail_timeout (10 s by default); a rolling
+// restart that stopped the next instance before then could leave nginx
+// with no server it would try.
+func (c *drainCluster) waitRouted(i int) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	wsURL := "ws" + strings.TrimPrefix(c.base, "http") + "/ws?username=routing-probe"
+	for attempt := 0; ; attempt++ {
+		if time.Since(start) > 20*time.Second {
+			c.t.Fatalf("nginx did not route to instance %d within 20s (%d probes)", i, attempt)
+		}
+		conn, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+		if err == nil {
+			routed := false
+			for deadline := time.Now().Add(time.Second); !routed && time.Now().Before(deadline); {
+				routed = c.connections(i) > 0
+				if !routed {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			_ = conn.Close()
+			if routed {
+				return time.Since(start)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Reconnect policy of fanout-client.js (#retry, #backoff, STABLE_MS), with
+// its default options.
+const (
+	clientMinDelay = 500 * time.Millisecond
+	clientMaxDelay = 30 * time.Second
+	// clientStable is how long a connection must stay open to reset the
+	// backoff.
+	clientStable = 5 * time.Second
+	// drainClientHistory is the history option of the drain clients: more
+	// than the rounds any test publishes.
+	drainClientHistory = 100
+)
+
+// drainEvent is one event a drainClient received.
+type drainEvent struct {
+	id      string
+	counter int
+	// sent is when the publisher sent it (its sent_unix_ns).
+	sent time.Time
+}
+
+// drainMove is one close 1001 a drainClient received and how it came back.
+type drainMove struct {
+	// closedAt is when the read returned the close 1001.
+	closedAt time.Time
+	// delay is the random wait the client chose before dialling.
+	delay       time.Duration
+	failedDials int
+	// resumedFrom is the last_event_id the new connection was opened with.
+	resumedFrom string
+	// handshake is from closedAt to the new connection's 101 read: resumed
+	// (0 while not back).
+	handshake time.Duration
+	// firstEvent is from closedAt to the first event on the new connection
+	// (0 if none came); replayed tells that it was published before the
+	// handshake completed, so it came from the history.
+	firstEvent time.Duration
+	replayed   bool
+}
+
+// drainClient is one user's WebSocket through nginx with fanout.v1,
+// reconnecting as fanout-client.js does: after any close it waits a random
+// 50–100 % of the backoff (clientMinDelay doubling up to clientMaxDelay,
+// reset once a connection stayed open clientStable), then resumes with
+// ?last_event_id=.
+type drainClient struct {
+	wsURL string
+	user  string
+	// rng is owned by run.
+	rng *rand.Rand
+
+	// mu guards what follows.
+	mu        sync.Mutex
+	events    []drainEvent
+	moves     []drainMove
+	handshake int
+	// problems are what the client should never see: a control, a frame
+	// it cannot parse, a close other than 1001.
+	problems []string
+	lastErr  string
+}
+
+func newDrainClient(base, user string, seed uint64) *drainClient {
+	return &drainClient{
+		wsURL: "ws" + strings.TrimPrefix(base, "http") + "/ws",
+		user:  user,
+		rng:   rand.New(rand.NewPCG(seed, 3)),
+	}
+}
+
+// backoff is fanout-client.js's #backoff: failures counts the delays
+// taken since the last stable connection.
+func (c *drainClient) backoff(failures *int) time.Duration {
+	base := min(clientMaxDelay, clientMinDelay<<min(*failures, 20))
+	*failures++
+	return base/2 + time.Duration(c.rng.Int64N(int64(base/2)+1))
+}
+
+func (c *drainClient) problem(format string, args ...any) {
+	c.mu.Lock()
+	c.problems = append(c.problems, fmt.Sprintf(format, args...))
+	c.mu.Unlock()
+}
+
+// run connects and reconnects until ctx ends.
+func (c *drainClient) run(ctx context.Context) {
+	dialer := websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 10 * time.Second}
+	last := ""
+	failures := 0
+	move := -1 // the index of the move in progress, -1 if none
+	for ctx.Err() == nil {
+		// Resume after the last event; until there is one, ask for the
+		// retained events (fanout-client.js's history option), so that
+		// one published just before a 1001 is not lost.
+		q := url.Values{"username": {c.user}}
+		if last != "" {
+			q.Set("last_event_id", last)
+		} else {
+			q.Set("history", strconv.Itoa(drainClientHistory))
+		}
+		conn, _, err := dialer.DialContext(ctx, c.wsURL+"?"+q.Encode(), nil)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.mu.Lock()
+			c.lastErr = err.Error()
+			if move >= 0 {
+				c.moves[move].failedDials++
+			}
+			c.mu.Unlock()
+			sleepCtx(ctx, c.backoff(&failures))
+			continue
+		}
+		opened := time.Now()
+		if got := conn.Subprotocol(); got != historySubprotocol {
+			c.problem("subprotocol %q", got)
+			_ = conn.Close()
+			return
+		}
+		c.mu.Lock()
+		c.handshake++
+		if move >= 0 {
+			c.moves[move].handshake = opened.Sub(c.moves[move].closedAt)
+			c.moves[move].resumedFrom = last
+		}
+		c.mu.Unlock()
+		stopClose := context.AfterFunc(ctx, func() { _ = conn.Close() })
+		var end error
+		for {
+			_, msg, err := conn.ReadMessage()
+			if err != nil {
+				end = err
+				break
+			}
+			now := time.Now()
+			f, err := parseHistoryMessage(msg)
+			if err != nil || f.control != "" {
+				c.problem("frame %s (%v)", msg, err)
+				continue
+			}
+			var p struct {
+				Counter    int   `json:"counter"`
+				SentUnixNs int64 `json:"sent_unix_ns"`
+			}
+			if err := json.Unmarshal([]byte(f.data), &p); err != nil {
+				c.problem("event %s: %v", f.data, err)
+				continue
+			}
+			ev := drainEvent{id: f.id, counter: p.Counter, sent: time.Unix(0, p.SentUnixNs)}
+			// An event the daemon could not record comes without an id
+			// (its log says so): as fanout-client.js does, the last id
+			// stays where it was.
+			if f.hasID {
+				last = f.id
+			}
+			c.mu.Lock()
+			c.events = append(c.events, ev)
+			if move >= 0 && c.moves[move].firstEvent == 0 {
+				m := &c.moves[move]
+				m.firstEvent = now.Sub(m.closedAt)
+				m.replayed = ev.sent.Before(opened)
+			}
+			c.mu.Unlock()
+		}
+		stopClose()
+		_ = conn.Close()
+		closedAt := time.Now()
+		if ctx.Err() != nil {
+			return
+		}
+		if closedAt.Sub(opened) >= clientStable {
+			failures = 0
+		}
+		delay := c.backoff(&failures)
+		c.mu.Lock()
+		move = -1
+		if websocket.IsCloseError(end, websocket.CloseGoingAway) {
+			c.moves = append(c.moves, drainMove{closedAt: closedAt, delay: delay})
+			move = len(c.moves) - 1
+		} else {
+			c.problems = append(c.problems, fmt.Sprintf("connection ended with %v, want close 1001", end))
+		}
+		c.mu.Unlock()
+		sleepCtx(ctx, delay)
+	}
+}
+
+// state returns copies of what the client has recorded.
+func (c *drainClient) state() (events []drainEvent, moves []drainMove, handshakes int, problems []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.events), slices.Clone(c.moves), c.handshake, slices.Clone(c.problems)
+}
+
+// check fails unless verify passes.
+func (c *drainClient) check(t *testing.T, rounds int) {
+	t.Helper()
+	if err := c.verify(rounds); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// verify says whether the client received events 0..rounds-1 of its user,
+// in order, each once, with increasing ids (an event without one, which
+// the daemon could not record, aside), and saw nothing unexpected.
+func (c *drainClient) verify(rounds int) error {
+	events, moves, _, problems := c.state()
+	if len(problems) > 0 {
+		return fmt.Errorf("%s: %d problems, first: %s", c.user, len(problems), problems[0])
+	}
+	var prev history.ID
+	for i, e := range events {
+		id, ok := history.ParseID(e.id)
+		if e.id == "" {
+			id, ok = prev, true // not recorded: no id to compare
+		}
+		if e.counter != i || !ok || (e.id != "" && i > 0 && !prev.Less(id)) {
+			var b strings.Builder
+			for _, m := range moves {
+				fmt.Fprintf(&b, "  1001 at %s, resumed from %q after %v (%d failed dials)\n",
+					m.closedAt.Format("15:04:05.000"), m.resumedFrom, m.handshake, m.failedDials)
+			}
+			return fmt.Errorf("%s: event #%d is counter %d id %s after %s, want counter %d with a later id (%d events, %d wanted); moves:\n%s",
+				c.user, i, e.counter, e.id, prev, i, len(events), rounds, b.String())
+		}
+		prev = id
+	}
+	if len(events) != rounds {
+		return fmt.Errorf("%s: %d events, want %d", c.user, len(events), rounds)
+	}
+	return nil
+}
+
+// received is how many events the client has.
+func (c *drainClient) received() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.events)
+}
+
+// publisher returns a Redis client for the drain tests' publisher that
+// never sends a command twice: go-redis retries a pipeline whose reply
+// timed out (3 s by default, which a starved Redis reaches under the race
+// detector), and a PUBLISH sent again is a second, identical event.
+func (c *drainCluster) publisher() *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: c.r.addr(), MaxRetries: -1,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
+	c.t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// drainPayload is the round-th event of user, stamped with its send time.
+func drainPayload(user string, round int) string {
+	return fmt.Sprintf(`{"type":"node_completed","run_id":"r:drain","username":%q,"counter":%d,"sent_unix_ns":%d}`,
+		user, round, time.Now().UnixNano())
+}
+
+// publishRounds publishes rounds: one event to every user per round, with
+// plain PUBLISH in pipelines of at most chunk, spread evenly over every.
+// It goes on while more(round) says so, for at most maxRounds, and
+// returns the rounds published.
+func publishRounds(ctx context.Context, rdb *redis.Client, users []string, chunk int, every time.Duration,
+	maxRounds int, more func(round int) bool) (int, error) {
+	chunks := (len(users) + chunk - 1) / chunk
+	tick := time.NewTicker(every / time.Duration(chunks))
+	defer tick.Stop()
+	round := 0
+	for ; round < maxRounds && more(round); round++ {
+		for start := 0; start < len(users); start += chunk {
+			pipe := rdb.Pipeline()
+			for _, u := range users[start:min(start+chunk, len(users))] {
+				pipe.Publish(ctx, history.Channel(u), drainPayload(u, round))
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return round, fmt.Errorf("publish round %d: %w", round, err)
+			}
+			select {
+			case <-ctx.Done():
+				return round, ctx.Err()
+			case <-tick.C:
+			}
+		}
+	}
+	return round, nil
+}
+
+// percentile returns the q-quantile of ds (nearest rank), 0 when empty.
+func percentile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[max(0, int(float64(len(s))*q+0.999999)-1)]
+}
+
+// gapSummary is the 1001 → resumed gaps of some moves, for t.Logf.
+func gapSummary(moves []drainMove) string {
+	var handshake, dial, first []time.Duration
+	for _, m := range moves {
+		handshake = append(handshake, m.handshake)
+		if m.failedDials == 0 {
+			dial = append(dial, m.handshake-m.delay)
+		}
+		if m.replayed {
+			first = append(first, m.firstEvent)
+		}
+	}
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	return fmt.Sprintf("1001 → handshake complete: p50 %v p99 %v max %v (n=%d); "+
+		"of which the dial through nginx (less the random wait): p50 %v p99 %v; "+
+		"1001 → first missed event replayed: p50 %v p99 %v (n=%d)",
+		r(percentile(handshake, .5)), r(percentile(handshake, .99)), r(percentile(handshake, 1)), len(handshake),
+		r(percentile(dial, .5)), r(percentile(dial, .99)),
+		r(percentile(first, .5)), r(percentile(first, .99)), len(first))
+}
+
+// TestFromSIGTERMOnReadyIsRefusedBeforeAnyClientGets1001: as soon as
+// shutdown begins the instance stops listening, so /ready (a load
+// balancer's or kubelet's check) and new connections are refused, before
+// the first close 1001 goes out: a client that reconnects at once cannot
+// land on the instance that is stopping. A request already under way when
+// the signal comes gets no answer at all (net/http drops a request whose
+// headers complete after Shutdown began), never a 200, and it does not
+// hold the 1001s back: net/http's Shutdown waits up to 5 s for such a
+// connection, and the clients used to get their 1001 only after it (or,
+// with SHUTDOWN_TIMEOUT at 5 s or less, a dropped connection instead).
+func TestFromSIGTERMOnReadyIsRefusedBeforeAnyClientGets1001(t *testing.T) {
+	r := startRedis(t)
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p := startProcess(t, daemonCommand(t, daemonProcessEnv(r, port)...))
+	eventually(t, 20*time.Second, "ready", func() bool {
+		status, _, err := get("http://" + addr + "/ready")
+		return err == nil && status == http.StatusOK
+	})
+	conn := dialWS(t, "ws://"+addr+"/ws?username=u", nil)
+	p.waitLog(t, 5*time.Second, "New WebSocket connection")
+	// A probe under way: its headers are not finished yet.
+	probe, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	if _, err := fmt.Fprint(probe, "GET /ready HTTP/1.1\r\nHost: fanout\r\n"); err != nil {
+		t.Fatal(err)
+	}
+
+	signalled := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := readUntilError(conn); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		t.Fatalf("%v, want close 1001", err)
+	}
+	if took := time.Since(signalled); took > 2*time.Second {
+		t.Fatalf("close 1001 came %v after SIGTERM, want it at once", took)
+	}
+	// The close 1001 is in: the listener is closed already.
+	if status, body, err := get("http://" + addr + "/ready"); err == nil {
+		t.Fatalf("/ready after the first 1001: %d %q, want the connection refused", status, body)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		_ = c.Close()
+		t.Fatal("a new connection was accepted after the first 1001")
+	}
+	_, _ = fmt.Fprint(probe, "\r\n")
+	_ = probe.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(probe), nil); err == nil {
+		t.Fatalf("the /ready request under way got %s, want no answer", resp.Status)
+	}
+	p.waitExit(t, 10*time.Second)
+}
+
+// TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing:
+// one of 3 instances gets SIGTERM while a publisher sends steadily; every
+// client it held gets close 1001, comes back through nginx (never to the
+// stopped instance: no dial fails), resumes with its last id and has
+// every event published before, during and after, in order, once.
+func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t *testing.T) {
+	for _, mode := range drainModes {
+		t.Run(drainModeName(mode), func(t *testing.T) {
+			c := startDrainCluster(t, 3, drainModeEnv(mode)...)
+			const users = 60
+			seed := uint64(time.Now().UnixNano())
+			t.Logf("seed %d", seed)
+			var clients []*drainClient
+			var names []string
+			ctx, cancel := context.WithCancel(t.Context())
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+			for i := range users {
+				name := fmt.Sprintf("drain-%d", i)
+				dc := newDrainClient(c.base, name, seed+uint64(i))
+				clients, names = append(clients, dc), append(names, name)
+				wg.Go(func() { dc.run(ctx) })
+			}
+			eventually(t, 20*time.Second, "every client connected", func() bool {
+				_, n := c.spread(0, 1, 2)
+				return n == users
+			})
+			before, _ := c.spread(0, 1, 2)
+			const stopped = 1
+			if before[stopped] == 0 {
+				t.Fatalf("connections per instance %v: nginx gave instance %d none", before, stopped)
+			}
+
+			// 40 rounds, one every 100 ms; SIGTERM after the 10th.
+			const rounds = 40
+			signalled := make(chan struct{})
+			published := make(chan error, 1)
+			go func() {
+				_, err := publishRounds(ctx, c.publisher(), names, users, 100*time.Millisecond, rounds, func(round int) bool {
+					if round == 10 {
+						close(signalled)
+					}
+					return true
+				})
+				published <- err
+			}()
+			<-signalled
+			c.stop(stopped)
+			after, _ := c.spread(0, 2)
+			if err := <-published; err != nil {
+				t.Fatal(err)
+			}
+			for _, dc := range clients {
+				deadline := time.Now().Add(20 * time.Second)
+				for dc.received() < rounds && time.Now().Before(deadline) {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			time.Sleep(300 * time.Millisecond) // a duplicate would come now
+			counts, n := c.spread(0, 2)
+			cancel()
+			wg.Wait()
+
+			var moves []drainMove
+			for _, dc := range clients {
+				dc.check(t, rounds)
+				_, m, handshakes, _ := dc.state()
+				moves = append(moves, m...)
+				if len(m) > 1 || handshakes != 1+len(m) {
+					t.Fatalf("%s: %d closes 1001 and %d handshakes, want at most one 1001 and one handshake after it", dc.user, len(m), handshakes)
+				}
+				for _, mv := range m {
+					if mv.failedDials > 0 || mv.handshake == 0 || mv.resumedFrom == "" {
+						t.Fatalf("%s: after 1001, %d failed dials (last: %s), resumed from %q after %v: want one dial through nginx, resuming",
+							dc.user, mv.failedDials, dc.lastErr, mv.resumedFrom, mv.handshake)
+					}
+				}
+			}
+			if len(moves) != before[stopped] {
+				t.Fatalf("%d clients got 1001, want the %d instance %d held (connections before %v)", len(moves), before[stopped], stopped, before)
+			}
+			if n != users {
+				t.Fatalf("connections on the two instances left: %v, want %d in all", counts, users)
+			}
+			t.Logf("connections before %v; just after the exit on the two left %v; at the end %v", before, after, counts)
+			t.Logf("%d clients moved: %s", len(moves), gapSummary(moves))
+		})
+	}
+}
+
+// TestRollingRestartOf3InstancesWith3000UsersLosesNothing: 3 000 users,
+// one client each through nginx, a publisher sending one event to every
+// user every 2 s (3 s under the race detector), while the 3 instances are
+// restarted one after the other (SIGTERM, exit, a new process on the same
+// port, /ready, nginx routing to it again). Every client ends with every
+// event of its user, in order, once; the 1001 → resumed gaps are logged.
+func TestRollingRestartOf3InstancesWith3000UsersLosesNothing(t *testing.T) {
+	for _, mode := range drainModes {
+		t.Run(drainModeName(mode), func(t *testing.T) { rollingRestart(t, mode, 3000) })
+	}
+}
+
+func rollingRestart(t *testing.T, mode string, users int) {
+	began := time.Now()
+	c := startDrainCluster(t, 3, append(drainModeEnv(mode), "LOG_LEVEL=warn")...)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	var clients []*drainClient
+	var names []string
+	for i := range users {
+		name := fmt.Sprintf("rolling-%d", i)
+		dc := newDrainClient(c.base, name, seed+uint64(i))
+		clients, names = append(clients, dc), append(names, name)
+		wg.Go(func() { dc.run(ctx) })
+		if i%100 == 99 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	eventually(t, 30*time.Second, "every client connected", func() bool {
+		_, n := c.spread(0, 1, 2)
+		return n == users
+	})
+	spread, _ := c.spread(0, 1, 2)
+	t.Logf("%d clients connected in %v: %v", users, time.Since(began).Round(time.Millisecond), spread)
+
+	// The publisher goes on until two rounds after the last restart.
+	var mu sync.Mutex
+	restartedAt := -1 // the round during which the last instance was ready
+	roundNow := 0
+	// 1 500 events/s; under the race detector Redis and the instances'
+	// recorders fall behind on a busy 2-core machine, so 1 000.
+	every := 2 * time.Second
+	if raceEnabled {
+		every = 3 * time.Second
+	}
+	published := make(chan error, 1)
+	var rounds int
+	go func() {
+		var err error
+		rounds, err = publishRounds(ctx, c.publisher(), names, 250, every, 30, func(round int) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			roundNow = round
+			return restartedAt < 0 || round <= restartedAt+2
+		})
+		published <- err
+	}()
+	time.Sleep(every) // a round before the first SIGTERM
+
+	for i := range c.instances {
+		step := time.Now()
+		c.stop(i)
+		exited := time.Since(step)
+		for _, line := range strings.Split(c.instances[i].p.logs.String(), "\n") {
+			if strings.Contains(line, "level=WARN") && !strings.Contains(line, "PROTECTED MODE") {
+				t.Logf("instance %d: %s", i, line)
+			}
+		}
+		c.launch(i)
+		c.waitReady(i)
+		ready := time.Since(step)
+		routed := time.Duration(0)
+		if i < len(c.instances)-1 {
+			routed = c.waitRouted(i)
+		}
+		counts, n := c.spread(0, 1, 2)
+		t.Logf("instance %d: exited %v after SIGTERM, new process ready after %v, routed to by nginx %v later; connections %v (%d)",
+			i, exited.Round(time.Millisecond), ready.Round(time.Millisecond), routed.Round(time.Millisecond), counts, n)
+	}
+	mu.Lock()
+	restartedAt = roundNow
+	mu.Unlock()
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("published %d rounds (%d events), restarts done during round %d", rounds, rounds*users, restartedAt)
+	deadline := time.Now().Add(20 * time.Second)
+	for _, dc := range clients {
+		for dc.received() < rounds && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a duplicate would come now
+	cancel()
+	wg.Wait()
+
+	var moves []drainMove
+	failedDials, movedTwice, withoutID := 0, 0, 0
+	for _, dc := range clients {
+		if err := dc.verify(rounds); err != nil {
+			// What the history holds for that user, to tell a duplicate
+			// recording from a duplicate delivery.
+			entries, herr := history.After(context.Background(), c.r.client(), dc.user, "", 1000)
+			for _, e := range entries {
+				t.Logf("history of %s: %s %s", dc.user, e.ID, e.Data)
+			}
+			t.Fatalf("%v(history read: %v)", err, herr)
+		}
+		events, m, _, _ := dc.state()
+		for _, e := range events {
+			if e.id == "" {
+				withoutID++
+			}
+		}
+		if len(m) == 0 {
+			t.Fatalf("%s never got a close 1001, though every instance was restarted", dc.user)
+		}
+		if len(m) > 1 {
+			movedTwice++
+		}
+		for _, mv := range m {
+			if mv.handshake == 0 {
+				t.Fatalf("%s: a 1001 was never followed by a connection", dc.user)
+			}
+			failedDials += mv.failedDials
+		}
+		moves = append(moves, m...)
+	}
+	t.Logf("%d closes 1001 (%d clients moved more than once), %d failed dials after them; %d events delivered without an id (not recorded)",
+		len(moves), movedTwice, failedDials, withoutID)
+	t.Logf("rolling restart, SUBSCRIBE_MODE=%s: %s", drainModeName(mode), gapSummary(moves))
+	t.Logf("whole test %v", time.Since(began).Round(time.Millisecond))
+}
+
+// jitterPageScript opens n fanout-client.js clients in the harness page,
+// users jitter-0…, each reporting its status changes with the page's
+// clock (ms since the epoch) and its events.
+const jitterPageScript = `
+for (let i = 0; i < %d; i++) {
+  const name = 'jitter-' + i;
+  const now = () => (performance.timeOrigin + performance.now()).toFixed(1);
+  window.fanout.connect({
+    url: %q, username: name, history: 100,
+    onStatus: (s) => window.report('jstatus ' + name + ' ' + s.state + ' code=' + s.code + ' delay=' + s.delay + ' t=' + now()),
+    onEvent: (event, raw, info) => window.report('jevent ' + name + ' ' + event.counter + ' id=' + info.id),
+    onResync: (r) => window.report('jresync ' + name + ' ' + r.reason),
+  });
+}
+`
+
+// TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing:
+// fanout-client.js in headless Chromium, 90 clients in one page through
+// nginx, about 30 on each of 3 instances. The instance holding the most
+// gets SIGTERM: each of its clients waits a random 50–100 % of minDelay
+// after the close 1001 (never at once), so they come back spread out, and
+// every client ends with every event.
+func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *testing.T) {
+	c := startDrainCluster(t, 3)
+	const clients, rounds = 90, 40
+	const minDelay = 500 * time.Millisecond // fanout-client.js's default
+	h := startClientHarness(t, c.base, nil)
+	h.send(map[string]any{"cmd": "script", "code": fmt.Sprintf(jitterPageScript, clients, "ws"+strings.TrimPrefix(c.base, "http")+"/ws")})
+	eventually(t, 30*time.Second, "every client open", func() bool {
+		return countLines(h.p.logs.String(), " open code=") == clients
+	})
+	eventually(t, 10*time.Second, "every connection registered", func() bool {
+		_, n := c.spread(0, 1, 2)
+		return n == clients
+	})
+	before, _ := c.spread(0, 1, 2)
+	stopped := 0
+	for i, n := range before {
+		if n > before[stopped] {
+			stopped = i
+		}
+	}
+	var names []string
+	for i := range clients {
+		names = append(names, fmt.Sprintf("jitter-%d", i))
+	}
+	signalled := make(chan struct{})
+	published := make(chan error, 1)
+	go func() {
+		_, err := publishRounds(t.Context(), c.publisher(), names, clients, 100*time.Millisecond, rounds, func(round int) bool {
+			if round == 10 {
+				close(signalled)
+			}
+			return true
+		})
+		published <- err
+	}()
+	<-signalled
+	c.stop(stopped)
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "every event in every client", func() bool {
+		return countLines(h.p.logs.String(), "jevent ") >= clients*rounds
+	})
+	time.Sleep(300 * time.Millisecond) // a duplicate would come now
+	logs := h.p.logs.String()
+	h.exit()
+
+	// Per client: its events in order; after the 1001, when it dialled
+	// (its status goes from reconnecting with a delay to reconnecting with
+	// none) and when the new connection opened.
+	counters := map[string][]int{}
+	closedAt, dialledAt := map[string]float64{}, map[string]float64{}
+	var waits, opens, dials []float64
+	for _, line := range strings.Split(logs, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[0] == "jevent":
+			n, _ := strconv.Atoi(f[2])
+			counters[f[1]] = append(counters[f[1]], n)
+		case len(f) >= 3 && f[0] == "jresync":
+			t.Fatalf("%s: resync %s, want none", f[1], strings.Join(f[2:], " "))
+		case len(f) == 6 && f[0] == "jstatus":
+			name := f[1]
+			at, _ := strconv.ParseFloat(strings.TrimPrefix(f[5], "t="), 64)
+			switch {
+			case f[2] == "reconnecting" && f[3] == "code=1001" && f[4] != "delay=0":
+				if _, twice := closedAt[name]; twice {
+					t.Fatalf("%s: a second close 1001", name)
+				}
+				closedAt[name] = at
+			case f[2] == "reconnecting" && f[4] == "delay=0":
+				if start, ok := closedAt[name]; ok {
+					if _, ok := dialledAt[name]; ok {
+						t.Fatalf("%s: a second dial after its 1001", name)
+					}
+					dialledAt[name] = at
+					waits = append(waits, at-start)
+					dials = append(dials, at)
+				}
+			case f[2] == "open":
+				if start, ok := closedAt[name]; ok {
+					opens = append(opens, at-start)
+				}
+			case f[2] != "connecting" && f[2] != "reconnecting":
+				t.Fatalf("%s: status %s, want only connecting, open, reconnecting", name, strings.Join(f[2:], " "))
+			}
+		}
+	}
+	for _, name := range names {
+		if got := counters[name]; !slices.Equal(got, numbers(rounds)) {
+			t.Fatalf("%s received counters %v, want 0…%d once each, in order", name, got, rounds-1)
+		}
+	}
+	if len(closedAt) != before[stopped] || len(waits) != len(closedAt) || len(opens) != len(closedAt) {
+		t.Fatalf("%d clients got 1001, %d dialled again and %d opened, want the %d of instance %d (connections %v)",
+			len(closedAt), len(waits), len(opens), before[stopped], stopped, before)
+	}
+	slices.Sort(waits)
+	slices.Sort(dials)
+	slices.Sort(opens)
+	spread := dials[len(dials)-1] - dials[0]
+	ms := float64(minDelay.Milliseconds())
+	// Chromium lets one WebSocket per host be connecting at a time
+	// (RFC 6455 4.1), so in one page the handshakes queue behind each
+	// other: the dials show the client's policy, the opens the queue.
+	t.Logf("%d clients of instance %d (connections %v): 1001 → dial %.0f…%.0f ms, dials spread over %.0f ms; 1001 → open median %.0f ms, max %.0f ms",
+		len(waits), stopped, before, waits[0], waits[len(waits)-1], spread, opens[len(opens)/2], opens[len(opens)-1])
+	if waits[0] < ms/2-5 || waits[len(waits)-1] > ms+250 {
+		t.Fatalf("clients dialled %.0f…%.0f ms after their 1001, want a random 50–100 %% of minDelay (%.0f…%.0f ms)", waits[0], waits[len(waits)-1], ms/2, ms)
+	}
+	if spread < ms/4 {
+		t.Fatalf("the %d clients dialled within %.0f ms, want them spread over more than minDelay/4 (%.0f ms)", len(waits), spread, ms/4)
+	}
+}
+
+// numbers returns 0, 1, …, n-1.
+func numbers(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
