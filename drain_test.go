@@ -28,9 +28,8 @@ import (
 // reconnect as fanout-client.js does.
 
 // drainModes are the SUBSCRIBE_MODE values the drain tests run with: ""
-// leaves the variable unset (pattern, the default). Add subscribeUser
-// once user mode has landed: the tests are written for both.
-var drainModes = []string{""}
+// leaves the variable unset (pattern, the default).
+var drainModes = []string{"", subscribeUser}
 
 // drainModeName names a subtest after mode.
 func drainModeName(mode string) string {
