@@ -152,7 +152,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		d.sub.recorder = newRecorder(d.recordRdb, cfg.Retention, d.sub.broadcast, stats, logger)
 	}
 	if cfg.SubscribeMode == subscribeUser {
-		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout)
+		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, cfg.History)
 		d.sub.users = users
 		hub.watch = users
 		if cfg.History {
@@ -160,6 +160,11 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			recLogger := logger.With("role", "recorder")
 			rec := newSubscriber(newInstanceID(), rdb, nil, cfg, recLogger, d.leaseStats)
 			rec.recorder = newRecorder(d.recordRdb, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
+			rec.answersSyncs = true
+			// A resuming connection's catch-up reads the history once the
+			// lease holder has recorded every event published before its
+			// channel was subscribed here.
+			hub.replayer.sync = users.waitSynced
 			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
 			// A user's first events after this instance subscribes are
 			// found in the history the lease holder writes, not appended

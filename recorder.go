@@ -37,6 +37,9 @@ type inbound struct {
 	received time.Time
 	reset    bool
 	since    time.Time
+	// ack, on the lease holder's recording subscription, is the probe
+	// channel to publish payload on once every event before is recorded.
+	ack string
 }
 
 // recorder gives every event its id in its user's history before it is
@@ -140,11 +143,19 @@ func (r *recorder) run(ctx context.Context) {
 func (r *recorder) process(ctx context.Context, batch []inbound) {
 	start := 0
 	for i, in := range batch {
-		if !in.reset {
+		if !in.reset && in.ack == "" {
 			continue
 		}
 		r.record(ctx, batch[start:i])
 		start = i + 1
+		if in.ack != "" {
+			actx, cancel := context.WithTimeout(ctx, recordTimeout)
+			if err := r.rdb.Publish(actx, in.ack, in.payload).Err(); err != nil && ctx.Err() == nil {
+				r.errLog.log(r.logger, slog.LevelWarn, "Could not answer a subscription marker", "err", err)
+			}
+			cancel()
+			continue
+		}
 		if in.username != "" {
 			// One user's channel was subscribed again (user mode).
 			r.flushPending(ctx, in.username)

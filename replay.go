@@ -38,6 +38,11 @@ type replayer struct {
 	errLog *logLimiter
 	// active counts the catch-ups in progress.
 	active atomic.Int64
+	// sync, in user mode, waits until the history holds every event
+	// published before the user's channel was subscribed here
+	// (userChannels.waitSynced); nil in pattern mode, where the instance
+	// reads every event all along.
+	sync func(ctx context.Context, user string)
 }
 
 // catchups returns the number of connections catching up on their
@@ -115,6 +120,9 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
 	user := c.username
+	if p.sync != nil {
+		p.sync(ctx, user)
+	}
 	cursor := "" // the last event sent; "" before any
 	// Where the reading loop starts: after cursor, or from the oldest
 	// retained event when fromStart is set.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +74,9 @@ type Subscriber struct {
 	// users, in SUBSCRIBE_MODE=user, are the channels this instance
 	// subscribes to instead of the pattern; nil in pattern mode.
 	users *userChannels
+	// answersSyncs is set on the recorder lease holder's recording
+	// subscription: it answers other instances' markers (userChannels).
+	answersSyncs bool
 }
 
 func newSubscriber(id string, rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
@@ -216,7 +220,7 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 					// connection waits for its user's channel.
 					s.users.begin()
 					flusher.Go(func() {
-						if err := s.users.flush(flushCtx, pubsub, s.clock); err != nil && flushCtx.Err() == nil {
+						if err := s.users.flush(flushCtx, pubsub, s.clock, s.mark); err != nil && flushCtx.Err() == nil {
 							flushErr <- err
 						}
 					})
@@ -257,6 +261,24 @@ func (s *Subscriber) userConfirmation(ctx context.Context, m *redis.Subscription
 	return true
 }
 
+// The payloads of the markers that sync a user mode instance's new
+// subscriptions with the recorder lease holder, on the instance's probe
+// channel, and of the holder's answers (userChannels).
+const (
+	syncPrefix = "sync:"
+	ackPrefix  = "ack:"
+)
+
+// mark publishes the marker of SUBSCRIBE batch n on the probe channel.
+func (s *Subscriber) mark(ctx context.Context, n uint64) error {
+	tctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+	defer cancel()
+	if err := s.rdb.Publish(tctx, s.probeChannel, syncPrefix+strconv.FormatUint(n, 10)).Err(); err != nil {
+		return fmt.Errorf("publish a subscription marker: %w", err)
+	}
+	return nil
+}
+
 // clock returns Redis's time, for the recorder's horizon; without a
 // recorder it is not needed and not read.
 func (s *Subscriber) clock(ctx context.Context) (time.Time, error) {
@@ -280,6 +302,17 @@ func (s *Subscriber) handle(ctx context.Context, channel, payload string) {
 		if channel == s.probeChannel {
 			// Redis keeps publish order, so every earlier probe is back too.
 			s.probePending.Store(0)
+			if n, ok := strings.CutPrefix(payload, ackPrefix); ok && s.users != nil {
+				if seq, err := strconv.ParseUint(n, 10, 64); err == nil {
+					s.users.acked(seq)
+				}
+			}
+			return
+		}
+		if n, ok := strings.CutPrefix(payload, syncPrefix); ok && s.answersSyncs {
+			// Another instance's marker (userChannels): answered once every
+			// event read before it is recorded.
+			s.recorder.add(ctx, inbound{ack: channel, payload: ackPrefix + n})
 		}
 		return // another instance's probe
 	}

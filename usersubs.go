@@ -51,6 +51,35 @@ type userChannels struct {
 	// channels they named: how well connections arriving together share
 	// one command.
 	commands, channels uint64
+
+	// With history on, a channel is synced once the recorder lease holder
+	// has recorded every event published before its subscription: then a
+	// resuming connection's catch-up finds all it missed in the history
+	// (waitSynced). After each SUBSCRIBE is confirmed, the flusher
+	// publishes a marker ("sync:<n>") on the instance's probe channel;
+	// the lease holder's pattern subscription reads it after every event
+	// published before it, records those, and answers "ack:<n>" on the
+	// same channel (recorder.process). batches are the SUBSCRIBEs whose
+	// confirmation or answer is awaited, by number; marks are those whose
+	// marker is to be published.
+	syncs   bool
+	batch   uint64
+	batches map[uint64]*subscribeBatch
+	marks   []uint64
+}
+
+// sentSubscribe is a SUBSCRIBE sent for a channel: Redis's clock just
+// before, and its batch.
+type sentSubscribe struct {
+	since time.Time
+	batch uint64
+}
+
+// subscribeBatch is one SUBSCRIBE command's channels, waiting for their
+// confirmations (left), then for the lease holder's answer to its marker.
+type subscribeBatch struct {
+	names []string
+	left  int
 }
 
 // userChannel is one user's channel in the current session.
@@ -62,17 +91,25 @@ type userChannel struct {
 	// on is true when the last command sent for the channel in this
 	// session was SUBSCRIBE; queued when the flusher is to send one.
 	on, queued bool
-	// pending counts the commands sent and not yet confirmed; sinces are
-	// Redis's clock before each SUBSCRIBE not yet confirmed, oldest first.
+	// pending counts the commands sent and not yet confirmed; sent are
+	// the SUBSCRIBEs not yet confirmed, oldest first.
 	pending int
-	sinces  []time.Time
+	sent    []sentSubscribe
 	// live is true while Redis holds the subscription, and ready is
 	// closed then.
 	live  bool
 	ready chan struct{}
+	// batch is the SUBSCRIBE that made the subscription; synced is closed
+	// once the lease holder has answered its marker.
+	batch  uint64
+	synced chan struct{}
 }
 
-func newUserChannels(grace, timeout time.Duration) *userChannels {
+// syncWaitMax bounds how long a catch-up waits for its channel to be
+// synced: without a lease holder (one is taking over) nothing answers.
+const syncWaitMax = time.Second
+
+func newUserChannels(grace, timeout time.Duration, syncs bool) *userChannels {
 	down := make(chan struct{})
 	close(down)
 	return &userChannels{
@@ -81,6 +118,8 @@ func newUserChannels(grace, timeout time.Duration) *userChannels {
 		subs:    make(map[string]*userChannel),
 		down:    down,
 		kick:    make(chan struct{}, 1),
+		syncs:   syncs,
+		batches: make(map[uint64]*subscribeBatch),
 	}
 }
 
@@ -91,7 +130,7 @@ func (u *userChannels) want(username string) {
 	defer u.mu.Unlock()
 	ch := u.subs[username]
 	if ch == nil {
-		ch = &userChannel{ready: make(chan struct{})}
+		ch = &userChannel{ready: make(chan struct{}), synced: make(chan struct{})}
 		u.subs[username] = ch
 	}
 	ch.wanted = true
@@ -154,6 +193,48 @@ func (u *userChannels) batching() (commands, channels uint64) {
 	return u.commands, u.channels
 }
 
+// waitSynced returns once the lease holder has recorded every event
+// published before username's channel was subscribed, or after
+// syncWaitMax, or at once without history or a session.
+func (u *userChannels) waitSynced(ctx context.Context, username string) {
+	if !u.syncs {
+		return
+	}
+	u.mu.Lock()
+	ch := u.subs[username]
+	if ch == nil || !u.live {
+		u.mu.Unlock()
+		return
+	}
+	synced, down := ch.synced, u.down
+	u.mu.Unlock()
+	t := time.NewTimer(syncWaitMax)
+	defer t.Stop()
+	select {
+	case <-synced:
+	case <-down:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// acked takes the lease holder's answer to marker n.
+func (u *userChannels) acked(n uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	b := u.batches[n]
+	if b == nil || b.left > 0 {
+		return
+	}
+	delete(u.batches, n)
+	for _, name := range b.names {
+		if ch := u.subs[name]; ch != nil && ch.batch == n && ch.live {
+			close(ch.synced)
+			ch.batch = 0
+		}
+	}
+}
+
 // count returns how many user channels Redis holds for this instance.
 func (u *userChannels) count() int {
 	u.mu.Lock()
@@ -179,7 +260,7 @@ func (u *userChannels) begin() {
 // ends the session (stop) on its way out. clock
 // reads Redis's time, taken before each SUBSCRIBE for the history
 // recorder's horizon.
-func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock func(context.Context) (time.Time, error)) error {
+func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock func(context.Context) (time.Time, error), mark func(context.Context, uint64) error) error {
 	defer u.stop()
 
 	tick := time.NewTicker(min(max(u.grace/4, 10*time.Millisecond), time.Second))
@@ -194,6 +275,11 @@ func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock fu
 				return ctx.Err()
 			}
 		case <-tick.C:
+		}
+		for _, n := range u.takeMarks() {
+			if err := mark(ctx, n); err != nil {
+				return err
+			}
 		}
 		subs, unsubs := u.due(time.Now())
 		for len(subs) > 0 {
@@ -211,6 +297,15 @@ func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock fu
 			unsubs = unsubs[n:]
 		}
 	}
+}
+
+// takeMarks returns the batches whose marker is to be published now.
+func (u *userChannels) takeMarks() []uint64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	m := u.marks
+	u.marks = nil
+	return m
 }
 
 // due returns the channels to subscribe and to unsubscribe now, and marks
@@ -231,6 +326,7 @@ func (u *userChannels) due(now time.Time) (subs, unsubs []string) {
 			ch.on = false
 			ch.pending++
 			u.setLive(ch, false)
+			u.unsync(ch)
 			unsubs = append(unsubs, channelPrefix+name)
 		case !ch.on && !ch.wanted && ch.pending == 0:
 			delete(u.subs, name)
@@ -249,10 +345,15 @@ func (u *userChannels) subscribe(ctx context.Context, pubsub *redis.PubSub, cloc
 	u.mu.Lock()
 	u.commands++
 	u.channels += uint64(len(names))
+	u.batch++
+	b := &subscribeBatch{names: names, left: len(names)}
+	u.batches[u.batch] = b
 	for i, name := range names {
 		channels[i] = channelPrefix + name
 		if ch := u.subs[name]; ch != nil {
-			ch.sinces = append(ch.sinces, since)
+			ch.sent = append(ch.sent, sentSubscribe{since: since, batch: u.batch})
+			u.unsync(ch)
+			ch.batch = u.batch
 		}
 	}
 	u.mu.Unlock()
@@ -270,12 +371,35 @@ func (u *userChannels) confirmed(username string) (since time.Time, ok bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	ch := u.subs[username]
-	if ch == nil || len(ch.sinces) == 0 {
+	if ch == nil || len(ch.sent) == 0 {
 		return time.Time{}, false
 	}
-	since, ch.sinces = ch.sinces[0], ch.sinces[1:]
+	sent := ch.sent[0]
+	ch.sent = ch.sent[1:]
 	u.settled(ch)
-	return since, true
+	if b := u.batches[sent.batch]; b != nil {
+		// Redis confirms a SUBSCRIBE's channels in order: after the last
+		// one, the marker follows every one of them.
+		if b.left--; b.left == 0 {
+			if u.syncs {
+				u.marks = append(u.marks, sent.batch)
+				u.wake()
+			} else {
+				delete(u.batches, sent.batch)
+			}
+		}
+	}
+	return sent.since, true
+}
+
+// unsync marks ch as not synced (a new subscription, or none).
+func (u *userChannels) unsync(ch *userChannel) {
+	select {
+	case <-ch.synced:
+		ch.synced = make(chan struct{})
+	default:
+	}
+	ch.batch = 0
 }
 
 // unsubscribed takes Redis's confirmation of an UNSUBSCRIBE.
@@ -315,13 +439,16 @@ func (u *userChannels) stop() {
 	defer u.mu.Unlock()
 	u.live = false
 	close(u.down)
+	clear(u.batches)
+	u.marks = nil
 	for name, ch := range u.subs {
 		if !ch.wanted {
 			delete(u.subs, name)
 			continue
 		}
 		u.setLive(ch, false)
-		ch.on, ch.queued, ch.pending, ch.sinces = false, false, 0, nil
+		u.unsync(ch)
+		ch.on, ch.queued, ch.pending, ch.sent = false, false, 0, nil
 	}
 }
 
