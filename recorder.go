@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -70,6 +71,9 @@ type recorder struct {
 	waitFirst func() bool
 	pending   map[string][]inbound
 	waiting   map[string]time.Time
+	// stall, set by tests, holds every recording until it is closed: a
+	// recorder falling behind.
+	stall atomic.Pointer[chan struct{}]
 }
 
 type userCursor struct {
@@ -216,6 +220,12 @@ type userBatch struct {
 // record gives evs their ids, in one round trip, and broadcasts them in
 // order. Events whose recording failed are delivered without an id.
 func (r *recorder) record(ctx context.Context, evs []inbound) {
+	if stall := r.stall.Load(); stall != nil {
+		select {
+		case <-*stall:
+		case <-ctx.Done():
+		}
+	}
 	if len(r.pending) > 0 {
 		// Before the new ones: a user's events keep their order.
 		var all []inbound

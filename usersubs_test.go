@@ -531,3 +531,48 @@ func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderDies(t *testing.T) {
 		return len(streamEntries(t, rdb, "after")) == len(payloads)
 	})
 }
+
+// TestUserModeAResumeWaitsForTheLeaseHolderToRecordWhatWasPublishedBefore
+// resumes a client on an instance that subscribes to its user's channel
+// only then, while the lease holder has yet to record an event published
+// just before: the catch-up must wait for it (the subscription marker and
+// its answer), or the event is in neither the replay nor the live stream.
+func TestUserModeAResumeWaitsForTheLeaseHolderToRecordWhatWasPublishedBefore(t *testing.T) {
+	r := startRedis(t)
+	rdb := r.client()
+	daemons, bases := startInstances(t, r, 2, userModeEnv(nil))
+	eventually(t, 5*time.Second, "one instance holds the recorder lease", func() bool { return len(leaseHolders(daemons)) == 1 })
+	holder := daemons[leaseHolders(daemons)[0]]
+	other := bases[1-leaseHolders(daemons)[0]]
+	ctx := t.Context()
+
+	if err := rdb.Publish(ctx, channelPrefix+"late", `{"n":0}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the first event recorded", func() bool { return len(streamEntries(t, rdb, "late")) == 1 })
+	first := streamEntries(t, rdb, "late")[0].ID
+
+	// The lease holder falls behind: {"n":1} is published, read, and not
+	// recorded yet when the client resumes on the other instance.
+	stall := make(chan struct{})
+	holder.d.lease.rec.recorder.stall.Store(&stall)
+	if err := rdb.Publish(ctx, channelPrefix+"late", `{"n":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	release := time.AfterFunc(300*time.Millisecond, func() { close(stall) })
+	defer release.Stop()
+	s, err := dialHistoryWS(ctx, nil, other, url.Values{"username": {"late"}, "last_event_id": {first}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if err := rdb.Publish(ctx, channelPrefix+"late", `{"n":2}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 2; n++ {
+		f, err := s.nextWithin(5 * time.Second)
+		if err != nil || f.data != fmt.Sprintf(`{"n":%d}`, n) || f.id == "" {
+			t.Fatalf("event %d: got %+v, %v", n, f, err)
+		}
+	}
+}
