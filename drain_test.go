@@ -468,6 +468,30 @@ func drainPayload(user string, round int) string {
 // plain PUBLISH in pipelines of at most chunk, spread evenly over every.
 // It goes on while more(round) says so, for at most maxRounds, and
 // returns the rounds published.
+// publishStoppingAtRound10 publishes rounds of events to users (chunk at
+// a time, every 100ms) in the background, stops instance stopped once
+// round 10 is out, and returns the publisher's outcome to wait for.
+func (c *drainCluster) publishStoppingAtRound10(ctx context.Context, users []string, chunk, rounds, stopped int) <-chan error {
+	signalled := make(chan struct{})
+	published := make(chan error, 1)
+	go func() {
+		_, err := publishRounds(ctx, c.publisher(), users, chunk, 100*time.Millisecond, rounds, func(round int) bool {
+			if round == 10 {
+				close(signalled)
+			}
+			return true
+		})
+		published <- err
+	}()
+	select {
+	case <-signalled:
+		c.stop(stopped)
+	case err := <-published:
+		published <- err // ended before round 10: the caller reads why
+	}
+	return published
+}
+
 func publishRounds(ctx context.Context, rdb *redis.Client, users []string, chunk int, every time.Duration,
 	maxRounds int, more func(round int) bool) (int, error) {
 	chunks := (len(users) + chunk - 1) / chunk
@@ -617,19 +641,7 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 
 			// 40 rounds, one every 100 ms; SIGTERM after the 10th.
 			const rounds = 40
-			signalled := make(chan struct{})
-			published := make(chan error, 1)
-			go func() {
-				_, err := publishRounds(ctx, c.publisher(), names, users, 100*time.Millisecond, rounds, func(round int) bool {
-					if round == 10 {
-						close(signalled)
-					}
-					return true
-				})
-				published <- err
-			}()
-			<-signalled
-			c.stop(stopped)
+			published := c.publishStoppingAtRound10(ctx, names, users, rounds, stopped)
 			after, _ := c.spread(0, 2)
 			if err := <-published; err != nil {
 				t.Fatal(err)
@@ -856,19 +868,7 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 	for i := range clients {
 		names = append(names, fmt.Sprintf("jitter-%d", i))
 	}
-	signalled := make(chan struct{})
-	published := make(chan error, 1)
-	go func() {
-		_, err := publishRounds(t.Context(), c.publisher(), names, clients, 100*time.Millisecond, rounds, func(round int) bool {
-			if round == 10 {
-				close(signalled)
-			}
-			return true
-		})
-		published <- err
-	}()
-	<-signalled
-	c.stop(stopped)
+	published := c.publishStoppingAtRound10(t.Context(), names, clients, rounds, stopped)
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}
