@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -13,18 +12,20 @@ import (
 
 const (
 	// leaseKey names the instance that records plain PUBLISH events in
-	// user mode (recorderLease).
+	// user mode (recorderLease); readyKey names the holder whose
+	// recording subscription Redis has confirmed.
 	leaseKey = "fanout:recorder:lease"
+	readyKey = "fanout:recorder:ready"
 	// leaseTTL is how long the lease outlives its holder; leaseRenew is
 	// how often the holder renews it and the others try to take it.
 	leaseTTL   = 5 * time.Second
 	leaseRenew = time.Second
 	// handoverMax bounds how long a stopping holder keeps recording while
 	// another instance takes the lease over; handoverOverlap is how long
-	// it goes on after it sees the new holder, for the new holder's
-	// PSUBSCRIBE to be confirmed.
-	handoverMax     = 3 * time.Second
-	handoverOverlap = 500 * time.Millisecond
+	// it goes on once the new holder's recording subscription is
+	// confirmed, for the batches in flight.
+	handoverMax     = 5 * time.Second
+	handoverOverlap = 200 * time.Millisecond
 )
 
 // leaseScript takes the lease when nobody holds it, renews it when this
@@ -67,6 +68,16 @@ type recorderLease struct {
 	held   atomic.Bool
 	// other is set while another instance holds the lease, as last seen.
 	other atomic.Bool
+}
+
+// markReady says, once this holder's recording subscription is
+// confirmed, that it records: a holder handing over waits for it.
+func (l *recorderLease) markReady(ctx context.Context) {
+	tctx, cancel := context.WithTimeout(ctx, leaseRenew)
+	defer cancel()
+	if err := l.rdb.Set(tctx, readyKey, l.owner, 2*leaseTTL).Err(); err != nil {
+		l.logger.Warn("Could not mark the recorder lease holder ready", "err", err)
+	}
 }
 
 // recording reports whether an instance, this one or another, records
@@ -161,16 +172,20 @@ func (l *recorderLease) handOver() {
 		return
 	}
 	for ctx.Err() == nil {
-		v, err := l.rdb.Get(ctx, leaseKey).Result()
-		if err == nil && v != l.owner {
+		// Recording on until another instance holds the lease and Redis
+		// has confirmed its recording subscription.
+		vals, err := l.rdb.MGet(ctx, leaseKey, readyKey).Result()
+		if err != nil {
+			return
+		}
+		holder, _ := vals[0].(string)
+		ready, _ := vals[1].(string)
+		if holder != "" && holder != l.owner && ready == holder {
 			l.logger.Info("Recorder lease handed over")
 			sleepCtx(ctx, handoverOverlap)
 			return
 		}
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return
-		}
-		sleepCtx(ctx, 50*time.Millisecond)
+		sleepCtx(ctx, 20*time.Millisecond)
 	}
 	l.logger.Info("No other instance took the recorder lease; the next one to start takes it")
 }

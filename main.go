@@ -166,6 +166,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			// channel was subscribed here.
 			hub.replayer.sync = users.waitSynced
 			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
+			rec.onConfirmed = d.lease.markReady
 			// A user's first events after this instance subscribes are
 			// found in the history the lease holder writes, not appended
 			// ahead of the ones it has still to record.

@@ -77,6 +77,8 @@ type Subscriber struct {
 	// answersSyncs is set on the recorder lease holder's recording
 	// subscription: it answers other instances' markers (userChannels).
 	answersSyncs bool
+	// onConfirmed, when set, runs each time Redis confirms a session.
+	onConfirmed func(ctx context.Context)
 }
 
 func newSubscriber(id string, rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
@@ -227,6 +229,9 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 				}
 				s.confirmed.Store(true)
 				s.notReady.Store(nil)
+				if s.onConfirmed != nil {
+					s.onConfirmed(ctx)
+				}
 				if s.users != nil {
 					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "mode", subscribeUser, "probe_channel", s.probeChannel)
 				} else {
