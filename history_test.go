@@ -1048,7 +1048,7 @@ func unknownIDBetween(t *testing.T, entries []history.Event) string {
 // live events; a retained id gets what follows it without resync.
 func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(t *testing.T) {
 	r := startRedis(t)
-	_, bases := startInstances(t, r, 2, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
+	daemons, bases := startInstances(t, r, 2, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
 	pub := r.client()
 	const user = "trimmed"
 	payloads := numbered(user, 1000)
@@ -1056,6 +1056,14 @@ func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(
 	first := waitRecorded(t, pub, user, payloads[0])
 	publishNow(t, pub, user, payloads[1:]...)
 	waitRecorded(t, pub, user, payloads[len(payloads)-1])
+	// Both instances done with the burst: one that lags behind the
+	// retention would still hand its old events, without ids, to the
+	// connections below.
+	for _, td := range daemons {
+		eventually(t, 10*time.Second, "instance done with the burst", func() bool {
+			return td.d.stats.MessagesReceived.Load() >= uint64(len(payloads))
+		})
+	}
 	if retained := streamEntries(t, pub, user); len(retained) >= len(payloads) || retained[0].ID == first.ID {
 		t.Fatalf("%d of %d events retained with HISTORY_MAX_LEN=100, from %s: the first was not trimmed", len(retained), len(payloads), retained[0].ID)
 	}
