@@ -218,7 +218,10 @@ type subscriptionState struct {
 // subscription returns the subscription's state for /admin/stats.
 func (d *daemon) subscription() subscriptionState {
 	st := subscriptionState{Mode: d.cfg.SubscribeMode}
-	if d.sub.users != nil {
+	switch {
+	case d.shards != nil:
+		st.Channels = d.shards.count()
+	case d.sub.users != nil:
 		st.Channels = d.sub.users.count()
 	}
 	if d.lease != nil {
@@ -265,7 +268,7 @@ type sendQueueState struct {
 func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ready, why := d.ready(r.Context())
-	subReady, subWhy := d.sub.ready()
+	subReady, subWhy := d.subReady()
 	// Totals and growth from one reading, so that they agree.
 	counters, growth, span, series := d.sampler.window(now)
 	rates := make(map[string]float64, len(growth))
@@ -273,7 +276,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		rates[name] = float64(n) / max(span.Seconds(), 1)
 	}
 	lastAgo := -1.0
-	if ns := d.sub.lastReceived.Load(); ns > 0 {
+	if ns := d.subLastReceived(); ns > 0 {
 		lastAgo = now.Sub(time.Unix(0, ns)).Seconds()
 	}
 	rejected := make(map[string]uint64, rejectReasonCount)
@@ -298,8 +301,8 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		RatesPerSecond: rates,
 		Throughput:     series,
 		Redis: redisState{
-			Addr:                   d.cfg.Redis.Addr,
-			Subscribed:             d.sub.confirmed.Load(),
+			Addr:                   redisTarget(d.cfg),
+			Subscribed:             d.subConfirmed(),
 			Ready:                  subReady,
 			NotReady:               subWhy,
 			LastReceivedSecondsAgo: lastAgo,

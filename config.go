@@ -31,8 +31,21 @@ import (
 type Config struct {
 	// ListenAddr is the public HTTP listener (LISTEN_HOST and PORT).
 	ListenAddr string
-	// Redis holds the connection options for the subscriber and the prober.
+	// Redis holds the connection options for the subscriber and the prober:
+	// the address of a single Redis, and the credentials and TLS settings
+	// of every data node with Sentinel or Cluster.
 	Redis *redis.Options
+	// SentinelAddrs, when set, selects go-redis's failover client: the
+	// sentinels watching SentinelMaster (REDIS_SENTINEL_*).
+	SentinelAddrs    []string
+	SentinelMaster   string
+	SentinelPassword string
+	// ClusterAddrs, when set, selects go-redis's cluster client: the seed
+	// nodes of a Redis Cluster (REDIS_CLUSTER_ADDRS).
+	ClusterAddrs []string
+	// PubSubSharded subscribes each user's channel with SSUBSCRIBE on the
+	// node that owns it (PUBSUB_SHARDED; needs SUBSCRIBE_MODE=user).
+	PubSubSharded bool
 
 	// LogLevel and LogFormat shape the slog output.
 	LogLevel  slog.Level
@@ -229,6 +242,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	cfg.ListenAddr = net.JoinHostPort(r.str("LISTEN_HOST", ""), strconv.Itoa(port))
 
 	cfg.Redis = r.redisOptions()
+	r.redisDeployment(&cfg)
 
 	switch level := strings.ToLower(r.str("LOG_LEVEL", "info")); level {
 	case "debug":
@@ -290,6 +304,10 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		r.fail("SUBSCRIBE_MODE", cfg.SubscribeMode, "must be pattern (every instance reads every user's events) or user (each instance reads only its connected users' events)")
 	}
 	cfg.SubscribeGrace = r.duration("SUBSCRIBE_GRACE", 5*time.Second)
+	cfg.PubSubSharded = r.boolean("PUBSUB_SHARDED", false)
+	if cfg.PubSubSharded && cfg.SubscribeMode != subscribeUser {
+		r.fail("PUBSUB_SHARDED", r.getenv("PUBSUB_SHARDED"), "needs SUBSCRIBE_MODE=user: sharded channels are subscribed one by one, never by pattern")
+	}
 
 	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
 		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")
@@ -624,6 +642,52 @@ func (r *envReader) redisOptions() *redis.Options {
 		opts.TLSConfig.InsecureSkipVerify = true
 	}
 	return opts
+}
+
+// redisDeployment reads the Sentinel and Cluster settings: at most one of
+// the two, each with a list of host:port.
+func (r *envReader) redisDeployment(cfg *Config) {
+	cfg.SentinelAddrs = r.addrList("REDIS_SENTINEL_ADDRS")
+	cfg.SentinelMaster = r.str("REDIS_SENTINEL_MASTER", "")
+	cfg.SentinelPassword = r.getenv("REDIS_SENTINEL_PASSWORD")
+	cfg.ClusterAddrs = r.addrList("REDIS_CLUSTER_ADDRS")
+	switch {
+	case cfg.SentinelAddrs != nil && cfg.ClusterAddrs != nil:
+		r.fail("REDIS_CLUSTER_ADDRS", r.getenv("REDIS_CLUSTER_ADDRS"), "cannot be set together with REDIS_SENTINEL_ADDRS: Redis is either a Sentinel-watched master or a Cluster; unset one")
+	case cfg.SentinelAddrs != nil && cfg.SentinelMaster == "":
+		r.fail("REDIS_SENTINEL_MASTER", "", "must name the master the sentinels watch (as in their `sentinel monitor <name> …` line) when REDIS_SENTINEL_ADDRS is set")
+	case cfg.SentinelAddrs == nil && cfg.SentinelMaster != "":
+		r.fail("REDIS_SENTINEL_ADDRS", "", "must list the sentinels (host:port,host:port,…) when REDIS_SENTINEL_MASTER is set")
+	case cfg.ClusterAddrs != nil && cfg.Redis.DB != 0:
+		r.fail("REDIS_DB", strconv.Itoa(cfg.Redis.DB), "must be 0 with REDIS_CLUSTER_ADDRS: a Redis Cluster has only database 0")
+	}
+}
+
+// addrList parses a comma-separated list of host:port; nil when the
+// variable is unset. A list that names no address is an error.
+func (r *envReader) addrList(name string) []string {
+	v := r.getenv(name)
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	var list []string
+	for _, a := range strings.Split(v, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			r.fail(name, a, "each address must be host:port (for example 10.0.0.5:26379)")
+			return []string{}
+		}
+		list = append(list, a)
+	}
+	if len(list) == 0 {
+		r.fail(name, v, "lists no address; give host:port[,host:port…] or unset it")
+		return []string{}
+	}
+	return list
 }
 
 // origins parses a comma-separated list of exact origins; "*" (the default)

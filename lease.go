@@ -61,7 +61,7 @@ return 0`)
 // when it dies, the lease expires after leaseTTL and another takes it at
 // its next try.
 type recorderLease struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	owner  string
 	rec    *Subscriber
 	logger *slog.Logger

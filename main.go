@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +30,10 @@ func main() {
 	}
 	cfg, err := loadConfig(os.Getenv)
 	if err != nil {
+		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
+		os.Exit(2)
+	}
+	if err := checkSeeds(context.Background(), cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
 	}
@@ -70,9 +76,9 @@ type daemon struct {
 	cfg    Config
 	logger *slog.Logger
 	stats  *Stats
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	// recordRdb is the recorder's client (nil with HISTORY=off).
-	recordRdb *redis.Client
+	recordRdb redis.UniversalClient
 	hub       *Hub
 	sub       *Subscriber
 	auth      *Authenticator
@@ -93,6 +99,9 @@ type daemon struct {
 	// counters of its recording subscription.
 	lease      *recorderLease
 	leaseStats *Stats
+	// shards, with PUBSUB_SHARDED on a Redis Cluster, runs a subscription
+	// per master in place of sub's (nil otherwise).
+	shards *shardRouter
 }
 
 // newDaemon builds the daemon for cfg. Its background work (the JWKS
@@ -117,7 +126,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		// CLIENT LIST tells the instances' connections apart.
 		opts.ClientName = "fanout-" + id
 	}
-	rdb := redis.NewClient(&opts)
+	rdb := newRedisClient(cfg, opts)
 	hub := newHub(clientSettings{
 		sendQueueSize:  cfg.SendQueueSize,
 		sendQueueBytes: cfg.SendQueueBytes,
@@ -148,10 +157,24 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			// And the recorder lease's recording subscription.
 			recOpts.PoolSize = 4
 		}
-		d.recordRdb = redis.NewClient(&recOpts)
+		d.recordRdb = newRedisClient(cfg, recOpts)
 		d.sub.recorder = newRecorder(d.recordRdb, cfg.Retention, d.sub.broadcast, stats, logger)
 	}
-	if cfg.SubscribeMode == subscribeUser {
+	cluster, onCluster := rdb.(*redis.ClusterClient)
+	switch {
+	case cfg.PubSubSharded && onCluster:
+		d.shards = newShardRouter(cluster, cfg, logger, d.shardSubscriber(opts))
+		if d.sub.recorder != nil {
+			d.shards.recorder = d.sub.recorder
+		}
+		hub.watch = d.shards
+	case cfg.PubSubSharded:
+		// One Redis (or a Sentinel-watched one) holds every shard channel.
+		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, false)
+		users.sharded = true
+		d.sub.users, d.sub.sharded = users, true
+		hub.watch = users
+	case cfg.SubscribeMode == subscribeUser:
 		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, cfg.History)
 		d.sub.users = users
 		hub.watch = users
@@ -178,17 +201,64 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	d.metrics = newMetrics(d)
 	hub.deliveryLatency = d.metrics.deliveryLatency
 	d.server = newServer(hub, cfg, logger, stats, auth, func() (bool, string) { return d.ready(context.Background()) })
-	d.server.users = d.sub.users
+	switch {
+	case d.shards != nil:
+		d.server.users = d.shards
+	case d.sub.users != nil:
+		d.server.users = d.sub.users
+	}
 	return d, nil
+}
+
+// shardSubscriber returns the builder of a cluster master's subscription
+// for the shardRouter: a client of that node alone, and a Subscriber
+// reading it with SSUBSCRIBE, whose events go to the shared recorder.
+func (d *daemon) shardSubscriber(opts redis.Options) func(addr string, users *userChannels) (*Subscriber, *redis.Client) {
+	var n atomic.Int64
+	return func(addr string, users *userChannels) (*Subscriber, *redis.Client) {
+		nodeOpts := opts
+		nodeOpts.Addr, nodeOpts.DB = addr, 0
+		client := redis.NewClient(&nodeOpts)
+		sub := newSubscriber(d.sub.instanceID+"-"+strconv.FormatInt(n.Add(1), 10), d.rdb, d.hub, d.cfg, d.logger.With("node", addr), d.stats)
+		sub.node, sub.addr, sub.sharded, sub.shard = client, addr, true, true
+		sub.users, sub.recorder = users, d.sub.recorder
+		return sub, client
+	}
 }
 
 // ready reports whether the daemon can deliver events to new connections:
 // the Redis subscription is confirmed and tokens can be verified.
 func (d *daemon) ready(ctx context.Context) (bool, string) {
-	if ok, why := d.sub.ready(); !ok {
+	if ok, why := d.subReady(); !ok {
 		return false, why
 	}
 	return d.auth.ready(ctx)
+}
+
+// subReady reports whether the Redis subscription is live, or why not:
+// with a shardRouter, every master's.
+func (d *daemon) subReady() (bool, string) {
+	if d.shards != nil {
+		return d.shards.ready()
+	}
+	return d.sub.ready()
+}
+
+// subConfirmed reports whether Redis confirmed the subscription (every
+// master's, with a shardRouter).
+func (d *daemon) subConfirmed() bool {
+	if d.shards != nil {
+		return d.shards.confirmed()
+	}
+	return d.sub.confirmed.Load()
+}
+
+// subLastReceived is when the subscription last read anything (UnixNano).
+func (d *daemon) subLastReceived() int64 {
+	if d.shards != nil {
+		return d.shards.lastReceived()
+	}
+	return d.sub.lastReceived.Load()
 }
 
 // logAuthMode says at start-up who may connect; the modes without
@@ -231,18 +301,32 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	redisLogOnce.Do(func() {
 		redis.SetLogger(redisLogger{logger: d.logger, limiter: newLogLimiter(1, 5)})
 	})
-	if d.cfg.SubscribeMode == subscribeUser {
+	switch {
+	case d.cfg.PubSubSharded:
 		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
-			"redis", d.cfg.Redis.Addr, "subscribe_mode", subscribeUser, "channels", channelPrefix+"{username}")
-	} else {
+			"redis", redisTarget(d.cfg), "subscribe_mode", subscribeUser, "sharded", true, "channels", channelPrefix+"{username}")
+		d.logger.Warn("PUBSUB_SHARDED: publishers must SPUBLISH to workflow:events:{username}; a plain PUBLISH reaches no connection. " +
+			"Events reach the history only through the project's publish path (fanout publish, the Go package, the Lua recipe) " +
+			"or while an instance has the user's channel subscribed")
+	case d.cfg.SubscribeMode == subscribeUser:
 		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
-			"redis", d.cfg.Redis.Addr, "pattern", channelPattern)
+			"redis", redisTarget(d.cfg), "subscribe_mode", subscribeUser, "channels", channelPrefix+"{username}")
+	default:
+		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
+			"redis", redisTarget(d.cfg), "pattern", channelPattern)
+	}
+	if d.cfg.ClusterAddrs != nil && !d.cfg.PubSubSharded {
+		d.logger.Info("Redis Cluster with classic pub/sub: every node forwards every published event to every other node; PUBSUB_SHARDED=true (with SUBSCRIBE_MODE=user) keeps each event on its channel's node")
 	}
 	d.logAuthMode()
 
 	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Go(func() { d.sub.run(subCtx) })
+	if d.shards != nil {
+		wg.Go(func() { d.shards.run(subCtx) })
+	} else {
+		wg.Go(func() { d.sub.run(subCtx) })
+	}
 	if d.lease != nil {
 		wg.Go(func() { d.lease.run(subCtx) })
 	}

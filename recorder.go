@@ -49,7 +49,7 @@ type inbound struct {
 // history.RecordSource call per user), then to the hub, in the order it
 // arrived. Its goroutine is owned by the subscriber's run.
 type recorder struct {
-	rdb       *redis.Client
+	rdb       redis.UniversalClient
 	retention history.Retention
 	in        chan inbound
 	broadcast func(username string, msg *message)
@@ -81,7 +81,7 @@ type userCursor struct {
 	used time.Time
 }
 
-func newRecorder(rdb *redis.Client, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
+func newRecorder(rdb redis.UniversalClient, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
 	return &recorder{
 		rdb:       rdb,
 		retention: retention,

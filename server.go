@@ -42,7 +42,7 @@ type Server struct {
 	untrustedForwardWarned atomic.Bool
 	// users, in SUBSCRIBE_MODE=user, are the subscribed channels a new
 	// connection waits for; nil in pattern mode.
-	users *userChannels
+	users channelWaiter
 }
 
 func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Authenticator, ready func() (bool, string)) *Server {

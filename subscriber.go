@@ -42,7 +42,7 @@ var errProbeOverdue = errors.New("self-probe did not come back: subscription sto
 // go-redis's Channel(), whose buffer drops messages once it sits full: here
 // nothing is buffered between Redis and the hub, and the hub never blocks.
 type Subscriber struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	hub    *Hub
 	cfg    Config
 	logger *slog.Logger
@@ -79,9 +79,28 @@ type Subscriber struct {
 	answersSyncs bool
 	// onConfirmed, when set, runs each time Redis confirms a session.
 	onConfirmed func(ctx context.Context)
+
+	// addr names the Redis the session reads, for the logs.
+	addr string
+	// node, when set, is the client of the one cluster node this
+	// subscription reads (PUBSUB_SHARDED on a cluster: shardRouter); its
+	// sessions, and Redis's clock for the recorder, use it. rdb still
+	// publishes the probes.
+	node *redis.Client
+	// sharded subscribes the users' channels with SSUBSCRIBE.
+	sharded bool
+	// shard is set on one node's subscription of a shardRouter: the
+	// router runs the shared recorder, and each user's place in history
+	// is reset as its channel is subscribed, not every user's at once.
+	shard bool
+	// onLost, when set, is told of a user's channel that Redis dropped or
+	// refused (its slot moved to another node); onFailure of every failed
+	// session.
+	onLost    func(username string)
+	onFailure func()
 }
 
-func newSubscriber(id string, rdb *redis.Client, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
+func newSubscriber(id string, rdb redis.UniversalClient, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
 	s := &Subscriber{
 		instanceID:   id,
 		rdb:          rdb,
@@ -92,6 +111,7 @@ func newSubscriber(id string, rdb *redis.Client, hub *Hub, cfg Config, logger *s
 		probeChannel: probePrefix + id,
 		resubscribe:  make(chan struct{}, 1),
 		invalidLog:   newLogLimiter(1, 5),
+		addr:         redisTarget(cfg),
 	}
 	s.setNotReady("waiting for the Redis subscription")
 	return s
@@ -120,7 +140,7 @@ func (s *Subscriber) setNotReady(reason string) { s.notReady.Store(&reason) }
 func (s *Subscriber) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.probe(ctx) })
-	if s.recorder != nil {
+	if s.recorder != nil && !s.shard {
 		wg.Go(func() { s.recorder.run(ctx) })
 	}
 	defer wg.Wait()
@@ -132,13 +152,16 @@ func (s *Subscriber) run(ctx context.Context) {
 			return
 		}
 		s.stats.RedisFailures.Add(1)
+		if s.onFailure != nil {
+			s.onFailure()
+		}
 		// /ready is public: the reason names no address; the log has the error.
 		s.setNotReady("redis subscription lost; retrying (the daemon's log says why)")
 		if confirmed {
 			delay = retryMin
 		}
 		wait := delay/2 + rand.N(delay/2+1)
-		s.logger.Warn("Redis subscription failed; retrying", "addr", s.cfg.Redis.Addr, "err", err, "retry_in", wait.Round(time.Millisecond))
+		s.logger.Warn("Redis subscription failed; retrying", "addr", s.addr, "err", err, "retry_in", wait.Round(time.Millisecond))
 		if !sleepCtx(ctx, wait) {
 			return
 		}
@@ -156,11 +179,14 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 		return false, err
 	}
 	var pubsub *redis.PubSub
-	if s.users != nil {
+	switch {
+	case s.node != nil:
+		pubsub = s.node.Subscribe(ctx, s.probeChannel)
+	case s.users != nil:
 		// User mode: the probe channel first; the users' channels once
 		// Redis confirmed it, in batches (userChannels.flush).
 		pubsub = s.rdb.Subscribe(ctx, s.probeChannel)
-	} else {
+	default:
 		pubsub = s.rdb.PSubscribe(ctx, channelPattern)
 	}
 	defer pubsub.Close()
@@ -196,6 +222,17 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 			if confirmed && errors.As(err, &netErr) && netErr.Timeout() {
 				continue
 			}
+			if slot, ok := movedSlot(err); ok && confirmed && s.sharded {
+				// A node that does not own the slot refused an SSUBSCRIBE
+				// (or SUNSUBSCRIBE): the connection is fine; those users'
+				// channels are subscribed where the slot lives now.
+				for _, name := range s.users.refused(slot) {
+					if s.onLost != nil {
+						s.onLost(name)
+					}
+				}
+				continue
+			}
 			return confirmed, fmt.Errorf("receive from %s: %w", channelPattern, err)
 		}
 		s.lastReceived.Store(time.Now().UnixNano())
@@ -210,7 +247,7 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 			if (m.Kind == "psubscribe" && m.Channel == channelPattern) || (m.Kind == "subscribe" && m.Channel == s.probeChannel) {
 				confirmed = true
 				s.probePending.Store(0)
-				if s.recorder != nil {
+				if s.recorder != nil && !s.shard {
 					// Messages may have been missed since the last
 					// session: every user's place in history is lost.
 					if !s.recorder.add(ctx, inbound{reset: true, since: since}) {
@@ -232,10 +269,13 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 				if s.onConfirmed != nil {
 					s.onConfirmed(ctx)
 				}
-				if s.users != nil {
-					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "mode", subscribeUser, "probe_channel", s.probeChannel)
-				} else {
-					s.logger.Info("Subscribed to Redis", "addr", s.cfg.Redis.Addr, "pattern", channelPattern)
+				switch {
+				case s.sharded:
+					s.logger.Info("Subscribed to Redis", "addr", s.addr, "mode", subscribeUser, "sharded", true, "probe_channel", s.probeChannel)
+				case s.users != nil:
+					s.logger.Info("Subscribed to Redis", "addr", s.addr, "mode", subscribeUser, "probe_channel", s.probeChannel)
+				default:
+					s.logger.Info("Subscribed to Redis", "addr", s.addr, "pattern", channelPattern)
 				}
 			}
 		case *redis.Message:
@@ -255,13 +295,17 @@ func (s *Subscriber) userConfirmation(ctx context.Context, m *redis.Subscription
 		return true
 	}
 	switch m.Kind {
-	case "subscribe":
+	case "subscribe", "ssubscribe":
 		since, ok := s.users.confirmed(username)
 		if ok && s.recorder != nil {
 			return s.recorder.add(ctx, inbound{reset: true, username: username, since: since})
 		}
-	case "unsubscribe":
-		s.users.unsubscribed(username)
+	case "unsubscribe", "sunsubscribe":
+		if s.users.unsubscribed(username) && s.onLost != nil {
+			// Not asked for: the node gave the slot up (resharding, or it
+			// is a replica now).
+			s.onLost(username)
+		}
 	}
 	return true
 }
@@ -292,7 +336,12 @@ func (s *Subscriber) clock(ctx context.Context) (time.Time, error) {
 	}
 	tctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
-	t, err := s.rdb.Time(tctx).Result()
+	// A shard's clock is that of the node holding its users' histories.
+	var clock redis.Cmdable = s.rdb
+	if s.node != nil {
+		clock = s.node
+	}
+	t, err := clock.Time(tctx).Result()
 	if err != nil {
 		return t, fmt.Errorf("read the Redis clock: %w", err)
 	}
@@ -407,7 +456,13 @@ func (s *Subscriber) probe(ctx context.Context) {
 		s.probePending.Store(now.UnixNano())
 		seq++
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
-		err := s.rdb.Publish(pctx, s.probeChannel, seq).Err()
+		// A shard's probe goes to its own node, which sends it to its own
+		// subscribers first: another node's failure proves nothing here.
+		var pub redis.Cmdable = s.rdb
+		if s.node != nil {
+			pub = s.node
+		}
+		err := pub.Publish(pctx, s.probeChannel, seq).Err()
 		cancel()
 		if err != nil {
 			s.probePending.CompareAndSwap(now.UnixNano(), 0)

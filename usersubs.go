@@ -24,6 +24,12 @@ const (
 // not confirm in time.
 var errNotSubscribed = errors.New("the Redis subscription for this user was not confirmed in time")
 
+// channelWaiter holds back a user mode connection until its user's
+// channel is subscribed: userChannels, or shardRouter on a cluster.
+type channelWaiter interface {
+	wait(ctx context.Context, username string) error
+}
+
 // userChannels is SUBSCRIBE_MODE=user's set of subscribed channels: the
 // channel of every user with a connection (or one being admitted) on this
 // instance. The hub says when a user arrives and leaves (want, unwant,
@@ -62,7 +68,9 @@ type userChannels struct {
 	// same channel (recorder.process). batches are the SUBSCRIBEs whose
 	// confirmation or answer is awaited, by number; marks are those whose
 	// marker is to be published.
-	syncs   bool
+	syncs bool
+	// sharded subscribes with SSUBSCRIBE, one command per slot.
+	sharded bool
 	batch   uint64
 	batches map[uint64]*subscribeBatch
 	marks   []uint64
@@ -291,7 +299,7 @@ func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock fu
 		}
 		for len(unsubs) > 0 {
 			n := min(len(unsubs), subscribeBatchMax)
-			if err := pubsub.Unsubscribe(ctx, unsubs[:n]...); err != nil {
+			if err := u.send(ctx, pubsub, false, unsubs[:n]); err != nil {
 				return fmt.Errorf("unsubscribe %d channels: %w", n, err)
 			}
 			unsubs = unsubs[n:]
@@ -357,10 +365,78 @@ func (u *userChannels) subscribe(ctx context.Context, pubsub *redis.PubSub, cloc
 		}
 	}
 	u.mu.Unlock()
-	if err := pubsub.Subscribe(ctx, channels...); err != nil {
+	if err := u.send(ctx, pubsub, true, channels); err != nil {
 		return fmt.Errorf("subscribe %d channels: %w", len(channels), err)
 	}
 	return nil
+}
+
+// send subscribes (or unsubscribes) channels: one SUBSCRIBE, or with
+// sharded pub/sub one SSUBSCRIBE per slot, since a cluster node refuses
+// one that names channels of several slots (CROSSSLOT). Redis confirms
+// each command's channels in order, and the commands in order.
+func (u *userChannels) send(ctx context.Context, pubsub *redis.PubSub, subscribe bool, channels []string) error {
+	if !u.sharded {
+		if subscribe {
+			return pubsub.Subscribe(ctx, channels...)
+		}
+		return pubsub.Unsubscribe(ctx, channels...)
+	}
+	bySlot := make(map[int][]string)
+	var order []int
+	for _, c := range channels {
+		slot := keySlot(c)
+		if bySlot[slot] == nil {
+			order = append(order, slot)
+		}
+		bySlot[slot] = append(bySlot[slot], c)
+	}
+	for _, slot := range order {
+		var err error
+		if subscribe {
+			err = pubsub.SSubscribe(ctx, bySlot[slot]...)
+		} else {
+			err = pubsub.SUnsubscribe(ctx, bySlot[slot]...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refused takes a node's refusal (MOVED) of the commands sent for the
+// channels of slot: none of them holds, and the wanted ones are
+// returned, to be subscribed where the slot lives now.
+func (u *userChannels) refused(slot int) []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var lost []string
+	for name, ch := range u.subs {
+		if ch.pending == 0 || keySlot(channelPrefix+name) != slot {
+			continue
+		}
+		ch.on, ch.pending, ch.sent = false, 0, nil
+		u.setLive(ch, false)
+		u.unsync(ch)
+		if ch.wanted {
+			lost = append(lost, name)
+		}
+	}
+	return lost
+}
+
+// forget drops username's channel without a command: its slot lives on
+// another node now, which the shardRouter subscribes it on; this node
+// dropped the subscription already, or is gone.
+func (u *userChannels) forget(username string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if ch := u.subs[username]; ch != nil {
+		u.setLive(ch, false)
+		u.unsync(ch)
+		delete(u.subs, username)
+	}
 }
 
 // confirmed takes Redis's confirmation of a SUBSCRIBE for username and
@@ -402,13 +478,24 @@ func (u *userChannels) unsync(ch *userChannel) {
 	ch.batch = 0
 }
 
-// unsubscribed takes Redis's confirmation of an UNSUBSCRIBE.
-func (u *userChannels) unsubscribed(username string) {
+// unsubscribed takes Redis's confirmation of an UNSUBSCRIBE. It reports
+// true for an unsubscription nobody asked for, of a wanted channel: a
+// cluster node that gave up the channel's slot drops its subscribers.
+func (u *userChannels) unsubscribed(username string) (lost bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if ch := u.subs[username]; ch != nil && ch.pending > 0 {
+	ch := u.subs[username]
+	switch {
+	case ch == nil:
+	case ch.pending > 0:
 		u.settled(ch)
+	case ch.on:
+		ch.on = false
+		u.setLive(ch, false)
+		u.unsync(ch)
+		return ch.wanted
 	}
+	return false
 }
 
 // settled counts one confirmation for ch; once every command sent is
