@@ -33,6 +33,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
 	}
+	redis.SetLogger(quietRedisLogger{})
 	if err := checkSeeds(context.Background(), cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
