@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// clusterUsers returns n usernames whose channels' slots are spread over
+// every master of c, at least min of them on each.
+func clusterUsers(t *testing.T, c *redisCluster, n, least int) []string {
+	t.Helper()
+	users := make([]string, n)
+	perMaster := make(map[string]int)
+	for i := range users {
+		users[i] = fmt.Sprintf("user-%02d", i)
+		perMaster[c.masterFor(channelPrefix+users[i])]++
+	}
+	if len(perMaster) != 3 {
+		t.Fatalf("users on %d masters, want 3: %v", len(perMaster), perMaster)
+	}
+	for m, k := range perMaster {
+		if k < least {
+			t.Fatalf("only %d users on master %s", k, m)
+		}
+	}
+	return users
+}
+
+// shardChannels returns the shard channels each master holds subscribers
+// for (PUBSUB SHARDCHANNELS), by master address.
+func shardChannels(t *testing.T, cc *redis.ClusterClient) map[string][]string {
+	t.Helper()
+	var mu sync.Mutex
+	out := make(map[string][]string)
+	err := cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+		chans, err := m.Do(ctx, "PUBSUB", "SHARDCHANNELS", channelPrefix+"*").StringSlice()
+		if err != nil {
+			return err
+		}
+		slices.Sort(chans)
+		mu.Lock()
+		out[m.Options().Addr] = chans
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("PUBSUB SHARDCHANNELS: %v", err)
+	}
+	return out
+}
+
+// expectShardChannels waits until each master holds the shard channels
+// of exactly the users of its slots (as c sees the slot map now).
+func expectShardChannels(t *testing.T, c *redisCluster, cc *redis.ClusterClient, users []string) {
+	t.Helper()
+	var got, want map[string][]string
+	ok := waitFor(15*time.Second, func() bool {
+		want = make(map[string][]string)
+		for _, u := range users {
+			m := c.masterFor(channelPrefix + u)
+			want[m] = append(want[m], channelPrefix+u)
+		}
+		for _, v := range want {
+			slices.Sort(v)
+		}
+		got = shardChannels(t, cc)
+		for m, v := range got {
+			if len(v) == 0 {
+				delete(got, m)
+			}
+		}
+		return maps.EqualFunc(got, want, slices.Equal[[]string])
+	})
+	if !ok {
+		t.Fatalf("shard channels per master:\n got %v\nwant %v", got, want)
+	}
+}
+
+// waitFor polls cond every 20 ms for up to d.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing is
+// issue 13's Redis Cluster acceptance with sharded pub/sub: 3 masters and
+// 3 replicas; two instances with PUBSUB_SHARDED; users spread over every
+// master; the publisher is the project's, with SPUBLISH. Each master
+// holds exactly its own users' channels; a plain PUBLISH reaches no one;
+// a master is killed (the only seed the instances were given), its
+// replica takes over and the instances subscribe its users' channels there
+// on their own; slots are resharded while events flow, without a
+// subscription lost; clients that resume get every event the cluster
+// holds.
+func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *testing.T) {
+	c := startCluster(t)
+	cc := c.client()
+	users := clusterUsers(t, c, 24, 4)
+	// The victim is the master of the watcher's slot, and the only seed.
+	const watcher = "gap-watch"
+	victim := c.masterFor(channelPrefix + watcher)
+	env := map[string]string{
+		"REDIS_CLUSTER_ADDRS": victim,
+		"SUBSCRIBE_MODE":      "user",
+		"PUBSUB_SHARDED":      "true",
+		"LOG_LEVEL":           "info",
+	}
+	daemons, bases := startInstances(t, redisAddrServer(t, victim), 2, env)
+	sharded := history.Layout{Sharded: true}
+	hp := history.NewPublisher(cc, history.Retention{})
+	hp.Layout = sharded
+	pub := newSteadyPublisher(hp, append(slices.Clone(users), watcher), 10*time.Millisecond)
+	gw := watchGaps(t, daemons, watcher)
+	clients := startResumingClients(t, users, bases)
+	expectShardChannels(t, c, cc, append(slices.Clone(users), watcher))
+
+	// A plain PUBLISH does not reach a sharded subscriber.
+	plain := dialWS(t, daemons[0].wsURL+"?username="+users[0], nil)
+	if err := cc.Publish(context.Background(), channelPrefix+users[0], `{"plain":true}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_ = plain.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, msg, err := plain.ReadMessage(); err == nil {
+		t.Fatalf("a plain PUBLISH reached a sharded subscriber: %s", msg)
+	}
+	_ = plain.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { pub.run(ctx) })
+	eventually(t, 10*time.Second, "events flowing to every client", func() bool {
+		for _, c := range clients {
+			if c.received() < 5 {
+				return false
+			}
+		}
+		return true
+	})
+	notReady, stopWatching := watchReady(ctx, daemons)
+
+	// A master dies: its replica takes over its slots.
+	roundAtKill := pub.round()
+	killed := time.Now()
+	pub.markFailure()
+	c.killNode(victim)
+	c.waitClusterOK(30 * time.Second)
+	for _, td := range daemons {
+		td.waitReady()
+	}
+	var gaps []time.Duration
+	eventually(t, 20*time.Second, "live events on the promoted replica's channels on every instance", func() bool {
+		gaps = gw.gaps(killed, func(p string) bool { return roundOf(p) > roundAtKill })
+		return !slices.Contains(gaps, -1)
+	})
+	_, failed, recovered := pub.stats()
+	t.Logf("master %s killed: publishes failed for %v (%d failed); gap from the kill to the first live event again, per instance: %v",
+		victim, recovered.Round(time.Millisecond), failed, gaps)
+	for i, nr := range notReady {
+		if !nr.Load() {
+			t.Errorf("instance %d: /ready never left 200 while a master was down", i)
+		}
+	}
+	expectShardChannels(t, c, cc, append(slices.Clone(users), watcher))
+
+	// Slots move while events flow: 200 from one master to another, then
+	// the slot of one user in particular.
+	segments := make(map[string]int)
+	for u, rc := range clients {
+		rc.mu.Lock()
+		segments[u] = len(rc.segments)
+		rc.mu.Unlock()
+	}
+	masters := c.masters()
+	if err := c.reshard(masters[0], masters[1], 200); err != nil {
+		t.Fatalf("reshard: %v", err)
+	}
+	mover := users[0]
+	from := c.masterFor(channelPrefix + mover)
+	to := masters[0]
+	if to == from {
+		to = masters[2]
+	}
+	c.moveSlot(keySlot(channelPrefix+mover), to)
+	if got := c.masterFor(channelPrefix + mover); got != to {
+		t.Fatalf("%s's slot is on %s after the move, want %s", mover, got, to)
+	}
+	expectShardChannels(t, c, cc, append(slices.Clone(users), watcher))
+	// No subscription lost: every client gets new events live, on the
+	// connection it had before the reshard.
+	after := pub.round()
+	for u, rc := range clients {
+		eventually(t, 10*time.Second, u+" receiving events after the reshard", func() bool {
+			rc.mu.Lock()
+			defer rc.mu.Unlock()
+			return len(rc.events) > 0 && roundOf(rc.events[len(rc.events)-1].data) > after+2
+		})
+		rc.mu.Lock()
+		reconnected := len(rc.segments) != segments[u]
+		rc.mu.Unlock()
+		if reconnected {
+			rc.report(t)
+			t.Errorf("%s: the connection ended during the reshard", u)
+		}
+	}
+	cancel()
+	wg.Wait()
+	stopWatching()
+	resumeAll(t, clients,
+		func(u string) []history.Event { return historyOf(t, cc, sharded, u) },
+		func(u string) map[string]bool { return pub.lostPayloads(u, historyOf(t, cc, sharded, u)) })
+	for _, u := range users {
+		if n, err := cc.Exists(context.Background(), history.HistoryKey(u)).Result(); err != nil || n != 0 {
+			t.Fatalf("%s: the classic history key exists (%d, %v) in sharded mode", u, n, err)
+		}
+	}
+}
+
+// TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode runs the
+// seed's pattern mode and user mode on a Redis Cluster with plain PUBLISH
+// (which every node forwards to every node) and the project's publisher:
+// every user's events arrive, each once, with their ids from the history,
+// whose key for a user lives in one slot.
+func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T) {
+	c := startCluster(t)
+	cc := c.client()
+	users := clusterUsers(t, c, 12, 2)
+	for _, mode := range []string{subscribePattern, subscribeUser} {
+		t.Run(mode, func(t *testing.T) {
+			env := map[string]string{"REDIS_CLUSTER_ADDRS": strings.Join(c.seeds(), ","), "SUBSCRIBE_MODE": mode, "LOG_LEVEL": "info"}
+			daemons, _ := startInstances(t, redisAddrServer(t, c.seeds()[0]), 2, env)
+			conns := make(map[string]*websocket.Conn)
+			for i, u := range users {
+				conns[u] = daemons[i%2].dialHistory(u)
+			}
+			pub := history.NewPublisher(cc, history.Retention{})
+			for _, u := range users {
+				p1 := `{"mode":"` + mode + `","user":"` + u + `","via":"PUBLISH"}`
+				if err := cc.Publish(context.Background(), channelPrefix+u, p1).Err(); err != nil {
+					t.Fatal(err)
+				}
+				p2 := `{"mode":"` + mode + `","user":"` + u + `","via":"publisher"}`
+				id, err := pub.Publish(context.Background(), u, []byte(p2))
+				if err != nil {
+					t.Fatal(err)
+				}
+				first := readHistoryFrame(t, conns[u])
+				second := readHistoryFrame(t, conns[u])
+				if first.data != p1 || second.data != p2 || second.id != id || first.id == "" {
+					t.Fatalf("%s got %s then %s, want %s then %s with id %s", u, first, second, p1, p2, id)
+				}
+				entries := historyOf(t, cc, history.Layout{}, u)
+				if len(entries) < 2 || entries[len(entries)-2].ID != first.id || entries[len(entries)-1].ID != id {
+					t.Fatalf("%s's history %v, want it to end with %s, %s", u, entries, first.id, id)
+				}
+			}
+			for _, conn := range conns {
+				_ = conn.Close()
+			}
+		})
+	}
+}
+
+// dialHistory opens a fanout.v1 WebSocket for username and waits until the
+// hub has it, as dial does.
+func (td *testDaemon) dialHistory(username string) *websocket.Conn {
+	td.t.Helper()
+	before := td.d.hub.connectionCount(username)
+	dialer := &websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 5 * time.Second}
+	conn := dialWith(td.t, dialer, td.wsURL+"?username="+username, nil)
+	eventually(td.t, 5*time.Second, "connection registered", func() bool {
+		return td.d.hub.connectionCount(username) > before && td.d.hub.writersIdle(username)
+	})
+	return conn
+}
+
+// readHistoryFrame reads one fanout.v1 frame within 5 s.
+func readHistoryFrame(t *testing.T, conn *websocket.Conn) histFrame {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, msg, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	f, err := parseHistoryMessage(msg)
+	if err != nil {
+		t.Fatalf("parse %s: %v", msg, err)
+	}
+	return f
+}

@@ -1,0 +1,331 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// What the Sentinel and Cluster tests share: a publisher that keeps
+// publishing numbered events through the project's publish path while
+// Redis fails under it, clients that resume, and the measure of the gap a
+// failure leaves in live delivery.
+
+// redisAddrServer is a redisServer naming a node started by other means,
+// so that startDaemon's testEnv has an address (the Sentinel or Cluster
+// variables take precedence over it).
+func redisAddrServer(t *testing.T, addr string) *redisServer {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("address %q: %v", addr, err)
+	}
+	p, _ := strconv.Atoi(port)
+	return &redisServer{tb: t, port: p}
+}
+
+// steadyPublisher publishes, in rounds every interval, one numbered event
+// to each of its users with history.Publisher, through whatever Redis
+// fails under it: an event whose publish failed is not tried again (it
+// may or may not have reached Redis), the next one follows.
+type steadyPublisher struct {
+	pub   *history.Publisher
+	users []string
+	every time.Duration
+
+	mu sync.Mutex
+	// sent are the payloads published without an error, per user, and
+	// tried every payload published, failed or not; failed counts the
+	// publishes that failed.
+	sent, tried map[string][]string
+	failed      int
+	// firstOK is when a publish first succeeded after markFailure.
+	firstOK, failure time.Time
+}
+
+func newSteadyPublisher(pub *history.Publisher, users []string, every time.Duration) *steadyPublisher {
+	return &steadyPublisher{pub: pub, users: users, every: every, sent: make(map[string][]string), tried: make(map[string][]string)}
+}
+
+// run publishes until ctx ends.
+func (p *steadyPublisher) run(ctx context.Context) {
+	for round := 0; ctx.Err() == nil; round++ {
+		for _, u := range p.users {
+			payload := `{"event":"node_completed","user":"` + u + `","n":` + strconv.Itoa(round) + `}`
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, err := p.pub.Publish(pctx, u, []byte(payload))
+			cancel()
+			p.mu.Lock()
+			p.tried[u] = append(p.tried[u], payload)
+			if err != nil {
+				p.failed++
+			} else {
+				p.sent[u] = append(p.sent[u], payload)
+				if !p.failure.IsZero() && p.firstOK.IsZero() {
+					p.firstOK = time.Now()
+				}
+			}
+			p.mu.Unlock()
+		}
+		sleepCtx(ctx, p.every)
+	}
+}
+
+// markFailure notes that Redis is failing from now on.
+func (p *steadyPublisher) markFailure() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failure, p.firstOK = time.Now(), time.Time{}
+}
+
+func (p *steadyPublisher) stats() (sent, failed int, recovered time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.sent {
+		sent += len(s)
+	}
+	if !p.firstOK.IsZero() {
+		recovered = p.firstOK.Sub(p.failure)
+	}
+	return sent, p.failed, recovered
+}
+
+// gapWatch is a plain WebSocket client per instance that timestamps each
+// event it receives: the gap a failure leaves is from the failure to the
+// first event received that was published after it.
+type gapWatch struct {
+	user  string
+	conns []*websocket.Conn
+	mu    sync.Mutex
+	// got holds, per connection, each event's payload and receive time.
+	got [][]stamped
+}
+
+type stamped struct {
+	payload string
+	at      time.Time
+}
+
+func watchGaps(t *testing.T, daemons []*testDaemon, user string) *gapWatch {
+	g := &gapWatch{user: user, got: make([][]stamped, len(daemons))}
+	for i, td := range daemons {
+		conn := td.dial(user)
+		g.conns = append(g.conns, conn)
+		go func() {
+			for {
+				_, msg, err := conn.ReadMessage()
+				if err != nil {
+					return
+				}
+				g.mu.Lock()
+				g.got[i] = append(g.got[i], stamped{string(msg), time.Now()})
+				g.mu.Unlock()
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		for _, c := range g.conns {
+			_ = c.Close()
+		}
+	})
+	return g
+}
+
+// gaps returns, per instance, how long after failure the first event
+// published after since (per pub) arrived; -1 when none did.
+func (g *gapWatch) gaps(failure time.Time, publishedAfter func(payload string) bool) []time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]time.Duration, len(g.got))
+	for i, evs := range g.got {
+		out[i] = -1
+		for _, e := range evs {
+			if e.at.After(failure) && publishedAfter(e.payload) {
+				out[i] = e.at.Sub(failure)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// roundOf returns the round number n of a steadyPublisher payload.
+func roundOf(payload string) int {
+	i := strings.LastIndex(payload, `"n":`)
+	if i < 0 {
+		return -1
+	}
+	n, _ := strconv.Atoi(strings.TrimSuffix(payload[i+4:], "}"))
+	return n
+}
+
+// publishedRound returns the round the publisher is at now.
+func (p *steadyPublisher) round() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := -1
+	for _, s := range p.sent {
+		if len(s) > 0 {
+			n = max(n, roundOf(s[len(s)-1]))
+		}
+	}
+	return n
+}
+
+// watchReady polls each instance's /ready every 20 ms until ctx ends and
+// records whether each was ever not ready.
+func watchReady(ctx context.Context, daemons []*testDaemon) (notReady []atomic.Bool, wait func()) {
+	notReady = make([]atomic.Bool, len(daemons))
+	var wg sync.WaitGroup
+	for i, td := range daemons {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if td.readyStatus() != http.StatusOK {
+					notReady[i].Store(true)
+				}
+				sleepCtx(ctx, 20*time.Millisecond)
+			}
+		})
+	}
+	return notReady, wg.Wait
+}
+
+// resumeAll has every client resume now (with its last id, on the next
+// instance), then waits until each has every event want holds for its
+// user, and checks it got each once, in order, with nothing else but
+// events that never reached Redis's history.
+func resumeAll(t *testing.T, clients map[string]*resumingClient, want func(user string) []history.Event, lost func(user string) map[string]bool) {
+	t.Helper()
+	for _, c := range clients {
+		c.cut()
+	}
+	for user, c := range clients {
+		entries := want(user)
+		c.waitForAll(t, entries, 30*time.Second)
+		c.checkHolds(t, entries, lost(user))
+	}
+}
+
+// waitForAll waits until the client holds every payload of entries.
+func (c *resumingClient) waitForAll(t *testing.T, entries []history.Event, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		c.mu.Lock()
+		have := make(map[string]bool, len(c.events))
+		for _, e := range c.events {
+			have[e.data] = true
+		}
+		c.mu.Unlock()
+		missing := 0
+		for _, e := range entries {
+			if !have[string(e.Payload)] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.report(t)
+			t.Fatalf("%s: %d of the %d events in the history never reached the client after %v", c.user, missing, len(entries), d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkHolds checks the client got each of entries once, in order, and
+// otherwise only payloads lost holds (published, delivered, then lost
+// with the master that had not replicated them).
+func (c *resumingClient) checkHolds(t *testing.T, entries []history.Event, lost map[string]bool) {
+	t.Helper()
+	c.mu.Lock()
+	events := slices.Clone(c.events)
+	c.mu.Unlock()
+	pos := make(map[string]int, len(entries))
+	for i, e := range entries {
+		pos[string(e.Payload)] = i
+	}
+	last := -1
+	seen := make(map[string]bool)
+	for _, e := range events {
+		if seen[e.data] {
+			c.report(t)
+			t.Fatalf("%s: got %s twice", c.user, e)
+		}
+		seen[e.data] = true
+		i, ok := pos[e.data]
+		switch {
+		case !ok && !lost[e.data]:
+			c.report(t)
+			t.Fatalf("%s: got %s, which is not in the history", c.user, e)
+		case ok && i < last:
+			c.report(t)
+			t.Fatalf("%s: got %s out of order", c.user, e)
+		case ok:
+			last = i
+		}
+	}
+}
+
+// historyOf reads user's whole history through rdb with layout.
+func historyOf(t *testing.T, rdb redis.Cmdable, layout history.Layout, user string) []history.Event {
+	t.Helper()
+	evs, err := layout.After(context.Background(), rdb, user, "", 100000)
+	if err != nil {
+		t.Fatalf("read %s's history: %v", user, err)
+	}
+	return evs
+}
+
+// startResumingClients starts a WebSocket resumingClient per user over
+// bases, and stops them at cleanup.
+func startResumingClients(t *testing.T, users, bases []string) map[string]*resumingClient {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	clients := make(map[string]*resumingClient, len(users))
+	for i, u := range users {
+		c := newResumingClient(t, historyTransports()[0], u, slices.Concat(bases[i%len(bases):], bases[:i%len(bases)]), uint64(i))
+		clients[u] = c
+		wg.Go(func() { c.run(ctx) })
+	}
+	t.Cleanup(func() {
+		for _, c := range clients {
+			c.stop()
+		}
+		cancel()
+		wg.Wait()
+	})
+	return clients
+}
+
+// lostPayloads returns, for user, the payloads published that the history
+// does not hold: those whose publish failed, and those acknowledged by a
+// master that died before its replica had them. Either may have been
+// delivered live before.
+func (p *steadyPublisher) lostPayloads(user string, entries []history.Event) map[string]bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	have := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		have[string(e.Payload)] = true
+	}
+	lost := make(map[string]bool)
+	for _, s := range p.tried[user] {
+		if !have[s] {
+			lost[s] = true
+		}
+	}
+	return lost
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing is
+// issue 13's Sentinel acceptance: a master, a replica and 3 sentinels
+// (Debian's redis-sentinel), two instances reaching the master through
+// the sentinels, a publisher that keeps publishing; the master is killed.
+// Once the sentinels promote the replica, each instance resubscribes on
+// its own, /ready is 200 again, live delivery resumes, and clients that
+// resume with their last id get every event the new master holds.
+func TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing(t *testing.T) {
+	for _, mode := range []string{subscribePattern, subscribeUser} {
+		t.Run(mode, func(t *testing.T) { sentinelFailover(t, mode) })
+	}
+}
+
+func sentinelFailover(t *testing.T, mode string) {
+	set := startSentinelSet(t)
+	env := map[string]string{
+		"REDIS_SENTINEL_ADDRS":  strings.Join(set.sentinelAddrs(), ","),
+		"REDIS_SENTINEL_MASTER": set.name,
+		"SUBSCRIBE_MODE":        mode,
+		"LOG_LEVEL":             "info",
+	}
+	old := set.masterAddr()
+	daemons, bases := startInstances(t, redisAddrServer(t, old), 2, env)
+
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: set.name, SentinelAddrs: set.sentinelAddrs(), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	users := []string{"ada", "bo", "cy", "di", "ed", "fay"}
+	const watcher = "gap-watch"
+	pub := newSteadyPublisher(history.NewPublisher(rdb, history.Retention{}), append(users, watcher), 10*time.Millisecond)
+	gw := watchGaps(t, daemons, watcher)
+	clients := startResumingClients(t, users, bases)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { pub.run(ctx) })
+	eventually(t, 10*time.Second, "events flowing to every client", func() bool {
+		for _, c := range clients {
+			if c.received() < 5 {
+				return false
+			}
+		}
+		return true
+	})
+	notReady, stopWatching := watchReady(ctx, daemons)
+
+	roundAtKill := pub.round()
+	killed := time.Now()
+	pub.markFailure()
+	set.killMaster()
+	promoted := set.waitFailover(t, old, 30*time.Second)
+	for _, td := range daemons {
+		td.waitReady()
+	}
+	var gaps []time.Duration
+	eventually(t, 20*time.Second, "live events on every instance again", func() bool {
+		gaps = gw.gaps(killed, func(p string) bool { return roundOf(p) > roundAtKill })
+		for _, g := range gaps {
+			if g < 0 {
+				return false
+			}
+		}
+		return true
+	})
+	sent, failed, recovered := pub.stats()
+	t.Logf("%s mode: master %s killed, %s promoted; publishes failed for %v (%d failed, %d sent); gap from the kill to the first live event again, per instance: %v",
+		mode, old, promoted, recovered.Round(time.Millisecond), failed, sent, gaps)
+	for i, nr := range notReady {
+		if !nr.Load() {
+			t.Errorf("instance %d: /ready never left 200 while the master was down", i)
+		}
+	}
+
+	// Some more events after the failover, then every client resumes.
+	more := pub.round() + 20
+	eventually(t, 20*time.Second, "20 more rounds published", func() bool { return pub.round() >= more })
+	cancel()
+	wg.Wait()
+	stopWatching()
+	resumeAll(t, clients,
+		func(u string) []history.Event { return historyOf(t, rdb, history.Layout{}, u) },
+		func(u string) map[string]bool { return pub.lostPayloads(u, historyOf(t, rdb, history.Layout{}, u)) })
+	for i, td := range daemons {
+		if n := td.d.stats.RedisFailures.Load(); n == 0 {
+			t.Errorf("instance %d: no Redis failure counted", i)
+		}
+		if strings.Count(td.logs.String(), `msg="Subscribed to Redis"`) < 2 {
+			t.Errorf("instance %d: subscribed fewer than twice:\n%s", i, td.logs.String())
+		}
+		if status := td.readyStatus(); status != http.StatusOK {
+			t.Errorf("instance %d: /ready %d at the end", i, status)
+		}
+	}
+}
