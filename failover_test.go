@@ -230,7 +230,7 @@ func (c *resumingClient) waitForAll(t *testing.T, entries []history.Event, d tim
 		c.mu.Unlock()
 		missing := 0
 		for _, e := range entries {
-			if !have[string(e.Payload)] {
+			if !have[e.Data] {
 				missing++
 			}
 		}
@@ -255,7 +255,7 @@ func (c *resumingClient) checkHolds(t *testing.T, entries []history.Event, lost 
 	c.mu.Unlock()
 	pos := make(map[string]int, len(entries))
 	for i, e := range entries {
-		pos[string(e.Payload)] = i
+		pos[e.Data] = i
 	}
 	last := -1
 	seen := make(map[string]bool)
@@ -319,7 +319,7 @@ func (p *steadyPublisher) lostPayloads(user string, entries []history.Event) map
 	defer p.mu.Unlock()
 	have := make(map[string]bool, len(entries))
 	for _, e := range entries {
-		have[string(e.Payload)] = true
+		have[e.Data] = true
 	}
 	lost := make(map[string]bool)
 	for _, s := range p.tried[user] {
