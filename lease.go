@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -174,12 +175,16 @@ func (l *recorderLease) handOver() {
 	for ctx.Err() == nil {
 		// Recording on until another instance holds the lease and Redis
 		// has confirmed its recording subscription.
-		vals, err := l.rdb.MGet(ctx, leaseKey, readyKey).Result()
-		if err != nil {
+		// Two GETs, not one MGET: on a Redis Cluster the keys live in
+		// different slots.
+		holder, err := l.rdb.Get(ctx, leaseKey).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return
 		}
-		holder, _ := vals[0].(string)
-		ready, _ := vals[1].(string)
+		ready, err := l.rdb.Get(ctx, readyKey).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return
+		}
 		if holder != "" && holder != l.owner && ready == holder {
 			l.logger.Info("Recorder lease handed over")
 			sleepCtx(ctx, handoverOverlap)
