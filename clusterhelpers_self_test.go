@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -44,6 +45,22 @@ func TestSentinelSetFailsOver(t *testing.T) {
 	if err := promoted.Set(ctx, "fanout:test:sentinel", "after", 0).Err(); err != nil {
 		t.Fatalf("set on new master: %v", err)
 	}
+
+	// The old master comes back as a replica of the new one.
+	restarted := time.Now()
+	s.restartKilled()
+	waitFor(t, 15*time.Second, old+" back as replica of "+newAddr, func() string {
+		info, err := queryNodeText(old, "INFO", "replication")
+		if err != nil {
+			return err.Error()
+		}
+		master := net.JoinHostPort(infoField(info, "master_host"), infoField(info, "master_port"))
+		if infoField(info, "role") != "slave" || master != newAddr || infoField(info, "master_link_status") != "up" {
+			return fmt.Sprintf("role:%s master %s link %s", infoField(info, "role"), master, infoField(info, "master_link_status"))
+		}
+		return ""
+	})
+	t.Logf("%s back as replica in %v", old, time.Since(restarted).Round(time.Millisecond))
 
 	failover := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.name, SentinelAddrs: s.sentinelAddrs()})
 	defer failover.Close()

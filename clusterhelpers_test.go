@@ -194,6 +194,8 @@ type sentinelSet struct {
 	name string
 	// killed is the server the last killMaster stopped.
 	killed *redisServer
+	// dataArgs are the options master and replica run with.
+	dataArgs []string
 }
 
 // startSentinelSet starts a master with one replica and three sentinels,
@@ -205,9 +207,13 @@ func startSentinelSet(tb testing.TB) *sentinelSet {
 	if _, err := exec.LookPath("redis-sentinel"); err != nil {
 		tb.Fatal("redis-sentinel is not installed: run ./test.sh, which installs it")
 	}
-	s := &sentinelSet{tb: tb, name: "mymaster"}
-	s.master = startRedis(tb, "--repl-diskless-sync-delay", "0")
-	s.replica = startRedis(tb, "--replicaof", "127.0.0.1", strconv.Itoa(s.master.port))
+	// A replica writes the RDB it syncs from to its dir: keep it out of
+	// the package directory. A master sends it at once, not after waiting
+	// 5s for more replicas.
+	s := &sentinelSet{tb: tb, name: "mymaster",
+		dataArgs: []string{"--dir", tb.TempDir(), "--repl-diskless-sync-delay", "0"}}
+	s.master = startRedis(tb, s.dataArgs...)
+	s.replica = startRedis(tb, append(slices.Clone(s.dataArgs), "--replicaof", "127.0.0.1", strconv.Itoa(s.master.port))...)
 	waitFor(tb, 10*time.Second, "replica "+s.replica.addr()+" in sync with "+s.master.addr(), func() string {
 		info, err := queryNodeText(s.replica.addr(), "INFO", "replication")
 		if err != nil {
@@ -310,8 +316,7 @@ func (s *sentinelSet) server(addr string) *redisServer {
 }
 
 // killMaster kills (SIGKILL) the server the sentinels report as master and
-// records it in s.killed; s.killed.start() brings it back on its port, as
-// an empty master that the sentinels then turn into a replica.
+// records it in s.killed; restartKilled brings it back.
 func (s *sentinelSet) killMaster() {
 	s.tb.Helper()
 	addr := s.masterAddr()
@@ -321,6 +326,20 @@ func (s *sentinelSet) killMaster() {
 	}
 	r.kill()
 	s.killed = r
+}
+
+// restartKilled starts the server the last killMaster stopped again on its
+// port, as an empty master that the sentinels then turn into a replica of
+// the current master (use it rather than s.killed.start(), which would
+// run it without the set's options).
+func (s *sentinelSet) restartKilled() {
+	s.tb.Helper()
+	if s.killed == nil {
+		s.tb.Fatal("restartKilled: killMaster was not called")
+	}
+	if err := s.killed.startArgs(s.dataArgs...); err != nil {
+		s.tb.Fatalf("restart %s: %v", s.killed.addr(), err)
+	}
 }
 
 // waitFailover waits until every sentinel reports a master other than
