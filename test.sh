@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing
-# (redis-server, nginx, chromium and Node.js from Debian's packages,
-# playwright-core from npm), then checks formatting, runs
+# (redis-server, redis-sentinel, nginx, chromium and Node.js from Debian's
+# packages, playwright-core from npm), then checks formatting, runs
 # go vet and the whole suite under the race detector.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,6 +10,7 @@ script=test.sh
 . scripts/ensure.sh
 ensure_go
 ensure_redis_server
+ensure_redis_sentinel
 ensure_package nginx nginx
 ensure_package chromium chromium
 ensure_package node nodejs

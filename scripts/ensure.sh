@@ -1,5 +1,6 @@
 # Sourced by start.sh and test.sh: puts Go on PATH and installs redis-server
-# when they are missing. $script names the caller in messages.
+# (and, for the tests, redis-sentinel) when they are missing. $script names
+# the caller in messages.
 
 # ensure_go: Go 1.26+ must be installed; /usr/local/go is used when it is
 # not on PATH.
@@ -34,3 +35,18 @@ ensure_package() {
 
 # ensure_redis_server: redis-server, for the daemon or the tests.
 ensure_redis_server() { ensure_package redis-server redis-server; }
+
+# ensure_redis_sentinel: redis-sentinel, for the Sentinel tests. Debian's
+# package may start a sentinel service on port 26379; it is stopped and
+# disabled, since the tests run their own sentinels on free ports.
+ensure_redis_sentinel() {
+  command -v redis-sentinel >/dev/null 2>&1 && return 0
+  ensure_package redis-sentinel redis-sentinel
+  if [ "$(id -u)" = 0 ]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now redis-sentinel >/dev/null 2>&1 || true
+    else
+      service redis-sentinel stop >/dev/null 2>&1 || true
+    fi
+  fi
+}
