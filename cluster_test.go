@@ -189,7 +189,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 		segments[u] = len(rc.segments)
 		rc.mu.Unlock()
 	}
-	masters := c.masters()
+	masters := slices.Sorted(maps.Keys(c.masters()))
 	if err := c.reshard(masters[0], masters[1], 200); err != nil {
 		t.Fatalf("reshard: %v", err)
 	}
@@ -199,7 +199,9 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	if to == from {
 		to = masters[2]
 	}
-	c.moveSlot(keySlot(channelPrefix+mover), to)
+	if err := c.moveSlot(keySlot(channelPrefix+mover), to); err != nil {
+		t.Fatalf("move %s's slot: %v", mover, err)
+	}
 	if got := c.masterFor(channelPrefix + mover); got != to {
 		t.Fatalf("%s's slot is on %s after the move, want %s", mover, got, to)
 	}

@@ -331,6 +331,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	if d.lease != nil {
 		wg.Go(func() { d.lease.run(subCtx) })
 	}
+	wg.Go(func() { keepClusterStateFresh(subCtx, d.rdb, d.recordRdb) })
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
 

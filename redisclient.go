@@ -141,3 +141,36 @@ func checkSeeds(ctx context.Context, cfg Config) error {
 	}
 	return &configError{name: name, value: strings.Join(addrs, ","), why: "no address answers as expected: " + strings.Join(why, "; ")}
 }
+
+// clusterStateEvery is how often the cluster clients read the slot map
+// again. go-redis alone keeps sending a dead master's slots to it long
+// after its replica took over.
+const clusterStateEvery = time.Second
+
+// keepClusterStateFresh reloads the slot map of every cluster client
+// among clients every clusterStateEvery until ctx ends; it does nothing
+// for other clients.
+func keepClusterStateFresh(ctx context.Context, clients ...redis.UniversalClient) {
+	var clusters []*redis.ClusterClient
+	for _, c := range clients {
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			clusters = append(clusters, cc)
+		}
+	}
+	if len(clusters) == 0 {
+		return
+	}
+	tick := time.NewTicker(clusterStateEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, cc := range clusters {
+			// In the background; a failed read leaves the last map.
+			cc.ReloadState(ctx)
+		}
+	}
+}
