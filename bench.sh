@@ -25,6 +25,20 @@
 #       # p99 exceeds CEILING_P99 (50ms), or that loses an event, or that the
 #       # generator cannot publish at; at most 10 steps and CEILING_BUDGET
 #       # seconds (180) in all. The summary names the ceiling.
+#   ./bench.sh cluster-classic cluster-sharded   # 3 instances on a local
+#       # Redis Cluster (3 masters + 3 replicas, started once for these),
+#       # SUBSCRIBE_MODE=user in both: cluster-classic publishes with PUBLISH
+#       # (every node forwards every event to every node over the cluster
+#       # bus), cluster-sharded runs PUBSUB_SHARDED=true and publishes with
+#       # SPUBLISH, so sharding is the only difference. The scale load
+#       # (SCALE_USERS x 2 connections, 256 B) at each of CLUSTER_RATES
+#       # events/s for CLUSTER_SECONDS, a fresh set of daemons per step; the
+#       # first rate is SCALE_RATE (the scale-* load), the ramp stops at the
+#       # first step over (as the ceiling: a loss, p99 over CEILING_P99, the
+#       # generator short of the rate), after CLUSTER_BUDGET seconds per
+#       # scenario or 6 steps. Reports per node: CPU per event, bytes to
+#       # clients, to replicas and on the cluster bus (estimated from
+#       # /proc/PID/io), cluster bus messages and forwarded publishes.
 #
 # It raises the soft open-files limit to the hard one, builds the daemon and
 # the bench into a temporary directory, starts its own redis-server on a free
@@ -48,8 +62,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 ALL=(S1 S1-max S2 S2-history-off S3 S3-history-off S4 connect storm)
-# Run only when named: several instances, and the ceiling sweep.
-EXTRA=(scale-pattern scale-user ceiling)
+# Run only when named: several instances, the ceiling sweep, and the
+# Redis Cluster ramps.
+EXTRA=(scale-pattern scale-user ceiling cluster-classic cluster-sharded)
 if (($# == 0)); then set -- "${ALL[@]}"; fi
 for s in "$@"; do
   case " ${ALL[*]} ${EXTRA[*]} " in *" $s "*) ;; *) echo "bench.sh: unknown scenario $s (known: ${ALL[*]} ${EXTRA[*]})" >&2; exit 2 ;; esac
@@ -71,6 +86,9 @@ TIMEOUT=${TIMEOUT:-60s}
 
 WORK=$(mktemp -d /tmp/fanout-bench.XXXXXX)
 REDIS_PID=""
+# The Redis Cluster of the cluster-* scenarios (started on first use):
+# its nodes' PIDs and ports, and the seeds for the daemons and the bench.
+CLUSTER_PIDS=() CLUSTER_PORTS=() CLUSTER_SEEDS=""
 # The running daemons: PIDs, public ports and admin ports (admin "off" for
 # the single-instance scenarios); DAEMON_PID and DAEMON_PORT are the first.
 DAEMON_PIDS=() DAEMON_PORTS=() ADMIN_PORTS=()
@@ -80,6 +98,8 @@ cleanup() {
   for pid in "${DAEMON_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${DAEMON_PIDS[@]}"; do wait_gone "$pid" 15; done
   [[ -n $REDIS_PID ]] && kill -TERM "$REDIS_PID" 2>/dev/null && wait_gone "$REDIS_PID" 5
+  for pid in "${CLUSTER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${CLUSTER_PIDS[@]}"; do wait_gone "$pid" 5; done
   rm -rf "$WORK"
 }
 # wait_gone PID SECONDS: wait for PID to exit, SIGKILL it after SECONDS.
@@ -119,6 +139,80 @@ for ((i = 0; i < 50; i++)); do
   sleep 0.1
 done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "bench.sh: redis did not start" >&2; cat "$WORK/redis.log" >&2; exit 1; }
+
+# cluster_port TAKEN...: a free loopback port P, not among TAKEN, whose
+# cluster bus port P+10000 is free too and below the ephemeral range.
+cluster_port() {
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 2700))
+    case " $* " in *" $p "* | *" $((p + 10000)) "* | *" $((p - 10000)) "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
+      echo "$p"; return
+    fi
+  done
+  echo "bench.sh: no free port pair for a cluster node" >&2; exit 1
+}
+
+# start_cluster: a Redis Cluster of 3 masters and 3 replicas on loopback
+# (no persistence, cluster-node-timeout 5000), once per bench.sh run;
+# waits until every node says cluster_state:ok, knows 3 masters serving
+# all slots and 3 replicas, and every replica's link to its master is up.
+start_cluster() {
+  [[ -n $CLUSTER_SEEDS ]] && return
+  local i j port dir addrs=() ok
+  for ((i = 0; i < 6; i++)); do
+    port=$(cluster_port "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "${DAEMON_PORTS[@]}")
+    dir=$WORK/cluster-$port
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --maxclients 10000 --daemonize no --logfile "$dir/redis.log" &
+    CLUSTER_PIDS+=($!) CLUSTER_PORTS+=("$port") addrs+=("127.0.0.1:$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for ((j = 0; j < 50; j++)); do
+      redis-cli -p "$port" ping >/dev/null 2>&1 && continue 2
+      sleep 0.1
+    done
+    echo "bench.sh: cluster node $port did not start" >&2; cat "$WORK/cluster-$port/redis.log" >&2; exit 1
+  done
+  if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$WORK/cluster-create.log" 2>&1; then
+    echo "bench.sh: redis-cli --cluster create failed" >&2; cat "$WORK/cluster-create.log" >&2; exit 1
+  fi
+  for ((j = 0; j < 300; j++)); do
+    ok=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+      redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || { ok=0; break; }
+      # Three masters with slots (a line ends in a slot range) and three
+      # replicas, as this node sees them.
+      [[ $(redis-cli -p "$port" cluster nodes 2>/dev/null | grep -c '[ ,]master .*[0-9]$') == 3 &&
+        $(redis-cli -p "$port" cluster nodes 2>/dev/null | grep -c '[ ,]slave ') == 3 ]] || { ok=0; break; }
+      if redis-cli -p "$port" info replication | grep -q '^role:slave'; then
+        redis-cli -p "$port" info replication | grep -q '^master_link_status:up' || { ok=0; break; }
+      fi
+    done
+    ((ok)) && break
+    sleep 0.1
+  done
+  if ((!ok)); then
+    echo "bench.sh: the Redis Cluster did not converge in 30 s" >&2
+    redis-cli -p "${CLUSTER_PORTS[0]}" cluster nodes >&2
+    exit 1
+  fi
+  CLUSTER_SEEDS=$(join , "" "" "${addrs[@]}")
+  echo "Redis Cluster: 3 masters + 3 replicas on ${CLUSTER_PORTS[*]} (bus ports +10000), ready after $((j / 10)).$((j % 10)) s"
+}
+
+# flush_cluster: empties every master (their replicas follow).
+flush_cluster() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if redis-cli -p "$port" info replication | grep -q '^role:master'; then
+      redis-cli -p "$port" flushall >/dev/null
+    fi
+  done
+}
 
 # start_daemons S [N]: N fresh daemons (default 1) for scenario S, on one
 # Redis. With N > 1 each has its own admin listener (ADMIN_ADDR) for the
@@ -197,6 +291,9 @@ scenario_args() {
     # SCALE_RATE events/s for SCALE_SECONDS, round-robin over the users,
     # each user's 2 connections on one instance (fanout-bench -url a,b,c).
     scale-pattern | scale-user) echo "-users $SCALE_USERS -conns-per-user 2 -events $((SCALE_RATE * SCALE_SECONDS)) -rate $SCALE_RATE -payload 256 -settle 2s -subprotocol fanout.v1" ;;
+    # The scale load at a step's rate (run_cluster adds -rate, -events).
+    cluster-classic) echo "-users $SCALE_USERS -conns-per-user 2 -payload 256 -settle 2s -subprotocol fanout.v1 -redis-cluster $CLUSTER_SEEDS" ;;
+    cluster-sharded) echo "-users $SCALE_USERS -conns-per-user 2 -payload 256 -settle 2s -subprotocol fanout.v1 -redis-cluster $CLUSTER_SEEDS -spublish" ;;
   esac
 }
 
@@ -213,11 +310,18 @@ CEILING_SECONDS=${CEILING_SECONDS:-$(q 10 3)}
 CEILING_P99=${CEILING_P99:-50ms}
 CEILING_BUDGET=${CEILING_BUDGET:-$(q 180 60)}
 CEILING_MAX_STEPS=10
+# The cluster ramps: publish rates (events/s, the first one the scale
+# load's), each for CLUSTER_SECONDS, at most CLUSTER_BUDGET seconds per
+# scenario.
+CLUSTER_RATES=${CLUSTER_RATES:-$(q "$SCALE_RATE 3000 6000 12000" "$SCALE_RATE 1000")}
+CLUSTER_SECONDS=${CLUSTER_SECONDS:-$(q 20 5)}
+CLUSTER_BUDGET=${CLUSTER_BUDGET:-$(q 240 60)}
+CLUSTER_MAX_STEPS=6
 
 # instances S: how many daemons scenario S runs.
 instances() {
   case $1 in
-    scale-pattern | scale-user) echo "$SCALE_INSTANCES" ;;
+    scale-pattern | scale-user | cluster-*) echo "$SCALE_INSTANCES" ;;
     *) echo 1 ;;
   esac
 }
@@ -236,6 +340,8 @@ scenario_mode() {
   case $1 in
     scale-pattern) echo "SUBSCRIBE_MODE=pattern" ;;
     scale-user) echo "SUBSCRIBE_MODE=user" ;;
+    cluster-classic) echo "SUBSCRIBE_MODE=user PUBSUB_SHARDED=false REDIS_CLUSTER_ADDRS=$CLUSTER_SEEDS" ;;
+    cluster-sharded) echo "SUBSCRIBE_MODE=user PUBSUB_SHARDED=true REDIS_CLUSTER_ADDRS=$CLUSTER_SEEDS" ;;
   esac
 }
 
@@ -243,7 +349,7 @@ scenario_mode() {
 # settings above, for the report.
 daemon_settings() {
   local set
-  set=$(echo $(scenario_env "$1") ${DAEMON_ENV:-} $(scenario_mode "$1"))
+  set=$(echo $(scenario_env "${1%@*}") ${DAEMON_ENV:-} $(scenario_mode "${1%@*}"))
   echo "${set:-defaults}"
 }
 
@@ -256,7 +362,9 @@ run_bench() {
     several=(-admin "$(join , http://127.0.0.1: "" "${ADMIN_PORTS[@]}")")
     echo "$s: $n instances on ports ${DAEMON_PORTS[*]} (admin ${ADMIN_PORTS[*]}); user uN connects to instance N % $n"
   fi
-  timeout 600 "$WORK/fanout-bench" -scenario "$s" \
+  # --foreground: the bench stays in the foreground process group, so
+  # Ctrl-C stops it (and then bench.sh) at once.
+  timeout --foreground 600 "$WORK/fanout-bench" -scenario "$s" \
     -url "$(join , ws://127.0.0.1: /ws "${DAEMON_PORTS[@]}")" "${several[@]}" \
     -redis "127.0.0.1:$REDIS_PORT" -pid "$(join , "" "" "${DAEMON_PIDS[@]}")" -sources "$SOURCES" -timeout "$TIMEOUT" \
     -note "daemon settings: $(daemon_settings "$s")" "$@" | tee -a "$RESULTS"
@@ -293,6 +401,42 @@ run_ceiling() {
   cat "$WORK/ceiling.out" 2>/dev/null || true
 }
 
+# run_cluster S: the ramp of scenario S (cluster-classic or
+# cluster-sharded) on the Redis Cluster: one step per rate of
+# CLUSTER_RATES, named S@rate, each with a fresh set of daemons and an
+# emptied cluster, until a step goes over (judged as the ceiling's), the
+# rates run out, CLUSTER_MAX_STEPS steps or CLUSTER_BUDGET seconds. A
+# fault in the first step (the scale load) fails bench.sh; a later step
+# over the limit only ends the ramp.
+run_cluster() {
+  local s=$1 steps=$WORK/$1.steps rate step=0 t0=$SECONDS
+  start_cluster
+  : >"$steps"
+  for rate in $CLUSTER_RATES; do
+    if ((step >= CLUSTER_MAX_STEPS)); then echo "$s: stopped after $step steps"; break; fi
+    if ((step > 0 && SECONDS - t0 + CLUSTER_SECONDS + 20 > CLUSTER_BUDGET)); then
+      echo "$s: stopped, CLUSTER_BUDGET (${CLUSTER_BUDGET}s) reached after $step steps"; break
+    fi
+    step=$((step + 1))
+    echo
+    flush_cluster
+    start_daemons "$s" "$(instances "$s")"
+    # shellcheck disable=SC2046
+    if run_bench "$s@$rate" $(scenario_args "$s") -rate "$rate" -events $((rate * CLUSTER_SECONDS)) -publishers 16 |
+      tee -a "$steps"; then :; elif ((step == 1)); then
+      echo "bench.sh: scenario $s failed at the scale load ($rate events/s)" >&2
+      status=1
+    fi
+    stop_daemons
+    if ! "$WORK/fanout-bench" -ceiling "$steps" -sweep "$s@" -p99-limit "$CEILING_P99" >"$WORK/$s.out"; then
+      echo "$s: step at $rate events/s went over, ramp stopped"
+      break
+    fi
+  done
+  echo
+  cat "$WORK/$s.out" 2>/dev/null || true
+}
+
 RESULTS=$WORK/results
 : >"$RESULTS"
 status=0
@@ -300,6 +444,10 @@ for s in "$@"; do
   echo
   if [[ $s == ceiling ]]; then
     run_ceiling
+    continue
+  fi
+  if [[ $s == cluster-* ]]; then
+    run_cluster "$s"
     continue
   fi
   redis-cli -p "$REDIS_PORT" flushall >/dev/null

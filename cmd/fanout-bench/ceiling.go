@@ -16,7 +16,26 @@ import (
 )
 
 // ceilingPrefix starts the scenario name of every step of the sweep.
+// Other sweeps name their steps "<scenario>@<rate>" (bench.sh's
+// cluster-classic and cluster-sharded ramps) and are judged alike.
 const ceilingPrefix = "ceiling@"
+
+// sweepPrefixes returns the "<scenario>@" prefixes of the steps of sweeps
+// other than the ceiling's, in order of first appearance.
+func sweepPrefixes(reports []report) []string {
+	var prefixes []string
+	seen := map[string]bool{}
+	for _, r := range reports {
+		name, _, ok := strings.Cut(r.Scenario, "@")
+		prefix := name + "@"
+		if !ok || prefix == ceilingPrefix || seen[prefix] {
+			continue
+		}
+		seen[prefix] = true
+		prefixes = append(prefixes, prefix)
+	}
+	return prefixes
+}
 
 // generatorShortfall is the least fraction of -rate the generator must
 // publish at for a step to count: below it, the step measured the
@@ -62,7 +81,9 @@ func judgeStep(r *report, limit time.Duration) (bool, string) {
 
 // ceilingVerdict is the sweep judged.
 type ceilingVerdict struct {
-	steps []ceilingStep
+	// prefix names the sweep (ceilingPrefix, or "<scenario>@").
+	prefix string
+	steps  []ceilingStep
 	// best is the passing step with the most deliveries per second, nil
 	// when none passed; over is the first step that did not pass.
 	best, over *ceilingStep
@@ -70,12 +91,12 @@ type ceilingVerdict struct {
 	stop bool
 }
 
-// ceilingOf judges the steps among reports (those named ceiling@…), in
-// order.
-func ceilingOf(reports []report, limit time.Duration) ceilingVerdict {
-	var v ceilingVerdict
+// ceilingOf judges the steps among reports named prefix… (ceilingPrefix
+// for the ceiling sweep), in order.
+func ceilingOf(reports []report, prefix string, limit time.Duration) ceilingVerdict {
+	v := ceilingVerdict{prefix: prefix}
 	for _, r := range reports {
-		if strings.HasPrefix(r.Scenario, ceilingPrefix) {
+		if strings.HasPrefix(r.Scenario, prefix) {
 			ok, why := judgeStep(&r, limit)
 			v.steps = append(v.steps, ceilingStep{r: r, ok: ok, why: why})
 		}
@@ -98,7 +119,15 @@ func (v ceilingVerdict) print(out io.Writer, limit time.Duration) error {
 	if len(v.steps) == 0 {
 		return nil
 	}
-	fmt.Fprintf(out, "== ceiling of one instance: most deliveries/s with p99 under %s ==\n", limit)
+	what, knob := "one instance", "CEILING_RATES"
+	if v.prefix != ceilingPrefix {
+		what = strings.TrimSuffix(v.prefix, "@") + fmt.Sprintf(" (%d instances)", max(1, len(v.steps[0].r.Instances)))
+		knob = "the rates"
+		if strings.HasPrefix(v.prefix, "cluster-") {
+			knob = "CLUSTER_RATES"
+		}
+	}
+	fmt.Fprintf(out, "== ceiling of %s: most deliveries/s with p99 under %s ==\n", what, limit)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "step\tconns\trate\tpublished/s\tdeliv/s\tp50\tp99\tdaemon CPU\tµs/deliv\tgenerator CPU\tverdict")
 	for _, s := range v.steps {
@@ -115,7 +144,7 @@ func (v ceilingVerdict) print(out io.Writer, limit time.Duration) error {
 	}
 	switch {
 	case v.best == nil:
-		fmt.Fprintf(out, "ceiling: no step passed (lower CEILING_RATES)\n")
+		fmt.Fprintf(out, "ceiling: no step passed (lower %s)\n", knob)
 	default:
 		fmt.Fprintf(out, "ceiling: %.0f deliveries/s (%s: %.0f events/s to %d connections, p99 %s)\n",
 			v.best.r.DeliveriesPerSec, v.best.r.Scenario, v.best.r.publishRate(), v.best.r.Connections, dur(v.best.r.LatP99us))
@@ -123,7 +152,7 @@ func (v ceilingVerdict) print(out io.Writer, limit time.Duration) error {
 	if v.over != nil {
 		fmt.Fprintf(out, "first step over: %s (%s)\n", v.over.r.Scenario, v.over.why)
 	} else {
-		fmt.Fprintf(out, "no step went over: the ceiling is above the highest rate tried (raise CEILING_RATES)\n")
+		fmt.Fprintf(out, "no step went over: the ceiling is above the highest rate tried (raise %s)\n", knob)
 	}
 	return nil
 }

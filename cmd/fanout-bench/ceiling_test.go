@@ -28,7 +28,7 @@ func TestCeilingIsTheFastestStepUnderTheLimit(t *testing.T) {
 		step(2000, 20*time.Millisecond),
 		step(4000, 60*time.Millisecond),
 	}
-	v := ceilingOf(reports, limit)
+	v := ceilingOf(reports, ceilingPrefix, limit)
 	if len(v.steps) != 3 || v.best == nil || v.best.r.Rate != 2000 || v.over == nil || v.over.r.Rate != 4000 || !v.stop {
 		t.Fatalf("verdict: %d steps, best %+v, over %+v, stop %v", len(v.steps), v.best, v.over, v.stop)
 	}
@@ -49,12 +49,12 @@ func TestCeilingIsTheFastestStepUnderTheLimit(t *testing.T) {
 	}
 
 	// While every step passes the sweep goes on.
-	v = ceilingOf(reports[:3], limit)
+	v = ceilingOf(reports[:3], ceilingPrefix, limit)
 	if v.stop || v.over != nil || v.best.r.Rate != 2000 {
 		t.Errorf("two passing steps: stop %v, over %v", v.stop, v.over)
 	}
 	// No step at all: nothing to stop.
-	if v := ceilingOf(nil, limit); v.stop || v.best != nil {
+	if v := ceilingOf(nil, ceilingPrefix, limit); v.stop || v.best != nil {
 		t.Error("no steps")
 	}
 }

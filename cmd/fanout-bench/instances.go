@@ -269,19 +269,29 @@ type pubsubClients struct {
 	// Channels the sum of their subscriptions.
 	ChannelClients int `json:"channel_clients"`
 	Channels       int `json:"channels"`
+	// ShardClients is the clients with shard channel subscriptions
+	// (ssub>0, SSUBSCRIBE), ShardChannels the sum of those.
+	ShardClients  int `json:"shard_clients,omitempty"`
+	ShardChannels int `json:"shard_channels,omitempty"`
 }
 
-// parseClientList reads CLIENT LIST's sub= and psub= fields.
+// parseClientList reads CLIENT LIST's sub=, psub= and ssub= fields.
 func parseClientList(list string) pubsubClients {
 	var pc pubsubClients
 	for _, line := range strings.Split(list, "\n") {
-		var sub, psub int
+		var sub, psub, ssub int
 		for _, f := range strings.Fields(line) {
 			if v, ok := strings.CutPrefix(f, "sub="); ok {
 				sub, _ = strconv.Atoi(v)
 			} else if v, ok := strings.CutPrefix(f, "psub="); ok {
 				psub, _ = strconv.Atoi(v)
+			} else if v, ok := strings.CutPrefix(f, "ssub="); ok {
+				ssub, _ = strconv.Atoi(v)
 			}
+		}
+		if ssub > 0 {
+			pc.ShardClients++
+			pc.ShardChannels += ssub
 		}
 		if psub > 0 {
 			pc.PatternClients++
@@ -296,6 +306,9 @@ func parseClientList(list string) pubsubClients {
 
 // redisPubSub returns CLIENT LIST's pub/sub figures, or nil.
 func redisPubSub(rdb *redis.Client) *pubsubClients {
+	if rdb == nil {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	list, err := rdb.ClientList(ctx).Result()

@@ -136,9 +136,10 @@ func TestParseClientListCountsSubscribers(t *testing.T) {
 	list := "id=3 addr=127.0.0.1:1 name= db=0 sub=0 psub=1 ssub=0 multi=-1 cmd=psubscribe\n" +
 		"id=4 addr=127.0.0.1:2 name= db=0 sub=2 psub=0 ssub=0 multi=-1 cmd=subscribe\n" +
 		"id=5 addr=127.0.0.1:3 name= db=0 sub=3 psub=1 ssub=0 multi=-1 cmd=subscribe\n" +
-		"id=6 addr=127.0.0.1:4 name= db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=publish\n"
+		"id=6 addr=127.0.0.1:4 name= db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=publish\n" +
+		"id=7 addr=127.0.0.1:5 name= db=0 sub=1 psub=0 ssub=40 multi=-1 cmd=ssubscribe\n"
 	got := parseClientList(list)
-	if got != (pubsubClients{PatternClients: 2, ChannelClients: 2, Channels: 5}) {
+	if got != (pubsubClients{PatternClients: 2, ChannelClients: 3, Channels: 6, ShardClients: 1, ShardChannels: 40}) {
 		t.Errorf("got %+v", got)
 	}
 }

@@ -41,8 +41,12 @@ import (
 )
 
 type options struct {
-	url, redis, pids, scenario  string
-	admin                       string
+	url, redis, pids, scenario string
+	admin                      string
+	// redisCluster, when set, is the seeds of a Redis Cluster to publish
+	// to instead of -redis (cluster.go); spublish publishes with SPUBLISH.
+	redisCluster                string
+	spublish                    bool
 	subprotocol, note           string
 	users, connsPerUser, events int
 	inflight, payload, sources  int
@@ -67,6 +71,8 @@ func main() {
 	flag.StringVar(&o.url, "url", "ws://127.0.0.1:8084/ws", "daemon WebSocket URL (without query); several instances: comma-separated, user uN connects to the (N % count)th")
 	flag.StringVar(&o.admin, "admin", "", "admin base URL(s) of the instances (http://127.0.0.1:9084), comma-separated in -url's order: their /admin/stats counters are read before and after publishing")
 	flag.StringVar(&o.redis, "redis", "127.0.0.1:6379", "Redis address to publish to")
+	flag.StringVar(&o.redisCluster, "redis-cluster", "", "seed addresses of a Redis Cluster (comma-separated) to publish to instead of -redis; every node's CPU, egress and cluster bus messages are reported")
+	flag.BoolVar(&o.spublish, "spublish", false, "publish with SPUBLISH (sharded pub/sub, PUBSUB_SHARDED=true) instead of PUBLISH")
 	flag.IntVar(&o.users, "users", 100, "number of users (u0..uN-1)")
 	flag.IntVar(&o.connsPerUser, "conns-per-user", 1, "connections per user")
 	flag.IntVar(&o.events, "events", 0, "events to publish in total (round-robin over users)")
@@ -93,8 +99,9 @@ func main() {
 	flag.DurationVar(&o.stormBaseline, "storm-baseline", 3*time.Second, "storm: how long live latency is measured before the storm, for comparison")
 	flag.DurationVar(&o.stormAfter, "storm-after", time.Second, "storm: live events keep coming this long after every storm client is live")
 	summary := flag.String("summary", "", "print a one-row-per-scenario table of the BENCH_JSON lines in this file, and exit")
-	ceiling := flag.String("ceiling", "", "judge the ceiling sweep's steps (scenarios ceiling@…) in the BENCH_JSON lines of this file, print them, and exit: 0 when the last step passed, 3 when it did not (the sweep stops)")
+	ceiling := flag.String("ceiling", "", "judge the ceiling sweep's steps (scenarios ceiling@…, or -sweep) in the BENCH_JSON lines of this file, print them, and exit: 0 when the last step passed, 3 when it did not (the sweep stops)")
 	p99Limit := flag.Duration("p99-limit", 50*time.Millisecond, "with -ceiling and -summary: the p99 a step of the ceiling sweep must stay under")
+	sweep := flag.String("sweep", ceilingPrefix, "with -ceiling: the steps to judge are the scenarios named with this prefix (bench.sh's cluster ramps: cluster-classic@)")
 	flag.Parse()
 	if *summary != "" {
 		if err := printSummary(*summary, *p99Limit); err != nil {
@@ -109,7 +116,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "fanout-bench:", err)
 			os.Exit(1)
 		}
-		v := ceilingOf(reports, *p99Limit)
+		v := ceilingOf(reports, *sweep, *p99Limit)
 		v.print(os.Stdout, *p99Limit)
 		if v.stop {
 			os.Exit(3)
@@ -191,6 +198,8 @@ func (o *options) check() error {
 		return fmt.Errorf("-admin: %d admin URLs for %d -url instances (one each, same order)", len(o.admins()), len(o.urls()))
 	case o.stormClients > 0 && len(o.urls()) > 1:
 		return errors.New("the storm scenario runs against one instance (one -url)")
+	case o.stormClients > 0 && (o.redisCluster != "" || o.spublish):
+		return errors.New("the storm scenario runs on one Redis (-redis) with PUBLISH: no -redis-cluster, no -spublish")
 	case o.stormClients < 0 || o.stormUsers < 0 || o.stormMissed < 1 || o.stormDialWorkers < 1:
 		return errors.New("-storm-clients and -storm-users must be >= 0, -storm-missed and -storm-dial-concurrency >= 1")
 	}
@@ -303,6 +312,10 @@ type report struct {
 	RedisEgressBytes       int64   `json:"redis_egress_bytes,omitempty"`
 	RedisEgressBytesPerSec float64 `json:"redis_egress_bytes_per_sec,omitempty"`
 	RedisEgressPerEvent    float64 `json:"redis_egress_bytes_per_event,omitempty"`
+	// Cluster is every cluster node's share of the window
+	// (-redis-cluster): then RedisCPUus and RedisEgressBytes are summed
+	// over the nodes (egress: to clients, not to replicas nor the bus).
+	Cluster *clusterResult `json:"cluster,omitempty"`
 	// ConnsPerGiB is 1 GiB over RSSPerConnBytes: idle connections one GiB
 	// of daemon memory holds, at the measured cost per connection.
 	ConnsPerGiB float64 `json:"conns_per_gib,omitempty"`
@@ -472,14 +485,30 @@ func run(o options) (*report, error) {
 	// The baseline is read before anything connects.
 	rep.RSSBaseBytes = rss(pids)
 
-	rdb := redis.NewClient(&redis.Options{Addr: o.redis, PoolSize: o.publishers + 2})
-	defer rdb.Close()
-	if o.events+o.thenEvents > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := rdb.Ping(ctx).Err()
-		cancel()
+	// pub publishes and reads the history; single is the one Redis
+	// (nil on a cluster, whose nodes are read one by one).
+	var pub redis.UniversalClient
+	var single *redis.Client
+	var cluster *redisCluster
+	memory := func() int64 { return redisMemory(single) }
+	if o.redisCluster != "" {
+		cluster, err = dialCluster(splitList(o.redisCluster), o.publishers+2)
 		if err != nil {
-			return nil, fmt.Errorf("redis %s: %w", o.redis, err)
+			return nil, err
+		}
+		defer cluster.Close()
+		pub, memory = cluster.client, cluster.memory
+	} else {
+		single = redis.NewClient(&redis.Options{Addr: o.redis, PoolSize: o.publishers + 2})
+		defer single.Close()
+		pub = single
+		if o.events+o.thenEvents > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := single.Ping(ctx).Err()
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("redis %s: %w", o.redis, err)
+			}
 		}
 	}
 
@@ -538,24 +567,47 @@ func run(o options) (*report, error) {
 		rep.ConnsPerGiB = connsPerGiB(rep.RSSPerConnBytes)
 	}
 	several := len(o.urls()) > 1 || o.admin != ""
-	if several {
-		rep.RedisPubSub = redisPubSub(rdb)
+	switch {
+	case cluster != nil:
+		rep.RedisPubSub = cluster.pubsub()
+	case several:
+		rep.RedisPubSub = redisPubSub(single)
 	}
 
 	benchCPU0 := benchTicks(tr.children)
 	if o.events+o.thenEvents > 0 {
 		users := userNames("u", o.users)
-		mem0 := redisMemory(rdb)
-		entries0, _ := historyEntries(rdb, users)
-		p := &publisher{o: o, rdb: rdb, tr: tr, connsOf: connectsPerUser}
+		keys := historyKeys(o.spublish)
+		mem0 := memory()
+		entries0, _ := historyEntries(pub, users, keys)
+		p := &publisher{o: o, rdb: pub, single: single, tr: tr, connsOf: connectsPerUser}
 		var probe *instanceProbe
 		if several {
 			probe = newInstanceProbe(o, pids)
 			probe.start()
 		}
-		net0, netT0 := redisNetOut(rdb), time.Now()
+		var nodes0 []nodeSample
+		net0, netT0 := int64(-1), time.Now()
+		if cluster != nil {
+			nodes0 = cluster.sample()
+		} else {
+			net0 = redisNetOut(single)
+		}
 		p.run(rep, pids)
-		if net1 := redisNetOut(rdb); net0 >= 0 && net1 >= net0 {
+		net1 := int64(-1)
+		if cluster != nil {
+			rep.Cluster = cluster.delta(nodes0, cluster.sample(), rep.EventsPublished, p.command())
+			var cpu float64
+			cpu, net1 = rep.Cluster.totals()
+			net0 = 0
+			rep.RedisCPUus = cpu
+			if rep.EventsPublished > 0 {
+				rep.RedisCPUPerEvent = cpu / float64(rep.EventsPublished)
+			}
+		} else {
+			net1 = redisNetOut(single)
+		}
+		if net0 >= 0 && net1 >= net0 {
 			rep.RedisEgressBytes = net1 - net0
 			rep.RedisEgressBytesPerSec = float64(rep.RedisEgressBytes) / time.Since(netT0).Seconds()
 			if rep.EventsPublished > 0 {
@@ -565,7 +617,7 @@ func run(o options) (*report, error) {
 		if probe != nil {
 			rep.Instances = probe.finish(o.users, connectsPerUser, rep.EventsPublished)
 		}
-		rep.measureHistory(rdb, users, mem0, entries0)
+		rep.measureHistory(pub, memory, users, keys, mem0, entries0)
 	}
 
 	// Collect the summaries.
@@ -686,8 +738,12 @@ func readChild(c *child, out io.Reader, tr *tracker) {
 // u % publishers == w, one at a time, so each user's events are published
 // in order.
 type publisher struct {
-	o         options
-	rdb       *redis.Client
+	o options
+	// rdb publishes (a cluster client with -redis-cluster); single is
+	// the one Redis whose CPU is read around the window (nil on a
+	// cluster, whose nodes the caller reads).
+	rdb       redis.UniversalClient
+	single    *redis.Client
 	tr        *tracker
 	connsOf   []int64 // connected connections per user
 	prefix    []int64 // prefix[u] = sum of connsOf[0:u]
@@ -729,7 +785,7 @@ func (p *publisher) run(rep *report, pids []int) {
 	}()
 	defer close(stopTick)
 
-	cpu0, rcpu0 := cpuTicksAll(pids), redisCPU(p.rdb)
+	cpu0, rcpu0 := cpuTicksAll(pids), redisCPU(p.single)
 	t0 := time.Now()
 	windowStartNs.Store(t0.UnixNano())
 	pubDeadline := t0.Add(p.o.timeout)
@@ -743,7 +799,7 @@ func (p *publisher) run(rep *report, pids []int) {
 	cpu1 := cpuTicksAll(pids)
 	rep.DaemonCPUus = float64(cpu1-cpu0) * 1e6 / clkTck
 	if rcpu0 >= 0 {
-		if rcpu1 := redisCPU(p.rdb); rcpu1 >= 0 {
+		if rcpu1 := redisCPU(p.single); rcpu1 >= 0 {
 			rep.RedisCPUus = rcpu1 - rcpu0
 			if n := p.published.Load(); n > 0 {
 				rep.RedisCPUPerEvent = rep.RedisCPUus / float64(n)
@@ -767,7 +823,7 @@ func (p *publisher) run(rep *report, pids []int) {
 	rep.EventsPublished = p.published.Load()
 	rep.PublishErrors = p.errs.Load()
 	if rep.PublishErrors > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("%d PUBLISH errors", rep.PublishErrors))
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d %s errors", rep.PublishErrors, p.command()))
 	}
 	if rep.EventsPublished < int64(p.o.events+p.o.thenEvents) {
 		rep.Notes = append(rep.Notes, "publish phase hit -timeout before all events were published")
@@ -849,7 +905,11 @@ func (p *publisher) phase(lo, hi int, rate float64, window int64, ph int, deadli
 				}
 				user := "u" + strconv.Itoa(u)
 				event := appendEvent(make([]byte, 0, p.o.payload+128), user, int64(k/users+1), time.Now().UnixNano(), ph, p.o.payload)
-				pipe.Publish(ctx, "workflow:events:"+user, event)
+				if p.o.spublish {
+					pipe.SPublish(ctx, "workflow:events:"+user, event)
+				} else {
+					pipe.Publish(ctx, "workflow:events:"+user, event)
+				}
 				pending = append(pending, u)
 				if rate > 0 || len(pending) >= pipelineMax {
 					flush()
@@ -858,6 +918,14 @@ func (p *publisher) phase(lo, hi int, rate float64, window int64, ph int, deadli
 		}()
 	}
 	wg.Wait()
+}
+
+// command is the publishing command's name.
+func (p *publisher) command() string {
+	if p.o.spublish {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
 }
 
 // pipelineMax is the most PUBLISH commands sent in one round trip.

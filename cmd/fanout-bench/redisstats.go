@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"fanout/history"
@@ -21,21 +21,19 @@ func userNames(prefix string, n int) []string {
 	return users
 }
 
-// redisInfo returns the fields of one INFO section.
+// redisInfo returns the fields of one INFO section (an error for a nil
+// client: a cluster's nodes are read one by one, cluster.go).
 func redisInfo(rdb *redis.Client, section string) (map[string]string, error) {
+	if rdb == nil {
+		return nil, errors.New("no single Redis")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	raw, err := rdb.Info(ctx, section).Result()
 	if err != nil {
 		return nil, err
 	}
-	fields := map[string]string{}
-	for _, line := range strings.Split(raw, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
-			fields[k] = v
-		}
-	}
-	return fields, nil
+	return infoFields(raw), nil
 }
 
 // redisCPU returns Redis's CPU time so far in µs (INFO cpu: used_cpu_sys +
@@ -66,24 +64,43 @@ func redisMemory(rdb *redis.Client) int64 {
 	return n
 }
 
-// historyLens returns XLEN of each user's history key (0 for none),
-// pipelined 1 000 at a time.
-func historyLens(rdb *redis.Client, users []string) ([]int64, error) {
+// historyKeys returns the history keys of a user the bench reads: the
+// classic one, and with sharded pub/sub also the one in its channel's slot
+// (fanout:history:{workflow:events:<user>}), whichever the daemon writes.
+func historyKeys(sharded bool) func(user string) []string {
+	if !sharded {
+		return func(user string) []string { return []string{history.HistoryKey(user)} }
+	}
+	return func(user string) []string {
+		return []string{history.HistoryKey(user), history.HistoryKey(history.Channel(user))}
+	}
+}
+
+// classicKeys is historyKeys(false).
+var classicKeys = historyKeys(false)
+
+// historyLens returns the XLEN of each user's history keys (0 for none),
+// summed per user, pipelined 1 000 users at a time.
+func historyLens(rdb redis.Cmdable, users []string, keys func(string) []string) ([]int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	lens := make([]int64, len(users))
 	for lo := 0; lo < len(users); lo += 1000 {
 		hi := min(lo+1000, len(users))
 		pipe := rdb.Pipeline()
-		cmds := make([]*redis.IntCmd, hi-lo)
+		cmds := make([][]*redis.IntCmd, hi-lo)
 		for i := lo; i < hi; i++ {
-			cmds[i-lo] = pipe.XLen(ctx, history.HistoryKey(users[i]))
+			for _, k := range keys(users[i]) {
+				cmds[i-lo] = append(cmds[i-lo], pipe.XLen(ctx, k))
+			}
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, fmt.Errorf("XLEN: %w", err)
 		}
-		for i, c := range cmds {
-			lens[lo+i] = c.Val()
+		for i, cs := range cmds {
+			for _, c := range cs {
+				lens[lo+i] += c.Val()
+			}
 		}
 	}
 	return lens, nil
@@ -91,8 +108,8 @@ func historyLens(rdb *redis.Client, users []string) ([]int64, error) {
 
 // historyEntries returns the entries in the users' history keys and the
 // number of those keys that exist.
-func historyEntries(rdb *redis.Client, users []string) (entries, keys int64) {
-	lens, err := historyLens(rdb, users)
+func historyEntries(rdb redis.Cmdable, users []string, keyNames func(string) []string) (entries, keys int64) {
+	lens, err := historyLens(rdb, users, keyNames)
 	if err != nil {
 		return -1, -1
 	}
@@ -105,12 +122,13 @@ func historyEntries(rdb *redis.Client, users []string) (entries, keys int64) {
 	return entries, keys
 }
 
-// measureHistory fills in the Redis memory per retained event: used_memory
-// now minus mem0, over the history entries added since entries0.
-func (r *report) measureHistory(rdb *redis.Client, users []string, mem0, entries0 int64) {
+// measureHistory fills in the Redis memory per retained event: memory()
+// (used_memory) now minus mem0, over the history entries added since
+// entries0.
+func (r *report) measureHistory(rdb redis.Cmdable, memory func() int64, users []string, keyNames func(string) []string, mem0, entries0 int64) {
 	r.RedisMemBeforeBytes = mem0
-	r.RedisMemAfterBytes = redisMemory(rdb)
-	entries, keys := historyEntries(rdb, users)
+	r.RedisMemAfterBytes = memory()
+	entries, keys := historyEntries(rdb, users, keyNames)
 	if entries < 0 || entries0 < 0 || mem0 < 0 || r.RedisMemAfterBytes < 0 {
 		r.Notes = append(r.Notes, "Redis memory or history length not readable")
 		return

@@ -70,7 +70,17 @@ func (r *report) print(jsonOnly bool) {
 			}
 		}
 		if pc := r.RedisPubSub; pc != nil {
-			row("Redis pub/sub clients", "%d with a pattern, %d with channels (%d channel subscriptions)", pc.PatternClients, pc.ChannelClients, pc.Channels)
+			row("Redis pub/sub clients", "%d with a pattern, %d with channels (%d channel subscriptions), %d with shard channels (%d SSUBSCRIBE subscriptions)",
+				pc.PatternClients, pc.ChannelClients, pc.Channels, pc.ShardClients, pc.ShardChannels)
+		}
+		if c := r.Cluster; c != nil {
+			for i, line := range clusterRows(c) {
+				k := ""
+				if i == 0 {
+					k = "Redis Cluster"
+				}
+				row(k, "%s", line)
+			}
 		}
 		if st := r.Storm; st != nil {
 			row("storm clients", "%d connected (%d users), %d missed events each; %d live connections at %.0f events/s",
@@ -146,6 +156,50 @@ func printInstances(out io.Writer, reports []report) error {
 		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f\t%.0f\t%s\t%.0f\t%.2f\t%s\t%s\t%d\t%d\t\n", r.Scenario, len(r.Instances), fullReceivers(r.Instances),
 			r.publishRate(), r.DeliveriesPerSec, bytesHuman(r.RedisEgressBytesPerSec), r.RedisEgressPerEvent, r.DaemonCPUPerDeliv,
 			dur(r.LatP50us), dur(r.LatP99us), r.Losses, r.Duplicates)
+	}
+	return w.Flush()
+}
+
+// printClusters prints, for the runs on a Redis Cluster, one row per run
+// (what the nodes spent per event) and then one row per node of the first
+// run of each scenario (the first step of a sweep: the offered rate).
+func printClusters(out io.Writer, reports []report) error {
+	var runs []report
+	for _, r := range reports {
+		if r.Cluster != nil {
+			runs = append(runs, r)
+		}
+	}
+	if len(runs) == 0 {
+		return nil
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "== Redis Cluster: what the nodes spent per event published ==")
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "scenario\tpublish\tevents/s\tdeliv/s\tp50\tp99\tlost\tRedis CPU µs/event\tmasters\treplicas\tbus B/event\tbus publishes/event\tto clients B/event\tdaemons µs/deliv\t")
+	for _, r := range runs {
+		c := r.Cluster
+		fmt.Fprintf(w, "%s\t%s\t%.0f\t%.0f\t%s\t%s\t%d\t%.2f\t%.2f\t%.2f\t%s\t%.2f\t%.0f\t%.2f\t\n", r.Scenario, c.Publish, r.publishRate(), r.DeliveriesPerSec,
+			dur(r.LatP50us), dur(r.LatP99us), r.Losses, c.CPUPerEvent, c.MasterCPUPerEvent, c.ReplicaCPUPerEvent,
+			strings.TrimSuffix(busBytes(c.BusBytesPerEvent), " B"), c.BusPublishesPerEvent, c.ClientOutPerEvent, r.DaemonCPUPerDeliv)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "scenario\tnode\trole\tCPU ms\tCPU µs/event\tto clients\tto replicas\tbus (est.)\tbus msgs\tpublish fwd\tpublishshard fwd\t")
+	seen := map[string]bool{}
+	for _, r := range runs {
+		name, _, _ := strings.Cut(r.Scenario, "@")
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		for _, n := range r.Cluster.Nodes {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%.0f\t%.2f\t%s\t%s\t%s\t%d\t%d\t%d\t\n", r.Scenario, n.Addr, n.Role, n.CPUus/1e3, n.CPUPerEvent,
+				bytesOrDash(n.ClientOutBytes), bytesOrDash(n.ReplOutBytes), bytesOrDash(n.BusBytes), n.BusMessages, n.PublishMessages, n.ShardMessages)
+		}
 	}
 	return w.Flush()
 }
@@ -235,12 +289,21 @@ func printSummary(path string, p99Limit time.Duration) error {
 	if err := printInstances(os.Stdout, plain); err != nil {
 		return err
 	}
-	if v := ceilingOf(plain, p99Limit); len(v.steps) > 0 {
+	if err := printClusters(os.Stdout, plain); err != nil {
+		return err
+	}
+	if v := ceilingOf(plain, ceilingPrefix, p99Limit); len(v.steps) > 0 {
 		fmt.Println()
 		if err := v.print(os.Stdout, p99Limit); err != nil {
 			return err
 		}
 		printIdle(os.Stdout, plain)
+	}
+	for _, prefix := range sweepPrefixes(plain) {
+		fmt.Println()
+		if err := ceilingOf(plain, prefix, p99Limit).print(os.Stdout, p99Limit); err != nil {
+			return err
+		}
 	}
 	if len(storms) == 0 {
 		return nil

@@ -195,8 +195,8 @@ func runStorm(o options) (*report, error) {
 
 	allUsers := append(append([]string(nil), liveUsers...), stormUsers...)
 	mem0 := redisMemory(rdb)
-	entries0, _ := historyEntries(rdb, allUsers)
-	base, err := historyLens(rdb, stormUsers)
+	entries0, _ := historyEntries(rdb, allUsers, classicKeys)
+	base, err := historyLens(rdb, stormUsers, classicKeys)
 	if err != nil {
 		return rep, err
 	}
@@ -222,7 +222,7 @@ func runStorm(o options) (*report, error) {
 	if !stormTr.waitFor(func() bool { return stormTr.delivered.Load() >= stormExpected }, time.Now().Add(o.timeout)) {
 		return rep, fmt.Errorf("warm-up: %d of %d storm clients got their first event", stormTr.delivered.Load(), stormExpected)
 	}
-	if lens, err := historyLens(rdb, stormUsers); err != nil || sum(lens) == sum(base) {
+	if lens, err := historyLens(rdb, stormUsers, classicKeys); err != nil || sum(lens) == sum(base) {
 		return rep, errors.New("warm-up: the events were delivered but not recorded: the storm needs the daemon's HISTORY=on")
 	}
 
@@ -252,7 +252,7 @@ func runStorm(o options) (*report, error) {
 	rep.PublishErrors += errs
 	want := int64(1 + o.stormMissed)
 	for {
-		lens, err := historyLens(rdb, stormUsers)
+		lens, err := historyLens(rdb, stormUsers, classicKeys)
 		if err != nil {
 			return rep, err
 		}
@@ -268,7 +268,7 @@ func runStorm(o options) (*report, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	st.AwaySeconds = time.Since(t0).Seconds()
-	rep.measureHistory(rdb, allUsers, mem0, entries0)
+	rep.measureHistory(rdb, func() int64 { return redisMemory(rdb) }, allUsers, classicKeys, mem0, entries0)
 	// Missed events per storm user: the ones published.
 	stormExpected += int64(o.stormMissed) * stormExpected
 
