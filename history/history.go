@@ -2,18 +2,27 @@
 // the Lua scripts that write it, and what publishers and the daemon share
 // about it (key names, event ids, retention).
 //
-// A publisher that only runs PUBLISH workflow:events:{username} needs
-// nothing from here: every fanout instance records such an event with
-// RecordSource, and exactly one of them appends it. A publisher that wants
-// its event kept even while no instance runs appends and publishes it in
-// one atomic step: Publisher.Publish in Go, `fanout publish` from a shell,
-// or PublishSource with EVALSHA from any other language.
+// A publisher that only runs PUBLISH workflow:events:{username} (SPUBLISH
+// with PUBSUB_SHARDED=true) needs nothing from here: every fanout instance
+// records such an event with RecordSource, and exactly one of them appends
+// it. A publisher that wants its event kept even while no instance runs
+// appends and publishes it in one atomic step: Publisher.Publish in Go,
+// `fanout publish` from a shell, or PublishSource (PublishShardedSource)
+// with EVALSHA from any other language.
 //
-// Keys. A user's history is the Stream HistoryKey(username),
-// "fanout:history:{username}"; the braces make it a Redis Cluster hash tag,
-// so every key a script touches for one user lives in one hash slot. Each
-// entry has one field, "d", holding the published payload byte for byte.
-// Its entry id ("1733050000000-0") is the event id clients see.
+// Keys. A user's channel is Channel(username), "workflow:events:alice", in
+// every deployment. Their history is one Stream, whose key depends on the
+// Layout:
+//
+//	classic (single Redis, Sentinel, Cluster)  fanout:history:{alice}                  PUBLISH
+//	sharded (PUBSUB_SHARDED=true)               fanout:history:{workflow:events:alice}  SPUBLISH
+//
+// The braces are a Redis Cluster hash tag: every key a script touches for
+// one user lives in one hash slot, and in the sharded layout that slot is
+// the channel's, so the node that runs the publish script is the one whose
+// SSUBSCRIBE'd instances get the event. Each entry has one field, "d",
+// holding the published payload byte for byte. Its entry id
+// ("1733050000000-0") is the event id clients see.
 package history
 
 import (
@@ -43,8 +52,9 @@ const (
 // Channel returns the pub/sub channel of username.
 func Channel(username string) string { return ChannelPrefix + username }
 
-// HistoryKey returns the Redis key of username's history Stream.
-func HistoryKey(username string) string { return keyPrefix + "{" + username + "}" }
+// HistoryKey returns the classic Redis key of username's history Stream,
+// Layout{}.Key(username).
+func HistoryKey(username string) string { return Layout{}.Key(username) }
 
 // Retention is how much history is kept per user.
 type Retention struct {
@@ -81,20 +91,42 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return id
 `
 
-var publishScript = redis.NewScript(PublishSource)
+// PublishShardedSource is PublishSource for the sharded layout
+// (PUBSUB_SHARDED=true): SPUBLISH instead of PUBLISH, and KEYS[1] is the
+// key tagged on the channel, in the channel's hash slot:
+//
+//	EVALSHA <sha1 of PublishShardedSource> 1 fanout:history:{workflow:events:alice} workflow:events:alice '<json>' 1000 3600000
+//
+// A plain PUBLISH would reach no instance: they SSUBSCRIBE.
+const PublishShardedSource = `local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SPUBLISH', ARGV[1], ARGV[2])
+return id
+`
+
+var (
+	publishScript        = redis.NewScript(PublishSource)
+	publishShardedScript = redis.NewScript(PublishShardedSource)
+)
 
 // Publisher appends events to a user's history and publishes them in one
 // atomic step, so that an event published while no fanout instance runs
 // is replayed when a client connects.
 type Publisher struct {
+	// Layout names the history key and picks PUBLISH or SPUBLISH; it must
+	// match the instances' PUBSUB_SHARDED. The zero Layout is classic.
+	// Set it before the first Publish.
+	Layout Layout
+
 	rdb       redis.Scripter
 	retention Retention
 }
 
-// NewPublisher returns a Publisher writing through rdb (a *redis.Client,
-// *redis.ClusterClient or any redis.UniversalClient) with the given
-// retention, which should match the instances' HISTORY_MAX_LEN and
-// HISTORY_TTL.
+// NewPublisher returns a classic Publisher writing through rdb (a
+// *redis.Client, *redis.ClusterClient or any redis.UniversalClient) with
+// the given retention, which should match the instances' HISTORY_MAX_LEN
+// and HISTORY_TTL. For instances with PUBSUB_SHARDED=true, set its Layout
+// to Layout{Sharded: true}.
 func NewPublisher(rdb redis.Scripter, retention Retention) *Publisher {
 	return &Publisher{rdb: rdb, retention: retention.withDefaults()}
 }
@@ -104,7 +136,8 @@ func NewPublisher(rdb redis.Scripter, retention Retention) *Publisher {
 var ErrInvalidPayload = errors.New("payload is not valid JSON")
 
 // Publish appends payload to username's history, publishes it on
-// username's channel and returns its event id.
+// username's channel and returns its event id. A server without the script
+// (restarted, failed over, SCRIPT FLUSH) gets it with EVAL.
 func (p *Publisher) Publish(ctx context.Context, username string, payload []byte) (string, error) {
 	if err := CheckUsername(username); err != nil {
 		return "", err
@@ -112,7 +145,8 @@ func (p *Publisher) Publish(ctx context.Context, username string, payload []byte
 	if len(payload) == 0 || !json.Valid(payload) {
 		return "", ErrInvalidPayload
 	}
-	id, err := publishScript.Run(ctx, p.rdb, []string{HistoryKey(username)},
+	script, _ := p.Layout.publishScript()
+	id, err := script.Run(ctx, p.rdb, []string{p.Layout.Key(username)},
 		Channel(username), payload, p.retention.MaxLen, p.retention.TTL.Milliseconds()).Text()
 	if err != nil {
 		return "", fmt.Errorf("publish to %s: %w", Channel(username), err)
@@ -172,41 +206,19 @@ type Event struct {
 	Data string
 }
 
-// After returns up to count events of username after the event id after
-// (exclusive), oldest first; "" means from the oldest retained.
+// After is Layout{}.After: classic keys.
 func After(ctx context.Context, rdb redis.Cmdable, username, after string, count int64) ([]Event, error) {
-	start := "-"
-	if after != "" {
-		start = "(" + after
-	}
-	msgs, err := rdb.XRangeN(ctx, HistoryKey(username), start, "+", count).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read history of %s: %w", username, err)
-	}
-	return events(msgs), nil
+	return Layout{}.After(ctx, rdb, username, after, count)
 }
 
-// From returns up to count events of username from the event id from
-// (inclusive), oldest first.
+// From is Layout{}.From: classic keys.
 func From(ctx context.Context, rdb redis.Cmdable, username, from string, count int64) ([]Event, error) {
-	msgs, err := rdb.XRangeN(ctx, HistoryKey(username), from, "+", count).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read history of %s: %w", username, err)
-	}
-	return events(msgs), nil
+	return Layout{}.From(ctx, rdb, username, from, count)
 }
 
-// Last returns the last n events of username, oldest first.
+// Last is Layout{}.Last: classic keys.
 func Last(ctx context.Context, rdb redis.Cmdable, username string, n int64) ([]Event, error) {
-	msgs, err := rdb.XRevRangeN(ctx, HistoryKey(username), "+", "-", n).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read history of %s: %w", username, err)
-	}
-	evs := events(msgs)
-	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
-		evs[i], evs[j] = evs[j], evs[i]
-	}
-	return evs, nil
+	return Layout{}.Last(ctx, rdb, username, n)
 }
 
 func events(msgs []redis.XMessage) []Event {

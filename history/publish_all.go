@@ -38,33 +38,55 @@ func (p *Publisher) PublishAll(ctx context.Context, username string, payloads []
 		return ids, nil
 	}
 
-	pipe := pipeliner.Pipeline()
-	// The script must be on the server before the EVALSHA: a pipeline
-	// cannot fall back to EVAL on NOSCRIPT as Script.Run does. On one
-	// server, loading it first in the same pipeline costs no round trip.
-	// A cluster client would send that keyless SCRIPT LOAD to any node, so
-	// there ScriptLoad on the client loads it on every node first. (Not
-	// publishScript.Load on the pipeline: it would store the empty reply
-	// it sees before Exec as the script's hash.)
-	if _, single := p.rdb.(*redis.Client); single {
-		pipe.ScriptLoad(ctx, PublishSource)
-	} else if err := p.rdb.ScriptLoad(ctx, PublishSource).Err(); err != nil {
-		return nil, fmt.Errorf("load the publish script: %w", err)
-	}
-	cmds := make([]*redis.Cmd, len(payloads))
-	for i, payload := range payloads {
-		cmds[i] = publishScript.EvalSha(ctx, pipe, []string{HistoryKey(username)},
-			Channel(username), payload, p.retention.MaxLen, p.retention.TTL.Milliseconds())
-	}
-	// Each command's own error is read below.
-	_, _ = pipe.Exec(ctx)
+	// EVALSHA first, as if the server had the script: it mostly has. A
+	// server that has not (restarted, a replica promoted by a failover,
+	// SCRIPT FLUSH) answers NOSCRIPT to every EVALSHA from the first it
+	// refused on, and runs none of them: the script is loaded (by a
+	// *redis.ClusterClient on every master) and those are sent again, once.
+	// A pipeline cannot fall back to EVAL per command as Script.Run does,
+	// and loading before every call would cost a round trip (on a cluster,
+	// one per master).
+	script, source := p.Layout.publishScript()
+	key, channel := p.Layout.Key(username), Channel(username)
 	ids = make([]string, 0, len(payloads))
-	for i, cmd := range cmds {
-		id, err := cmd.Text()
-		if err != nil {
-			return ids, fmt.Errorf("publish event %d to %s: %w", i, Channel(username), err)
+	for loaded := false; ; loaded = true {
+		pipe := pipeliner.Pipeline()
+		rest := payloads[len(ids):]
+		cmds := make([]*redis.Cmd, len(rest))
+		for i, payload := range rest {
+			cmds[i] = script.EvalSha(ctx, pipe, []string{key},
+				channel, payload, p.retention.MaxLen, p.retention.TTL.Milliseconds())
 		}
-		ids = append(ids, id)
+		// Each command's own error is read below.
+		_, _ = pipe.Exec(ctx)
+		retry := false
+		for i, cmd := range cmds {
+			id, err := cmd.Text()
+			if err != nil {
+				if !loaded && noScriptFrom(cmds[i:]) {
+					retry = true
+					break
+				}
+				return ids, fmt.Errorf("publish event %d to %s: %w", len(ids), channel, err)
+			}
+			ids = append(ids, id)
+		}
+		if !retry {
+			return ids, nil
+		}
+		if err := p.rdb.ScriptLoad(ctx, source).Err(); err != nil {
+			return ids, fmt.Errorf("publish event %d to %s: load the publish script: %w", len(ids), channel, err)
+		}
 	}
-	return ids, nil
+}
+
+// noScriptFrom reports whether every one of cmds failed with NOSCRIPT, so
+// that none of them ran and they can be sent again in order.
+func noScriptFrom(cmds []*redis.Cmd) bool {
+	for _, cmd := range cmds {
+		if !IsNoScript(cmd.Err()) {
+			return false
+		}
+	}
+	return true
 }

@@ -204,11 +204,16 @@ type Recording struct {
 	n   int
 }
 
+// Record is Layout{}.Record: classic keys.
+func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Cursor, retention Retention, payloads []string) Recording {
+	return Layout{}.Record(ctx, pipe, username, cur, retention, payloads)
+}
+
 // Record queues on pipe the recording of payloads, received in this order
 // for username, from cur; a zero cur.After means from the beginning, so an
 // instance passes its horizon instead (see RecordSource).
 // Load must have been called on the Redis server first (EVALSHA).
-func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Cursor, retention Retention, payloads []string) Recording {
+func (l Layout) Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Cursor, retention Retention, payloads []string) Recording {
 	retention = retention.withDefaults()
 	after := cur.After
 	if after == "" {
@@ -229,7 +234,7 @@ func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Curs
 	for _, p := range payloads {
 		args = append(args, p)
 	}
-	return Recording{cmd: recordScript.EvalSha(ctx, pipe, []string{HistoryKey(username)}, args...), n: len(payloads)}
+	return Recording{cmd: recordScript.EvalSha(ctx, pipe, []string{l.Key(username)}, args...), n: len(payloads)}
 }
 
 // Horizon returns the cursor of an instance that subscribed at t (by
@@ -276,13 +281,17 @@ func IsNoScript(err error) bool {
 	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
 }
 
-// Load loads the scripts into the Redis server of rdb.
+// Load loads the scripts into the Redis server of rdb (every master of a
+// *redis.ClusterClient).
 func Load(ctx context.Context, rdb redis.Scripter) error {
 	if err := recordScript.Load(ctx, rdb).Err(); err != nil {
 		return fmt.Errorf("load the record script: %w", err)
 	}
 	if err := publishScript.Load(ctx, rdb).Err(); err != nil {
 		return fmt.Errorf("load the publish script: %w", err)
+	}
+	if err := publishShardedScript.Load(ctx, rdb).Err(); err != nil {
+		return fmt.Errorf("load the sharded publish script: %w", err)
 	}
 	return nil
 }
