@@ -48,7 +48,13 @@ stdin, one event per non-empty line, and prints one id per event.
 
 Redis is reached as the daemon reaches it: REDIS_URL, or REDIS_HOST,
 REDIS_PORT, REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB, REDIS_TLS,
-REDIS_TLS_CA_FILE, REDIS_TLS_SKIP_VERIFY.
+REDIS_TLS_CA_FILE, REDIS_TLS_SKIP_VERIFY; through Sentinel with
+REDIS_SENTINEL_ADDRS, REDIS_SENTINEL_MASTER and REDIS_SENTINEL_PASSWORD;
+on a Redis Cluster with REDIS_CLUSTER_ADDRS. Give it the instances'
+PUBSUB_SHARDED: with true it publishes with SPUBLISH and keeps the history
+in fanout:history:{workflow:events:NAME}, in the channel's hash slot (a
+plain PUBLISH would reach no instance); otherwise with PUBLISH, in
+fanout:history:{NAME}.
 
   --username NAME    the user whose channel gets the events (required)
   --max-len N        events kept per user (default HISTORY_MAX_LEN, or 1000)
@@ -96,10 +102,13 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		return fail(publishBadUsage, "--username: %v", err)
 	}
 
-	// Redis as the daemon reaches it; each retention setting from its flag,
-	// or else from the daemon's variable.
+	// Redis as the daemon reaches it, published to as the instances listen
+	// (PUBSUB_SHARDED); each retention setting from its flag, or else from
+	// the daemon's variable.
 	env := &envReader{getenv: getenv}
-	opts := env.redisOptions()
+	cfg := Config{Redis: env.redisOptions()}
+	env.redisDeployment(&cfg)
+	layout := history.Layout{Sharded: env.boolean("PUBSUB_SHARDED", false)}
 	flagValues := &envReader{getenv: func(name string) string { return fs.Lookup(strings.TrimPrefix(name, "--")).Value.String() }}
 	var retention history.Retention
 	if *maxLen != "" {
@@ -125,13 +134,15 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	// No retries: after a timeout go-redis would send the script again and
 	// could publish an event twice. The caller sees the error instead and
 	// knows from the ids printed which events are in.
+	opts := *cfg.Redis
 	opts.MaxRetries = -1
 	// The error says what failed, in one line; go-redis would add its own.
 	redis.SetLogger(discardRedisLog{})
-	rdb := redis.NewClient(opts)
+	rdb := newRedisClient(cfg, opts)
 	defer rdb.Close()
 
 	pub := history.NewPublisher(rdb, retention)
+	pub.Layout = layout
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()
 	if len(fs.Args()) == 1 {

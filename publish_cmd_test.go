@@ -75,6 +75,40 @@ func subscribe(t *testing.T, r *redisServer, username string) <-chan *redis.Mess
 	return sub.Channel()
 }
 
+// listenBothWays subscribes to username's channel as instances do with
+// PUBSUB_SHARDED=true (SSUBSCRIBE) and without (PSUBSCRIBE), and returns
+// their messages.
+func listenBothWays(t *testing.T, r *redisServer, username string) (sharded, pattern <-chan *redis.Message) {
+	t.Helper()
+	rdb := r.client()
+	ctx := context.Background()
+	ssub := rdb.SSubscribe(ctx, history.Channel(username))
+	psub := rdb.PSubscribe(ctx, history.ChannelPrefix+"*")
+	t.Cleanup(func() {
+		ssub.Close()
+		psub.Close()
+	})
+	for _, sub := range []*redis.PubSub{ssub, psub} {
+		if _, err := sub.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ssub.Channel(), psub.Channel()
+}
+
+// expectNothingBefore publishes a marker plainly on username's channel and
+// checks that it is the first message pattern gets.
+func expectNothingBefore(t *testing.T, r *redisServer, username string, pattern <-chan *redis.Message) {
+	t.Helper()
+	const marker = `{"marker":true}`
+	if err := r.client().Publish(context.Background(), history.Channel(username), marker).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, pattern); got != marker {
+		t.Fatalf("PSUBSCRIBE got %q before the marker: a sharded event reached a pattern subscriber", got)
+	}
+}
+
 func receive(t *testing.T, messages <-chan *redis.Message) string {
 	t.Helper()
 	select {
@@ -100,6 +134,60 @@ func TestPublishCommandAppendsToTheStreamAndPublishes(t *testing.T) {
 	}
 	if got := receive(t, messages); got != event {
 		t.Fatalf("SUBSCRIBE got %q, want %q", got, event)
+	}
+}
+
+func TestPublishCommandWithPUBSUB_SHARDEDSpublishesAndKeepsTheEventInTheChannelsSlot(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	sharded, pattern := listenBothWays(t, r, "alice")
+	env := []string{"PUBSUB_SHARDED=true"}
+	res := runPublishCommand(t, r, "", env, "--username", "alice", `{"n":1}`)
+	if res.code != 0 || res.stderr != "" || len(res.ids()) != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and one id", res.code, res.stdout, res.stderr)
+	}
+	ids := res.ids()
+	res = runPublishCommand(t, r, "{\"n\":2}\n{\"n\":3}\n", env, "--username", "alice")
+	if res.code != 0 || res.stderr != "" || len(res.ids()) != 2 {
+		t.Fatalf("stdin: exit %d, stdout %q, stderr %q; want 0 and two ids", res.code, res.stdout, res.stderr)
+	}
+	ids = append(ids, res.ids()...)
+	want := []string{`{"n":1}`, `{"n":2}`, `{"n":3}`}
+	for i := range want {
+		if got := receive(t, sharded); got != want[i] {
+			t.Fatalf("SSUBSCRIBE message %d: %q, want %q", i, got, want[i])
+		}
+	}
+	expectNothingBefore(t, r, "alice", pattern)
+
+	// The history is under the key tagged on the channel, nothing under
+	// the classic one.
+	evs, err := history.Layout{Sharded: true}.After(ctx, r.client(), "alice", "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != len(want) {
+		t.Fatalf("fanout:history:{workflow:events:alice} holds %+v, want %d events", evs, len(want))
+	}
+	for i := range want {
+		if evs[i].ID != ids[i] || evs[i].Data != want[i] {
+			t.Fatalf("event %d: %s %s, want %s %s", i, evs[i].ID, evs[i].Data, ids[i], want[i])
+		}
+	}
+	if n := r.client().Exists(ctx, "fanout:history:{alice}").Val(); n != 0 {
+		t.Fatal("PUBSUB_SHARDED=true wrote the classic key fanout:history:{alice}")
+	}
+
+	// PUBSUB_SHARDED=false is the classic layout.
+	res = runPublishCommand(t, r, "", []string{"PUBSUB_SHARDED=false"}, "--username", "alice", `{"n":4}`)
+	if res.code != 0 {
+		t.Fatalf("PUBSUB_SHARDED=false: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if got := receive(t, pattern); got != `{"n":4}` {
+		t.Fatalf("PSUBSCRIBE got %q, want {\"n\":4}", got)
+	}
+	if evs := streamEvents(t, r, "alice"); len(evs) != 1 || evs[0].ID != res.ids()[0] {
+		t.Fatalf("classic key holds %+v, want the one classic event", evs)
 	}
 }
 
@@ -201,6 +289,7 @@ func TestPublishCommandBadUsageExitsWithCode2AndOneLine(t *testing.T) {
 		{"bad HISTORY_TTL", []string{"HISTORY_TTL=forever"}, []string{"--username", "u", `{}`}, "HISTORY_TTL"},
 		{"bad REDIS_DB", []string{"REDIS_DB=x"}, []string{"--username", "u", `{}`}, "REDIS_DB"},
 		{"bad REDIS_URL", []string{"REDIS_URL=http://x"}, []string{"--username", "u", `{}`}, "REDIS_URL"},
+		{"bad PUBSUB_SHARDED", []string{"PUBSUB_SHARDED=sharded"}, []string{"--username", "u", `{}`}, "PUBSUB_SHARDED"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := runPublishCommand(t, r, "", tc.env, tc.args...)
@@ -288,17 +377,44 @@ func codeBlocks(section, lang string) []string {
 	return blocks
 }
 
-func TestReadmeShowsThePublishScriptAsItIs(t *testing.T) {
+func TestReadmeShowsThePublishScriptsAsTheyAre(t *testing.T) {
 	section := publishersSection(t)
 	lua := codeBlocks(section, "lua")
-	if len(lua) != 1 || lua[0] != history.PublishSource {
-		t.Fatalf("README's Lua block %q, want history.PublishSource %q", lua, history.PublishSource)
+	if len(lua) != 2 || lua[0] != history.PublishSource || lua[1] != history.PublishShardedSource {
+		t.Fatalf("README's Lua blocks %q, want history.PublishSource %q then history.PublishShardedSource %q",
+			lua, history.PublishSource, history.PublishShardedSource)
 	}
 	for _, lang := range []string{"python", "js"} {
 		if blocks := codeBlocks(section, lang); len(blocks) != 1 || !strings.Contains(blocks[0], history.PublishSource) {
 			t.Fatalf("README's %s recipe does not hold history.PublishSource as it is", lang)
 		}
 	}
+}
+
+// readmeRedisCLIRecipe returns the README's redis-cli recipe that runs
+// the script file, written into dir, against r.
+func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string) *exec.Cmd {
+	t.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Fatal("redis-cli is not installed (it comes with redis-server)")
+	}
+	var recipe string
+	for _, block := range codeBlocks(publishersSection(t), "bash") {
+		if strings.Contains(block, "< "+file) || strings.Contains(block, "$(cat "+file+")") {
+			recipe = block
+		}
+	}
+	if recipe == "" {
+		t.Fatalf("README has no redis-cli recipe running %s", file)
+	}
+	// The README's commands, against this test's Redis.
+	recipe = strings.ReplaceAll(recipe, "redis-cli ", "redis-cli -p "+strconv.Itoa(r.port)+" ")
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(source), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", recipe)
+	cmd.Dir = dir
+	return cmd
 }
 
 // TestReadmeEVALSHARecipePublishesAndKeepsTheEvent runs the README's Python
@@ -315,24 +431,7 @@ func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 		cmd = exec.Command("python3", "-c", recipe)
 		cmd.Env = append(os.Environ(), "REDIS_URL=redis://"+r.addr())
 	} else {
-		if _, err := exec.LookPath("redis-cli"); err != nil {
-			t.Fatal("redis-cli is not installed (it comes with redis-server)")
-		}
-		var recipe string
-		for _, block := range codeBlocks(section, "bash") {
-			if strings.Contains(block, "EVALSHA") {
-				recipe = block
-			}
-		}
-		if recipe == "" {
-			t.Fatal("README has no redis-cli EVALSHA recipe")
-		}
-		// The README's commands, against this test's Redis.
-		recipe = strings.ReplaceAll(recipe, "redis-cli ", "redis-cli -p "+strconv.Itoa(r.port)+" ")
-		if err := os.WriteFile(filepath.Join(dir, "publish.lua"), []byte(history.PublishSource), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		cmd = exec.Command("bash", "-euo", "pipefail", "-c", recipe)
+		cmd = readmeRedisCLIRecipe(t, r, dir, "publish.lua", history.PublishSource)
 	}
 	cmd.Dir = dir
 	out, err := cmd.Output()
@@ -360,5 +459,31 @@ func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 	}
 	if ttl := r.client().PTTL(context.Background(), history.HistoryKey("alice")).Val(); ttl <= 59*time.Minute || ttl > time.Hour {
 		t.Fatalf("PTTL %v, want 1h", ttl)
+	}
+}
+
+// TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot runs
+// the README's redis-cli recipe for PUBSUB_SHARDED=true.
+func TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testing.T) {
+	r := startRedis(t)
+	sharded, pattern := listenBothWays(t, r, "alice")
+	cmd := readmeRedisCLIRecipe(t, r, t.TempDir(), "publish-sharded.lua", history.PublishShardedSource)
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if exit, ok := err.(*exec.ExitError); ok {
+			stderr = exit.Stderr
+		}
+		t.Fatalf("recipe: %v\n%s%s", err, out, stderr)
+	}
+	const event = `{"type":"workflow_started"}`
+	if got := receive(t, sharded); got != event {
+		t.Fatalf("SSUBSCRIBE got %q, want %q", got, event)
+	}
+	expectNothingBefore(t, r, "alice", pattern)
+	id := strings.TrimSpace(string(out))
+	evs, err := history.Layout{Sharded: true}.After(context.Background(), r.client(), "alice", "", 10)
+	if err != nil || len(evs) != 1 || evs[0].ID != id || evs[0].Data != event {
+		t.Fatalf("recipe printed %q; sharded key holds %+v (%v), want one event %s", out, evs, err, event)
 	}
 }
