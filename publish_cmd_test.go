@@ -174,6 +174,9 @@ func TestPublishCommandWithPUBSUB_SHARDEDSpublishesAndKeepsTheEventInTheChannels
 			t.Fatalf("event %d: %s %s, want %s %s", i, evs[i].ID, evs[i].Data, ids[i], want[i])
 		}
 	}
+	if n := r.client().XLen(ctx, "fanout:history:{workflow:events:alice}").Val(); n != int64(len(want)) {
+		t.Fatalf("fanout:history:{workflow:events:alice} holds %d entries, want %d", n, len(want))
+	}
 	if n := r.client().Exists(ctx, "fanout:history:{alice}").Val(); n != 0 {
 		t.Fatal("PUBSUB_SHARDED=true wrote the classic key fanout:history:{alice}")
 	}
