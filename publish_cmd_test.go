@@ -490,3 +490,99 @@ func TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testi
 		t.Fatalf("recipe printed %q; sharded key holds %+v (%v), want one event %s", out, evs, err, event)
 	}
 }
+
+// TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen runs
+// `fanout publish` against a real Redis Cluster (three masters, three
+// replicas), as the instances would be configured: classic, where the
+// script's PUBLISH on the key's master reaches a subscriber on another
+// node through the cluster bus; and PUBSUB_SHARDED=true, where the script
+// runs on the master owning the channel's slot and its SPUBLISH reaches
+// the SSUBSCRIBE there. The cluster's nodes start without the scripts:
+// the pipeline of stdin lines loads them (NOSCRIPT) and sends again.
+func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	seeds := "REDIS_CLUSTER_ADDRS=" + strings.Join(c.seeds(), ",")
+	cc := c.client()
+	nodeClient := func(addr string) *redis.Client {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { rdb.Close() })
+		return rdb
+	}
+	// The stdin lines first, through the pipeline, to masters that have
+	// no script yet; then one event as the argument.
+	publish := func(env []string, user string) []string {
+		t.Helper()
+		res := runPublishCommand(t, c.nodes[0].redisServer, "{\"n\":1}\n{\"n\":2}\n", env, "--username", user)
+		if res.code != 0 || len(res.ids()) != 2 {
+			t.Fatalf("%v, stdin: exit %d, stdout %q, stderr %q", env, res.code, res.stdout, res.stderr)
+		}
+		ids := res.ids()
+		res = runPublishCommand(t, c.nodes[0].redisServer, "", env, "--username", user, `{"n":3}`)
+		if res.code != 0 || len(res.ids()) != 1 {
+			t.Fatalf("%v: exit %d, stdout %q, stderr %q", env, res.code, res.stdout, res.stderr)
+		}
+		return append(ids, res.ids()...)
+	}
+	want := []string{`{"n":1}`, `{"n":2}`, `{"n":3}`}
+	expectKept := func(layout history.Layout, user string, ids []string) {
+		t.Helper()
+		evs, err := layout.After(ctx, cc, user, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != len(want) {
+			t.Fatalf("%s holds %+v, want %d events", layout.Key(user), evs, len(want))
+		}
+		for i := range want {
+			if evs[i].ID != ids[i] || evs[i].Data != want[i] {
+				t.Fatalf("%s event %d: %s %s, want %s %s", layout.Key(user), i, evs[i].ID, evs[i].Data, ids[i], want[i])
+			}
+		}
+	}
+
+	t.Run("classic", func(t *testing.T) {
+		keyMaster := c.masterFor(history.HistoryKey("bob"))
+		var elsewhere string
+		for addr := range c.masters() {
+			if addr != keyMaster {
+				elsewhere = addr
+			}
+		}
+		sub := nodeClient(elsewhere).Subscribe(ctx, history.Channel("bob"))
+		t.Cleanup(func() { sub.Close() })
+		if _, err := sub.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ids := publish([]string{seeds}, "bob")
+		for i := range want {
+			if got := receive(t, sub.Channel()); got != want[i] {
+				t.Fatalf("SUBSCRIBE on %s (the key is on %s), message %d: %q, want %q", elsewhere, keyMaster, i, got, want[i])
+			}
+		}
+		expectKept(history.Layout{}, "bob", ids)
+	})
+
+	t.Run("sharded", func(t *testing.T) {
+		sharded := history.Layout{Sharded: true}
+		channelMaster := c.masterFor(history.Channel("alice"))
+		if keyMaster := c.masterFor(sharded.Key("alice")); keyMaster != channelMaster {
+			t.Fatalf("the sharded key is on %s, the channel on %s", keyMaster, channelMaster)
+		}
+		sub := nodeClient(channelMaster).SSubscribe(ctx, history.Channel("alice"))
+		t.Cleanup(func() { sub.Close() })
+		if _, err := sub.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ids := publish([]string{seeds, "PUBSUB_SHARDED=true"}, "alice")
+		for i := range want {
+			if got := receive(t, sub.Channel()); got != want[i] {
+				t.Fatalf("SSUBSCRIBE on %s, message %d: %q, want %q", channelMaster, i, got, want[i])
+			}
+		}
+		expectKept(sharded, "alice", ids)
+		if n := cc.Exists(ctx, history.HistoryKey("alice")).Val(); n != 0 {
+			t.Fatal("PUBSUB_SHARDED=true wrote the classic key")
+		}
+	})
+}
