@@ -65,7 +65,7 @@ func shardChannels(t *testing.T, cc *redis.ClusterClient) map[string][]string {
 func expectShardChannels(t *testing.T, c *redisCluster, cc *redis.ClusterClient, users []string) {
 	t.Helper()
 	var got, want map[string][]string
-	ok := waitFor(15*time.Second, func() bool {
+	ok := pollUntil(15*time.Second, func() bool {
 		want = make(map[string][]string)
 		for _, u := range users {
 			m := c.masterFor(channelPrefix + u)
@@ -87,8 +87,8 @@ func expectShardChannels(t *testing.T, c *redisCluster, cc *redis.ClusterClient,
 	}
 }
 
-// waitFor polls cond every 20 ms for up to d.
-func waitFor(d time.Duration, cond func() bool) bool {
+// pollUntil polls cond every 20 ms for up to d.
+func pollUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -174,8 +174,8 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	_, failed, recovered := pub.stats()
 	t.Logf("master %s killed: publishes failed for %v (%d failed); gap from the kill to the first live event again, per instance: %v",
 		victim, recovered.Round(time.Millisecond), failed, gaps)
-	for i, nr := range notReady {
-		if !nr.Load() {
+	for i := range notReady {
+		if !notReady[i].Load() {
 			t.Errorf("instance %d: /ready never left 200 while a master was down", i)
 		}
 	}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -159,7 +161,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			recOpts.PoolSize = 4
 		}
 		d.recordRdb = newRedisClient(cfg, recOpts)
-		d.sub.recorder = newRecorder(d.recordRdb, cfg.Retention, d.sub.broadcast, stats, logger)
+		d.sub.recorder = newRecorder(d.recordRdb, history.Layout{Sharded: cfg.PubSubSharded}, cfg.Retention, d.sub.broadcast, stats, logger)
 	}
 	cluster, onCluster := rdb.(*redis.ClusterClient)
 	switch {
@@ -183,7 +185,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			d.leaseStats = &Stats{}
 			recLogger := logger.With("role", "recorder")
 			rec := newSubscriber(newInstanceID(), rdb, nil, cfg, recLogger, d.leaseStats)
-			rec.recorder = newRecorder(d.recordRdb, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
+			rec.recorder = newRecorder(d.recordRdb, history.Layout{Sharded: cfg.PubSubSharded}, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
 			rec.answersSyncs = true
 			// A resuming connection's catch-up reads the history once the
 			// lease holder has recorded every event published before its

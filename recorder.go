@@ -49,7 +49,9 @@ type inbound struct {
 // history.RecordSource call per user), then to the hub, in the order it
 // arrived. Its goroutine is owned by the subscriber's run.
 type recorder struct {
-	rdb       redis.UniversalClient
+	rdb redis.UniversalClient
+	// layout names the users' history keys (sharded or classic).
+	layout    history.Layout
 	retention history.Retention
 	in        chan inbound
 	broadcast func(username string, msg *message)
@@ -81,9 +83,10 @@ type userCursor struct {
 	used time.Time
 }
 
-func newRecorder(rdb redis.UniversalClient, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
+func newRecorder(rdb redis.UniversalClient, layout history.Layout, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
 	return &recorder{
 		rdb:       rdb,
+		layout:    layout,
 		retention: retention,
 		in:        make(chan inbound, 4*recordBatchMax),
 		broadcast: broadcast,
@@ -266,7 +269,7 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 				since, ok := r.waiting[u]
 				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
 			}
-			users[u].rec = history.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
+			users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
 		}
 		_, err = pipe.Exec(rctx)
 		cancel()

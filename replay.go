@@ -24,7 +24,9 @@ import (
 // catch-up sends its next page only once the connection's writer has taken
 // the previous one.
 type replayer struct {
-	rdb       redis.Cmdable
+	rdb redis.Cmdable
+	// layout names the users' history keys (sharded or classic).
+	layout    history.Layout
 	retention history.Retention
 	page      int64
 	// maxBytes is MAX_MESSAGE_BYTES: larger entries are not replayed,
@@ -57,6 +59,7 @@ func (h *Hub) catchups() int64 {
 func newReplayer(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *replayer {
 	return &replayer{
 		rdb:       rdb,
+		layout:    history.Layout{Sharded: cfg.PubSubSharded},
 		retention: cfg.Retention,
 		page:      int64(cfg.ReplayPage),
 		maxBytes:  cfg.MaxMessageBytes,
@@ -134,7 +137,7 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 			resync = "last_event_id is not an event id"
 		} else {
 			evs, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
-				return history.From(ctx, p.rdb, user, req.lastEventID, p.page+1)
+				return p.layout.From(ctx, p.rdb, user, req.lastEventID, p.page+1)
 			})
 			if err != nil {
 				p.failed(c, err)
@@ -161,7 +164,7 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 	case req.last > 0:
 		n := min(req.last, p.retention.MaxLen)
 		evs, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
-			return history.Last(ctx, p.rdb, user, n)
+			return p.layout.Last(ctx, p.rdb, user, n)
 		})
 		if err != nil {
 			p.failed(c, err)
@@ -179,7 +182,7 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 				after, fromStart = "", false
 			}
 			evs, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
-				return history.After(ctx, p.rdb, user, after, p.page)
+				return p.layout.After(ctx, p.rdb, user, after, p.page)
 			})
 			if err != nil {
 				p.failed(c, err)
@@ -201,7 +204,7 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 // resyncReason says why the history cannot resume after id.
 func (p *replayer) resyncReason(ctx context.Context, user, id string) string {
 	first, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
-		return history.After(ctx, p.rdb, user, "", 1)
+		return p.layout.After(ctx, p.rdb, user, "", 1)
 	})
 	want, _ := history.ParseID(id)
 	if err == nil && len(first) > 0 {

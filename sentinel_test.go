@@ -81,8 +81,8 @@ func sentinelFailover(t *testing.T, mode string) {
 	sent, failed, recovered := pub.stats()
 	t.Logf("%s mode: master %s killed, %s promoted; publishes failed for %v (%d failed, %d sent); gap from the kill to the first live event again, per instance: %v",
 		mode, old, promoted, recovered.Round(time.Millisecond), failed, sent, gaps)
-	for i, nr := range notReady {
-		if !nr.Load() {
+	for i := range notReady {
+		if !notReady[i].Load() {
 			t.Errorf("instance %d: /ready never left 200 while the master was down", i)
 		}
 	}
