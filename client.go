@@ -156,6 +156,10 @@ type Client struct {
 	readEnded bool
 	readDone  chan struct{}
 
+	// lastID is the id of the last event handed to the writer: where a
+	// catch-up after a lost subscription starts (Hub.resync).
+	lastID string
+
 	// catchUp is the connection's catch-up on its history, while it runs
 	// and until the first live event after it; nil otherwise (most of a
 	// connection's life, so an idle connection does not carry it).
@@ -232,6 +236,9 @@ func (c *Client) enqueue(msg *message, claim bool) enqueueResult {
 			c.catchUp = nil // the first live event after the catch-up
 		}
 	}
+	if msg.id != "" {
+		c.lastID = msg.id
+	}
 	if claim && c.writer == writeIdle && !c.hasWorkLocked() && c.conn != nil && c.conn.CanWriteNow() {
 		c.writer = writeDirect
 		c.mu.Unlock()
@@ -264,6 +271,9 @@ func (c *Client) enqueueReplay(msgs []*message) bool {
 	bytes := 0
 	for _, m := range msgs {
 		bytes += len(m.data)
+		if m.id != "" {
+			c.lastID = m.id
+		}
 	}
 	c.sendQueue = append(c.sendQueue, msgs...)
 	c.queuedBytes += bytes
@@ -329,6 +339,9 @@ func (c *Client) finishReplay(cursor string) (more bool) {
 		c.sendQueue = append(c.sendQueue, m)
 		n++
 		bytes += len(m.data)
+		if m.id != "" {
+			c.lastID = m.id
+		}
 	}
 	cu.held = nil
 	if !hasLast {

@@ -129,6 +129,9 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	pub := newSteadyPublisher(hp, append(slices.Clone(users), watcher), 10*time.Millisecond)
 	gw := watchGaps(t, daemons, watcher)
 	clients := startResumingClients(t, users, bases)
+	for u, rc := range clients {
+		rc.diagnose = diagnoseShards(daemons, u)
+	}
 	expectShardChannels(t, c, cc, append(slices.Clone(users), watcher))
 
 	// A plain PUBLISH does not reach a sharded subscriber.
@@ -307,4 +310,29 @@ func readHistoryFrame(t *testing.T, conn *websocket.Conn) histFrame {
 		t.Fatalf("parse %s: %v", msg, err)
 	}
 	return f
+}
+
+// diagnoseShards logs, for a failure, where each instance's router has
+// user's channel.
+func diagnoseShards(daemons []*testDaemon, user string) func(t *testing.T) {
+	return func(t *testing.T) {
+		for i, td := range daemons {
+			r := td.d.shards
+			r.mu.Lock()
+			slot := keySlot(channelPrefix + user)
+			owner := "none"
+			if n := r.owner[user]; n != nil {
+				owner = n.addr
+			}
+			t.Logf("instance %d: slot %d on %q, owner %s", i, slot, r.slots[slot], owner)
+			for addr, n := range r.nodes {
+				n.users.mu.Lock()
+				if ch := n.users.subs[user]; ch != nil {
+					t.Logf("instance %d: node %s (live %v) channel %+v", i, addr, n.users.live, *ch)
+				}
+				n.users.mu.Unlock()
+			}
+			r.mu.Unlock()
+		}
+	}
 }

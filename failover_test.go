@@ -228,18 +228,25 @@ func (c *resumingClient) waitForAll(t *testing.T, entries []history.Event, d tim
 			have[e.data] = true
 		}
 		c.mu.Unlock()
-		missing := 0
+		var missing []history.Event
 		for _, e := range entries {
 			if !have[e.Data] {
-				missing++
+				missing = append(missing, e)
 			}
 		}
-		if missing == 0 {
+		if len(missing) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
 			c.report(t)
-			t.Fatalf("%s: %d of the %d events in the history never reached the client after %v", c.user, missing, len(entries), d)
+			if c.diagnose != nil {
+				c.diagnose(t)
+			}
+			c.mu.Lock()
+			tail := c.events[max(0, len(c.events)-8):]
+			c.mu.Unlock()
+			t.Fatalf("%s: %d of the %d events in the history never reached the client after %v: %v; the client's last: %v",
+				c.user, len(missing), len(entries), d, missing, tail)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

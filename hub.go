@@ -252,6 +252,60 @@ func (h *Hub) addAndReplay(c *Client, req replayRequest) error {
 	return nil
 }
 
+// resync catches username's connections up on the history after a lost
+// subscription: Redis may have taken events for them while it was gone,
+// which the history holds. Each connection that was sent an event with an
+// id holds its live events from now on, reads the history after that
+// event, and goes on live (as a resuming connection does); a connection
+// in a catch-up already is left to it. It is called once the subscription
+// is back, before any event it delivers is broadcast, so none of those
+// gets ahead of the ones the history gives. Without history it does
+// nothing.
+func (h *Hub) resync(username string) {
+	if h.replayer == nil {
+		return
+	}
+	s := h.shard(username)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if h.closing.Load() {
+		return
+	}
+	for c := range s.users[username] {
+		c.mu.Lock()
+		from := ""
+		if c.closing == nil && c.lastID != "" && (c.catchUp == nil || c.catchUp.done) {
+			c.catchUp, from = &catchUp{}, c.lastID
+		}
+		c.mu.Unlock()
+		if from != "" {
+			h.stats.ResubscribeCatchups.Add(1)
+			// c is in the map, so its pumps hold the WaitGroup.
+			h.wg.Go(func() { h.replayer.replay(h.replays, c, replayRequest{resume: true, lastEventID: from}) })
+		}
+	}
+}
+
+// resyncAll is resync for every user connected here: a whole subscription
+// was lost (pattern mode, or every channel of a session).
+func (h *Hub) resyncAll() {
+	if h.replayer == nil {
+		return
+	}
+	var users []string
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		for u := range s.users {
+			users = append(users, u)
+		}
+		s.mu.RUnlock()
+	}
+	for _, u := range users {
+		h.resync(u)
+	}
+}
+
 // add turns the slot reserved for c into an entry in the username map and
 // counts its read pump and its write side, which the caller must start.
 func (h *Hub) add(c *Client) error {

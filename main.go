@@ -166,7 +166,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	cluster, onCluster := rdb.(*redis.ClusterClient)
 	switch {
 	case cfg.PubSubSharded && onCluster:
-		d.shards = newShardRouter(cluster, cfg, logger, d.shardSubscriber(opts))
+		d.shards = newShardRouter(cluster, cfg, opts, logger, d.shardSubscriber(opts))
 		if d.sub.recorder != nil {
 			d.shards.recorder = d.sub.recorder
 		}

@@ -60,6 +60,14 @@ type shardRouter struct {
 	// moved is set when a node dropped or refused channels: every wanted
 	// channel is offered again to its node on the next read.
 	moved bool
+	// hint is the node to read the slot map from next: the one that
+	// dropped a channel, or that a MOVED named; it knows where its slots
+	// went, when others may not yet.
+	hint string
+	// opts are the node clients' options, for reading a hint's map.
+	opts redis.Options
+	// logs rate-limits the lines about dropped and refused channels.
+	logs *logLimiter
 }
 
 // shardNode is one master's subscription.
@@ -71,12 +79,14 @@ type shardNode struct {
 	stop   context.CancelFunc
 }
 
-func newShardRouter(cluster *redis.ClusterClient, cfg Config, logger *slog.Logger,
+func newShardRouter(cluster *redis.ClusterClient, cfg Config, opts redis.Options, logger *slog.Logger,
 	newNode func(addr string, users *userChannels) (*Subscriber, *redis.Client)) *shardRouter {
 	return &shardRouter{
 		cluster: cluster,
 		newNode: newNode,
 		cfg:     cfg,
+		opts:    opts,
+		logs:    newLogLimiter(1, 5),
 		logger:  logger,
 		refresh: make(chan struct{}, 1),
 		nodes:   make(map[string]*shardNode),
@@ -125,12 +135,33 @@ func (r *shardRouter) route(username string) *shardNode {
 	return r.nodes[r.slots[keySlot(channelPrefix+username)]]
 }
 
-// lost is a node's report of a channel it dropped or refused.
-func (r *shardRouter) lost(string) {
-	r.mu.Lock()
-	r.moved = true
-	r.mu.Unlock()
-	r.ask()
+// lostOn returns the handler of node addr's reports of a channel it
+// dropped (its slot moved away): the map is read from that node next.
+func (r *shardRouter) lostOn(addr string) func(username string) {
+	return func(username string) {
+		r.logs.log(r.logger, slog.LevelInfo, "Redis Cluster node dropped a channel (its slot moved); subscribing it where the slot lives now",
+			"node", addr, "channel", channelPrefix+username)
+		r.mu.Lock()
+		r.moved, r.hint = true, addr
+		r.mu.Unlock()
+		r.ask()
+	}
+}
+
+// movedOn returns the handler of node addr's MOVED answers: the map is
+// read from the node named, which owns the slot.
+func (r *shardRouter) movedOn(addr string) func(slot int, to string, lost int) {
+	return func(slot int, to string, lost int) {
+		r.logs.log(r.logger, slog.LevelInfo, "Redis Cluster node refused a subscription (MOVED); subscribing where the slot lives now",
+			"node", addr, "slot", slot, "owner", to, "channels", lost)
+		r.mu.Lock()
+		r.moved = true
+		if to != "" {
+			r.hint = to
+		}
+		r.mu.Unlock()
+		r.ask()
+	}
 }
 
 func (r *shardRouter) ask() {
@@ -182,10 +213,26 @@ func (r *shardRouter) run(ctx context.Context) {
 func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 	tctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
 	defer cancel()
-	ranges, err := r.cluster.ClusterSlots(tctx).Result()
-	if err != nil {
-		return fmt.Errorf("read the slot map: %w", err)
+	r.mu.Lock()
+	hint := r.hint
+	r.hint = ""
+	r.mu.Unlock()
+	var ranges []redis.ClusterSlot
+	err := errors.New("no node to ask")
+	if hint != "" {
+		o := r.opts
+		o.Addr, o.DB = hint, 0
+		c := redis.NewClient(&o)
+		ranges, err = c.ClusterSlots(tctx).Result()
+		_ = c.Close()
 	}
+	if err != nil {
+		if ranges, err = r.cluster.ClusterSlots(tctx).Result(); err != nil {
+			return fmt.Errorf("read the slot map: %w", err)
+		}
+	}
+	// go-redis's own map, for the scripts and the history reads.
+	r.cluster.ReloadState(ctx)
 	slots := make([]string, clusterSlots)
 	for _, rg := range ranges {
 		if len(rg.Nodes) == 0 || rg.Start < 0 || rg.End >= clusterSlots {
@@ -229,6 +276,9 @@ func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []str
 		if n != old {
 			if old != nil {
 				old.users.forget(name)
+				if n != nil {
+					n.users.wantAgain(name)
+				}
 			}
 			r.owner[name] = n
 			moved++
@@ -256,7 +306,8 @@ func (r *shardRouter) start(ctx context.Context, wg *sync.WaitGroup, addr string
 	users := newUserChannels(r.cfg.SubscribeGrace, r.cfg.ProbeTimeout, false)
 	users.sharded = true
 	sub, client := r.newNode(addr, users)
-	sub.onLost = r.lost
+	sub.onLost = r.lostOn(addr)
+	sub.onMoved = r.movedOn(addr)
 	sub.onFailure = r.ask
 	// Not waited for on stop (r.mu is held): run's WaitGroup does.
 	nctx, stop := context.WithCancel(ctx)
@@ -356,6 +407,12 @@ func keySlot(key string) int {
 		}
 	}
 	return int(crc) % clusterSlots
+}
+
+// movedAddr returns the address of a MOVED error reply, or "".
+func movedAddr(err error) string {
+	addr, _ := redis.IsMovedError(err)
+	return addr
 }
 
 // movedSlot returns the slot of a MOVED error reply.

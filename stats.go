@@ -46,6 +46,9 @@ type Stats struct {
 	// late-joining connections; HistoryResyncs the resync controls sent.
 	HistoryReplayed atomic.Uint64
 	HistoryResyncs  atomic.Uint64
+	// ResubscribeCatchups counts open connections caught up on the
+	// history once a lost subscription was back (Hub.resync).
+	ResubscribeCatchups atomic.Uint64
 }
 
 // rejectReason is why a /ws request was refused, as counted.
@@ -161,6 +164,8 @@ var counterTable = slices.Concat([]counter{
 		metric: &counterMetric{name: "fanout_history_replayed_total", help: "Events sent from history to resuming or late-joining connections."}},
 	{name: "history_resyncs", field: func(s *Stats) *atomic.Uint64 { return &s.HistoryResyncs },
 		metric: &counterMetric{name: "fanout_history_resyncs_total", help: "Resync controls sent: the last event id a client resumed from was trimmed, malformed or unknown."}},
+	{name: "resubscribe_catchups", field: func(s *Stats) *atomic.Uint64 { return &s.ResubscribeCatchups },
+		metric: &counterMetric{name: "fanout_resubscribe_catchups_total", help: "Open connections caught up on the history after their user's Redis subscription was lost and back (failover, slot moved)."}},
 })
 
 // disconnectCounters returns the counters of the disconnect table, in its

@@ -98,6 +98,12 @@ type Subscriber struct {
 	// session.
 	onLost    func(username string)
 	onFailure func()
+	// wasConfirmed is set once Redis confirmed a session: a later one
+	// follows a lost subscription. Owned by run.
+	wasConfirmed bool
+	// onMoved, when set, is told of a node's MOVED answer: slot lives at
+	// addr now, and lost channels of this node were in it.
+	onMoved func(slot int, addr string, lost int)
 }
 
 func newSubscriber(id string, rdb redis.UniversalClient, hub *Hub, cfg Config, logger *slog.Logger, stats *Stats) *Subscriber {
@@ -226,10 +232,9 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 				// A node that does not own the slot refused an SSUBSCRIBE
 				// (or SUNSUBSCRIBE): the connection is fine; those users'
 				// channels are subscribed where the slot lives now.
-				for _, name := range s.users.refused(slot) {
-					if s.onLost != nil {
-						s.onLost(name)
-					}
+				lost := s.users.refused(slot)
+				if s.onMoved != nil {
+					s.onMoved(slot, movedAddr(err), len(lost))
 				}
 				continue
 			}
@@ -254,6 +259,12 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 						return confirmed, ctx.Err()
 					}
 				}
+				if s.users == nil && s.hub != nil && s.wasConfirmed {
+					// The pattern is back: Redis may have taken events
+					// while it was gone, which the history holds.
+					s.hub.resyncAll()
+				}
+				s.wasConfirmed = true
 				if s.users != nil {
 					// Before the daemon reads ready: from here a new
 					// connection waits for its user's channel.
@@ -296,7 +307,11 @@ func (s *Subscriber) userConfirmation(ctx context.Context, m *redis.Subscription
 	}
 	switch m.Kind {
 	case "subscribe", "ssubscribe":
-		since, ok := s.users.confirmed(username)
+		since, ok, resync := s.users.confirmed(username)
+		if resync && s.hub != nil {
+			// Before any event of the new subscription is broadcast.
+			s.hub.resync(username)
+		}
 		if ok && s.recorder != nil {
 			return s.recorder.add(ctx, inbound{reset: true, username: username, since: since})
 		}

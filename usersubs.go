@@ -111,6 +111,10 @@ type userChannel struct {
 	// once the lease holder has answered its marker.
 	batch  uint64
 	synced chan struct{}
+	// resync is set when Redis dropped the subscription (a session
+	// ended, a slot moved): once it is back, the user's open connections
+	// catch up on what Redis took meanwhile (Hub.resync).
+	resync bool
 }
 
 // syncWaitMax bounds how long a catch-up waits for its channel to be
@@ -145,6 +149,18 @@ func (u *userChannels) want(username string) {
 	if !ch.on && !ch.queued {
 		ch.queued = true
 		u.wake()
+	}
+}
+
+// wantAgain is want for a channel whose subscription was lost elsewhere
+// (its slot moved to this node): the user's connections catch up once it
+// is subscribed here.
+func (u *userChannels) wantAgain(username string) {
+	u.want(username)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if ch := u.subs[username]; ch != nil {
+		ch.resync = true
 	}
 }
 
@@ -420,6 +436,7 @@ func (u *userChannels) refused(slot int) []string {
 		u.setLive(ch, false)
 		u.unsync(ch)
 		if ch.wanted {
+			ch.resync = true
 			lost = append(lost, name)
 		}
 	}
@@ -442,17 +459,21 @@ func (u *userChannels) forget(username string) {
 // confirmed takes Redis's confirmation of a SUBSCRIBE for username and
 // returns Redis's clock before that SUBSCRIBE: the recorder's horizon for
 // the user, whose earlier place in history is lost. ok is false for a
-// channel this session did not subscribe.
-func (u *userChannels) confirmed(username string) (since time.Time, ok bool) {
+// channel this session did not subscribe; resync is true when the
+// subscription is back after Redis dropped it, and live now.
+func (u *userChannels) confirmed(username string) (since time.Time, ok, resync bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	ch := u.subs[username]
 	if ch == nil || len(ch.sent) == 0 {
-		return time.Time{}, false
+		return time.Time{}, false, false
 	}
 	sent := ch.sent[0]
 	ch.sent = ch.sent[1:]
 	u.settled(ch)
+	if ch.live && ch.resync {
+		ch.resync, resync = false, true
+	}
 	if b := u.batches[sent.batch]; b != nil {
 		// Redis confirms a SUBSCRIBE's channels in order: after the last
 		// one, the marker follows every one of them.
@@ -465,7 +486,7 @@ func (u *userChannels) confirmed(username string) (since time.Time, ok bool) {
 			}
 		}
 	}
-	return sent.since, true
+	return sent.since, true, resync
 }
 
 // unsync marks ch as not synced (a new subscription, or none).
@@ -493,6 +514,7 @@ func (u *userChannels) unsubscribed(username string) (lost bool) {
 		ch.on = false
 		u.setLive(ch, false)
 		u.unsync(ch)
+		ch.resync = ch.wanted
 		return ch.wanted
 	}
 	return false
@@ -536,6 +558,7 @@ func (u *userChannels) stop() {
 		u.setLive(ch, false)
 		u.unsync(ch)
 		ch.on, ch.queued, ch.pending, ch.sent = false, false, 0, nil
+		ch.resync = true
 	}
 }
 

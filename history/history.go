@@ -149,9 +149,20 @@ func (p *Publisher) Publish(ctx context.Context, username string, payload []byte
 	id, err := script.Run(ctx, p.rdb, []string{p.Layout.Key(username)},
 		Channel(username), payload, p.retention.MaxLen, p.retention.TTL.Milliseconds()).Text()
 	if err != nil {
+		p.failed(ctx, err)
 		return "", fmt.Errorf("publish to %s: %w", Channel(username), err)
 	}
 	return id, nil
+}
+
+// failed reads a cluster's slot map again after a publish failed other
+// than by Redis's answer (the node is gone): go-redis alone keeps sending
+// a dead master's slots to it after its replica took over.
+func (p *Publisher) failed(ctx context.Context, err error) {
+	var reply redis.Error
+	if cc, ok := p.rdb.(*redis.ClusterClient); ok && !errors.As(err, &reply) {
+		cc.ReloadState(ctx)
+	}
 }
 
 // CheckUsername accepts what fanout accepts as a username: 1 to 128 bytes

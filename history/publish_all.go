@@ -67,6 +67,7 @@ func (p *Publisher) PublishAll(ctx context.Context, username string, payloads []
 					retry = true
 					break
 				}
+				p.failed(ctx, err)
 				return ids, fmt.Errorf("publish event %d to %s: %w", len(ids), channel, err)
 			}
 			ids = append(ids, id)
@@ -75,6 +76,7 @@ func (p *Publisher) PublishAll(ctx context.Context, username string, payloads []
 			return ids, nil
 		}
 		if err := p.rdb.ScriptLoad(ctx, source).Err(); err != nil {
+			p.failed(ctx, err)
 			return ids, fmt.Errorf("publish event %d to %s: load the publish script: %w", len(ids), channel, err)
 		}
 	}
