@@ -161,10 +161,10 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	notReady, stopWatching := watchReady(ctx, daemons)
 
 	// A master dies: its replica takes over its slots.
-	roundAtKill := pub.round()
 	killed := time.Now()
 	pub.markFailure()
 	c.killNode(victim)
+	roundAtKill := pub.failedSince(t)
 	c.waitClusterOK(30 * time.Second)
 	for _, td := range daemons {
 		td.waitReady()
@@ -258,16 +258,19 @@ func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T
 			}
 			pub := history.NewPublisher(cc, history.Retention{})
 			for _, u := range users {
+				// One after the other: the history holds a plain PUBLISH
+				// once an instance has recorded it, so a publisher's
+				// event sent right after it would be recorded ahead.
 				p1 := `{"mode":"` + mode + `","user":"` + u + `","via":"PUBLISH"}`
 				if err := cc.Publish(context.Background(), channelPrefix+u, p1).Err(); err != nil {
 					t.Fatal(err)
 				}
+				first := readHistoryFrame(t, conns[u])
 				p2 := `{"mode":"` + mode + `","user":"` + u + `","via":"publisher"}`
 				id, err := pub.Publish(context.Background(), u, []byte(p2))
 				if err != nil {
 					t.Fatal(err)
 				}
-				first := readHistoryFrame(t, conns[u])
 				second := readHistoryFrame(t, conns[u])
 				if first.data != p1 || second.data != p2 || second.id != id || first.id == "" {
 					t.Fatalf("%s got %s then %s, want %s then %s with id %s", u, first, second, p1, p2, id)

@@ -60,10 +60,10 @@ func sentinelFailover(t *testing.T, mode string) {
 	})
 	notReady, stopWatching := watchReady(ctx, daemons)
 
-	roundAtKill := pub.round()
 	killed := time.Now()
 	pub.markFailure()
 	set.killMaster()
+	roundAtKill := pub.failedSince(t)
 	promoted := set.waitFailover(t, old, 30*time.Second)
 	for _, td := range daemons {
 		td.waitReady()
