@@ -43,6 +43,8 @@ type steadyPublisher struct {
 	pub   *history.Publisher
 	users []string
 	every time.Duration
+	// watch is the user whose publishes stats times (all when "").
+	watch string
 
 	mu sync.Mutex
 	// sent are the payloads published without an error, per user, and
@@ -79,7 +81,7 @@ func (p *steadyPublisher) run(ctx context.Context) {
 				}
 			default:
 				p.sent[u] = append(p.sent[u], payload)
-				if !p.firstFailed.IsZero() && p.firstOK.IsZero() {
+				if !p.firstFailed.IsZero() && p.firstOK.IsZero() && (p.watch == "" || p.watch == u) {
 					p.firstOK = time.Now()
 				}
 			}
@@ -207,22 +209,53 @@ func (p *steadyPublisher) round() int {
 	return n
 }
 
-// watchReady polls each instance's /ready every 20 ms until ctx ends and
-// records whether each was ever not ready.
-func watchReady(ctx context.Context, daemons []*testDaemon) (notReady []atomic.Bool, wait func()) {
-	notReady = make([]atomic.Bool, len(daemons))
+// readyWatch polls each instance's /ready every 10 ms: whether each was
+// ever not ready, and when it was ready again after that.
+type readyWatch struct {
+	notReady []atomic.Bool
+	mu       sync.Mutex
+	back     []time.Time
+	wait     func()
+}
+
+func watchReady(ctx context.Context, daemons []*testDaemon) *readyWatch {
+	w := &readyWatch{notReady: make([]atomic.Bool, len(daemons)), back: make([]time.Time, len(daemons))}
 	var wg sync.WaitGroup
 	for i, td := range daemons {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				if td.readyStatus() != http.StatusOK {
-					notReady[i].Store(true)
+				ok := td.readyStatus() == http.StatusOK
+				switch {
+				case !ok:
+					w.notReady[i].Store(true)
+				case w.notReady[i].Load():
+					w.mu.Lock()
+					if w.back[i].IsZero() {
+						w.back[i] = time.Now()
+					}
+					w.mu.Unlock()
 				}
-				sleepCtx(ctx, 20*time.Millisecond)
+				sleepCtx(ctx, 10*time.Millisecond)
 			}
 		})
 	}
-	return notReady, wg.Wait
+	w.wait = wg.Wait
+	return w
+}
+
+// readyAfter returns, per instance, how long after since it was ready
+// again (-1: not yet, or never not ready).
+func (w *readyWatch) readyAfter(since time.Time) []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]time.Duration, len(w.back))
+	for i, b := range w.back {
+		out[i] = -1
+		if !b.IsZero() {
+			out[i] = b.Sub(since).Round(time.Millisecond)
+		}
+	}
+	return out
 }
 
 // resumeAll has every client resume now (with its last id, on the next

@@ -58,7 +58,7 @@ func sentinelFailover(t *testing.T, mode string) {
 		}
 		return true
 	})
-	notReady, stopWatching := watchReady(ctx, daemons)
+	rw := watchReady(ctx, daemons)
 
 	killed := time.Now()
 	pub.markFailure()
@@ -79,10 +79,10 @@ func sentinelFailover(t *testing.T, mode string) {
 		return true
 	})
 	sent, failed, recovered := pub.stats()
-	t.Logf("%s mode: master %s killed, %s promoted; publishes failed for %v (%d failed, %d sent); gap from the kill to the first live event again, per instance: %v",
-		mode, old, promoted, recovered.Round(time.Millisecond), failed, sent, gaps)
-	for i := range notReady {
-		if !notReady[i].Load() {
+	t.Logf("%s mode: master %s killed, %s promoted; instances ready again after %v; publishes accepted again after %v (%d failed, %d sent); gap from the kill to the first live event again, per instance: %v",
+		mode, old, promoted, rw.readyAfter(killed), recovered.Round(time.Millisecond), failed, sent, gaps)
+	for i := range rw.notReady {
+		if !rw.notReady[i].Load() {
 			t.Errorf("instance %d: /ready never left 200 while the master was down", i)
 		}
 	}
@@ -92,7 +92,7 @@ func sentinelFailover(t *testing.T, mode string) {
 	eventually(t, 20*time.Second, "20 more rounds published", func() bool { return pub.round() >= more })
 	cancel()
 	wg.Wait()
-	stopWatching()
+	rw.wait()
 	resumeAll(t, clients,
 		func(u string) []history.Event { return historyOf(t, rdb, history.Layout{}, u) },
 		func(u string) map[string]bool { return pub.lostPayloads(u, historyOf(t, rdb, history.Layout{}, u)) })

@@ -22,6 +22,10 @@ const clusterSlots = 16384
 // is found within this.
 const shardRefreshEvery = time.Second
 
+// shardRefreshFailing is how often the slot map is read while a master's
+// subscription fails.
+const shardRefreshFailing = 200 * time.Millisecond
+
 // shardRefreshGap spaces the reads of the slot map that node subscriptions
 // ask for, so that a burst of dropped channels costs one read.
 const shardRefreshGap = 100 * time.Millisecond
@@ -180,7 +184,7 @@ func (r *shardRouter) run(ctx context.Context) {
 		wg.Go(func() { r.recorder.run(ctx) })
 	}
 	defer r.stopAll()
-	tick := time.NewTicker(shardRefreshEvery)
+	tick := time.NewTimer(shardRefreshEvery)
 	defer tick.Stop()
 	delay := retryMin
 	for {
@@ -197,6 +201,13 @@ func (r *shardRouter) run(ctx context.Context) {
 			continue
 		}
 		delay = retryMin
+		// While a master's subscription fails, its replica may be
+		// promoted any moment: the map is read more often.
+		every := shardRefreshEvery
+		if !r.allConfirmed() {
+			every = shardRefreshFailing
+		}
+		tick.Reset(every)
 		select {
 		case <-ctx.Done():
 			return
@@ -225,6 +236,14 @@ func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 		c := redis.NewClient(&o)
 		ranges, err = c.ClusterSlots(tctx).Result()
 		_ = c.Close()
+	}
+	// Then the masters whose subscription is live (a dead one would
+	// hold the read up to its timeout), then any node go-redis knows.
+	for _, n := range r.liveNodes() {
+		if err == nil {
+			break
+		}
+		ranges, err = n.client.ClusterSlots(tctx).Result()
 	}
 	if err != nil {
 		if ranges, err = r.cluster.ClusterSlots(tctx).Result(); err != nil {
@@ -327,6 +346,29 @@ func (r *shardRouter) stopAll() {
 		n.stop()
 		delete(r.nodes, addr)
 	}
+}
+
+// liveNodes returns the nodes whose subscription Redis confirmed.
+func (r *shardRouter) liveNodes() []*shardNode {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var live []*shardNode
+	for _, n := range r.nodes {
+		if n.sub.confirmed.Load() {
+			live = append(live, n)
+		}
+	}
+	return live
+}
+
+// allConfirmed reports whether every master's subscription is confirmed.
+func (r *shardRouter) allConfirmed() bool {
+	for _, s := range r.subscriptions() {
+		if !s.confirmed.Load() {
+			return false
+		}
+	}
+	return true
 }
 
 // subscriptions returns the nodes' subscriptions.
