@@ -110,6 +110,7 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 // subscription lost; clients that resume get every event the cluster
 // holds.
 func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t)
 	cc := c.client()
 	users := clusterUsers(t, c, 24, 4)
@@ -259,6 +260,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 // every user's events arrive, each once, with their ids from the history,
 // whose key for a user lives in one slot.
 func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t)
 	cc := c.client()
 	users := clusterUsers(t, c, 12, 2)

@@ -21,6 +21,7 @@ import (
 // its own, /ready is 200 again, live delivery resumes, and clients that
 // resume with their last id get every event the new master holds.
 func TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{subscribePattern, subscribeUser} {
 		t.Run(mode, func(t *testing.T) { sentinelFailover(t, mode) })
 	}
