@@ -217,7 +217,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	if to == from {
 		to = masters[2]
 	}
-	if err := c.moveSlot(keySlot(channelPrefix+mover), to); err != nil {
+	if err := c.moveSlot(history.Slot(channelPrefix+mover), to); err != nil {
 		t.Fatalf("move %s's slot: %v", mover, err)
 	}
 	if got := c.masterFor(channelPrefix + mover); got != to {
@@ -338,7 +338,7 @@ func diagnoseShards(daemons []*testDaemon, user string) func(t *testing.T) {
 		for i, td := range daemons {
 			r := td.d.shards
 			r.mu.Lock()
-			slot := keySlot(channelPrefix + user)
+			slot := history.Slot(channelPrefix + user)
 			owner := "none"
 			if n := r.owner[user]; n != nil {
 				owner = n.addr

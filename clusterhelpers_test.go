@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 const (
@@ -888,28 +890,4 @@ func waitDialProbesDone(deadline time.Time) {
 
 // slot returns key's hash slot: CRC16 of the key, or of its hash tag (the
 // text between the first "{" and the next "}", when not empty), mod 16384.
-func (c *redisCluster) slot(key string) int {
-	if open := strings.IndexByte(key, '{'); open >= 0 {
-		if length := strings.IndexByte(key[open+1:], '}'); length > 0 {
-			key = key[open+1 : open+1+length]
-		}
-	}
-	return int(clusterCRC16(key)) % clusterSlotCount
-}
-
-// clusterCRC16 is CRC-16/XMODEM (polynomial 0x1021), the slot hash of
-// Redis Cluster.
-func clusterCRC16(s string) uint16 {
-	var crc uint16
-	for i := 0; i < len(s); i++ {
-		crc ^= uint16(s[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
-}
+func (c *redisCluster) slot(key string) int { return history.Slot(key) }

@@ -12,10 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-)
 
-// clusterSlots is the number of hash slots of a Redis Cluster.
-const clusterSlots = 16384
+	"fanout/history"
+)
 
 // shardRefreshEvery is how often the router reads the cluster's slot map
 // when nothing asked it to: a failover or a reshard it was not told of
@@ -136,7 +135,7 @@ func (r *shardRouter) route(username string) *shardNode {
 	if !r.loaded {
 		return nil
 	}
-	return r.nodes[r.slots[keySlot(channelPrefix+username)]]
+	return r.nodes[r.slots[history.Slot(channelPrefix+username)]]
 }
 
 // lostOn returns the handler of node addr's reports of a channel it
@@ -252,9 +251,9 @@ func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	// go-redis's own map, for the scripts and the history reads.
 	r.cluster.ReloadState(ctx)
-	slots := make([]string, clusterSlots)
+	slots := make([]string, history.ClusterSlots)
 	for _, rg := range ranges {
-		if len(rg.Nodes) == 0 || rg.Start < 0 || rg.End >= clusterSlots {
+		if len(rg.Nodes) == 0 || rg.Start < 0 || rg.End >= history.ClusterSlots {
 			continue
 		}
 		for s := rg.Start; s <= rg.End; s++ {
@@ -428,29 +427,6 @@ func (r *shardRouter) count() int {
 	return n
 }
 
-// keySlot is the Redis Cluster hash slot of a key or shard channel: CRC16
-// (XMODEM) of its hash tag, the part between the first '{' and the next
-// '}' when that is not empty, or of the whole name, modulo 16384.
-func keySlot(key string) int {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	var crc uint16
-	for k := 0; k < len(key); k++ {
-		crc ^= uint16(key[k]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return int(crc) % clusterSlots
-}
-
 // movedAddr returns the address of a MOVED error reply, or "".
 func movedAddr(err error) string {
 	addr, _ := redis.IsMovedError(err)
@@ -468,5 +444,5 @@ func movedSlot(err error) (int, bool) {
 		return 0, false
 	}
 	slot, perr := strconv.Atoi(f[1])
-	return slot, perr == nil && slot >= 0 && slot < clusterSlots
+	return slot, perr == nil && slot >= 0 && slot < history.ClusterSlots
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 func TestKeySlotIsRedisClusters(t *testing.T) {
@@ -12,17 +14,17 @@ func TestKeySlotIsRedisClusters(t *testing.T) {
 		// CRC16/XMODEM("123456789") is 0x31C3, the Cluster spec's check value.
 		"123456789":                            0x31C3,
 		"{123456789}.history":                  0x31C3,
-		"a{}b":                                 keySlot("a{}b"), // an empty tag hashes the whole name
-		"workflow:events:alice":                keySlot("fanout:history:{workflow:events:alice}"),
+		"a{}b":                                 history.Slot("a{}b"), // an empty tag hashes the whole name
+		"workflow:events:alice":                history.Slot("fanout:history:{workflow:events:alice}"),
 		"x{123456789}{other}":                  0x31C3,
-		"no-tag-{only-opening":                 keySlot("no-tag-{only-opening"),
-		"fanout:history:{workflow:events:bob}": keySlot("workflow:events:bob"),
+		"no-tag-{only-opening":                 history.Slot("no-tag-{only-opening"),
+		"fanout:history:{workflow:events:bob}": history.Slot("workflow:events:bob"),
 	} {
-		if got := keySlot(key); got != want {
-			t.Errorf("keySlot(%q) = %d, want %d", key, got, want)
+		if got := history.Slot(key); got != want {
+			t.Errorf("history.Slot(%q) = %d, want %d", key, got, want)
 		}
 	}
-	if keySlot("a{}b") == keySlot("") {
+	if history.Slot("a{}b") == history.Slot("") {
 		t.Error("an empty hash tag must not hash to the empty name's slot")
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 const (
@@ -401,7 +403,7 @@ func (u *userChannels) send(ctx context.Context, pubsub *redis.PubSub, subscribe
 	bySlot := make(map[int][]string)
 	var order []int
 	for _, c := range channels {
-		slot := keySlot(c)
+		slot := history.Slot(c)
 		if bySlot[slot] == nil {
 			order = append(order, slot)
 		}
@@ -429,7 +431,7 @@ func (u *userChannels) refused(slot int) []string {
 	defer u.mu.Unlock()
 	var lost []string
 	for name, ch := range u.subs {
-		if ch.pending == 0 || keySlot(channelPrefix+name) != slot {
+		if ch.pending == 0 || history.Slot(channelPrefix+name) != slot {
 			continue
 		}
 		ch.on, ch.pending, ch.sent = false, 0, nil

@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -76,4 +77,31 @@ func (l Layout) Last(ctx context.Context, rdb redis.Cmdable, username string, n 
 		evs[i], evs[j] = evs[j], evs[i]
 	}
 	return evs, nil
+}
+
+// ClusterSlots is the number of hash slots of a Redis Cluster.
+const ClusterSlots = 16384
+
+// Slot returns the Redis Cluster hash slot of a key or shard channel:
+// CRC16 (XMODEM) of its hash tag (the text between the first '{' and the
+// next '}', when not empty) or else of the whole name, modulo 16384. A
+// user's channel and its sharded history key share one.
+func Slot(key string) int {
+	if open := strings.IndexByte(key, '{'); open >= 0 {
+		if end := strings.IndexByte(key[open+1:], '}'); end > 0 {
+			key = key[open+1 : open+1+end]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % ClusterSlots
 }

@@ -33,29 +33,6 @@ func TestLayoutNamesPerMode(t *testing.T) {
 	}
 }
 
-// clusterSlot is Redis Cluster's hash slot of key: CRC16 (XMODEM) of the
-// hash tag (the part between the first { and the next }, when not empty)
-// or else of the whole key, modulo 16384.
-func clusterSlot(key string) int {
-	if open := strings.IndexByte(key, '{'); open >= 0 {
-		if end := strings.IndexByte(key[open+1:], '}'); end > 0 {
-			key = key[open+1 : open+1+end]
-		}
-	}
-	var crc uint16
-	for i := 0; i < len(key); i++ {
-		crc ^= uint16(key[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return int(crc) % 16384
-}
-
 func TestShardedKeyIsInTheChannelsClusterSlot(t *testing.T) {
 	// The function against what CLUSTER KEYSLOT answers (redis-server 7.0).
 	for key, slot := range map[string]int{
@@ -68,18 +45,18 @@ func TestShardedKeyIsInTheChannelsClusterSlot(t *testing.T) {
 		"fanout:history:{alice}":                 749,
 		"fanout:history:{workflow:events:alice}": 8166,
 	} {
-		if got := clusterSlot(key); got != slot {
+		if got := Slot(key); got != slot {
 			t.Fatalf("slot(%q) = %d, want %d", key, got, slot)
 		}
 	}
 	sharded := Layout{Sharded: true}
 	apart := 0
 	for _, user := range []string{"alice", "bob", "u", "a.b-c_d@e+f", strings.Repeat("z", 128)} {
-		channel := clusterSlot(Channel(user))
-		if got := clusterSlot(sharded.Key(user)); got != channel {
+		channel := Slot(Channel(user))
+		if got := Slot(sharded.Key(user)); got != channel {
 			t.Errorf("%s: sharded key %s in slot %d, channel %s in slot %d", user, sharded.Key(user), got, Channel(user), channel)
 		}
-		if clusterSlot(Layout{}.Key(user)) != channel {
+		if Slot(Layout{}.Key(user)) != channel {
 			apart++
 		}
 	}
