@@ -147,19 +147,8 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	}
 	_ = plain.Close()
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() { pub.run(ctx) })
-	eventually(t, 10*time.Second, "events flowing to every client", func() bool {
-		for _, c := range clients {
-			if c.received() < 5 {
-				return false
-			}
-		}
-		return true
-	})
+	ctx, stopPublishing := publishUntilFlowing(t, pub, clients)
+	defer stopPublishing()
 	rw := watchReady(ctx, daemons)
 
 	// A master dies: its replica takes over its slots.
@@ -241,8 +230,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 			t.Errorf("%s: the connection ended during the reshard", u)
 		}
 	}
-	cancel()
-	wg.Wait()
+	stopPublishing()
 	rw.wait()
 	resumeAll(t, clients,
 		func(u string) []history.Event { return historyOf(t, cc, sharded, u) },

@@ -91,6 +91,30 @@ func (p *steadyPublisher) run(ctx context.Context) {
 	}
 }
 
+// publishUntilFlowing runs p until the returned stop is called (more than
+// once is fine) and returns once every client has 5 events; ctx ends
+// with stop.
+func publishUntilFlowing(t *testing.T, p *steadyPublisher, clients map[string]*resumingClient) (ctx context.Context, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { p.run(ctx) })
+	stop = func() {
+		cancel()
+		wg.Wait()
+	}
+	t.Cleanup(stop)
+	eventually(t, 10*time.Second, "events flowing to every client", func() bool {
+		for _, c := range clients {
+			if c.received() < 5 {
+				return false
+			}
+		}
+		return true
+	})
+	return ctx, stop
+}
+
 // markFailure notes that Redis is failing from now on.
 func (p *steadyPublisher) markFailure() {
 	p.mu.Lock()

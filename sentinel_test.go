@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,19 +44,8 @@ func sentinelFailover(t *testing.T, mode string) {
 	gw := watchGaps(t, daemons, watcher)
 	clients := startResumingClients(t, users, bases)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() { pub.run(ctx) })
-	eventually(t, 10*time.Second, "events flowing to every client", func() bool {
-		for _, c := range clients {
-			if c.received() < 5 {
-				return false
-			}
-		}
-		return true
-	})
+	ctx, stopPublishing := publishUntilFlowing(t, pub, clients)
+	defer stopPublishing()
 	rw := watchReady(ctx, daemons)
 
 	killed := time.Now()
@@ -91,8 +78,7 @@ func sentinelFailover(t *testing.T, mode string) {
 	// Some more events after the failover, then every client resumes.
 	more := pub.round() + 20
 	eventually(t, 20*time.Second, "20 more rounds published", func() bool { return pub.round() >= more })
-	cancel()
-	wg.Wait()
+	stopPublishing()
 	rw.wait()
 	resumeAll(t, clients,
 		func(u string) []history.Event { return historyOf(t, rdb, history.Layout{}, u) },
