@@ -55,9 +55,3 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	msg := strings.TrimSpace(fmt.Sprintf(format, v...))
 	r.limiter.log(r.logger, slog.LevelWarn, "go-redis", "detail", msg)
 }
-
-// quietRedisLogger drops go-redis's own lines: start-up's seed check
-// reports its failure in its one configuration line.
-type quietRedisLogger struct{}
-
-func (quietRedisLogger) Printf(context.Context, string, ...any) {}

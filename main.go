@@ -35,7 +35,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
 	}
-	redis.SetLogger(quietRedisLogger{})
+	// The seed check reports its failure in its one line; go-redis would add its own.
+	redis.SetLogger(discardRedisLog{})
 	if err := checkSeeds(context.Background(), cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
@@ -167,15 +168,13 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	switch {
 	case cfg.PubSubSharded && onCluster:
 		d.shards = newShardRouter(cluster, cfg, opts, logger, d.shardSubscriber(opts))
-		if d.sub.recorder != nil {
-			d.shards.recorder = d.sub.recorder
-		}
+		d.shards.recorder = d.sub.recorder
 		hub.watch = d.shards
 	case cfg.PubSubSharded:
 		// One Redis (or a Sentinel-watched one) holds every shard channel.
 		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, false)
 		users.sharded = true
-		d.sub.users, d.sub.sharded = users, true
+		d.sub.users = users
 		hub.watch = users
 	case cfg.SubscribeMode == subscribeUser:
 		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, cfg.History)
@@ -223,7 +222,7 @@ func (d *daemon) shardSubscriber(opts redis.Options) func(addr string, users *us
 		nodeOpts.Addr, nodeOpts.DB = addr, 0
 		client := redis.NewClient(&nodeOpts)
 		sub := newSubscriber(d.sub.instanceID+"-"+strconv.FormatInt(n.Add(1), 10), d.rdb, d.hub, d.cfg, d.logger.With("node", addr), d.stats)
-		sub.node, sub.addr, sub.sharded, sub.shard = client, addr, true, true
+		sub.node, sub.addr, sub.shard = client, addr, true
 		sub.users, sub.recorder = users, d.sub.recorder
 		return sub, client
 	}

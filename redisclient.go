@@ -16,41 +16,18 @@ import (
 // Cluster. opts carries the settings every data node shares: credentials,
 // TLS, timeouts, pool size, client name.
 func newRedisClient(cfg Config, opts redis.Options) redis.UniversalClient {
-	switch {
-	case cfg.SentinelAddrs != nil:
-		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:            cfg.SentinelMaster,
-			SentinelAddrs:         cfg.SentinelAddrs,
-			SentinelPassword:      cfg.SentinelPassword,
-			ClientName:            opts.ClientName,
-			Protocol:              opts.Protocol,
-			Username:              opts.Username,
-			Password:              opts.Password,
-			DB:                    opts.DB,
-			MaxRetries:            opts.MaxRetries,
-			DialTimeout:           opts.DialTimeout,
-			ReadTimeout:           opts.ReadTimeout,
-			WriteTimeout:          opts.WriteTimeout,
-			ContextTimeoutEnabled: opts.ContextTimeoutEnabled,
-			PoolSize:              opts.PoolSize,
-			TLSConfig:             opts.TLSConfig,
-		})
-	case cfg.ClusterAddrs != nil:
-		return redis.NewClusterClient(clusterOptions(cfg, opts))
-	default:
+	if cfg.SentinelAddrs == nil && cfg.ClusterAddrs == nil {
 		return redis.NewClient(&opts)
 	}
-}
-
-// clusterOptions are the cluster client's options for the seeds of cfg
-// and the shared settings of opts.
-func clusterOptions(cfg Config, opts redis.Options) *redis.ClusterOptions {
-	return &redis.ClusterOptions{
+	u := redis.UniversalOptions{
 		Addrs:                 cfg.ClusterAddrs,
+		MasterName:            cfg.SentinelMaster,
+		SentinelPassword:      cfg.SentinelPassword,
 		ClientName:            opts.ClientName,
 		Protocol:              opts.Protocol,
 		Username:              opts.Username,
 		Password:              opts.Password,
+		DB:                    opts.DB,
 		MaxRetries:            opts.MaxRetries,
 		DialTimeout:           opts.DialTimeout,
 		ReadTimeout:           opts.ReadTimeout,
@@ -59,6 +36,11 @@ func clusterOptions(cfg Config, opts redis.Options) *redis.ClusterOptions {
 		PoolSize:              opts.PoolSize,
 		TLSConfig:             opts.TLSConfig,
 	}
+	if cfg.SentinelAddrs != nil {
+		u.Addrs = cfg.SentinelAddrs
+		return redis.NewFailoverClient(u.Failover())
+	}
+	return redis.NewClusterClient(u.Cluster())
 }
 
 // redisTarget names the configured Redis for the logs (never a password).

@@ -249,8 +249,6 @@ func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 			return fmt.Errorf("read the slot map: %w", err)
 		}
 	}
-	// go-redis's own map, for the scripts and the history reads.
-	r.cluster.ReloadState(ctx)
 	slots := make([]string, history.ClusterSlots)
 	for _, rg := range ranges {
 		if len(rg.Nodes) == 0 || rg.Start < 0 || rg.End >= history.ClusterSlots {
@@ -260,15 +258,20 @@ func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 			slots[s] = rg.Nodes[0].Addr
 		}
 	}
-	r.apply(ctx, wg, slots)
+	if r.apply(ctx, wg, slots) {
+		// go-redis's own map, for the scripts and the history reads, at
+		// once rather than at keepClusterStateFresh's next tick.
+		r.cluster.ReloadState(ctx)
+	}
 	return nil
 }
 
-// apply makes the subscriptions follow slots.
-func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []string) {
+// apply makes the subscriptions follow slots, and reports whether the
+// map changed.
+func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []string) (changed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	changed := !r.loaded
+	changed = !r.loaded
 	masters := make(map[string]bool)
 	for s, addr := range slots {
 		if addr != "" {
@@ -279,7 +282,7 @@ func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []str
 		}
 	}
 	if !changed && !r.moved {
-		return
+		return false
 	}
 	for addr := range masters {
 		if r.nodes[addr] == nil {
@@ -317,6 +320,7 @@ func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []str
 	if moved > 0 {
 		r.logger.Info("Redis Cluster slots moved; channels resubscribed on their new nodes", "channels", moved)
 	}
+	return changed
 }
 
 // start runs the subscription of the master at addr; r.mu is held.

@@ -83,12 +83,10 @@ type Subscriber struct {
 	// addr names the Redis the session reads, for the logs.
 	addr string
 	// node, when set, is the client of the one cluster node this
-	// subscription reads (PUBSUB_SHARDED on a cluster: shardRouter); its
-	// sessions, and Redis's clock for the recorder, use it. rdb still
-	// publishes the probes.
+	// subscription reads (PUBSUB_SHARDED on a cluster: shardRouter): its
+	// sessions, its probes and Redis's clock for the recorder use it
+	// (home).
 	node *redis.Client
-	// sharded subscribes the users' channels with SSUBSCRIBE.
-	sharded bool
 	// shard is set on one node's subscription of a shardRouter: the
 	// router runs the shared recorder, and each user's place in history
 	// is reset as its channel is subscribed, not every user's at once.
@@ -185,14 +183,11 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 		return false, err
 	}
 	var pubsub *redis.PubSub
-	switch {
-	case s.node != nil:
-		pubsub = s.node.Subscribe(ctx, s.probeChannel)
-	case s.users != nil:
+	if s.users != nil {
 		// User mode: the probe channel first; the users' channels once
 		// Redis confirmed it, in batches (userChannels.flush).
-		pubsub = s.rdb.Subscribe(ctx, s.probeChannel)
-	default:
+		pubsub = s.home().Subscribe(ctx, s.probeChannel)
+	} else {
 		pubsub = s.rdb.PSubscribe(ctx, channelPattern)
 	}
 	defer pubsub.Close()
@@ -228,7 +223,7 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 			if confirmed && errors.As(err, &netErr) && netErr.Timeout() {
 				continue
 			}
-			if slot, ok := movedSlot(err); ok && confirmed && s.sharded {
+			if slot, ok := movedSlot(err); ok && confirmed && s.sharded() {
 				// A node that does not own the slot refused an SSUBSCRIBE
 				// (or SUNSUBSCRIBE): the connection is fine; those users'
 				// channels are subscribed where the slot lives now.
@@ -281,7 +276,7 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 					s.onConfirmed(ctx)
 				}
 				switch {
-				case s.sharded:
+				case s.sharded():
 					s.logger.Info("Subscribed to Redis", "addr", s.addr, "mode", subscribeUser, "sharded", true, "probe_channel", s.probeChannel)
 				case s.users != nil:
 					s.logger.Info("Subscribed to Redis", "addr", s.addr, "mode", subscribeUser, "probe_channel", s.probeChannel)
@@ -343,6 +338,19 @@ func (s *Subscriber) mark(ctx context.Context, n uint64) error {
 	return nil
 }
 
+// home is the client of the Redis the subscription reads: its node's on
+// a cluster with sharded pub/sub, else the daemon's.
+func (s *Subscriber) home() redis.UniversalClient {
+	if s.node != nil {
+		return s.node
+	}
+	return s.rdb
+}
+
+// sharded reports whether the users' channels are subscribed with
+// SSUBSCRIBE.
+func (s *Subscriber) sharded() bool { return s.users != nil && s.users.sharded }
+
 // clock returns Redis's time, for the recorder's horizon; without a
 // recorder it is not needed and not read.
 func (s *Subscriber) clock(ctx context.Context) (time.Time, error) {
@@ -352,11 +360,7 @@ func (s *Subscriber) clock(ctx context.Context) (time.Time, error) {
 	tctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
 	// A shard's clock is that of the node holding its users' histories.
-	var clock redis.Cmdable = s.rdb
-	if s.node != nil {
-		clock = s.node
-	}
-	t, err := clock.Time(tctx).Result()
+	t, err := s.home().Time(tctx).Result()
 	if err != nil {
 		return t, fmt.Errorf("read the Redis clock: %w", err)
 	}
@@ -473,11 +477,7 @@ func (s *Subscriber) probe(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 		// A shard's probe goes to its own node, which sends it to its own
 		// subscribers first: another node's failure proves nothing here.
-		var pub redis.Cmdable = s.rdb
-		if s.node != nil {
-			pub = s.node
-		}
-		err := pub.Publish(pctx, s.probeChannel, seq).Err()
+		err := s.home().Publish(pctx, s.probeChannel, seq).Err()
 		cancel()
 		if err != nil {
 			s.probePending.CompareAndSwap(now.UnixNano(), 0)

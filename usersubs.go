@@ -351,8 +351,7 @@ func (u *userChannels) due(now time.Time) (subs, unsubs []string) {
 		case ch.on && !ch.wanted && now.Sub(ch.released) >= u.grace:
 			ch.on = false
 			ch.pending++
-			u.setLive(ch, false)
-			u.unsync(ch)
+			u.dropped(ch)
 			unsubs = append(unsubs, channelPrefix+name)
 		case !ch.on && !ch.wanted && ch.pending == 0:
 			delete(u.subs, name)
@@ -435,8 +434,7 @@ func (u *userChannels) refused(slot int) []string {
 			continue
 		}
 		ch.on, ch.pending, ch.sent = false, 0, nil
-		u.setLive(ch, false)
-		u.unsync(ch)
+		u.dropped(ch)
 		if ch.wanted {
 			ch.resync = true
 			lost = append(lost, name)
@@ -452,8 +450,7 @@ func (u *userChannels) forget(username string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if ch := u.subs[username]; ch != nil {
-		u.setLive(ch, false)
-		u.unsync(ch)
+		u.dropped(ch)
 		delete(u.subs, username)
 	}
 }
@@ -514,8 +511,7 @@ func (u *userChannels) unsubscribed(username string) (lost bool) {
 		u.settled(ch)
 	case ch.on:
 		ch.on = false
-		u.setLive(ch, false)
-		u.unsync(ch)
+		u.dropped(ch)
 		ch.resync = ch.wanted
 		return ch.wanted
 	}
@@ -529,6 +525,12 @@ func (u *userChannels) settled(ch *userChannel) {
 	if ch.pending == 0 {
 		u.setLive(ch, ch.on)
 	}
+}
+
+// dropped marks ch as holding no subscription: not live, not synced.
+func (u *userChannels) dropped(ch *userChannel) {
+	u.setLive(ch, false)
+	u.unsync(ch)
 }
 
 func (u *userChannels) setLive(ch *userChannel, live bool) {
@@ -557,8 +559,7 @@ func (u *userChannels) stop() {
 			delete(u.subs, name)
 			continue
 		}
-		u.setLive(ch, false)
-		u.unsync(ch)
+		u.dropped(ch)
 		ch.on, ch.queued, ch.pending, ch.sent = false, false, 0, nil
 		ch.resync = true
 	}
