@@ -23,7 +23,7 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 	r := startRedis(b)
 	port := freePort(b)
 	cmd := daemonCommand(b, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
-		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port),
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.Port),
 		// One client address opens every connection: no per-address limit.
 		"CONNECT_RATE_PER_IP=0",
 		// A ping every second, so that two rounds pass before measuring.

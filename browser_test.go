@@ -124,7 +124,7 @@ func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
 		select {
 		case <-deadline:
 			t.Fatalf("the page never showed an event sent after the expiries; it printed:\n%s", browser.logs.String())
-		case <-browser.done:
+		case <-browser.Done():
 			browser.waitExit(t, time.Second)
 			if n := tokensIssued.Load(); n < 3 {
 				t.Fatalf("the page fetched %d tokens, want at least 3", n)

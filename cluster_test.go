@@ -14,17 +14,18 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/testproc"
 )
 
 // clusterUsers returns n usernames whose channels' slots are spread over
 // every master of c, at least min of them on each.
-func clusterUsers(t *testing.T, c *redisCluster, n, least int) []string {
+func clusterUsers(t *testing.T, c *testproc.Cluster, n, least int) []string {
 	t.Helper()
 	users := make([]string, n)
 	perMaster := make(map[string]int)
 	for i := range users {
 		users[i] = fmt.Sprintf("user-%02d", i)
-		perMaster[c.masterFor(channelPrefix+users[i])]++
+		perMaster[c.MasterFor(channelPrefix+users[i])]++
 	}
 	if len(perMaster) != 3 {
 		t.Fatalf("users on %d masters, want 3: %v", len(perMaster), perMaster)
@@ -62,13 +63,13 @@ func shardChannels(t *testing.T, cc *redis.ClusterClient) map[string][]string {
 
 // expectShardChannels waits until each master holds the shard channels
 // of exactly the users of its slots (as c sees the slot map now).
-func expectShardChannels(t *testing.T, c *redisCluster, cc *redis.ClusterClient, users []string) {
+func expectShardChannels(t *testing.T, c *testproc.Cluster, cc *redis.ClusterClient, users []string) {
 	t.Helper()
 	var got, want map[string][]string
 	ok := pollUntil(15*time.Second, func() bool {
 		want = make(map[string][]string)
 		for _, u := range users {
-			m := c.masterFor(channelPrefix + u)
+			m := c.MasterFor(channelPrefix + u)
 			want[m] = append(want[m], channelPrefix+u)
 		}
 		for _, v := range want {
@@ -111,12 +112,12 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 // holds.
 func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t)
-	cc := c.client()
+	c := testproc.StartCluster(t)
+	cc := c.Client()
 	users := clusterUsers(t, c, 24, 4)
 	// The victim is the master of the watcher's slot, and the only seed.
 	const watcher = "gap-watch"
-	victim := c.masterFor(channelPrefix + watcher)
+	victim := c.MasterFor(channelPrefix + watcher)
 	env := map[string]string{
 		"REDIS_CLUSTER_ADDRS": victim,
 		"SUBSCRIBE_MODE":      "user",
@@ -152,16 +153,16 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	rw := watchReady(ctx, daemons)
 
 	// A master dies: its replica takes over its slots.
-	replicas := c.replicasOf(victim)
+	replicas := c.ReplicasOf(victim)
 	killed := time.Now()
 	pub.markFailure()
-	c.killNode(victim)
+	c.KillNode(victim)
 	roundAtKill := pub.failedSince(t)
 	// When the promoted replica holds the watcher's channel for both.
 	var resubscribed time.Time
 	eventually(t, 30*time.Second, "the watcher's channel subscribed on the promoted replica", func() bool {
 		for _, r := range replicas {
-			reply, err := queryNode(r, "PUBSUB", "SHARDNUMSUB", channelPrefix+watcher)
+			reply, err := testproc.Query(r, "PUBSUB", "SHARDNUMSUB", channelPrefix+watcher)
 			if n, ok := reply.([]any); err == nil && ok && len(n) == 2 && n[1] == int64(2) {
 				resubscribed = time.Now()
 				return true
@@ -169,7 +170,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 		}
 		return false
 	})
-	c.waitClusterOK(30 * time.Second)
+	c.WaitClusterOK(30 * time.Second)
 	for _, td := range daemons {
 		td.waitReady()
 	}
@@ -196,20 +197,20 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 		segments[u] = len(rc.segments)
 		rc.mu.Unlock()
 	}
-	masters := slices.Sorted(maps.Keys(c.masters()))
-	if err := c.reshard(masters[0], masters[1], 200); err != nil {
+	masters := slices.Sorted(maps.Keys(c.Masters()))
+	if err := c.Reshard(masters[0], masters[1], 200); err != nil {
 		t.Fatalf("reshard: %v", err)
 	}
 	mover := users[0]
-	from := c.masterFor(channelPrefix + mover)
+	from := c.MasterFor(channelPrefix + mover)
 	to := masters[0]
 	if to == from {
 		to = masters[2]
 	}
-	if err := c.moveSlot(history.Slot(channelPrefix+mover), to); err != nil {
+	if err := c.MoveSlot(history.Slot(channelPrefix+mover), to); err != nil {
 		t.Fatalf("move %s's slot: %v", mover, err)
 	}
-	if got := c.masterFor(channelPrefix + mover); got != to {
+	if got := c.MasterFor(channelPrefix + mover); got != to {
 		t.Fatalf("%s's slot is on %s after the move, want %s", mover, got, to)
 	}
 	expectShardChannels(t, c, cc, append(slices.Clone(users), watcher))
@@ -249,13 +250,13 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 // whose key for a user lives in one slot.
 func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t)
-	cc := c.client()
+	c := testproc.StartCluster(t)
+	cc := c.Client()
 	users := clusterUsers(t, c, 12, 2)
 	for _, mode := range []string{subscribePattern, subscribeUser} {
 		t.Run(mode, func(t *testing.T) {
-			env := map[string]string{"REDIS_CLUSTER_ADDRS": strings.Join(c.seeds(), ","), "SUBSCRIBE_MODE": mode, "LOG_LEVEL": "info"}
-			daemons, _ := startInstances(t, redisAddrServer(t, c.seeds()[0]), 2, env)
+			env := map[string]string{"REDIS_CLUSTER_ADDRS": strings.Join(c.Seeds(), ","), "SUBSCRIBE_MODE": mode, "LOG_LEVEL": "info"}
+			daemons, _ := startInstances(t, redisAddrServer(t, c.Seeds()[0]), 2, env)
 			conns := make(map[string]*websocket.Conn)
 			for i, u := range users {
 				conns[u] = daemons[i%2].dialHistory(u)

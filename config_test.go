@@ -445,13 +445,13 @@ func TestAdminAddrOrTrustedProxiesWrongExitsWithCode2(t *testing.T) {
 		// startProcess kills it at cleanup, should it start serving instead.
 		p := startProcess(t, daemonCommand(t, tc.env))
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s: still running after 10s, want exit code 2 at once", tc.env)
 		}
 		var exit *exec.ExitError
-		if !errors.As(p.err, &exit) || exit.ExitCode() != 2 {
-			t.Fatalf("%s: %v, want exit code 2", tc.env, p.err)
+		if !errors.As(p.Err(), &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("%s: %v, want exit code 2", tc.env, p.Err())
 		}
 		// Nothing but the one line: the daemon did not start.
 		out := strings.TrimSuffix(p.logs.String(), "\n")

@@ -68,9 +68,9 @@ func startE2E(t *testing.T, script string, args ...string) *daemonProcess {
 func waitStep(t *testing.T, p *daemonProcess, s string) {
 	t.Helper()
 	select {
-	case <-p.done:
+	case <-p.Done():
 		if !strings.Contains(p.logs.String(), s) {
-			t.Fatalf("the script exited (%v) before %q; it printed:\n%s", p.err, s, p.logs.String())
+			t.Fatalf("the script exited (%v) before %q; it printed:\n%s", p.Err(), s, p.logs.String())
 		}
 	default:
 		p.waitLog(t, 15*time.Second, s)

@@ -131,8 +131,8 @@ func (c *drainCluster) waitReady(i int) {
 	p := c.instances[i].p
 	eventually(c.t, 20*time.Second, fmt.Sprintf("instance %d ready", i), func() bool {
 		select {
-		case <-p.done:
-			c.t.Fatalf("instance %d exited (%v) before it was ready:\n%s", i, p.err, p.logs.String())
+		case <-p.Done():
+			c.t.Fatalf("instance %d exited (%v) before it was ready:\n%s", i, p.Err(), p.logs.String())
 		default:
 		}
 		return c.readyStatus(i) == http.StatusOK

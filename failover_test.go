@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/testproc"
 )
 
 // What the Sentinel and Cluster tests share: a publisher that keeps
@@ -32,7 +33,7 @@ func redisAddrServer(t *testing.T, addr string) *redisServer {
 		t.Fatalf("address %q: %v", addr, err)
 	}
 	p, _ := strconv.Atoi(port)
-	return &redisServer{tb: t, port: p}
+	return &redisServer{testproc.NewRedis(t, p)}
 }
 
 // steadyPublisher publishes, in rounds every interval, one numbered event

@@ -1,26 +1,23 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"fanout/internal/testproc"
 )
 
 func TestMain(m *testing.M) {
@@ -33,149 +30,42 @@ func TestMain(m *testing.M) {
 }
 
 // redisServer is a real redis-server on a free loopback port, owned by one
-// test and stopped by its cleanup.
+// test and stopped by its cleanup: testproc's, with the names the root
+// tests use.
 type redisServer struct {
-	tb   testing.TB
-	port int
-	// tls, when set, is the client config for a TLS-only server.
-	tls *tls.Config
-	// password is the requirepass of the server, if any.
-	password string
-	mu       sync.Mutex
-	cmd      *exec.Cmd
-	done     chan struct{}
-	out      *syncBuffer
+	*testproc.Redis
 }
 
 // startRedis starts a redis-server for tb on a free loopback port.
 func startRedis(tb testing.TB, extraArgs ...string) *redisServer {
 	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		tb.Fatal("redis-server is not installed: run ./test.sh, which installs it")
-	}
-	var lastErr error
-	for range 5 {
-		r := &redisServer{tb: tb, port: freePort(tb)}
-		if lastErr = r.startArgs(extraArgs...); lastErr == nil {
-			tb.Cleanup(r.stop)
-			return r
-		}
-	}
-	tb.Fatalf("start redis-server: %v", lastErr)
-	return nil
+	return &redisServer{testproc.StartRedis(tb, extraArgs...)}
 }
 
 // redisAt returns a redisServer for a free port with nothing running on it
 // yet; start brings it up.
 func redisAt(tb testing.TB) *redisServer {
-	r := &redisServer{tb: tb, port: freePort(tb)}
-	tb.Cleanup(r.stop)
-	return r
+	return &redisServer{testproc.NewRedis(tb, freePort(tb))}
 }
 
 func freePort(tb testing.TB) int {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("find a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testproc.FreePort(tb)
 }
 
-func (r *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+func (r *redisServer) addr() string { return r.Addr() }
 
 // start (re)starts redis-server on the same port.
-func (r *redisServer) start() {
-	r.tb.Helper()
-	if err := r.startArgs(); err != nil {
-		r.tb.Fatalf("start redis-server: %v", err)
-	}
-}
-
-func (r *redisServer) startArgs(extraArgs ...string) error {
-	args := append([]string{
-		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no",
-		"--loglevel", "warning",
-	}, extraArgs...)
-	if r.tls != nil {
-		args[0], args[1] = "--tls-port", strconv.Itoa(r.port)
-		args = append(args, "--port", "0")
-	}
-	cmd := exec.Command("redis-server", args...)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("exec redis-server: %w", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-
-	client := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1, TLSConfig: r.tls, Password: r.password})
-	defer client.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			return fmt.Errorf("redis-server exited: %s", strings.TrimSpace(out.String()))
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := client.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			r.mu.Lock()
-			r.cmd, r.done, r.out = cmd, done, out
-			r.mu.Unlock()
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	_ = cmd.Process.Kill()
-	<-done
-	return errors.New("redis-server did not answer PING within 10s")
-}
+func (r *redisServer) start() { r.Restart() }
 
 // kill stops redis-server at once, as a crash would.
-func (r *redisServer) kill() {
-	r.mu.Lock()
-	cmd, done := r.cmd, r.done
-	r.cmd = nil
-	r.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	<-done
-}
-
-func (r *redisServer) stop() { r.kill() }
+func (r *redisServer) kill() { r.Kill() }
 
 // client returns a go-redis client for publishing in tests.
-func (r *redisServer) client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: r.addr(), TLSConfig: r.tls, Password: r.password})
-	r.tb.Cleanup(func() { _ = c.Close() })
-	return c
-}
+func (r *redisServer) client() *redis.Client { return r.Client() }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testproc.Buffer
 
 // testDaemon is the whole daemon, wired as main wires it, serving on a
 // loopback port against a real Redis.
@@ -198,7 +88,7 @@ type testDaemon struct {
 func testEnv(r *redisServer) map[string]string {
 	return map[string]string{
 		"REDIS_HOST":      "127.0.0.1",
-		"REDIS_PORT":      strconv.Itoa(r.port),
+		"REDIS_PORT":      strconv.Itoa(r.Port),
 		"LOG_LEVEL":       "debug",
 		"PROBE_INTERVAL":  "100ms",
 		"PROBE_TIMEOUT":   "400ms",
@@ -448,16 +338,17 @@ func readText(t *testing.T, conn *websocket.Conn, d time.Duration) string {
 	return string(data)
 }
 
-// eventually polls cond every few milliseconds until it holds or d passes.
+// eventually polls cond until it holds, and fails t once d has passed.
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testproc.Eventually(t, d, what, cond)
+}
+
+// waitFor polls check until it returns "", and fails t with what it last
+// returned once d has passed.
+func waitFor(t testing.TB, d time.Duration, what string, check func() string) {
+	t.Helper()
+	testproc.WaitFor(t, d, what, check)
 }
 
 // event returns a small valid event for username with sequence n.

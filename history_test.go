@@ -807,7 +807,7 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 func daemonProcessEnv(r *redisServer, port int, extra ...string) []string {
 	return append([]string{
 		"PORT=" + strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
-		"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(r.port),
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(r.Port),
 		"CONNECT_RATE_PER_IP=0", "MAX_CONNECTIONS_PER_USER=0",
 		"LOG_LEVEL=info", "SHUTDOWN_TIMEOUT=5s",
 	}, extra...)
@@ -843,8 +843,8 @@ func waitSubscribed(t *testing.T, p *daemonProcess) {
 	t.Helper()
 	eventually(t, 20*time.Second, "fanout process subscribed to Redis", func() bool {
 		select {
-		case <-p.done:
-			t.Fatalf("fanout process exited (%v) before subscribing:\n%s", p.err, p.logs.String())
+		case <-p.Done():
+			t.Fatalf("fanout process exited (%v) before subscribing:\n%s", p.Err(), p.logs.String())
 		default:
 		}
 		return strings.Contains(p.logs.String(), "Subscribed to Redis")
@@ -914,7 +914,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 			cuts := randomCuts(rng, 20, len(payloads))
 			// The publisher is `fanout publish` reading JSON lines on its
 			// stdin, as a shell pipeline would run it.
-			pubCmd := daemonCommand(t, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port), "HISTORY_MAX_LEN=20000")
+			pubCmd := daemonCommand(t, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.Port), "HISTORY_MAX_LEN=20000")
 			pubCmd.Args = append([]string{pubCmd.Args[0], "publish"}, "--username", user)
 			stdin, err := pubCmd.StdinPipe()
 			if err != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"fanout/internal/testproc"
 )
 
 // daemonCommand runs this test binary as the real fanout process.
@@ -41,65 +43,38 @@ func TestBadConfigExitsWithCode2AndOneLine(t *testing.T) {
 	}
 }
 
-// daemonProcess is a fanout process started by a test, with its output.
+// daemonProcess is a process started by a test (testproc owns it), with
+// the names the root tests use.
 type daemonProcess struct {
+	*testproc.Process
 	cmd  *exec.Cmd
 	logs *syncBuffer
-	// done is closed when the process has exited; err is what Wait returned.
-	done chan struct{}
-	err  error
 }
 
 // startProcess starts cmd, collects its output and kills it at cleanup.
 func startProcess(tb testing.TB, cmd *exec.Cmd) *daemonProcess {
 	tb.Helper()
-	p := &daemonProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	// Its own process group, so cleanup also stops children (nginx workers)
-	// that would otherwise hold the output pipe open.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start %s: %v", cmd.Path, err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	tb.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		if tb.Failed() {
-			tb.Logf("%s output:\n%s", cmd.Path, p.logs.String())
-		}
-	})
-	return p
+	p := testproc.Start(tb, cmd)
+	return &daemonProcess{Process: p, cmd: cmd, logs: p.Out}
 }
 
 // waitExit waits up to d for the process to exit with status 0.
 func (p *daemonProcess) waitExit(t testing.TB, d time.Duration) {
 	t.Helper()
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Fatalf("%s exited with %v, want status 0", p.cmd.Path, p.err)
-		}
-	case <-time.After(d):
-		t.Fatalf("%s still running after %v", p.cmd.Path, d)
-	}
+	p.WaitExit(t, d)
 }
 
 // waitLog waits until the process has written a line containing s.
 func (p *daemonProcess) waitLog(tb testing.TB, d time.Duration, s string) {
 	tb.Helper()
-	eventually(tb, d, "log line "+s, func() bool { return strings.Contains(p.logs.String(), s) })
+	p.WaitOutput(tb, d, s)
 }
 
 func TestSIGTERMSendsGoingAwayAndExits(t *testing.T) {
 	r := startRedis(t)
 	port := freePort(t)
 	p := startProcess(t, daemonCommand(t, "PORT="+strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
-		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.port)))
+		"REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.Port)))
 	p.waitLog(t, 10*time.Second, "Subscribed to Redis")
 
 	url := "ws://127.0.0.1:" + strconv.Itoa(port) + "/ws?username=u"
@@ -171,7 +146,7 @@ func TestStartScriptStartsALocalRedisAndTheDaemon(t *testing.T) {
 	p.waitLog(t, time.Second, "PROTECTED MODE")
 	conn := dialWS(t, "ws://127.0.0.1:"+strconv.Itoa(httpPort)+"/ws?username=test-user", nil)
 	p.waitLog(t, 5*time.Second, "New WebSocket connection")
-	r := &redisServer{tb: t, port: redisPort}
+	r := &redisServer{testproc.NewRedis(t, redisPort)}
 	if err := r.client().Publish(t.Context(), "workflow:events:test-user", `{"type":"test","message":"hello"}`).Err(); err != nil {
 		t.Fatal(err)
 	}

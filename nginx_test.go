@@ -60,8 +60,8 @@ func startNginx(t *testing.T, backends []string) int {
 	p := startProcess(t, exec.Command(bin, "-p", dir, "-c", confPath, "-g", fmt.Sprintf("daemon off; pid %s/nginx.pid; error_log %s/error.log warn;", dir, dir)))
 	eventually(t, 10*time.Second, "nginx listening", func() bool {
 		select {
-		case <-p.done:
-			t.Fatalf("nginx exited: %v\n%s", p.err, p.logs.String())
+		case <-p.Done():
+			t.Fatalf("nginx exited: %v\n%s", p.Err(), p.logs.String())
 		default:
 		}
 		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/testproc"
 )
 
 // publishResult is what one `fanout publish` run printed and returned.
@@ -34,7 +35,7 @@ func (p publishResult) ids() []string { return strings.Fields(p.stdout) }
 // the extra environment variables env.
 func runPublishCommand(t *testing.T, r *redisServer, stdin string, env []string, args ...string) publishResult {
 	t.Helper()
-	cmd := daemonCommand(t, append([]string{"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(r.port)}, env...)...)
+	cmd := daemonCommand(t, append([]string{"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(r.Port)}, env...)...)
 	cmd.Args = append([]string{cmd.Args[0], "publish"}, args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
@@ -411,7 +412,7 @@ func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string
 		t.Fatalf("README has no redis-cli recipe running %s", file)
 	}
 	// The README's commands, against this test's Redis.
-	recipe = strings.ReplaceAll(recipe, "redis-cli ", "redis-cli -p "+strconv.Itoa(r.port)+" ")
+	recipe = strings.ReplaceAll(recipe, "redis-cli ", "redis-cli -p "+strconv.Itoa(r.Port)+" ")
 	if err := os.WriteFile(filepath.Join(dir, file), []byte(source), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -500,10 +501,10 @@ func TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testi
 // the SSUBSCRIBE there. The cluster's nodes start without the scripts:
 // the pipeline of stdin lines loads them (NOSCRIPT) and sends again.
 func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testing.T) {
-	c := startCluster(t)
+	c := testproc.StartCluster(t)
 	ctx := context.Background()
-	seeds := "REDIS_CLUSTER_ADDRS=" + strings.Join(c.seeds(), ",")
-	cc := c.client()
+	seeds := "REDIS_CLUSTER_ADDRS=" + strings.Join(c.Seeds(), ",")
+	cc := c.Client()
 	nodeClient := func(addr string) *redis.Client {
 		rdb := redis.NewClient(&redis.Options{Addr: addr})
 		t.Cleanup(func() { rdb.Close() })
@@ -513,12 +514,12 @@ func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testin
 	// no script yet; then one event as the argument.
 	publish := func(env []string, user string) []string {
 		t.Helper()
-		res := runPublishCommand(t, c.nodes[0].redisServer, "{\"n\":1}\n{\"n\":2}\n", env, "--username", user)
+		res := runPublishCommand(t, &redisServer{c.Nodes[0].Redis}, "{\"n\":1}\n{\"n\":2}\n", env, "--username", user)
 		if res.code != 0 || len(res.ids()) != 2 {
 			t.Fatalf("%v, stdin: exit %d, stdout %q, stderr %q", env, res.code, res.stdout, res.stderr)
 		}
 		ids := res.ids()
-		res = runPublishCommand(t, c.nodes[0].redisServer, "", env, "--username", user, `{"n":3}`)
+		res = runPublishCommand(t, &redisServer{c.Nodes[0].Redis}, "", env, "--username", user, `{"n":3}`)
 		if res.code != 0 || len(res.ids()) != 1 {
 			t.Fatalf("%v: exit %d, stdout %q, stderr %q", env, res.code, res.stdout, res.stderr)
 		}
@@ -542,9 +543,9 @@ func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testin
 	}
 
 	t.Run("classic", func(t *testing.T) {
-		keyMaster := c.masterFor(history.HistoryKey("bob"))
+		keyMaster := c.MasterFor(history.HistoryKey("bob"))
 		var elsewhere string
-		for addr := range c.masters() {
+		for addr := range c.Masters() {
 			if addr != keyMaster {
 				elsewhere = addr
 			}
@@ -565,8 +566,8 @@ func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testin
 
 	t.Run("sharded", func(t *testing.T) {
 		sharded := history.Layout{Sharded: true}
-		channelMaster := c.masterFor(history.Channel("alice"))
-		if keyMaster := c.masterFor(sharded.Key("alice")); keyMaster != channelMaster {
+		channelMaster := c.MasterFor(history.Channel("alice"))
+		if keyMaster := c.MasterFor(sharded.Key("alice")); keyMaster != channelMaster {
 			t.Fatalf("the sharded key is on %s, the channel on %s", keyMaster, channelMaster)
 		}
 		sub := nodeClient(channelMaster).SSubscribe(ctx, history.Channel("alice"))

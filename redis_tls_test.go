@@ -72,18 +72,18 @@ func writeTestCA(t *testing.T, dir string) *tls.Config {
 // startTLSRedis starts a redis-server that speaks only TLS and wants a password.
 func startTLSRedis(t *testing.T, dir, password string) *redisServer {
 	t.Helper()
-	r := &redisServer{tb: t, port: freePort(t), tls: writeTestCA(t, dir), password: password}
-	err := r.startArgs(
+	r := redisAt(t)
+	r.TLS, r.Password = writeTestCA(t, dir), password
+	r.Args = []string{
 		"--tls-cert-file", filepath.Join(dir, "server.pem"),
 		"--tls-key-file", filepath.Join(dir, "server-key.pem"),
 		"--tls-ca-cert-file", filepath.Join(dir, "ca.pem"),
 		"--tls-auth-clients", "no",
 		"--requirepass", password,
-	)
-	if err != nil {
+	}
+	if err := r.Start(); err != nil {
 		t.Fatalf("start TLS redis-server: %v", err)
 	}
-	t.Cleanup(r.stop)
 	return r
 }
 
@@ -103,7 +103,7 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 	}
 
 	viaURL := startDaemon(t, r, map[string]string{
-		"REDIS_URL":         "rediss://:s3cret-pw@127.0.0.1:" + strconv.Itoa(r.port) + "/0",
+		"REDIS_URL":         "rediss://:s3cret-pw@127.0.0.1:" + strconv.Itoa(r.Port) + "/0",
 		"REDIS_TLS_CA_FILE": filepath.Join(dir, "ca.pem"),
 	})
 	viaURL.waitReady()

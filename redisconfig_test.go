@@ -88,13 +88,13 @@ func TestUnreachableOrWrongSeedsStopStartUpWithCode2AndOneLine(t *testing.T) {
 	for _, tc := range cases {
 		p := startProcess(t, daemonCommand(t, tc.env...))
 		select {
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s: still running after 10s, want exit code 2", tc.env)
 		}
 		var exit *exec.ExitError
-		if !errors.As(p.err, &exit) || exit.ExitCode() != 2 {
-			t.Fatalf("%s: %v, want exit code 2", tc.env, p.err)
+		if !errors.As(p.Err(), &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("%s: %v, want exit code 2", tc.env, p.Err())
 		}
 		out := strings.TrimSuffix(p.logs.String(), "\n")
 		if strings.Contains(out, "\n") {

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/testproc"
 )
 
 // TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing is
@@ -26,17 +27,17 @@ func TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing(t *testi
 }
 
 func sentinelFailover(t *testing.T, mode string) {
-	set := startSentinelSet(t)
+	set := testproc.StartSentinelSet(t)
 	env := map[string]string{
-		"REDIS_SENTINEL_ADDRS":  strings.Join(set.sentinelAddrs(), ","),
-		"REDIS_SENTINEL_MASTER": set.name,
+		"REDIS_SENTINEL_ADDRS":  strings.Join(set.SentinelAddrs(), ","),
+		"REDIS_SENTINEL_MASTER": set.Name,
 		"SUBSCRIBE_MODE":        mode,
 		"LOG_LEVEL":             "info",
 	}
-	old := set.masterAddr()
+	old := set.MasterAddr()
 	daemons, bases := startInstances(t, redisAddrServer(t, old), 2, env)
 
-	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: set.name, SentinelAddrs: set.sentinelAddrs(), MaxRetries: -1})
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: set.Name, SentinelAddrs: set.SentinelAddrs(), MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	users := []string{"ada", "bo", "cy", "di", "ed", "fay"}
 	const watcher = "gap-watch"
@@ -50,9 +51,9 @@ func sentinelFailover(t *testing.T, mode string) {
 
 	killed := time.Now()
 	pub.markFailure()
-	set.killMaster()
+	set.KillMaster()
 	roundAtKill := pub.failedSince(t)
-	promoted := set.waitFailover(t, old, 30*time.Second)
+	promoted := set.WaitFailover(t, old, 30*time.Second)
 	for _, td := range daemons {
 		td.waitReady()
 	}

@@ -8,12 +8,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"fanout/internal/testredis"
+	"fanout/internal/testproc"
 )
 
 func client(t *testing.T) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: testredis.Start(t)})
+	rdb := redis.NewClient(&redis.Options{Addr: testproc.StartRedis(t).Addr()})
 	t.Cleanup(func() { rdb.Close() })
 	if err := Load(context.Background(), rdb); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"fanout/internal/testredis"
+	"fanout/internal/testproc"
 )
 
 func TestLayoutNamesPerMode(t *testing.T) {
@@ -167,7 +167,7 @@ func expectKept(t *testing.T, rdb *redis.Client, username string, ids []string, 
 }
 
 func TestShardedPublisherSpublishesAndKeepsTheEventUnderTheChannelsKey(t *testing.T) {
-	addr := testredis.Start(t)
+	addr := testproc.StartRedis(t).Addr()
 	observer := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { observer.Close() })
 	ctx := context.Background()
@@ -207,7 +207,7 @@ func TestShardedPublisherSpublishesAndKeepsTheEventUnderTheChannelsKey(t *testin
 }
 
 func TestClassicPublisherOnAClusterClientPublishesToEveryListener(t *testing.T) {
-	addr := testredis.Start(t)
+	addr := testproc.StartRedis(t).Addr()
 	observer := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { observer.Close() })
 	ctx := context.Background()
@@ -233,7 +233,7 @@ func TestClassicPublisherOnAClusterClientPublishesToEveryListener(t *testing.T) 
 }
 
 func TestPublishAndPublishAllRecoverFromNOSCRIPT(t *testing.T) {
-	addr := testredis.Start(t)
+	addr := testproc.StartRedis(t).Addr()
 	observer := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { observer.Close() })
 	ctx := context.Background()

@@ -8,12 +8,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"fanout/internal/testredis"
+	"fanout/internal/testproc"
 )
 
 func TestPublishAllKeepsOrderAndReturnsEachID(t *testing.T) {
 	// No Load: PublishAll brings the script itself, even after SCRIPT FLUSH.
-	rdb := redis.NewClient(&redis.Options{Addr: testredis.Start(t)})
+	rdb := redis.NewClient(&redis.Options{Addr: testproc.StartRedis(t).Addr()})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
 	pub := NewPublisher(rdb, Retention{})
@@ -46,7 +46,7 @@ func TestPublishAllKeepsOrderAndReturnsEachID(t *testing.T) {
 }
 
 func TestPublishAllPublishesNothingWhenOnePayloadIsInvalid(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: testredis.Start(t)})
+	rdb := redis.NewClient(&redis.Options{Addr: testproc.StartRedis(t).Addr()})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
 	ids, err := NewPublisher(rdb, Retention{}).PublishAll(ctx, "hal", [][]byte{[]byte(`{}`), []byte(`{"x":`)})

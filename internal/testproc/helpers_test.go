@@ -1,4 +1,4 @@
-package main
+package testproc
 
 import (
 	"context"
@@ -8,37 +8,40 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 // TestSentinelSetFailsOver pins the Sentinel helper: after the master is
 // killed the sentinels promote the replica, which has the data and takes
 // writes, and a go-redis failover client finds it.
 func TestSentinelSetFailsOver(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	ctx := context.Background()
 	start := time.Now()
-	s := startSentinelSet(t)
+	s := StartSentinelSet(t)
 	t.Logf("sentinel set ready in %v", time.Since(start).Round(time.Millisecond))
-	old := s.masterAddr()
-	if old != s.master.addr() {
-		t.Fatalf("sentinels report master %s, want %s", old, s.master.addr())
+	old := s.MasterAddr()
+	if old != s.Master.Addr() {
+		t.Fatalf("sentinels report master %s, want %s", old, s.Master.Addr())
 	}
-	if err := s.master.client().Set(ctx, "fanout:test:sentinel", "before", 0).Err(); err != nil {
+	if err := s.Master.Client().Set(ctx, "fanout:test:sentinel", "before", 0).Err(); err != nil {
 		t.Fatalf("set on master: %v", err)
 	}
-	if acked, err := s.master.client().Do(ctx, "WAIT", 1, 5000).Int(); err != nil || acked != 1 {
+	if acked, err := s.Master.Client().Do(ctx, "WAIT", 1, 5000).Int(); err != nil || acked != 1 {
 		t.Fatalf("WAIT for the replica: %d replicas, %v", acked, err)
 	}
 
 	killed := time.Now()
-	s.killMaster()
-	newAddr := s.waitFailover(t, old, 20*time.Second)
+	s.KillMaster()
+	newAddr := s.WaitFailover(t, old, 20*time.Second)
 	t.Logf("failover from %s to %s in %v", old, newAddr, time.Since(killed).Round(time.Millisecond))
-	if s.killed.addr() != old || newAddr != s.master.addr() {
-		t.Fatalf("killed %s, new master %s, s.master %s; want %s killed and s.master the new one",
-			s.killed.addr(), newAddr, s.master.addr(), old)
+	if s.Killed.Addr() != old || newAddr != s.Master.Addr() {
+		t.Fatalf("killed %s, new master %s, s.Master %s; want %s killed and s.Master the new one",
+			s.Killed.Addr(), newAddr, s.Master.Addr(), old)
 	}
-	promoted := s.master.client()
+	promoted := s.Master.Client()
 	if got, err := promoted.Get(ctx, "fanout:test:sentinel").Result(); err != nil || got != "before" {
 		t.Fatalf("get on new master: %q, %v; want %q", got, err, "before")
 	}
@@ -48,21 +51,21 @@ func TestSentinelSetFailsOver(t *testing.T) {
 
 	// The old master comes back as a replica of the new one.
 	restarted := time.Now()
-	s.restartKilled()
-	waitFor(t, 15*time.Second, old+" back as replica of "+newAddr, func() string {
-		info, err := queryNodeText(old, "INFO", "replication")
+	s.RestartKilled()
+	WaitFor(t, 15*time.Second, old+" back as replica of "+newAddr, func() string {
+		info, err := QueryText(old, "INFO", "replication")
 		if err != nil {
 			return err.Error()
 		}
-		master := net.JoinHostPort(infoField(info, "master_host"), infoField(info, "master_port"))
-		if infoField(info, "role") != "slave" || master != newAddr || infoField(info, "master_link_status") != "up" {
-			return fmt.Sprintf("role:%s master %s link %s", infoField(info, "role"), master, infoField(info, "master_link_status"))
+		master := net.JoinHostPort(InfoField(info, "master_host"), InfoField(info, "master_port"))
+		if InfoField(info, "role") != "slave" || master != newAddr || InfoField(info, "master_link_status") != "up" {
+			return fmt.Sprintf("role:%s master %s link %s", InfoField(info, "role"), master, InfoField(info, "master_link_status"))
 		}
 		return ""
 	})
 	t.Logf("%s back as replica in %v", old, time.Since(restarted).Round(time.Millisecond))
 
-	failover := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.name, SentinelAddrs: s.sentinelAddrs()})
+	failover := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.Name, SentinelAddrs: s.SentinelAddrs()})
 	defer failover.Close()
 	if got, err := failover.Get(ctx, "fanout:test:sentinel").Result(); err != nil || got != "after" {
 		t.Fatalf("get through the sentinels: %q, %v; want %q", got, err, "after")
@@ -77,35 +80,36 @@ func TestSentinelSetFailsOver(t *testing.T) {
 // that comes back as a replica takes go-redis's resubscription and
 // delivers without a sunsubscribe.
 func TestClusterHelpers(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	ctx := context.Background()
 	start := time.Now()
-	c := startCluster(t)
+	c := StartCluster(t)
 	t.Logf("cluster ready in %v", time.Since(start).Round(time.Millisecond))
 
-	masters := c.masters()
+	masters := c.Masters()
 	if len(masters) != 3 {
 		t.Fatalf("masters %v, want 3", masters)
 	}
 	for addr, slots := range masters {
-		if replicas := c.replicasOf(addr); len(replicas) != 1 {
+		if replicas := c.ReplicasOf(addr); len(replicas) != 1 {
 			t.Fatalf("master %s (%d slots) has replicas %v, want one", addr, slots, replicas)
 		}
 	}
 	for _, key := range []string{"workflow:events:alice", "fanout:history:{workflow:events:alice}",
 		"{user}a", "a{}b", "a{b}{c}", "{}{x}", "", "k{"} {
-		want, err := queryNode(c.seeds()[0], "CLUSTER", "KEYSLOT", key)
+		want, err := Query(c.Seeds()[0], "CLUSTER", "KEYSLOT", key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := c.slot(key); int64(got) != want.(int64) {
-			t.Fatalf("slot(%q) = %d, Redis says %d", key, got, want)
+		if got := history.Slot(key); int64(got) != want.(int64) {
+			t.Fatalf("history.Slot(%q) = %d, Redis says %d", key, got, want)
 		}
 	}
 
 	channel := "workflow:events:alice"
-	slot := c.slot(channel)
-	owner := c.masterFor(channel)
+	slot := c.Slot(channel)
+	owner := c.MasterFor(channel)
 	var other string
 	for addr := range masters {
 		if addr != owner {
@@ -115,7 +119,7 @@ func TestClusterHelpers(t *testing.T) {
 	}
 
 	// Through the cluster client.
-	cluster := c.client()
+	cluster := c.Client()
 	clusterSub := cluster.SSubscribe(ctx, channel)
 	defer clusterSub.Close()
 	expectSubscription(t, clusterSub, "ssubscribe", channel)
@@ -135,7 +139,7 @@ func TestClusterHelpers(t *testing.T) {
 		err.Error() != fmt.Sprintf("MOVED %d %s", slot, owner) {
 		t.Fatalf("ssubscribe on %s: %v, want MOVED %d %s", other, err, slot, owner)
 	}
-	ownedByOther := channelServedBy(c, other)
+	ownedByOther := channelServedBy(t, c, other)
 	if err := wrongSub.SSubscribe(ctx, ownedByOther); err != nil {
 		t.Fatalf("ssubscribe after MOVED: %v", err)
 	}
@@ -147,13 +151,13 @@ func TestClusterHelpers(t *testing.T) {
 	ownerSub := ownerClient.SSubscribe(ctx, channel)
 	defer ownerSub.Close()
 	expectSubscription(t, ownerSub, "ssubscribe", channel)
-	if err := c.moveSlot(slot, other); err != nil {
+	if err := c.MoveSlot(slot, other); err != nil {
 		t.Fatal(err)
 	}
 	expectSubscription(t, ownerSub, "sunsubscribe", channel)
 	expectSubscription(t, clusterSub, "sunsubscribe", channel)
-	c.waitClusterOK(10 * time.Second)
-	if got := c.masterOfSlot(slot); got != other {
+	c.WaitClusterOK(10 * time.Second)
+	if got := c.MasterOfSlot(slot); got != other {
 		t.Fatalf("slot %d served by %s after moveSlot, want %s", slot, got, other)
 	}
 
@@ -164,12 +168,12 @@ func TestClusterHelpers(t *testing.T) {
 			from = addr
 		}
 	}
-	before := c.masters()
-	if err := c.reshard(from, owner, 100); err != nil {
+	before := c.Masters()
+	if err := c.Reshard(from, owner, 100); err != nil {
 		t.Fatal(err)
 	}
-	c.waitClusterOK(10 * time.Second)
-	after := c.masters()
+	c.WaitClusterOK(10 * time.Second)
+	after := c.Masters()
 	if after[from] != before[from]-100 || after[owner] != before[owner]+100 {
 		t.Fatalf("reshard 100 slots %s -> %s: slots %v, then %v", from, owner, before, after)
 	}
@@ -177,7 +181,7 @@ func TestClusterHelpers(t *testing.T) {
 	// Kill the channel's master: its replica, which serves SSUBSCRIBE
 	// and keeps its subscribers through the promotion, takes over.
 	victim := other
-	replica := c.replicasOf(victim)[0]
+	replica := c.ReplicasOf(victim)[0]
 	replicaClient := redis.NewClient(&redis.Options{Addr: replica})
 	defer replicaClient.Close()
 	replicaSub := replicaClient.SSubscribe(ctx, channel)
@@ -195,27 +199,27 @@ func TestClusterHelpers(t *testing.T) {
 	expectMessage(t, victimSub, channel, "before failover")
 
 	killed := time.Now()
-	c.killNode(victim)
-	c.waitClusterOK(20 * time.Second)
+	c.KillNode(victim)
+	c.WaitClusterOK(20 * time.Second)
 	t.Logf("replica %s took over from %s in %v", replica, victim, time.Since(killed).Round(time.Millisecond))
-	if got := c.masterOfSlot(slot); got != replica {
+	if got := c.MasterOfSlot(slot); got != replica {
 		t.Fatalf("slot %d served by %s after the failover, want %s", slot, got, replica)
 	}
-	if err := c.client().SPublish(ctx, channel, "after failover").Err(); err != nil {
+	if err := c.Client().SPublish(ctx, channel, "after failover").Err(); err != nil {
 		t.Fatalf("spublish through a new cluster client: %v", err)
 	}
 	expectMessage(t, replicaSub, channel, "after failover")
 
 	// The killed master comes back as the new master's replica;
 	// go-redis resubscribes on it and it delivers, with no sunsubscribe.
-	c.restartNode(victim)
-	waitFor(t, 10*time.Second, victim+" back as replica of "+replica, func() string {
-		if replicas := c.replicasOf(replica); len(replicas) != 1 || replicas[0] != victim {
+	c.RestartNode(victim)
+	WaitFor(t, 10*time.Second, victim+" back as replica of "+replica, func() string {
+		if replicas := c.ReplicasOf(replica); len(replicas) != 1 || replicas[0] != victim {
 			return fmt.Sprintf("replicas of %s: %v", replica, replicas)
 		}
 		return ""
 	})
-	c.waitClusterOK(10 * time.Second)
+	c.WaitClusterOK(10 * time.Second)
 	expectResubscribed(t, victimSub, channel)
 	if err := replicaClient.SPublish(ctx, channel, "after restart").Err(); err != nil {
 		t.Fatalf("spublish on %s: %v", replica, err)
@@ -224,15 +228,15 @@ func TestClusterHelpers(t *testing.T) {
 }
 
 // channelServedBy returns a user channel whose slot addr serves.
-func channelServedBy(c *redisCluster, addr string) string {
-	c.tb.Helper()
+func channelServedBy(t *testing.T, c *Cluster, addr string) string {
+	t.Helper()
 	for i := range 10000 {
 		channel := fmt.Sprintf("workflow:events:user%d", i)
-		if c.masterFor(channel) == addr {
+		if c.MasterFor(channel) == addr {
 			return channel
 		}
 	}
-	c.tb.Fatalf("no user channel served by %s", addr)
+	t.Fatalf("no user channel served by %s", addr)
 	return ""
 }
 
@@ -278,4 +282,13 @@ func expectResubscribed(t *testing.T, sub *redis.PubSub, channel string) {
 		t.Fatalf("got %v, want ssubscribe %s after the reconnection", msg, channel)
 	}
 	t.Fatalf("no ssubscribe %s after the node came back", channel)
+}
+
+// skipShort skips t under -short: Sentinel and Cluster take seconds to
+// start and fail over, they are the slow tier.
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("a Sentinel or Cluster test: not under -short")
+	}
 }

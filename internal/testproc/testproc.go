@@ -1,0 +1,117 @@
+// Package testproc is the one owner of the processes tests run: it starts
+// redis-server, Sentinel sets, Redis Clusters, fanout daemons and nginx on
+// free loopback ports, collects their output, and stops every one of them
+// (its whole process group) in the test's cleanup. WaitFor is the one
+// polling helper; NeedTool and Missing say what to do when a tool is not
+// installed: skip under -short, fail in the full run.
+package testproc
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Poll intervals of WaitFor: the first poll comes quickly, later ones back
+// off so that a long wait does not hammer what it polls.
+const (
+	firstPoll = 5 * time.Millisecond
+	maxPoll   = 50 * time.Millisecond
+)
+
+// WaitFor polls check until it returns "" and fails tb with what it last
+// returned once d has passed.
+func WaitFor(tb testing.TB, d time.Duration, what string, check func() string) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	pause := firstPoll
+	for {
+		problem := check()
+		if problem == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s: %s", d, what, problem)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, maxPoll)
+	}
+}
+
+// Eventually is WaitFor for a condition with nothing to report.
+func Eventually(tb testing.TB, d time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	WaitFor(tb, d, what, func() string {
+		if cond() {
+			return ""
+		}
+		return "not yet"
+	})
+}
+
+// Missing skips tb under -short and fails it otherwise: what is a tool the
+// test needs and this machine lacks.
+func Missing(tb testing.TB, what string) {
+	tb.Helper()
+	msg := what + " is not installed: run ./test.sh, which installs it"
+	if testing.Short() {
+		tb.Skip(msg)
+	}
+	tb.Fatal(msg)
+}
+
+// NeedTool returns the path of the executable name, looked up in PATH and
+// in the sbin directories (Debian's nginx is /usr/sbin/nginx), or calls
+// Missing.
+func NeedTool(tb testing.TB, name string) string {
+	tb.Helper()
+	if path, err := exec.LookPath(name); err == nil {
+		return path
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+		path := dir + "/" + name
+		if info, err := os.Stat(path); err == nil && !info.IsDir() && info.Mode()&0o111 != 0 {
+			return path
+		}
+	}
+	Missing(tb, name)
+	return ""
+}
+
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("find a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Addr is 127.0.0.1:port.
+func Addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// Buffer is a bytes.Buffer safe for concurrent writers.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
