@@ -2,23 +2,19 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -813,30 +809,6 @@ func daemonProcessEnv(r *redisServer, port int, extra ...string) []string {
 	}, extra...)
 }
 
-// portOutsideEphemeralRange returns a free loopback port below the
-// kernel's ephemeral range: a daemon restarted on it cannot find it taken
-// by an outgoing connection, such as the client's own dials meanwhile.
-func portOutsideEphemeralRange(t *testing.T) int {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	for range 100 {
-		port := low - 1 - rand.IntN(min(low-1024, 10000))
-		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
-			_ = ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return 0
-}
-
 // waitSubscribed waits until the fanout process p has subscribed to
 // Redis, failing at once if it exits.
 func waitSubscribed(t *testing.T, p *daemonProcess) {
@@ -849,125 +821,6 @@ func waitSubscribed(t *testing.T, p *daemonProcess) {
 		}
 		return strings.Contains(p.logs.String(), "Subscribed to Redis")
 	})
-}
-
-// TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing is the
-// issue's second acceptance test: the events come from history.Publisher
-// (what `fanout publish` runs), and every instance (a real fanout process)
-// is stopped for a while in the middle, publishing going on.
-func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T) {
-	for _, tr := range historyTransports() {
-		t.Run(tr.name, func(t *testing.T) {
-			r := startRedis(t)
-			var ports []int
-			for len(ports) < 3 {
-				if p := portOutsideEphemeralRange(t); !slices.Contains(ports, p) {
-					ports = append(ports, p)
-				}
-			}
-			var bases []string
-			for _, p := range ports {
-				bases = append(bases, "http://127.0.0.1:"+strconv.Itoa(p))
-			}
-			var all []*daemonProcess
-			var running []*daemonProcess
-			startAll := func() {
-				running = running[:0]
-				for _, port := range ports {
-					p := startProcess(t, daemonCommand(t, daemonProcessEnv(r, port, "HISTORY_MAX_LEN=20000")...))
-					running = append(running, p)
-					all = append(all, p)
-				}
-				for _, p := range running {
-					waitSubscribed(t, p)
-				}
-			}
-			stopAll := func() {
-				for _, p := range running {
-					if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-						t.Fatal(err)
-					}
-				}
-				for _, p := range running {
-					p.waitExit(t, 15*time.Second)
-				}
-			}
-			startAll()
-
-			user := "publisher-" + tr.name
-			seed := uint64(time.Now().UnixNano())
-			t.Logf("seed %d", seed)
-			rng := rand.New(rand.NewPCG(seed, 2))
-			c := newResumingClient(t, tr, user, bases, seed)
-			// Nothing tells a test when a process has registered a
-			// connection: the first one asks for every retained event
-			// (late join), so that it misses none published before then.
-			c.firstQuery = url.Values{"history": {"20000"}}
-			ctx, cancel := context.WithCancel(t.Context())
-			var wg sync.WaitGroup
-			wg.Go(func() { c.run(ctx) })
-			defer wg.Wait()
-			defer cancel()
-			defer c.stop()
-
-			payloads := numbered(user, 10000)
-			cuts := randomCuts(rng, 20, len(payloads))
-			// The publisher is `fanout publish` reading JSON lines on its
-			// stdin, as a shell pipeline would run it.
-			pubCmd := daemonCommand(t, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.Port), "HISTORY_MAX_LEN=20000")
-			pubCmd.Args = append([]string{pubCmd.Args[0], "publish"}, "--username", user)
-			stdin, err := pubCmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var pubOut, pubErr bytes.Buffer
-			pubCmd.Stdout, pubCmd.Stderr = &pubOut, &pubErr
-			if err := pubCmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			var sent atomic.Int64
-			publishErr := make(chan error, 1)
-			start := time.Now()
-			wg.Go(func() {
-				publishErr <- publishSteadily(ctx, payloads, 10, 12*time.Millisecond, func(ctx context.Context, batch []string) error {
-					_, err := io.WriteString(stdin, strings.Join(batch, "\n")+"\n")
-					return err
-				}, func(n int) {
-					for len(cuts) > 0 && cuts[0] <= n {
-						cuts = cuts[1:]
-						c.cut()
-					}
-					sent.Store(int64(n))
-				})
-			})
-			waitSent := func(n int) {
-				eventually(t, 30*time.Second, fmt.Sprintf("%d events published", n), func() bool { return sent.Load() >= int64(n) })
-			}
-			waitSent(4000)
-			stopAll()
-			down := time.Now()
-			waitSent(6000)
-			startAll()
-			t.Logf("every instance down from event ~4000 to ~%d, for %v", sent.Load(), time.Since(down).Round(time.Millisecond))
-			if err := <-publishErr; err != nil {
-				t.Fatal(err)
-			}
-			stdin.Close()
-			if err := pubCmd.Wait(); err != nil {
-				t.Fatalf("fanout publish: %v: %s", err, pubErr.String())
-			}
-			if ids := strings.Fields(pubOut.String()); len(ids) != len(payloads) {
-				t.Fatalf("fanout publish printed %d ids for %d events", len(ids), len(payloads))
-			}
-			c.finish(t, start, payloads, cancel, &wg)
-			checkStream(t, r.client(), user, c.events, payloads)
-			for _, p := range all {
-				if strings.Contains(p.logs.String(), "DATA RACE") {
-					t.Errorf("a fanout process reported a data race:\n%s", p.logs.String())
-				}
-			}
-		})
-	}
 }
 
 // openHistory opens one stream for a test that reads it frame by frame.
@@ -1411,71 +1264,6 @@ func TestHistoryABurstToANewUserIsRecordedOnce(t *testing.T) {
 			if n := pub.XLen(t.Context(), history.HistoryKey(user)).Val(); n != burst {
 				t.Fatalf("%d history entries for %d events", n, burst)
 			}
-		})
-	}
-}
-
-// TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents:
-// the instance a client is on stops (a deploy); the client comes back
-// through the README's nginx, lands on another instance and gets what was
-// published meanwhile, then live events.
-func TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents(t *testing.T) {
-	for _, tr := range historyTransports() {
-		t.Run(tr.name, func(t *testing.T) {
-			r := startRedis(t)
-			daemons, bases := startInstances(t, r, 3, map[string]string{"LOG_LEVEL": "info"})
-			var backends []string
-			for _, b := range bases {
-				backends = append(backends, strings.TrimPrefix(b, "http://"))
-			}
-			if tr.name == "sse" && !strings.Contains(readmeNginxBlock(t), "location /events") {
-				t.Fatal("README's nginx block has no location /events: SSE cannot go through it")
-			}
-			base := "http://127.0.0.1:" + strconv.Itoa(startNginx(t, backends))
-			const user = "behind-nginx"
-			holder := func() int {
-				for i, td := range daemons {
-					if td.d.hub.connectionCount(user) == 1 {
-						return i
-					}
-				}
-				return -1
-			}
-			s := openHistory(t, tr, base, url.Values{"username": {user}}, "")
-			eventually(t, 5*time.Second, "connection registered", func() bool { return holder() >= 0 })
-			first := holder()
-
-			pub := r.client()
-			payloads := numbered(user, 20)
-			publishNow(t, pub, user, payloads[:10]...)
-			last := ""
-			for i := range 10 {
-				f := nextFrame(t, s)
-				if f.control != "" || f.data != payloads[i] || !f.hasID {
-					t.Fatalf("frame %d: %s, want %s with an id", i, f, payloads[i])
-				}
-				last = f.id
-			}
-
-			var stopped sync.WaitGroup
-			stopped.Go(func() { _ = daemons[first].stop() })
-			// WebSocket: close 1001 through nginx; SSE: the response ends.
-			if f, err := s.nextWithin(10 * time.Second); err == nil {
-				t.Fatalf("got %s from the stopping instance, want the end of the stream", f)
-			}
-			stopped.Wait()
-			publishNow(t, pub, user, payloads[10:]...)
-			waitRecorded(t, pub, user, payloads[19])
-
-			query, header := resumeQuery(tr, user, last, 0)
-			s = openHistory(t, tr, base, query, header)
-			eventually(t, 5*time.Second, "resumed connection registered", func() bool { return holder() >= 0 })
-			if now := holder(); now == first {
-				t.Fatalf("resumed on instance %d, the stopped one", now)
-			}
-			entries := streamEntries(t, pub, user)
-			expectEvents(t, s, entries[10:])
-			expectLive(t, s, pub, user, event(user, 20), entries[19].ID)
 		})
 	}
 }

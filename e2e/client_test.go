@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,12 +15,18 @@ import (
 // The client side of the tests: what a browser or a script does with the
 // daemon's HTTP, WebSocket and fanout.v1 protocol.
 
-// historySubprotocol is the WebSocket subprotocol of history-aware clients.
-const historySubprotocol = "fanout.v1"
-
 // get fetches url and returns its status and body.
 func get(url string) (int, string, error) {
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	return do(req)
+}
+
+// do sends req and returns the response's status and body.
+func do(req *http.Request) (int, string, error) {
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, "", err
 	}
@@ -82,55 +87,4 @@ func countLines(logs, s string) int {
 		}
 	}
 	return n
-}
-
-// histFrame is one message a history-aware client received: an event or a
-// control.
-type histFrame struct {
-	// control is the control's name ("resync"); "" for an event.
-	control string
-	// hasID is false for an event sent without an id (HISTORY=off, or
-	// recording it failed).
-	hasID bool
-	id    string
-	// data is the event's payload; for a control, the control's JSON.
-	data string
-}
-
-func (f histFrame) String() string {
-	if f.control != "" {
-		return "control " + f.data
-	}
-	if !f.hasID {
-		return "event (no id) " + f.data
-	}
-	return "event " + f.id + " " + f.data
-}
-
-// parseHistoryMessage parses a fanout.v1 text frame: {"id":…,"data":…} or
-// {"control":…}. data keeps the payload's bytes as sent.
-func parseHistoryMessage(msg []byte) (histFrame, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(msg, &fields); err != nil {
-		return histFrame{}, fmt.Errorf("fanout.v1 frame %q is not a JSON object: %w", msg, err)
-	}
-	if raw, ok := fields["control"]; ok {
-		var name string
-		if err := json.Unmarshal(raw, &name); err != nil || name == "" {
-			return histFrame{}, fmt.Errorf("fanout.v1 control %q: control is not a name", msg)
-		}
-		return histFrame{control: name, data: string(msg)}, nil
-	}
-	data, ok := fields["data"]
-	if !ok {
-		return histFrame{}, fmt.Errorf("fanout.v1 frame %q has neither data nor control", msg)
-	}
-	f := histFrame{data: string(data)}
-	if raw, ok := fields["id"]; ok {
-		if err := json.Unmarshal(raw, &f.id); err != nil {
-			return histFrame{}, fmt.Errorf("fanout.v1 frame %q: id is not a string", msg)
-		}
-		f.hasID = true
-	}
-	return f, nil
 }

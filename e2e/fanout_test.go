@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,28 +21,28 @@ import (
 )
 
 // fanout is one fanout process of a test: the built binary, listening on
-// 127.0.0.1:port, with its admin listener on a port of its own choosing
-// (read from its log).
+// 127.0.0.1:port, with its admin listener on 127.0.0.1:adminPort.
 type fanout struct {
 	*testproc.Process
 	t    testing.TB
 	port int
-	// base is http://127.0.0.1:port; wsURL is its /ws.
-	base, wsURL string
-	// admin is the admin listener's base URL, once adminURL has read it.
-	admin string
+	// base is http://127.0.0.1:port; wsURL is its /ws; admin is the admin
+	// listener's base URL.
+	base, wsURL, admin string
+	// adminToken is its ADMIN_TOKEN, if any.
+	adminToken string
 }
 
 // fanoutEnv is the environment a test's fanout process starts from: Redis
 // at redisAddr, no per-address or per-user limit (every test client comes
-// from 127.0.0.1), the admin listener on a free port, Info logs.
-func fanoutEnv(redisAddr string, port int) []string {
+// from 127.0.0.1), the admin listener on adminPort, Info logs.
+func fanoutEnv(redisAddr string, port, adminPort int) []string {
 	host, redisPort, _ := net.SplitHostPort(redisAddr)
 	return []string{
 		"PORT=" + strconv.Itoa(port), "LISTEN_HOST=127.0.0.1",
 		"REDIS_HOST=" + host, "REDIS_PORT=" + redisPort,
 		"CONNECT_RATE_PER_IP=0", "MAX_CONNECTIONS_PER_USER=0",
-		"LOG_LEVEL=info", "SHUTDOWN_TIMEOUT=5s", "ADMIN_ADDR=127.0.0.1:0",
+		"LOG_LEVEL=info", "SHUTDOWN_TIMEOUT=5s", "ADMIN_ADDR=" + testproc.Addr(adminPort),
 	}
 }
 
@@ -64,14 +63,17 @@ func startFanout(t testing.TB, redisAddr string, env ...string) *fanout {
 func launchFanout(t testing.TB, redisAddr string, port int, env ...string) *fanout {
 	t.Helper()
 	cmd := exec.Command(fanoutBinary(t))
-	cmd.Env = append(append(os.Environ(), fanoutEnv(redisAddr, port)...), env...)
-	return startFanoutCmd(t, cmd, port)
+	adminPort := testproc.FreePort(t)
+	cmd.Env = append(append(os.Environ(), fanoutEnv(redisAddr, port, adminPort)...), env...)
+	return startFanoutCmd(t, cmd, port, adminPort)
 }
 
-// startFanoutCmd starts cmd, a fanout process listening on port.
-func startFanoutCmd(t testing.TB, cmd *exec.Cmd, port int) *fanout {
+// startFanoutCmd starts cmd, a fanout process listening on port and
+// adminPort.
+func startFanoutCmd(t testing.TB, cmd *exec.Cmd, port, adminPort int) *fanout {
 	t.Helper()
-	f := &fanout{t: t, port: port, base: "http://" + testproc.Addr(port), wsURL: "ws://" + testproc.Addr(port) + "/ws"}
+	f := &fanout{t: t, port: port, base: "http://" + testproc.Addr(port), wsURL: "ws://" + testproc.Addr(port) + "/ws",
+		admin: "http://" + testproc.Addr(adminPort)}
 	f.Process = testproc.Start(t, cmd)
 	t.Cleanup(func() {
 		if strings.Contains(f.Output(), "DATA RACE") {
@@ -105,23 +107,6 @@ func (f *fanout) waitReady() {
 	})
 }
 
-// adminLine is the log line that gives the admin listener's address.
-var adminLine = regexp.MustCompile(`msg="Admin listener" addr=(\S+)`)
-
-// adminURL returns the admin listener's base URL, as the process logged it.
-func (f *fanout) adminURL() string {
-	f.t.Helper()
-	if f.admin == "" {
-		f.WaitOutput(f.t, 10*time.Second, `msg="Admin listener"`)
-		m := adminLine.FindStringSubmatch(f.Output())
-		if m == nil {
-			f.t.Fatalf("no admin address in the log:\n%s", f.Output())
-		}
-		f.admin = "http://" + m[1]
-	}
-	return f.admin
-}
-
 // stats is the part of /admin/stats the tests read.
 type stats struct {
 	Ready       bool  `json:"ready"`
@@ -132,6 +117,7 @@ type stats struct {
 		Connections int    `json:"connections"`
 	} `json:"top_users"`
 	Counters map[string]uint64 `json:"counters"`
+	Rejected map[string]uint64 `json:"rejected"`
 	Redis    struct {
 		Subscribed bool   `json:"subscribed"`
 		Failures   uint64 `json:"failures"`
@@ -148,7 +134,14 @@ type stats struct {
 // stats reads /admin/stats.
 func (f *fanout) stats() stats {
 	f.t.Helper()
-	status, body, err := get(f.adminURL() + "/admin/stats")
+	req, err := http.NewRequest(http.MethodGet, f.admin+"/admin/stats", nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if f.adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+f.adminToken)
+	}
+	status, body, err := do(req)
 	if err != nil || status != http.StatusOK {
 		f.t.Fatalf("fanout on port %d: /admin/stats: %d %v", f.port, status, err)
 	}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -21,6 +21,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+
+	"fanout/internal/testproc"
 )
 
 // The drain tests of issue 12: real fanout processes (SIGTERM is a real
@@ -29,12 +31,12 @@ import (
 
 // drainModes are the SUBSCRIBE_MODE values the drain tests run with: ""
 // leaves the variable unset (pattern, the default).
-var drainModes = []string{"", subscribeUser}
+var drainModes = []string{"", "user"}
 
 // drainModeName names a subtest after mode.
 func drainModeName(mode string) string {
 	if mode == "" {
-		return subscribePattern
+		return "pattern"
 	}
 	return mode
 }
@@ -51,19 +53,15 @@ func drainModeEnv(mode string) []string {
 // on the same port after each stop.
 type fanoutInstance struct {
 	port int
-	// adminURL is the running process's admin listener (a new port at
-	// every start).
-	adminURL string
-	p        *daemonProcess
-	// all is every process started for this instance, oldest first.
-	all []*daemonProcess
+	// p is the running process (a new admin port at every start).
+	p *fanout
 }
 
 // drainCluster is redis-server, fanout processes on fixed ports and nginx
 // with deploy/nginx.conf in front of them.
 type drainCluster struct {
 	t         *testing.T
-	r         *redisServer
+	r         *testproc.Redis
 	env       []string
 	instances []*fanoutInstance
 	// base is nginx's http://127.0.0.1:PORT.
@@ -73,7 +71,7 @@ type drainCluster struct {
 // startDrainCluster starts n ready fanout processes with env behind nginx.
 func startDrainCluster(t *testing.T, n int, env ...string) *drainCluster {
 	t.Helper()
-	c := &drainCluster{t: t, r: startRedis(t), env: env}
+	c := &drainCluster{t: t, r: testproc.StartRedis(t), env: env}
 	var backends []string
 	for len(c.instances) < n {
 		// Below the ephemeral range: the clients' thousands of sockets
@@ -92,15 +90,6 @@ func startDrainCluster(t *testing.T, n int, env ...string) *drainCluster {
 		c.waitReady(i)
 	}
 	c.base = "http://127.0.0.1:" + strconv.Itoa(startNginx(t, backends))
-	t.Cleanup(func() {
-		for _, inst := range c.instances {
-			for _, p := range inst.all {
-				if strings.Contains(p.logs.String(), "DATA RACE") {
-					t.Errorf("a fanout process reported a data race:\n%s", p.logs.String())
-				}
-			}
-		}
-	})
 	return c
 }
 
@@ -108,12 +97,7 @@ func startDrainCluster(t *testing.T, n int, env ...string) *drainCluster {
 func (c *drainCluster) launch(i int) {
 	c.t.Helper()
 	inst := c.instances[i]
-	admin := "127.0.0.1:" + strconv.Itoa(freePort(c.t))
-	inst.adminURL = "http://" + admin
-	// ADMIN_ADDR comes after daemonCommand's own: the last one wins.
-	env := daemonProcessEnv(c.r, inst.port, append(slices.Clone(c.env), "ADMIN_ADDR="+admin)...)
-	inst.p = startProcess(c.t, daemonCommand(c.t, env...))
-	inst.all = append(inst.all, inst.p)
+	inst.p = launchFanout(c.t, c.r.Addr(), inst.port, c.env...)
 }
 
 // readyStatus is the status of instance i's /ready, 0 when unreachable.
@@ -129,10 +113,10 @@ func (c *drainCluster) readyStatus(i int) int {
 func (c *drainCluster) waitReady(i int) {
 	c.t.Helper()
 	p := c.instances[i].p
-	eventually(c.t, 20*time.Second, fmt.Sprintf("instance %d ready", i), func() bool {
+	testproc.Eventually(c.t, 20*time.Second, fmt.Sprintf("instance %d ready", i), func() bool {
 		select {
 		case <-p.Done():
-			c.t.Fatalf("instance %d exited (%v) before it was ready:\n%s", i, p.Err(), p.logs.String())
+			c.t.Fatalf("instance %d exited (%v) before it was ready:\n%s", i, p.Err(), p.Output())
 		default:
 		}
 		return c.readyStatus(i) == http.StatusOK
@@ -142,25 +126,13 @@ func (c *drainCluster) waitReady(i int) {
 // stop sends instance i SIGTERM and waits for its exit, with status 0.
 func (c *drainCluster) stop(i int) {
 	c.t.Helper()
-	p := c.instances[i].p
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		c.t.Fatal(err)
-	}
-	p.waitExit(c.t, 15*time.Second)
+	c.instances[i].p.sigterm()
 }
 
 // connections returns the connections instance i holds (/admin/stats).
 func (c *drainCluster) connections(i int) int {
 	c.t.Helper()
-	status, body, err := get(c.instances[i].adminURL + "/admin/stats")
-	if err != nil || status != http.StatusOK {
-		c.t.Fatalf("instance %d /admin/stats: %d %v", i, status, err)
-	}
-	var s struct{ Connections int }
-	if err := json.Unmarshal([]byte(body), &s); err != nil {
-		c.t.Fatalf("instance %d /admin/stats: %v", i, err)
-	}
-	return s.Connections
+	return int(c.instances[i].p.stats().Connections)
 }
 
 // spread returns every instance's connections, and their sum.
@@ -452,7 +424,7 @@ func (c *drainClient) received() int {
 // timed out (3 s by default, which a starved Redis reaches under the race
 // detector), and a PUBLISH sent again is a second, identical event.
 func (c *drainCluster) publisher() *redis.Client {
-	rdb := redis.NewClient(&redis.Options{Addr: c.r.addr(), MaxRetries: -1,
+	rdb := redis.NewClient(&redis.Options{Addr: c.r.Addr(), MaxRetries: -1,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
 	c.t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
@@ -559,16 +531,18 @@ func gapSummary(moves []drainMove) string {
 // connection, and the clients used to get their 1001 only after it (or,
 // with SHUTDOWN_TIMEOUT at 5 s or less, a dropped connection instead).
 func TestFromSIGTERMOnReadyIsRefusedBeforeAnyClientGets1001(t *testing.T) {
-	r := startRedis(t)
-	port := freePort(t)
+	fanoutBinary(t)
+	t.Parallel()
+	r := testproc.StartRedis(t)
+	port := testproc.FreePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	p := startProcess(t, daemonCommand(t, daemonProcessEnv(r, port)...))
-	eventually(t, 20*time.Second, "ready", func() bool {
+	p := launchFanout(t, r.Addr(), port)
+	testproc.Eventually(t, 20*time.Second, "ready", func() bool {
 		status, _, err := get("http://" + addr + "/ready")
 		return err == nil && status == http.StatusOK
 	})
 	conn := dialWS(t, "ws://"+addr+"/ws?username=u", nil)
-	p.waitLog(t, 5*time.Second, "New WebSocket connection")
+	p.WaitOutput(t, 5*time.Second, "New WebSocket connection")
 	// A probe under way: its headers are not finished yet.
 	probe, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -580,9 +554,7 @@ func TestFromSIGTERMOnReadyIsRefusedBeforeAnyClientGets1001(t *testing.T) {
 	}
 
 	signalled := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	p.Signal(t, syscall.SIGTERM)
 	if err := readUntilError(conn); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
 		t.Fatalf("%v, want close 1001", err)
 	}
@@ -602,7 +574,7 @@ func TestFromSIGTERMOnReadyIsRefusedBeforeAnyClientGets1001(t *testing.T) {
 	if resp, err := http.ReadResponse(bufio.NewReader(probe), nil); err == nil {
 		t.Fatalf("the /ready request under way got %s, want no answer", resp.Status)
 	}
-	p.waitExit(t, 10*time.Second)
+	p.WaitExit(t, 10*time.Second)
 }
 
 // TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing:
@@ -629,7 +601,7 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 				clients, names = append(clients, dc), append(names, name)
 				wg.Go(func() { dc.run(ctx) })
 			}
-			eventually(t, 20*time.Second, "every client connected", func() bool {
+			testproc.Eventually(t, 20*time.Second, "every client connected", func() bool {
 				_, n := c.spread(0, 1, 2)
 				return n == users
 			})
@@ -716,7 +688,7 @@ func rollingRestart(t *testing.T, mode string, users int) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	eventually(t, 30*time.Second, "every client connected", func() bool {
+	testproc.Eventually(t, 30*time.Second, "every client connected", func() bool {
 		_, n := c.spread(0, 1, 2)
 		return n == users
 	})
@@ -751,7 +723,7 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		step := time.Now()
 		c.stop(i)
 		exited := time.Since(step)
-		for _, line := range strings.Split(c.instances[i].p.logs.String(), "\n") {
+		for _, line := range strings.Split(c.instances[i].p.Output(), "\n") {
 			if strings.Contains(line, "level=WARN") && !strings.Contains(line, "PROTECTED MODE") {
 				t.Logf("instance %d: %s", i, line)
 			}
@@ -790,7 +762,7 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		if err := dc.verify(rounds); err != nil {
 			// What the history holds for that user, to tell a duplicate
 			// recording from a duplicate delivery.
-			entries, herr := history.After(context.Background(), c.r.client(), dc.user, "", 1000)
+			entries, herr := history.After(context.Background(), c.r.Client(), dc.user, "", 1000)
 			for _, e := range entries {
 				t.Logf("history of %s: %s %s", dc.user, e.ID, e.Data)
 			}
@@ -850,10 +822,10 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 	const minDelay = 500 * time.Millisecond // fanout-client.js's default
 	h := startClientHarness(t, c.base, nil)
 	h.send(map[string]any{"cmd": "script", "code": fmt.Sprintf(jitterPageScript, clients, "ws"+strings.TrimPrefix(c.base, "http")+"/ws")})
-	eventually(t, 30*time.Second, "every client open", func() bool {
-		return countLines(h.p.logs.String(), " open code=") == clients
+	testproc.Eventually(t, 30*time.Second, "every client open", func() bool {
+		return countLines(h.p.Output(), " open code=") == clients
 	})
-	eventually(t, 10*time.Second, "every connection registered", func() bool {
+	testproc.Eventually(t, 10*time.Second, "every connection registered", func() bool {
 		_, n := c.spread(0, 1, 2)
 		return n == clients
 	})
@@ -872,11 +844,11 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "every event in every client", func() bool {
-		return countLines(h.p.logs.String(), "jevent ") >= clients*rounds
+	testproc.Eventually(t, 30*time.Second, "every event in every client", func() bool {
+		return countLines(h.p.Output(), "jevent ") >= clients*rounds
 	})
 	time.Sleep(300 * time.Millisecond) // a duplicate would come now
-	logs := h.p.logs.String()
+	logs := h.p.Output()
 	h.exit()
 
 	// Per client: its events in order; after the 1001, when it dialled
@@ -954,4 +926,16 @@ func numbers(n int) []int {
 		out[i] = i
 	}
 	return out
+}
+
+// sleepCtx sleeps for d or until ctx ends, and reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -1,18 +1,18 @@
-package main
+package e2e
 
 import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"fanout/internal/testproc"
 )
 
 // browserPage is the README's browser example, reporting what happens in
@@ -33,40 +33,34 @@ ws.onclose = (event) => { document.title = 'closed ' + event.code; };
 // openInChromium opens a page served from its own origin that connects to
 // wsURL, in real headless Chromium, and returns the process, which exits 0
 // once the page title equals wantTitle.
-func openInChromium(t *testing.T, wsURL, wantTitle string) (*daemonProcess, string) {
+func openInChromium(t *testing.T, wsURL, wantTitle string) (*testproc.Process, string) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join("e2e", "node_modules", "playwright-core")); err != nil {
-		t.Fatal("playwright-core is not installed: run ./test.sh, which installs it with chromium")
-	}
-	if _, err := os.Stat("/usr/bin/chromium"); err != nil {
-		t.Fatal("chromium is not installed: run ./test.sh, which installs it")
-	}
+	needChromium(t)
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(w, browserPage, wsURL)
 	}))
 	t.Cleanup(page.Close)
-	cmd := exec.Command("node", "open-page.mjs", page.URL, wantTitle, "30000")
-	cmd.Dir = "e2e"
-	return startProcess(t, cmd), page.URL
+	cmd := e2eCommand(t, "open-page.mjs", page.URL, wantTitle, "30000")
+	return testproc.Start(t, cmd), page.URL
 }
 
 func TestBrowserOnAnotherOriginReceivesEventsWithTheDefaultConfig(t *testing.T) {
-	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
+	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	browser, _ := openInChromium(t, td.wsURL+"?username=test-user", "event test hello")
-	eventually(t, 30*time.Second, "browser connected", func() bool { return td.d.hub.connectionCount("test-user") == 1 })
+	testproc.Eventually(t, 30*time.Second, "browser connected", func() bool { return td.connectionCount("test-user") == 1 })
 	td.publish("test-user", `{"type":"test","message":"hello"}`)
-	browser.waitExit(t, 30*time.Second)
+	browser.WaitExit(t, 30*time.Second)
 }
 
 func TestBrowserOnAnOriginOutsideAllowedOriginsIsRefused(t *testing.T) {
-	td := startDaemon(t, startRedis(t), map[string]string{"ALLOWED_ORIGINS": "https://app.example.com"})
+	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"ALLOWED_ORIGINS": "https://app.example.com"})
 	browser, pageURL := openInChromium(t, td.wsURL+"?username=test-user", "closed 1006")
-	browser.waitExit(t, 30*time.Second)
+	browser.WaitExit(t, 30*time.Second)
 	want := fmt.Sprintf(`origin %q is not in ALLOWED_ORIGINS`, pageURL)
-	if !strings.Contains(td.logs.String(), strings.ReplaceAll(want, `"`, `\"`)) {
-		t.Fatalf("daemon did not log the refused origin %s:\n%s", pageURL, td.logs.String())
+	if !strings.Contains(td.Output(), strings.ReplaceAll(want, `"`, `\"`)) {
+		t.Fatalf("daemon did not log the refused origin %s:\n%s", pageURL, td.Output())
 	}
 }
 
@@ -74,7 +68,7 @@ func TestBrowserOnAnOriginOutsideAllowedOriginsIsRefused(t *testing.T) {
 // the test daemon and reporting each event's n in the page title.
 func readmeRefreshSnippet(t *testing.T, wsURL string) string {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +84,7 @@ func readmeRefreshSnippet(t *testing.T, wsURL string) string {
 }
 
 func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
-	td := startDaemon(t, startRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
+	td := startDaemon(t, testproc.StartRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
 	td.waitReady()
 	var tokensIssued atomic.Int64
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -106,16 +100,15 @@ func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
 		fmt.Fprintf(w, "<!doctype html>\n<title>loading</title>\n<script>\n%s</script>\n", readmeRefreshSnippet(t, td.wsURL))
 	}))
 	t.Cleanup(page.Close)
-	cmd := exec.Command("node", "open-page.mjs", page.URL, "event after-expiry", "30000")
-	cmd.Dir = "e2e"
-	browser := startProcess(t, cmd)
+	cmd := e2eCommand(t, "open-page.mjs", page.URL, "event after-expiry", "30000")
+	browser := testproc.Start(t, cmd)
 
 	// Events reach the first connection; then its token expires twice.
-	eventually(t, 30*time.Second, "browser connected", func() bool { return td.d.hub.connectionCount("alice") == 1 })
-	eventually(t, 15*time.Second, "two expiries", func() bool {
+	testproc.Eventually(t, 30*time.Second, "browser connected", func() bool { return td.connectionCount("alice") == 1 })
+	testproc.Eventually(t, 15*time.Second, "two expiries", func() bool {
 		td.publish("alice", `{"n":"before"}`)
 		time.Sleep(50 * time.Millisecond)
-		return td.d.stats.ExpiredDisconnects.Load() >= 2
+		return td.counter("expired_disconnects") >= 2
 	})
 	// Only a connection opened with a fresh token can receive this one.
 	deadline := time.After(30 * time.Second)
@@ -123,13 +116,13 @@ func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
 		td.publish("alice", `{"n":"after-expiry"}`)
 		select {
 		case <-deadline:
-			t.Fatalf("the page never showed an event sent after the expiries; it printed:\n%s", browser.logs.String())
+			t.Fatalf("the page never showed an event sent after the expiries; it printed:\n%s", browser.Output())
 		case <-browser.Done():
-			browser.waitExit(t, time.Second)
+			browser.WaitExit(t, time.Second)
 			if n := tokensIssued.Load(); n < 3 {
 				t.Fatalf("the page fetched %d tokens, want at least 3", n)
 			}
-			if logs := td.logs.String(); !strings.Contains(logs, `msg="Closing client" username=alice remote=127.0.0.1 code=4001 reason="token expired"`) {
+			if logs := td.Output(); !strings.Contains(logs, `msg="Closing client" username=alice remote=127.0.0.1 code=4001 reason="token expired"`) {
 				t.Fatalf("expiry not logged:\n%s", logs)
 			}
 			return
@@ -146,8 +139,8 @@ func TestEventSourceMissesNothingAcrossADaemonRestart(t *testing.T) {
 	})
 	// One stream before the restart, one after: live events must not
 	// break a stream (resuming would hide it, 2 s late each time).
-	if n := countLines(h.p.logs.String(), "status s open"); n != 2 || !strings.Contains(h.p.logs.String(), "status s error readyState=0") {
-		t.Fatalf("the EventSource opened %d streams, want 2 (one before the restart, one after):\n%s", n, h.p.logs.String())
+	if n := countLines(h.p.Output(), "status s open"); n != 2 || !strings.Contains(h.p.Output(), "status s error readyState=0") {
+		t.Fatalf("the EventSource opened %d streams, want 2 (one before the restart, one after):\n%s", n, h.p.Output())
 	}
 	h.exit()
 }
@@ -156,7 +149,7 @@ func TestEventSourceMissesNothingAcrossADaemonRestart(t *testing.T) {
 // to wsURL, reporting each event as the client harness does for name.
 func readmeResumeSnippet(t *testing.T, wsURL, name string) string {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}

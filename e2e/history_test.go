@@ -1,0 +1,960 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+	"fanout/internal/testproc"
+)
+
+// History and resume across whole processes (issue 11): clients that
+// resume with their last event id on another instance, while instances
+// stop, through nginx; and the fanout.v1 and SSE client they use.
+
+// historySubprotocol is the WebSocket subprotocol of history-aware clients.
+const historySubprotocol = "fanout.v1"
+
+// histFrame is one message a history-aware client received: an event or a
+// control.
+type histFrame struct {
+	// control is the control's name ("resync"); "" for an event.
+	control string
+	// hasID is false for an event sent without an id (HISTORY=off).
+	hasID bool
+	id    string
+	// data is the event's payload; for a control, the control's JSON.
+	data string
+}
+
+func (f histFrame) String() string {
+	if f.control != "" {
+		return "control " + f.data
+	}
+	if !f.hasID {
+		return "event (no id) " + f.data
+	}
+	return "event " + f.id + " " + f.data
+}
+
+// histStream is one open connection of a history-aware client.
+type histStream interface {
+	// next returns the next frame; it fails once the stream has ended or
+	// has been closed.
+	next() (histFrame, error)
+	// nextWithin is next, failing (and ending the stream) after d.
+	nextWithin(d time.Duration) (histFrame, error)
+	// close ends the stream; it may be called from another goroutine than
+	// the reader's, and more than once.
+	close()
+}
+
+// histTransport opens history-aware connections to an instance.
+type histTransport struct {
+	name string
+	// dial opens a stream at baseURL ("http://host:port") with query;
+	// lastEventID, when set, is sent as the Last-Event-ID header.
+	dial func(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error)
+	// headerResume tells whether the transport can resume with the
+	// Last-Event-ID header (EventSource's own reconnects).
+	headerResume bool
+}
+
+// historyTransports are WebSocket with fanout.v1 and SSE.
+func historyTransports() []histTransport {
+	return []histTransport{
+		{name: "websocket", dial: dialHistoryWS},
+		{name: "sse", dial: dialSSE, headerResume: true},
+	}
+}
+
+// resumeQuery is the query (and Last-Event-ID header) of a connection for
+// user resuming after lastID ("": none). SSE connections alternate between
+// the header and the query parameter.
+func resumeQuery(tr histTransport, user, lastID string, attempt int) (url.Values, string) {
+	q := url.Values{"username": {user}}
+	if lastID == "" {
+		return q, ""
+	}
+	if tr.headerResume && attempt%2 == 0 {
+		return q, lastID
+	}
+	q.Set("last_event_id", lastID)
+	return q, ""
+}
+
+// newSSEClient returns an HTTP client for SSE streams that keeps no idle
+// connection past the test.
+func newSSEClient(t testing.TB) *http.Client {
+	tr := &http.Transport{DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// wsHistStream is a WebSocket offering fanout.v1.
+type wsHistStream struct{ conn *websocket.Conn }
+
+// dialHistoryWS opens /ws offering fanout.v1, which the daemon must accept.
+func dialHistoryWS(ctx context.Context, _ *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
+	dialer := websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 5 * time.Second}
+	var header http.Header
+	if lastEventID != "" {
+		header = http.Header{"Last-Event-ID": {lastEventID}}
+	}
+	u := "ws" + strings.TrimPrefix(baseURL, "http") + "/ws?" + query.Encode()
+	conn, resp, err := dialer.DialContext(ctx, u, header)
+	if err != nil {
+		if resp != nil {
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			return nil, fmt.Errorf("dial %s: HTTP %d %q: %w", u, resp.StatusCode, strings.TrimSpace(string(body)), err)
+		}
+		return nil, fmt.Errorf("dial %s: %w", u, err)
+	}
+	if got := conn.Subprotocol(); got != historySubprotocol {
+		_ = conn.Close()
+		return nil, fmt.Errorf("dial %s: subprotocol %q, want %q", u, got, historySubprotocol)
+	}
+	return &wsHistStream{conn: conn}, nil
+}
+
+func (s *wsHistStream) next() (histFrame, error) {
+	typ, data, err := s.conn.ReadMessage()
+	if err != nil {
+		return histFrame{}, err
+	}
+	if typ != websocket.TextMessage {
+		return histFrame{}, fmt.Errorf("frame type %d, want text", typ)
+	}
+	return parseHistoryMessage(data)
+}
+
+func (s *wsHistStream) nextWithin(d time.Duration) (histFrame, error) {
+	_ = s.conn.SetReadDeadline(time.Now().Add(d))
+	defer func() { _ = s.conn.SetReadDeadline(time.Time{}) }()
+	return s.next()
+}
+
+func (s *wsHistStream) close() { _ = s.conn.Close() }
+
+// parseHistoryMessage parses a fanout.v1 text frame: {"id":…,"data":…} or
+// {"control":…}. data keeps the payload's bytes as sent.
+func parseHistoryMessage(msg []byte) (histFrame, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(msg, &fields); err != nil {
+		return histFrame{}, fmt.Errorf("fanout.v1 frame %q is not a JSON object: %w", msg, err)
+	}
+	if raw, ok := fields["control"]; ok {
+		var name string
+		if err := json.Unmarshal(raw, &name); err != nil || name == "" {
+			return histFrame{}, fmt.Errorf("fanout.v1 control %q: control is not a name", msg)
+		}
+		return histFrame{control: name, data: string(msg)}, nil
+	}
+	data, ok := fields["data"]
+	if !ok {
+		return histFrame{}, fmt.Errorf("fanout.v1 frame %q has neither data nor control", msg)
+	}
+	f := histFrame{data: string(data)}
+	if raw, ok := fields["id"]; ok {
+		if err := json.Unmarshal(raw, &f.id); err != nil {
+			return histFrame{}, fmt.Errorf("fanout.v1 frame %q: id is not a string", msg)
+		}
+		f.hasID = true
+	}
+	return f, nil
+}
+
+// sseHistStream is a GET /events response read as EventSource reads it.
+type sseHistStream struct {
+	body   io.ReadCloser
+	lines  *bufio.Reader
+	cancel context.CancelFunc
+}
+
+// dialSSE opens /events and checks the response headers. The daemon must
+// send them at once, before any event (EventSource's open).
+func dialSSE(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	u := baseURL + "/events?" + query.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
+	headersLate := time.AfterFunc(5*time.Second, cancel)
+	resp, err := client.Do(req)
+	if !headersLate.Stop() {
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		return nil, fmt.Errorf("GET %s: no response headers within 5s", u)
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	fail := func(format string, args ...any) (histStream, error) {
+		cancel()
+		_ = resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: "+format, append([]any{u}, args...)...)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fail("HTTP %d %q", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		return fail("Content-Type %q, want text/event-stream", ct)
+	}
+	// nginx acts on X-Accel-Buffering and does not pass it on.
+	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" && !strings.HasPrefix(resp.Header.Get("Server"), "nginx") {
+		return fail("X-Accel-Buffering %q, want no", got)
+	}
+	return &sseHistStream{body: resp.Body, lines: bufio.NewReader(resp.Body), cancel: cancel}, nil
+}
+
+// next reads up to the next dispatched event, as EventSource does: a
+// partial event cut by the end of the stream is dropped, comments
+// (heartbeats) are skipped, data lines are joined with "\n".
+func (s *sseHistStream) next() (histFrame, error) {
+	var (
+		f       histFrame
+		event   string
+		data    []string
+		hasData bool
+	)
+	for {
+		line, err := s.lines.ReadString('\n')
+		if err != nil {
+			return histFrame{}, err
+		}
+		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+		if line == "" {
+			if !hasData {
+				f, event = histFrame{}, ""
+				continue
+			}
+			f.data = strings.Join(data, "\n")
+			switch event {
+			case "", "message":
+			case "resync":
+				f.control = event
+				var c struct{ Control string }
+				if err := json.Unmarshal([]byte(f.data), &c); err != nil || c.Control != "resync" {
+					return histFrame{}, fmt.Errorf("SSE resync event with data %q, want {\"control\":\"resync\",…}", f.data)
+				}
+			default:
+				return histFrame{}, fmt.Errorf("SSE event %q (data %q): no such event in the contract", event, f.data)
+			}
+			return f, nil
+		}
+		if strings.HasPrefix(line, ":") {
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "id":
+			f.id, f.hasID = value, true
+		case "data":
+			data, hasData = append(data, value), true
+		case "event":
+			event = value
+		}
+	}
+}
+
+func (s *sseHistStream) nextWithin(d time.Duration) (histFrame, error) {
+	late := time.AfterFunc(d, s.cancel)
+	defer late.Stop()
+	return s.next()
+}
+
+func (s *sseHistStream) close() {
+	s.cancel()
+	_ = s.body.Close()
+}
+
+// resumeSegment is one connection of a resumingClient.
+type resumeSegment struct {
+	instance int
+	// resumedFrom is the last id the connection was opened with.
+	resumedFrom string
+	viaHeader   bool
+	// failedDials counts the dials that failed just before this one.
+	failedDials int
+	events      int
+	end         string
+}
+
+// resumingClient is a history-aware client that, whenever its connection
+// ends (cut by the test or closed by the instance), connects to the next
+// instance with the id of the last event it received.
+type resumingClient struct {
+	tr    histTransport
+	http  *http.Client
+	user  string
+	bases []string
+	// diagnose, when set, logs the instances' side of a failure.
+	diagnose func(t *testing.T)
+	// firstQuery is added to the first connection's query only.
+	firstQuery url.Values
+	// rng (reconnect pauses) is owned by run.
+	rng *rand.Rand
+
+	// mu guards what follows.
+	mu sync.Mutex
+	// cur is the open stream, nil between connections.
+	cur histStream
+	// cutsPending counts the cuts asked for while the client had no
+	// connection or no id yet; each ends one connection.
+	cutsPending int
+	stopped     bool
+	events      []histFrame
+	// eventSegment is the segment each event came in.
+	eventSegment []int
+	controls     []histFrame
+	segments     []resumeSegment
+	lastDialErr  error
+}
+
+func newResumingClient(t testing.TB, tr histTransport, user string, bases []string, seed uint64) *resumingClient {
+	return &resumingClient{tr: tr, http: newSSEClient(t), user: user, bases: bases, rng: rand.New(rand.NewPCG(seed, 1))}
+}
+
+// run connects and reconnects until stop.
+func (c *resumingClient) run(ctx context.Context) {
+	last := ""
+	failed := 0
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		instance := attempt % len(c.bases)
+		query, header := resumeQuery(c.tr, c.user, last, attempt)
+		if attempt == 0 {
+			for k, v := range c.firstQuery {
+				query[k] = v
+			}
+		}
+		s, err := c.tr.dial(ctx, c.http, c.bases[instance], query, header)
+		if err != nil {
+			failed++
+			c.mu.Lock()
+			c.lastDialErr = err
+			c.mu.Unlock()
+			sleepCtx(ctx, 20*time.Millisecond)
+			continue
+		}
+		seg := resumeSegment{instance: instance, resumedFrom: last, viaHeader: header != "", failedDials: failed}
+		failed = 0
+		c.mu.Lock()
+		if c.stopped {
+			c.mu.Unlock()
+			s.close()
+			return
+		}
+		c.cur = s
+		cutNow := c.cutsPending > 0 && last != ""
+		if cutNow {
+			c.cutsPending--
+		}
+		c.mu.Unlock()
+		if cutNow {
+			s.close()
+		}
+		for {
+			f, err := s.next()
+			if err != nil {
+				seg.end = err.Error()
+				break
+			}
+			c.mu.Lock()
+			if f.control != "" {
+				c.controls = append(c.controls, f)
+			} else {
+				c.events = append(c.events, f)
+				c.eventSegment = append(c.eventSegment, len(c.segments))
+				last = f.id
+				seg.events++
+			}
+			cutNow := c.cutsPending > 0
+			if cutNow {
+				c.cutsPending--
+			}
+			c.mu.Unlock()
+			if cutNow {
+				s.close()
+			}
+		}
+		s.close()
+		c.mu.Lock()
+		c.cur = nil
+		c.segments = append(c.segments, seg)
+		c.mu.Unlock()
+		sleepCtx(ctx, time.Duration(c.rng.IntN(50))*time.Millisecond)
+	}
+}
+
+// finish waits, once everything was published (publishing began at
+// start), until the client has every payload, stops it and checks it got
+// each exactly once, in order.
+func (c *resumingClient) finish(t *testing.T, start time.Time, payloads []string, cancel context.CancelFunc, wg *sync.WaitGroup) {
+	t.Helper()
+	published := time.Now()
+	caughtUp := c.waitFor(t, len(payloads), 30*time.Second)
+	t.Logf("published %d events in %v; the client had them all %v later", len(payloads),
+		published.Sub(start).Round(time.Millisecond), caughtUp.Sub(published).Round(time.Millisecond))
+	c.stop()
+	cancel()
+	wg.Wait()
+	c.checkExactly(t, payloads)
+}
+
+// cut disconnects the client now, or as soon as it has a connection and
+// an event id to resume from: without one it could not resume.
+func (c *resumingClient) cut() {
+	c.mu.Lock()
+	s := c.cur
+	if s == nil || len(c.events) == 0 {
+		s = nil
+		c.cutsPending++
+	} else {
+		// A second cut before run has taken the next connection must
+		// end that one, not this one again.
+		c.cur = nil
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+}
+
+// stop ends the client; run returns once ctx is cancelled too.
+func (c *resumingClient) stop() {
+	c.mu.Lock()
+	c.stopped = true
+	s := c.cur
+	c.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+}
+
+func (c *resumingClient) received() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.events)
+}
+
+// waitFor waits until the client has n events, then a quiet half second
+// more so that a duplicate sent after the last event is caught too. It
+// returns when the client had n events.
+func (c *resumingClient) waitFor(t *testing.T, n int, d time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for c.received() < n {
+		if time.Now().After(deadline) {
+			c.report(t)
+			if c.diagnose != nil {
+				c.diagnose(t)
+			}
+			t.Fatalf("client has %d of %d events after %v", c.received(), n, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	caughtUp := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	return caughtUp
+}
+
+// report logs the client's connections, for a failure.
+func (c *resumingClient) report(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var b strings.Builder
+	for i, s := range c.segments {
+		via := "query"
+		if s.viaHeader {
+			via = "header"
+		}
+		fmt.Fprintf(&b, "  connection %d: instance %d, resumed from %q (%s) after %d failed dials: %d events, ended: %s\n",
+			i, s.instance, s.resumedFrom, via, s.failedDials, s.events, s.end)
+	}
+	t.Logf("%s client: %d events, %d controls, last dial error %v; connections:\n%s",
+		c.tr.name, len(c.events), len(c.controls), c.lastDialErr, b.String())
+}
+
+// checkExactly checks that the client got want, in order, each once, with
+// increasing ids, and no control.
+func (c *resumingClient) checkExactly(t *testing.T, want []string) {
+	t.Helper()
+	c.mu.Lock()
+	events, segOf, controls := slices.Clone(c.events), slices.Clone(c.eventSegment), slices.Clone(c.controls)
+	c.mu.Unlock()
+	if len(controls) > 0 {
+		c.report(t)
+		t.Errorf("got %d controls, want none (every resume id was retained); first: %s", len(controls), controls[0])
+	}
+	index := make(map[string]int, len(want))
+	for i, p := range want {
+		index[p] = i
+	}
+	seen := make(map[string]int, len(events))
+	for _, e := range events {
+		seen[e.data]++
+	}
+	var dups, missing, unknown int
+	for p, n := range seen {
+		if _, ok := index[p]; !ok {
+			unknown += n
+		} else if n > 1 {
+			dups += n - 1
+		}
+	}
+	for _, p := range want {
+		if seen[p] == 0 {
+			missing++
+		}
+	}
+	for i := range max(len(events), len(want)) {
+		if i < len(events) && i < len(want) && events[i].data == want[i] {
+			continue
+		}
+		c.report(t)
+		got, gotSeg := "(none)", -1
+		if i < len(events) {
+			got, gotSeg = events[i].String(), segOf[i]
+		}
+		prev := "(none)"
+		if i > 0 {
+			prev = events[i-1].String()
+		}
+		earlier := ""
+		if i < len(events) {
+			if j := slices.IndexFunc(events[:i], func(e histFrame) bool { return e.data == events[i].data }); j >= 0 {
+				earlier = fmt.Sprintf("; it came before as #%d: %s (connection %d)", j, events[j], segOf[j])
+			}
+		}
+		t.Fatalf("got %d events, want %d: %d missing, %d duplicated, %d unknown; first difference at #%d: %s (connection %d), want %s; previous %s%s",
+			len(events), len(want), missing, dups, unknown, i, got, gotSeg, want[min(i, len(want)-1)], prev, earlier)
+	}
+	var prev history.ID
+	for i, e := range events {
+		id, ok := history.ParseID(e.id)
+		if !e.hasID || !ok {
+			t.Fatalf("event #%d has id %q (present %v), want a stream id", i, e.id, e.hasID)
+		}
+		if i > 0 && !prev.Less(id) {
+			t.Fatalf("event #%d has id %s after %s, want increasing ids", i, e.id, events[i-1].id)
+		}
+		prev = id
+	}
+}
+
+// numbered returns n distinct events for user, in publish order.
+func numbered(user string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = event(user, i)
+	}
+	return out
+}
+
+// randomCuts returns n distinct publish counts in [1, total), ascending:
+// the moments the client is disconnected.
+func randomCuts(rng *rand.Rand, n, total int) []int {
+	set := map[int]bool{}
+	for len(set) < n {
+		set[1+rng.IntN(total-1)] = true
+	}
+	cuts := make([]int, 0, n)
+	for k := range set {
+		cuts = append(cuts, k)
+	}
+	sort.Ints(cuts)
+	return cuts
+}
+
+// publishSteadily sends payloads in groups of group, one group every
+// every, and calls progress with the number sent after each group.
+func publishSteadily(ctx context.Context, payloads []string, group int, every time.Duration,
+	send func(ctx context.Context, batch []string) error, progress func(sent int)) error {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for sent := 0; sent < len(payloads); {
+		batch := payloads[sent:min(sent+group, len(payloads))]
+		if err := send(ctx, batch); err != nil {
+			return fmt.Errorf("publish #%d: %w", sent, err)
+		}
+		sent += len(batch)
+		progress(sent)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// plainPublish sends payloads to user with plain PUBLISH, pipelined.
+func plainPublish(rdb *redis.Client, user string) func(ctx context.Context, batch []string) error {
+	return func(ctx context.Context, batch []string) error {
+		pipe := rdb.Pipeline()
+		for _, p := range batch {
+			pipe.Publish(ctx, history.Channel(user), p)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+}
+
+// publishNow publishes payloads to user with plain PUBLISH in pipelines
+// of 100.
+func publishNow(t *testing.T, rdb *redis.Client, user string, payloads ...string) {
+	t.Helper()
+	send := plainPublish(rdb, user)
+	for len(payloads) > 0 {
+		n := min(100, len(payloads))
+		if err := send(t.Context(), payloads[:n]); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		payloads = payloads[n:]
+	}
+}
+
+// streamEntries returns user's whole history, oldest first.
+func streamEntries(t *testing.T, rdb *redis.Client, user string) []history.Event {
+	t.Helper()
+	evs, err := history.After(t.Context(), rdb, user, "", 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// waitRecorded waits until user's newest history entry holds payload and
+// returns that entry.
+func waitRecorded(t *testing.T, rdb *redis.Client, user, payload string) history.Event {
+	t.Helper()
+	var last history.Event
+	testproc.Eventually(t, 10*time.Second, "event recorded: "+payload, func() bool {
+		evs, err := history.Last(t.Context(), rdb, user, 1)
+		if err != nil || len(evs) == 0 {
+			return false
+		}
+		last = evs[0]
+		return last.Data == payload
+	})
+	return last
+}
+
+// checkHistoryKeys checks that user's history is the only history key:
+// nothing else (probes included) is recorded.
+func checkHistoryKeys(t *testing.T, rdb *redis.Client, user string) {
+	t.Helper()
+	keys, err := rdb.Keys(t.Context(), "fanout:history:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{history.HistoryKey(user)}; !slices.Equal(keys, want) {
+		t.Errorf("history keys %q, want only %q", keys, want)
+	}
+}
+
+// checkStream checks that user's history is exactly want, with the ids the
+// client got.
+func checkStream(t *testing.T, rdb *redis.Client, user string, got []histFrame, want []string) {
+	t.Helper()
+	if n, err := rdb.XLen(t.Context(), history.HistoryKey(user)).Result(); err != nil || n != int64(len(want)) {
+		t.Fatalf("XLEN %s = %d (%v), want %d", history.HistoryKey(user), n, err, len(want))
+	}
+	entries := streamEntries(t, rdb, user)
+	for i, e := range entries {
+		if e.Data != want[i] || e.ID != got[i].id {
+			t.Fatalf("history entry #%d is %s %s, want %s %s (as delivered)", i, e.ID, e.Data, got[i].id, want[i])
+		}
+	}
+	checkHistoryKeys(t, rdb, user)
+}
+
+// waitSubscribed waits until the fanout process p has subscribed to
+// Redis, failing at once if it exits.
+func waitSubscribed(t *testing.T, p *fanout) {
+	t.Helper()
+	p.WaitOutput(t, 20*time.Second, "Subscribed to Redis")
+}
+
+// TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing is the
+// issue's second acceptance test: the events come from history.Publisher
+// (what `fanout publish` runs), and every instance (a real fanout process)
+// is stopped for a while in the middle, publishing going on.
+func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T) {
+	fanoutBinary(t)
+	t.Parallel()
+	for _, tr := range historyTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			r := testproc.StartRedis(t)
+			var ports []int
+			for len(ports) < 3 {
+				if p := portOutsideEphemeralRange(t); !slices.Contains(ports, p) {
+					ports = append(ports, p)
+				}
+			}
+			var bases []string
+			for _, p := range ports {
+				bases = append(bases, "http://127.0.0.1:"+strconv.Itoa(p))
+			}
+			var running []*fanout
+			startAll := func() {
+				running = running[:0]
+				for _, port := range ports {
+					p := launchFanout(t, r.Addr(), port, "HISTORY_MAX_LEN=20000")
+					running = append(running, p)
+				}
+				for _, p := range running {
+					waitSubscribed(t, p)
+				}
+			}
+			stopAll := func() {
+				for _, p := range running {
+					p.Signal(t, syscall.SIGTERM)
+				}
+				for _, p := range running {
+					p.WaitExit(t, 15*time.Second)
+				}
+			}
+			startAll()
+
+			user := "publisher-" + tr.name
+			seed := uint64(time.Now().UnixNano())
+			t.Logf("seed %d", seed)
+			rng := rand.New(rand.NewPCG(seed, 2))
+			c := newResumingClient(t, tr, user, bases, seed)
+			// Nothing tells a test when a process has registered a
+			// connection: the first one asks for every retained event
+			// (late join), so that it misses none published before then.
+			c.firstQuery = url.Values{"history": {"20000"}}
+			ctx, cancel := context.WithCancel(t.Context())
+			var wg sync.WaitGroup
+			wg.Go(func() { c.run(ctx) })
+			defer wg.Wait()
+			defer cancel()
+			defer c.stop()
+
+			payloads := numbered(user, 10000)
+			cuts := randomCuts(rng, 20, len(payloads))
+			// The publisher is `fanout publish` reading JSON lines on its
+			// stdin, as a shell pipeline would run it.
+			pubCmd := exec.Command(fanoutBinary(t), "publish", "--username", user)
+			pubCmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.Port), "HISTORY_MAX_LEN=20000")
+			stdin, err := pubCmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pubOut, pubErr bytes.Buffer
+			pubCmd.Stdout, pubCmd.Stderr = &pubOut, &pubErr
+			if err := pubCmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var sent atomic.Int64
+			publishErr := make(chan error, 1)
+			start := time.Now()
+			wg.Go(func() {
+				publishErr <- publishSteadily(ctx, payloads, 10, 12*time.Millisecond, func(ctx context.Context, batch []string) error {
+					_, err := io.WriteString(stdin, strings.Join(batch, "\n")+"\n")
+					return err
+				}, func(n int) {
+					for len(cuts) > 0 && cuts[0] <= n {
+						cuts = cuts[1:]
+						c.cut()
+					}
+					sent.Store(int64(n))
+				})
+			})
+			waitSent := func(n int) {
+				testproc.Eventually(t, 30*time.Second, fmt.Sprintf("%d events published", n), func() bool { return sent.Load() >= int64(n) })
+			}
+			waitSent(4000)
+			stopAll()
+			down := time.Now()
+			waitSent(6000)
+			startAll()
+			t.Logf("every instance down from event ~4000 to ~%d, for %v", sent.Load(), time.Since(down).Round(time.Millisecond))
+			if err := <-publishErr; err != nil {
+				t.Fatal(err)
+			}
+			stdin.Close()
+			if err := pubCmd.Wait(); err != nil {
+				t.Fatalf("fanout publish: %v: %s", err, pubErr.String())
+			}
+			if ids := strings.Fields(pubOut.String()); len(ids) != len(payloads) {
+				t.Fatalf("fanout publish printed %d ids for %d events", len(ids), len(payloads))
+			}
+			c.finish(t, start, payloads, cancel, &wg)
+			checkStream(t, r.Client(), user, c.events, payloads)
+		})
+	}
+}
+
+// openHistory opens one stream for a test that reads it frame by frame.
+func openHistory(t *testing.T, tr histTransport, baseURL string, query url.Values, lastEventID string) histStream {
+	t.Helper()
+	s, err := tr.dial(t.Context(), newSSEClient(t), baseURL, query, lastEventID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.close)
+	return s
+}
+
+// nextFrame reads the next frame within 5 s.
+func nextFrame(t *testing.T, s histStream) histFrame {
+	t.Helper()
+	f, err := s.nextWithin(5 * time.Second)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return f
+}
+
+// expectEvents reads len(want) frames, which must be want's events in
+// order, with their ids.
+func expectEvents(t *testing.T, s histStream, want []history.Event) {
+	t.Helper()
+	for i, w := range want {
+		f := nextFrame(t, s)
+		if f.control != "" || f.id != w.ID || f.data != w.Data {
+			t.Fatalf("frame %d of %d: %s, want event %s %s", i+1, len(want), f, w.ID, w.Data)
+		}
+	}
+}
+
+// expectResync reads the next frame, which must be a resync control with
+// a reason.
+func expectResync(t *testing.T, s histStream) {
+	t.Helper()
+	f := nextFrame(t, s)
+	var c struct{ Control, Reason string }
+	if err := json.Unmarshal([]byte(f.data), &c); f.control != "resync" || err != nil || c.Control != "resync" || c.Reason == "" {
+		t.Fatalf("first frame %s, want {\"control\":\"resync\",\"reason\":\"…\"}", f)
+	}
+}
+
+// expectLive publishes payload and reads it as the next frame, with an id
+// after after.
+func expectLive(t *testing.T, s histStream, rdb *redis.Client, user, payload, after string) {
+	t.Helper()
+	publishNow(t, rdb, user, payload)
+	f := nextFrame(t, s)
+	id, ok := history.ParseID(f.id)
+	prev, _ := history.ParseID(after)
+	if f.control != "" || f.data != payload || !ok || !prev.Less(id) {
+		t.Fatalf("live frame %s, want event %s with an id after %s", f, payload, after)
+	}
+}
+
+// unknownIDBetween returns an id that is not in entries but lies between
+// two of them, the newest such.
+func unknownIDBetween(t *testing.T, entries []history.Event) string {
+	t.Helper()
+	for i := len(entries) - 2; i >= 0; i-- {
+		a, _ := history.ParseID(entries[i].ID)
+		b, _ := history.ParseID(entries[i+1].ID)
+		if mid := (history.ID{Ms: a.Ms, Seq: a.Seq + 1}); mid.Less(b) {
+			return mid.String()
+		}
+	}
+	t.Fatal("no gap between the retained ids")
+	return ""
+}
+
+// TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents:
+// the instance a client is on stops (a deploy); the client comes back
+// through the README's nginx, lands on another instance and gets what was
+// published meanwhile, then live events.
+func TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents(t *testing.T) {
+	fanoutBinary(t)
+	t.Parallel()
+	for _, tr := range historyTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			r := testproc.StartRedis(t)
+			daemons, backends := startInstances(t, r.Addr(), 3)
+			if tr.name == "sse" && !strings.Contains(readmeNginxBlock(t), "location /events") {
+				t.Fatal("README's nginx block has no location /events: SSE cannot go through it")
+			}
+			base := "http://127.0.0.1:" + strconv.Itoa(startNginx(t, backends))
+			const user = "behind-nginx"
+			holder := func() int {
+				for i, td := range daemons {
+					if td.Exited() {
+						continue
+					}
+					if td.connections(user) == 1 {
+						return i
+					}
+				}
+				return -1
+			}
+			s := openHistory(t, tr, base, url.Values{"username": {user}}, "")
+			testproc.Eventually(t, 5*time.Second, "connection registered", func() bool { return holder() >= 0 })
+			first := holder()
+
+			pub := r.Client()
+			payloads := numbered(user, 20)
+			publishNow(t, pub, user, payloads[:10]...)
+			last := ""
+			for i := range 10 {
+				f := nextFrame(t, s)
+				if f.control != "" || f.data != payloads[i] || !f.hasID {
+					t.Fatalf("frame %d: %s, want %s with an id", i, f, payloads[i])
+				}
+				last = f.id
+			}
+
+			var stopped sync.WaitGroup
+			stopped.Go(func() { _ = daemons[first].Cmd.Process.Signal(syscall.SIGTERM); <-daemons[first].Done() })
+			// WebSocket: close 1001 through nginx; SSE: the response ends.
+			if f, err := s.nextWithin(10 * time.Second); err == nil {
+				t.Fatalf("got %s from the stopping instance, want the end of the stream", f)
+			}
+			stopped.Wait()
+			publishNow(t, pub, user, payloads[10:]...)
+			waitRecorded(t, pub, user, payloads[19])
+
+			query, header := resumeQuery(tr, user, last, 0)
+			s = openHistory(t, tr, base, query, header)
+			testproc.Eventually(t, 5*time.Second, "resumed connection registered", func() bool { return holder() >= 0 })
+			if now := holder(); now == first {
+				t.Fatalf("resumed on instance %d, the stopped one", now)
+			}
+			entries := streamEntries(t, pub, user)
+			expectEvents(t, s, entries[10:])
+			expectLive(t, s, pub, user, event(user, 20), entries[19].ID)
+		})
+	}
+}
