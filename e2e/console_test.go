@@ -88,6 +88,7 @@ func consoleEvent(typ, runID string, extra string) string {
 }
 
 func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
+	skipShort(t)
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
@@ -165,6 +166,7 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 }
 
 func TestOperatorPageShowsConnectionsAndThroughput(t *testing.T) {
+	skipShort(t)
 	const adminToken = "operator-token-0123456789"
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"ADMIN_TOKEN": adminToken, "LOG_LEVEL": "info"})
 	td.waitReady()
@@ -334,6 +336,7 @@ func withOptions(kv ...any) map[string]any {
 const floodMessages = 60
 
 func TestFanoutClientStopsOnAPolicyViolationInsteadOfLooping(t *testing.T) {
+	skipShort(t)
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	h := startClientHarness(t, td.baseURL, nil)
@@ -357,6 +360,7 @@ func TestFanoutClientStopsOnAPolicyViolationInsteadOfLooping(t *testing.T) {
 }
 
 func TestFanoutClientWaitsRetryAfterWhenRefusedForLoad(t *testing.T) {
+	skipShort(t)
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"MAX_CONNECTIONS_PER_USER": "1"})
 	td.waitReady()
 	_ = td.dial("dave")
@@ -389,6 +393,7 @@ func TestFanoutClientWaitsRetryAfterWhenRefusedForLoad(t *testing.T) {
 }
 
 func TestFanoutClientReconnectsWhenTheDaemonShutsDown(t *testing.T) {
+	skipShort(t)
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
@@ -414,6 +419,7 @@ func TestFanoutClientReconnectsWhenTheDaemonShutsDown(t *testing.T) {
 }
 
 func TestFanoutClientStopsOnARefusedTokenInsteadOfLooping(t *testing.T) {
+	skipShort(t)
 	td := startDaemon(t, testproc.StartRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
 	td.waitReady()
 	h := startClientHarness(t, td.baseURL, nil)
@@ -440,6 +446,7 @@ func TestFanoutClientStopsOnARefusedTokenInsteadOfLooping(t *testing.T) {
 }
 
 func TestFanoutClientGetsAFreshTokenOnExpiryOrStopsWithAFixedOne(t *testing.T) {
+	skipShort(t)
 	td := startDaemon(t, testproc.StartRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
 	td.waitReady()
 	// Tokens expire within 1 to 2 seconds (exp has whole seconds).
@@ -604,6 +611,7 @@ func resumeAcrossRestart(t *testing.T, name string, open func(h *clientHarness, 
 }
 
 func TestFanoutClientMissesNothingAcrossADaemonRestart(t *testing.T) {
+	skipShort(t)
 	h, ids := resumeAcrossRestart(t, "a", func(h *clientHarness, td *testDaemon) {
 		h.connect("a", map[string]any{"url": td.wsURL, "username": "alice", "history": 2, "minDelay": 200, "maxDelay": 1000}, false)
 	})
@@ -636,6 +644,7 @@ func TestFanoutClientMissesNothingAcrossADaemonRestart(t *testing.T) {
 }
 
 func TestFanoutClientCallsOnResyncWhenItsLastEventIsNoLongerKept(t *testing.T) {
+	skipShort(t)
 	const user = "alice"
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
@@ -713,6 +722,7 @@ func TestFanoutClientCallsOnResyncWhenItsLastEventIsNoLongerKept(t *testing.T) {
 }
 
 func TestFanoutClientWithHistoryOffGetsEventsWithoutIds(t *testing.T) {
+	skipShort(t)
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"HISTORY": "off"})
 	td.waitReady()
 	h := startClientHarness(t, td.baseURL, nil)

@@ -156,3 +156,18 @@ func adminGet(t *testing.T, url, auth string) (*http.Response, string) {
 	}
 	return resp, string(body)
 }
+
+// startTestDaemons runs n ready daemons on r with env, as instances of one
+// deployment, and returns them with their base URLs.
+func startTestDaemons(t *testing.T, r *testproc.Redis, n int, env map[string]string) ([]*testDaemon, []string) {
+	t.Helper()
+	var daemons []*testDaemon
+	var bases []string
+	for range n {
+		td := startDaemon(t, r, env)
+		td.waitReady()
+		daemons = append(daemons, td)
+		bases = append(bases, td.baseURL)
+	}
+	return daemons, bases
+}

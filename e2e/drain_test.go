@@ -583,6 +583,7 @@ func TestFromSIGTERMOnReadyIsRefusedBeforeAnyClientGets1001(t *testing.T) {
 // stopped instance: no dial fails), resumes with its last id and has
 // every event published before, during and after, in order, once.
 func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t *testing.T) {
+	skipShort(t)
 	for _, mode := range drainModes {
 		t.Run(drainModeName(mode), func(t *testing.T) {
 			c := startDrainCluster(t, 3, drainModeEnv(mode)...)
@@ -663,6 +664,7 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 // port, /ready, nginx routing to it again). Every client ends with every
 // event of its user, in order, once; the 1001 → resumed gaps are logged.
 func TestRollingRestartOf3InstancesWith3000UsersLosesNothing(t *testing.T) {
+	skipShort(t)
 	for _, mode := range drainModes {
 		t.Run(drainModeName(mode), func(t *testing.T) { rollingRestart(t, mode, 3000) })
 	}
@@ -817,6 +819,7 @@ for (let i = 0; i < %d; i++) {
 // after the close 1001 (never at once), so they come back spread out, and
 // every client ends with every event.
 func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *testing.T) {
+	skipShort(t)
 	c := startDrainCluster(t, 3)
 	const clients, rounds = 90, 40
 	const minDelay = 500 * time.Millisecond // fanout-client.js's default

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"net/http"
@@ -20,8 +20,9 @@ import (
 // its own, /ready is 200 again, live delivery resumes, and clients that
 // resume with their last id get every event the new master holds.
 func TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
-	for _, mode := range []string{subscribePattern, subscribeUser} {
+	for _, mode := range []string{"pattern", "user"} {
 		t.Run(mode, func(t *testing.T) { sentinelFailover(t, mode) })
 	}
 }
@@ -35,7 +36,7 @@ func sentinelFailover(t *testing.T, mode string) {
 		"LOG_LEVEL":             "info",
 	}
 	old := set.MasterAddr()
-	daemons, bases := startInstances(t, redisAddrServer(t, old), 2, env)
+	daemons, bases := startTestDaemons(t, redisAddrServer(t, old), 2, env)
 
 	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: set.Name, SentinelAddrs: set.SentinelAddrs(), MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -58,7 +59,7 @@ func sentinelFailover(t *testing.T, mode string) {
 		td.waitReady()
 	}
 	var gaps []time.Duration
-	eventually(t, 20*time.Second, "live events on every instance again", func() bool {
+	testproc.Eventually(t, 20*time.Second, "live events on every instance again", func() bool {
 		gaps = gw.gaps(killed, func(p string) bool { return roundOf(p) > roundAtKill })
 		for _, g := range gaps {
 			if g < 0 {
@@ -78,18 +79,18 @@ func sentinelFailover(t *testing.T, mode string) {
 
 	// Some more events after the failover, then every client resumes.
 	more := pub.round() + 20
-	eventually(t, 20*time.Second, "20 more rounds published", func() bool { return pub.round() >= more })
+	testproc.Eventually(t, 20*time.Second, "20 more rounds published", func() bool { return pub.round() >= more })
 	stopPublishing()
 	rw.wait()
 	resumeAll(t, clients,
 		func(u string) []history.Event { return historyOf(t, rdb, history.Layout{}, u) },
 		func(u string) map[string]bool { return pub.lostPayloads(u, historyOf(t, rdb, history.Layout{}, u)) })
 	for i, td := range daemons {
-		if n := td.d.stats.RedisFailures.Load(); n == 0 {
+		if n := td.counter("redis_failures"); n == 0 {
 			t.Errorf("instance %d: no Redis failure counted", i)
 		}
-		if strings.Count(td.logs.String(), `msg="Subscribed to Redis"`) < 2 {
-			t.Errorf("instance %d: subscribed fewer than twice:\n%s", i, td.logs.String())
+		if strings.Count(td.Output(), `msg="Subscribed to Redis"`) < 2 {
+			t.Errorf("instance %d: subscribed fewer than twice:\n%s", i, td.Output())
 		}
 		if status := td.readyStatus(); status != http.StatusOK {
 			t.Errorf("instance %d: /ready %d at the end", i, status)

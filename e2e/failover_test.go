@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -24,16 +24,16 @@ import (
 // Redis fails under it, clients that resume, and the measure of the gap a
 // failure leaves in live delivery.
 
-// redisAddrServer is a redisServer naming a node started by other means,
-// so that startDaemon's testEnv has an address (the Sentinel or Cluster
+// redisAddrServer names a node started by other means, so that
+// startDaemon's environment has an address (the Sentinel or Cluster
 // variables take precedence over it).
-func redisAddrServer(t *testing.T, addr string) *redisServer {
+func redisAddrServer(t *testing.T, addr string) *testproc.Redis {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		t.Fatalf("address %q: %v", addr, err)
 	}
 	p, _ := strconv.Atoi(port)
-	return &redisServer{testproc.NewRedis(t, p)}
+	return testproc.NewRedis(t, p)
 }
 
 // steadyPublisher publishes, in rounds every interval, one numbered event
@@ -105,7 +105,7 @@ func publishUntilFlowing(t *testing.T, p *steadyPublisher, clients map[string]*r
 		wg.Wait()
 	}
 	t.Cleanup(stop)
-	eventually(t, 10*time.Second, "events flowing to every client", func() bool {
+	testproc.Eventually(t, 10*time.Second, "events flowing to every client", func() bool {
 		for _, c := range clients {
 			if c.received() < 5 {
 				return false
@@ -128,7 +128,7 @@ func (p *steadyPublisher) markFailure() {
 // Redis was seen failing.
 func (p *steadyPublisher) failedSince(t *testing.T) int {
 	t.Helper()
-	eventually(t, 10*time.Second, "a publish failing", func() bool {
+	testproc.Eventually(t, 10*time.Second, "a publish failing", func() bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		return !p.firstFailed.IsZero()
@@ -404,7 +404,7 @@ func startResumingClients(t *testing.T, users, bases []string) map[string]*resum
 	})
 	// Connected (the 101 follows the registration) before anything is
 	// published: a first connection has nothing to resume from.
-	eventually(t, 10*time.Second, "every client connected", func() bool {
+	testproc.Eventually(t, 10*time.Second, "every client connected", func() bool {
 		for _, c := range clients {
 			c.mu.Lock()
 			connected := c.cur != nil

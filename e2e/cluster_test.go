@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -25,7 +25,7 @@ func clusterUsers(t *testing.T, c *testproc.Cluster, n, least int) []string {
 	perMaster := make(map[string]int)
 	for i := range users {
 		users[i] = fmt.Sprintf("user-%02d", i)
-		perMaster[c.MasterFor(channelPrefix+users[i])]++
+		perMaster[c.MasterFor("workflow:events:"+users[i])]++
 	}
 	if len(perMaster) != 3 {
 		t.Fatalf("users on %d masters, want 3: %v", len(perMaster), perMaster)
@@ -45,7 +45,7 @@ func shardChannels(t *testing.T, cc *redis.ClusterClient) map[string][]string {
 	var mu sync.Mutex
 	out := make(map[string][]string)
 	err := cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
-		chans, err := m.Do(ctx, "PUBSUB", "SHARDCHANNELS", channelPrefix+"*").StringSlice()
+		chans, err := m.Do(ctx, "PUBSUB", "SHARDCHANNELS", "workflow:events:"+"*").StringSlice()
 		if err != nil {
 			return err
 		}
@@ -66,11 +66,11 @@ func shardChannels(t *testing.T, cc *redis.ClusterClient) map[string][]string {
 func expectShardChannels(t *testing.T, c *testproc.Cluster, cc *redis.ClusterClient, users []string) {
 	t.Helper()
 	var got, want map[string][]string
-	ok := pollUntil(15*time.Second, func() bool {
+	testproc.WaitFor(t, 15*time.Second, "each master holding its users' shard channels", func() string {
 		want = make(map[string][]string)
 		for _, u := range users {
-			m := c.MasterFor(channelPrefix + u)
-			want[m] = append(want[m], channelPrefix+u)
+			m := c.MasterFor("workflow:events:" + u)
+			want[m] = append(want[m], "workflow:events:"+u)
 		}
 		for _, v := range want {
 			slices.Sort(v)
@@ -81,23 +81,11 @@ func expectShardChannels(t *testing.T, c *testproc.Cluster, cc *redis.ClusterCli
 				delete(got, m)
 			}
 		}
-		return maps.EqualFunc(got, want, slices.Equal[[]string])
-	})
-	if !ok {
-		t.Fatalf("shard channels per master:\n got %v\nwant %v", got, want)
-	}
-}
-
-// pollUntil polls cond every 20 ms for up to d.
-func pollUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
+		if !maps.EqualFunc(got, want, slices.Equal[[]string]) {
+			return fmt.Sprintf("shard channels per master:\n got %v\nwant %v", got, want)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return true
+		return ""
+	})
 }
 
 // TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing is
@@ -111,20 +99,21 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 // subscription lost; clients that resume get every event the cluster
 // holds.
 func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	c := testproc.StartCluster(t)
 	cc := c.Client()
 	users := clusterUsers(t, c, 24, 4)
 	// The victim is the master of the watcher's slot, and the only seed.
 	const watcher = "gap-watch"
-	victim := c.MasterFor(channelPrefix + watcher)
+	victim := c.MasterFor("workflow:events:" + watcher)
 	env := map[string]string{
 		"REDIS_CLUSTER_ADDRS": victim,
 		"SUBSCRIBE_MODE":      "user",
 		"PUBSUB_SHARDED":      "true",
 		"LOG_LEVEL":           "info",
 	}
-	daemons, bases := startInstances(t, redisAddrServer(t, victim), 2, env)
+	daemons, bases := startTestDaemons(t, redisAddrServer(t, victim), 2, env)
 	sharded := history.Layout{Sharded: true}
 	hp := history.NewPublisher(cc, history.Retention{})
 	hp.Layout = sharded
@@ -139,7 +128,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 
 	// A plain PUBLISH does not reach a sharded subscriber.
 	plain := dialWS(t, daemons[0].wsURL+"?username="+users[0], nil)
-	if err := cc.Publish(context.Background(), channelPrefix+users[0], `{"plain":true}`).Err(); err != nil {
+	if err := cc.Publish(context.Background(), "workflow:events:"+users[0], `{"plain":true}`).Err(); err != nil {
 		t.Fatal(err)
 	}
 	_ = plain.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
@@ -160,9 +149,9 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	roundAtKill := pub.failedSince(t)
 	// When the promoted replica holds the watcher's channel for both.
 	var resubscribed time.Time
-	eventually(t, 30*time.Second, "the watcher's channel subscribed on the promoted replica", func() bool {
+	testproc.Eventually(t, 30*time.Second, "the watcher's channel subscribed on the promoted replica", func() bool {
 		for _, r := range replicas {
-			reply, err := testproc.Query(r, "PUBSUB", "SHARDNUMSUB", channelPrefix+watcher)
+			reply, err := testproc.Query(r, "PUBSUB", "SHARDNUMSUB", "workflow:events:"+watcher)
 			if n, ok := reply.([]any); err == nil && ok && len(n) == 2 && n[1] == int64(2) {
 				resubscribed = time.Now()
 				return true
@@ -175,7 +164,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 		td.waitReady()
 	}
 	var gaps []time.Duration
-	eventually(t, 20*time.Second, "live events on the promoted replica's channels on every instance", func() bool {
+	testproc.Eventually(t, 20*time.Second, "live events on the promoted replica's channels on every instance", func() bool {
 		gaps = gw.gaps(killed, func(p string) bool { return roundOf(p) > roundAtKill })
 		return !slices.Contains(gaps, -1)
 	})
@@ -202,15 +191,15 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 		t.Fatalf("reshard: %v", err)
 	}
 	mover := users[0]
-	from := c.MasterFor(channelPrefix + mover)
+	from := c.MasterFor("workflow:events:" + mover)
 	to := masters[0]
 	if to == from {
 		to = masters[2]
 	}
-	if err := c.MoveSlot(history.Slot(channelPrefix+mover), to); err != nil {
+	if err := c.MoveSlot(history.Slot("workflow:events:"+mover), to); err != nil {
 		t.Fatalf("move %s's slot: %v", mover, err)
 	}
-	if got := c.MasterFor(channelPrefix + mover); got != to {
+	if got := c.MasterFor("workflow:events:" + mover); got != to {
 		t.Fatalf("%s's slot is on %s after the move, want %s", mover, got, to)
 	}
 	expectShardChannels(t, c, cc, append(slices.Clone(users), watcher))
@@ -218,7 +207,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 	// connection it had before the reshard.
 	after := pub.round()
 	for u, rc := range clients {
-		eventually(t, 10*time.Second, u+" receiving events after the reshard", func() bool {
+		testproc.Eventually(t, 10*time.Second, u+" receiving events after the reshard", func() bool {
 			rc.mu.Lock()
 			defer rc.mu.Unlock()
 			return len(rc.events) > 0 && roundOf(rc.events[len(rc.events)-1].data) > after+2
@@ -249,14 +238,15 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 // every user's events arrive, each once, with their ids from the history,
 // whose key for a user lives in one slot.
 func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	c := testproc.StartCluster(t)
 	cc := c.Client()
 	users := clusterUsers(t, c, 12, 2)
-	for _, mode := range []string{subscribePattern, subscribeUser} {
+	for _, mode := range []string{"pattern", "user"} {
 		t.Run(mode, func(t *testing.T) {
 			env := map[string]string{"REDIS_CLUSTER_ADDRS": strings.Join(c.Seeds(), ","), "SUBSCRIBE_MODE": mode, "LOG_LEVEL": "info"}
-			daemons, _ := startInstances(t, redisAddrServer(t, c.Seeds()[0]), 2, env)
+			daemons, _ := startTestDaemons(t, redisAddrServer(t, c.Seeds()[0]), 2, env)
 			conns := make(map[string]*websocket.Conn)
 			for i, u := range users {
 				conns[u] = daemons[i%2].dialHistory(u)
@@ -267,7 +257,7 @@ func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T
 				// once an instance has recorded it, so a publisher's
 				// event sent right after it would be recorded ahead.
 				p1 := `{"mode":"` + mode + `","user":"` + u + `","via":"PUBLISH"}`
-				if err := cc.Publish(context.Background(), channelPrefix+u, p1).Err(); err != nil {
+				if err := cc.Publish(context.Background(), "workflow:events:"+u, p1).Err(); err != nil {
 					t.Fatal(err)
 				}
 				first := readHistoryFrame(t, conns[u])
@@ -293,14 +283,18 @@ func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T
 }
 
 // dialHistory opens a fanout.v1 WebSocket for username and waits until the
-// hub has it, as dial does.
+// daemon counts it, as dial does.
 func (td *testDaemon) dialHistory(username string) *websocket.Conn {
 	td.t.Helper()
-	before := td.d.hub.connectionCount(username)
+	before := td.connectionCount(username)
 	dialer := &websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 5 * time.Second}
-	conn := dialWith(td.t, dialer, td.wsURL+"?username="+username, nil)
-	eventually(td.t, 5*time.Second, "connection registered", func() bool {
-		return td.d.hub.connectionCount(username) > before && td.d.hub.writersIdle(username)
+	conn, _, err := dialer.Dial(td.wsURL+"?username="+username, nil)
+	if err != nil {
+		td.t.Fatalf("dial %s as %s: %v", td.wsURL, username, err)
+	}
+	td.t.Cleanup(func() { _ = conn.Close() })
+	testproc.Eventually(td.t, 5*time.Second, "connection registered", func() bool {
+		return td.connectionCount(username) > before
 	})
 	return conn
 }
@@ -320,27 +314,14 @@ func readHistoryFrame(t *testing.T, conn *websocket.Conn) histFrame {
 	return f
 }
 
-// diagnoseShards logs, for a failure, where each instance's router has
-// user's channel.
+// diagnoseShards logs, for a failure, what each instance's /admin/stats
+// says of its subscription and Redis.
 func diagnoseShards(daemons []*testDaemon, user string) func(t *testing.T) {
 	return func(t *testing.T) {
 		for i, td := range daemons {
-			r := td.d.shards
-			r.mu.Lock()
-			slot := history.Slot(channelPrefix + user)
-			owner := "none"
-			if n := r.owner[user]; n != nil {
-				owner = n.addr
-			}
-			t.Logf("instance %d: slot %d on %q, owner %s", i, slot, r.slots[slot], owner)
-			for addr, n := range r.nodes {
-				n.users.mu.Lock()
-				if ch := n.users.subs[user]; ch != nil {
-					t.Logf("instance %d: node %s (live %v) channel %+v", i, addr, n.users.live, *ch)
-				}
-				n.users.mu.Unlock()
-			}
-			r.mu.Unlock()
+			s := td.stats()
+			t.Logf("instance %d: %s's connections %d; subscription %+v; redis %+v; catch-ups %d",
+				i, user, td.connectionCount(user), s.Subscription, s.Redis, s.History.Catchups)
 		}
 	}
 }
