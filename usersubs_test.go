@@ -488,50 +488,6 @@ func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderStops(t *testing.T) {
 	}
 }
 
-// TestUserModeRecorderLeaseIsTakenOverWhenItsHolderDies kills the lease
-// holder's process: its lease expires and another instance takes it.
-func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderDies(t *testing.T) {
-	r := startRedis(t)
-	rdb := r.client()
-	var procs []*daemonProcess
-	for range 2 {
-		p := startProcess(t, daemonCommand(t, daemonProcessEnv(r, freePort(t), "SUBSCRIBE_MODE=user")...))
-		waitSubscribed(t, p)
-		procs = append(procs, p)
-	}
-	const holding = "Holding the recorder lease"
-	var holder, other *daemonProcess
-	eventually(t, 5*time.Second, "a lease holder", func() bool {
-		for i, p := range procs {
-			if strings.Contains(p.logs.String(), holding) {
-				holder, other = p, procs[1-i]
-				return true
-			}
-		}
-		return false
-	})
-	if err := holder.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	killed := time.Now()
-	// Its recording subscription confirmed: the lease holder's second
-	// "Subscribed to Redis" line.
-	eventually(t, leaseTTL+5*time.Second, "the other instance takes the lease", func() bool {
-		return strings.Contains(other.logs.String(), `msg="Subscribed to Redis" role=recorder`)
-	})
-	t.Logf("lease taken over %v after the holder was killed", time.Since(killed).Round(time.Millisecond))
-	// Events for a user connected nowhere are recorded again.
-	payloads := numbered("after", 10)
-	for _, p := range payloads {
-		if err := rdb.Publish(context.Background(), channelPrefix+"after", p).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, 5*time.Second, "recorded by the new holder", func() bool {
-		return len(streamEntries(t, rdb, "after")) == len(payloads)
-	})
-}
-
 // TestUserModeAResumeWaitsForTheLeaseHolderToRecordWhatWasPublishedBefore
 // resumes a client on an instance that subscribes to its user's channel
 // only then, while the lease holder has yet to record an event published

@@ -702,6 +702,124 @@ func checkStream(t *testing.T, rdb *redis.Client, user string, got []histFrame, 
 	checkHistoryKeys(t, rdb, user)
 }
 
+// TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce
+// is the issue's first acceptance test: three instances, 10 000 plain
+// PUBLISHes at a steady rate, a client cut at 20 random moments that
+// resumes each time on the next instance with its last id.
+func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t *testing.T) {
+	fanoutBinary(t)
+	t.Parallel()
+	type run struct {
+		name string
+		tr   histTransport
+		env  map[string]string
+	}
+	var runs []run
+	for _, tr := range historyTransports() {
+		runs = append(runs, run{tr.name, tr, nil})
+	}
+	// In user mode an instance subscribes to the user's channel when the
+	// client arrives and unsubscribes a short grace period after it left,
+	// and the recorder lease holder records from its pattern subscription:
+	// every instance's place in the history starts over again and again.
+	runs = append(runs, run{"websocket/SUBSCRIBE_MODE=user", historyTransports()[0], map[string]string{"SUBSCRIBE_MODE": "user", "SUBSCRIBE_GRACE": "300ms"}})
+	for _, run := range runs {
+		tr := run.tr
+		t.Run(run.name, func(t *testing.T) {
+			t.Parallel()
+			r := testproc.StartRedis(t)
+			env := map[string]string{"HISTORY_MAX_LEN": "20000", "LOG_LEVEL": "info"}
+			for k, v := range run.env {
+				env[k] = v
+			}
+			daemons, bases := startTestDaemons(t, r, 3, env)
+			user := "resume-" + tr.name
+			seed := uint64(time.Now().UnixNano())
+			t.Logf("seed %d", seed)
+			rng := rand.New(rand.NewPCG(seed, 2))
+
+			c := newResumingClient(t, tr, user, bases, seed)
+			c.diagnose = diagnoseShards(daemons, user)
+			ctx, cancel := context.WithCancel(t.Context())
+			var wg sync.WaitGroup
+			wg.Go(func() { c.run(ctx) })
+			defer wg.Wait()
+			defer cancel()
+			defer c.stop()
+			// The first connection has no id to resume from: it must be
+			// live before the first event.
+			testproc.Eventually(t, 5*time.Second, "first connection registered", func() bool {
+				return daemons[0].connectionCount(user) == 1
+			})
+
+			payloads := numbered(user, 10000)
+			cuts := randomCuts(rng, 20, len(payloads))
+			pub := r.Client()
+			start := time.Now()
+			err := publishSteadily(ctx, payloads, 10, 10*time.Millisecond, plainPublish(pub, user), func(sent int) {
+				for len(cuts) > 0 && cuts[0] <= sent {
+					cuts = cuts[1:]
+					c.cut()
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.finish(t, start, payloads, cancel, &wg)
+			checkStream(t, pub, user, c.events, payloads)
+			if n := len(c.segments); n != 21 {
+				c.report(t)
+				t.Fatalf("%d connections, want 21 (20 cuts)", n)
+			}
+		})
+	}
+}
+
+// TestUserModeRecorderLeaseIsTakenOverWhenItsHolderDies kills the lease
+// holder's process: its lease expires and another instance takes it.
+func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderDies(t *testing.T) {
+	fanoutBinary(t)
+	t.Parallel()
+	r := testproc.StartRedis(t)
+	rdb := r.Client()
+	var procs []*fanout
+	for range 2 {
+		p := launchFanout(t, r.Addr(), testproc.FreePort(t), "SUBSCRIBE_MODE=user")
+		waitSubscribed(t, p)
+		procs = append(procs, p)
+	}
+	const holding = "Holding the recorder lease"
+	var holder, other *fanout
+	testproc.Eventually(t, 5*time.Second, "a lease holder", func() bool {
+		for i, p := range procs {
+			if strings.Contains(p.Output(), holding) {
+				holder, other = p, procs[1-i]
+				return true
+			}
+		}
+		return false
+	})
+	holder.Kill()
+	killed := time.Now()
+	// Its recording subscription confirmed: the lease holder's second
+	// "Subscribed to Redis" line.
+	// The lease lives 5 s without renewal.
+	testproc.Eventually(t, 10*time.Second, "the other instance takes the lease", func() bool {
+		return strings.Contains(other.Output(), `msg="Subscribed to Redis" role=recorder`)
+	})
+	t.Logf("lease taken over %v after the holder was killed", time.Since(killed).Round(time.Millisecond))
+	// Events for a user connected nowhere are recorded again.
+	payloads := numbered("after", 10)
+	for _, p := range payloads {
+		if err := rdb.Publish(context.Background(), "workflow:events:after", p).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testproc.Eventually(t, 5*time.Second, "recorded by the new holder", func() bool {
+		return len(streamEntries(t, rdb, "after")) == len(payloads)
+	})
+}
+
 // waitSubscribed waits until the fanout process p has subscribed to
 // Redis, failing at once if it exits.
 func waitSubscribed(t *testing.T, p *fanout) {
