@@ -17,6 +17,7 @@ import (
 )
 
 func TestAdminStatsTopUsersAreOrderedCappedAndRefreshed(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	var carol []*websocket.Conn
@@ -96,6 +97,7 @@ func TestAdminStatsListsAreEmptyNotNull(t *testing.T) {
 }
 
 func TestAdminStatsLastMinuteRatesAndThroughputCountDeliveries(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	conn := td.dial("u")
@@ -245,6 +247,7 @@ func TestAdminStatsSendQueuesShowPressureAndDrainToZero(t *testing.T) {
 }
 
 func TestAdminStatsRedisStateFollowsTheSubscription(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()

@@ -258,6 +258,7 @@ func TestPublicKeyFilePinsTheAlgorithmToTheKeyType(t *testing.T) {
 }
 
 func TestConnectionIsClosedWhenItsTokenExpires(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), jwtEnv(nil))
 	td.waitReady()
 	// exp has whole seconds: at least one full second from now.
@@ -384,6 +385,7 @@ func TestJWKSKeysAreFetchedAndRotated(t *testing.T) {
 }
 
 func TestJWKSUnreachableAtStartIsNotReadyUntilFetched(t *testing.T) {
+	t.Parallel()
 	key := newECKey()
 	jwks := newJWKSServer(t)
 	jwks.mu.Lock()

@@ -458,6 +458,7 @@ func dialOnlyClient(t *testing.T, td *testDaemon, username string) (*websocket.C
 }
 
 func TestAClientThatClosesMidBurstGetsItsCloseCodeBack(t *testing.T) {
+	t.Parallel()
 	// The client's close frame arrives while a write pump is writing a
 	// long batch (more than the socket buffers hold, the client reading
 	// nothing yet): the answer must still reach it, with its own code, not

@@ -338,6 +338,14 @@ func readText(t *testing.T, conn *websocket.Conn, d time.Duration) string {
 	return string(data)
 }
 
+// skipShort skips t under -short, saying why it is slow.
+func skipShort(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("not under -short: " + why)
+	}
+}
+
 // eventually polls cond until it holds, and fails t once d has passed.
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()

@@ -482,6 +482,7 @@ func unknownIDBetween(t *testing.T, entries []history.Event) string {
 // in the history, gets one resync first, then everything retained, then
 // live events; a retained id gets what follows it without resync.
 func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	daemons, bases := startInstances(t, r, 2, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
 	pub := r.client()
@@ -549,6 +550,7 @@ func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(
 // larger), then live events, with no gap even while events keep
 // coming.
 func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
 	td.waitReady()
@@ -655,6 +657,7 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 // written to Redis, fanout.v1 frames carry no id, SSE events no id line,
 // and plain WebSocket clients get the published bytes as before.
 func TestHistoryOffWritesNothingAndGivesNoIDs(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	a := startDaemon(t, r, map[string]string{"HISTORY": "off", "LOG_LEVEL": "info"})
 	b := startDaemon(t, r, map[string]string{"HISTORY": "off", "LOG_LEVEL": "info"})
@@ -692,6 +695,7 @@ func TestHistoryOffWritesNothingAndGivesNoIDs(t *testing.T) {
 // first events (no instance has a place in the user's history yet) and
 // when every instance has already recorded an event of the user.
 func TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents(t *testing.T) {
+	t.Parallel()
 	p1, p2 := `{"type":"progress","pct":50}`, "{\n  \"type\": \"heartbeat\"\n}"
 	// Runs of identical payloads: "P P", "Q Q Q", ….
 	rng := rand.New(rand.NewPCG(11, 11))
@@ -784,6 +788,7 @@ func TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents(t *testing
 // lines), which instances must not record again, or plain PUBLISH seen by
 // three instances. Every client gets each event once, with its one id.
 func TestHistoryABurstToANewUserIsRecordedOnce(t *testing.T) {
+	t.Parallel()
 	const burst = 500
 	for _, tc := range []struct {
 		name      string

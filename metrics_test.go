@@ -293,6 +293,7 @@ func TestMetricsCountDeliveriesDropsAndRefusalsExactly(t *testing.T) {
 }
 
 func TestMetricsCountSlowClientDisconnectAndItsDroppedFrame(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{
 		// Any frame queued behind a blocked write overflows the queue.
 		"SEND_QUEUE_BYTES": "1024",
@@ -354,6 +355,7 @@ func TestMetricsAreOnlyOnTheAdminListenerBehindItsToken(t *testing.T) {
 }
 
 func TestMetricsFollowARedisRestart(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()

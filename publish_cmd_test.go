@@ -122,6 +122,7 @@ func receive(t *testing.T, messages <-chan *redis.Message) string {
 }
 
 func TestPublishCommandAppendsToTheStreamAndPublishes(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	messages := subscribe(t, r, "alice")
 	const event = `{"type":"workflow_started","n":1}`
@@ -139,6 +140,7 @@ func TestPublishCommandAppendsToTheStreamAndPublishes(t *testing.T) {
 }
 
 func TestPublishCommandWithPUBSUB_SHARDEDSpublishesAndKeepsTheEventInTheChannelsSlot(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	ctx := context.Background()
 	sharded, pattern := listenBothWays(t, r, "alice")
@@ -196,6 +198,7 @@ func TestPublishCommandWithPUBSUB_SHARDEDSpublishesAndKeepsTheEventInTheChannels
 }
 
 func TestPublishCommandPublishesEachStdinLineInOrder(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	messages := subscribe(t, r, "bob")
 	// Blank lines, spaces around and CRLF endings do not count; the last
@@ -273,6 +276,7 @@ func TestPublishCommandRefusesEventsOverMAX_MESSAGE_BYTES(t *testing.T) {
 }
 
 func TestPublishCommandBadUsageExitsWithCode2AndOneLine(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	for _, tc := range []struct {
 		name string
@@ -309,6 +313,7 @@ func TestPublishCommandBadUsageExitsWithCode2AndOneLine(t *testing.T) {
 }
 
 func TestPublishCommandKeepsEventsWhileNoDaemonRuns(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	ctx := context.Background()
@@ -349,6 +354,7 @@ func TestPublishCommandKeepsEventsWhileNoDaemonRuns(t *testing.T) {
 }
 
 func TestPublishCommandReportsRedisDownWithExitCode1(t *testing.T) {
+	t.Parallel()
 	r := redisAt(t) // nothing listens there
 	res := runPublishCommand(t, r, "", nil, "--username", "u", `{}`)
 	if res.code != 1 || res.stdout != "" || strings.Count(res.stderr, "\n") != 1 || !strings.Contains(res.stderr, "127.0.0.1") {
@@ -399,9 +405,7 @@ func TestReadmeShowsThePublishScriptsAsTheyAre(t *testing.T) {
 // the script file, written into dir, against r.
 func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string) *exec.Cmd {
 	t.Helper()
-	if _, err := exec.LookPath("redis-cli"); err != nil {
-		t.Fatal("redis-cli is not installed (it comes with redis-server)")
-	}
+	testproc.NeedTool(t, "redis-cli")
 	var recipe string
 	for _, block := range codeBlocks(publishersSection(t), "bash") {
 		if strings.Contains(block, "< "+file) || strings.Contains(block, "$(cat "+file+")") {
@@ -425,6 +429,7 @@ func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string
 // recipe when python3 has the redis module, and its redis-cli one
 // otherwise.
 func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	section := publishersSection(t)
 	messages := subscribe(t, r, "alice")
@@ -501,6 +506,8 @@ func TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testi
 // the SSUBSCRIBE there. The cluster's nodes start without the scripts:
 // the pipeline of stdin lines loads them (NOSCRIPT) and sends again.
 func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testing.T) {
+	skipShort(t, "a Redis Cluster takes seconds to start")
+	t.Parallel()
 	c := testproc.StartCluster(t)
 	ctx := context.Background()
 	seeds := "REDIS_CLUSTER_ADDRS=" + strings.Join(c.Seeds(), ",")

@@ -88,6 +88,7 @@ func startTLSRedis(t *testing.T, dir, password string) *redisServer {
 }
 
 func TestRedisOverTLSWithPassword(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	r := startTLSRedis(t, dir, "s3cret-pw")
 	td := startDaemon(t, r, map[string]string{
@@ -110,6 +111,7 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 }
 
 func TestWrongRedisPasswordKeepsDaemonNotReadyWithoutLeakingIt(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	r := startTLSRedis(t, dir, "right-pw")
 	td := startDaemon(t, r, map[string]string{

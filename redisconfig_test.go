@@ -73,6 +73,7 @@ func TestConfigBadRedisDeploymentNamesTheVariable(t *testing.T) {
 }
 
 func TestUnreachableOrWrongSeedsStopStartUpWithCode2AndOneLine(t *testing.T) {
+	t.Parallel()
 	plain := startRedis(t)
 	nobody := redisAt(t).addr() // nothing listens there
 	cases := []struct {

@@ -322,6 +322,7 @@ func TestLiveEventsHeldDuringACatchUpAreDedupedOrReadAgainAfterAnOverflow(t *tes
 }
 
 func TestACatchUpThatCannotReadTheHistoryClosesWith1011(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, nil)
 	td.waitReady()

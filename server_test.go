@@ -213,6 +213,7 @@ func TestSeedLogLinesAreWritten(t *testing.T) {
 }
 
 func TestClientThatSendsOversizeFrameIsClosed(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), nil)
 	conn := td.dial("u")
 	if err := conn.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("x", maxClientMessageSize+1))); err != nil {
@@ -306,6 +307,7 @@ func TestClientThatStopsAnsweringPingsIsDropped(t *testing.T) {
 }
 
 func TestManyConcurrentConnectionsAllReceiveTheirEvents(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
 	td.waitReady()
 	const users, perUser = 1000, 2

@@ -59,6 +59,7 @@ func TestBadPublishesAreDroppedCountedAndLoggedSparingly(t *testing.T) {
 }
 
 func TestStartsWhileRedisIsDownAndSubscribesWhenItComesUp(t *testing.T) {
+	t.Parallel()
 	r := redisAt(t) // nothing listens yet
 	td := startDaemon(t, r, nil)
 
@@ -86,6 +87,7 @@ func TestStartsWhileRedisIsDownAndSubscribesWhenItComesUp(t *testing.T) {
 }
 
 func TestRedisRestartKeepsClientsConnectedAndDeliveryResumes(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, nil)
 	td.waitReady()
@@ -117,6 +119,7 @@ func TestRedisRestartKeepsClientsConnectedAndDeliveryResumes(t *testing.T) {
 }
 
 func TestSubscriptionThatSilentlyStopsDeliveringIsCaughtByProbe(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	proxy := newBlackholeProxy(t, r.addr())
 	td := startDaemon(t, r, map[string]string{"REDIS_PORT": strconv.Itoa(proxy.port())})
@@ -151,6 +154,7 @@ func TestSubscriptionThatSilentlyStopsDeliveringIsCaughtByProbe(t *testing.T) {
 }
 
 func TestProbesOfOtherInstancesReachNoUser(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	a := startDaemon(t, r, nil)
 	b := startDaemon(t, r, nil)

@@ -100,6 +100,7 @@ func leaseHolders(daemons []*testDaemon) []int {
 }
 
 func TestUserModeEachInstanceSubscribesToItsConnectedUsersOnly(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	daemons, _ := startInstances(t, r, 3, userModeEnv(nil))
@@ -211,6 +212,7 @@ func readJSON(conn *websocket.Conn, v any) error {
 // connection must start only once its channel is subscribed, and in both
 // modes it must be in the hub before the client learns it is open.
 func TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{subscribePattern, subscribeUser} {
 		for _, tr := range historyTransports() {
 			t.Run(mode+"/"+tr.name, func(t *testing.T) {
@@ -242,6 +244,7 @@ func TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt(t *testing.T) {
 }
 
 func TestUserModeKeepsAChannelForTheGracePeriodThenUnsubscribes(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	td := startDaemon(t, r, userModeEnv(map[string]string{"SUBSCRIBE_GRACE": "500ms"}))
@@ -285,6 +288,7 @@ func TestUserModeKeepsAChannelForTheGracePeriodThenUnsubscribes(t *testing.T) {
 }
 
 func TestUserModeUnderChurnOf10000ConnectsLosesNoEventAndEndsWithTheRightChannels(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	daemons, _ := startInstances(t, r, 2, userModeEnv(map[string]string{"SUBSCRIBE_GRACE": "200ms", "LOG_LEVEL": "warn", "HISTORY": "off", "PROBE_TIMEOUT": "3s"}))
@@ -385,6 +389,7 @@ func TestUserModeUnderChurnOf10000ConnectsLosesNoEventAndEndsWithTheRightChannel
 }
 
 func TestUserModeSubscribesEveryChannelAgainAfterARedisRestart(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	daemons, _ := startInstances(t, r, 2, userModeEnv(nil))
 	var conns []*websocket.Conn
@@ -426,6 +431,7 @@ func TestUserModeSubscribesEveryChannelAgainAfterARedisRestart(t *testing.T) {
 // subscription reads the events, and stops the holder mid-way: another
 // instance takes the lease over and the history has every event once.
 func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderStops(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	daemons, _ := startInstances(t, r, 3, userModeEnv(map[string]string{"HISTORY_MAX_LEN": "20000"}))
@@ -494,6 +500,7 @@ func TestUserModeRecorderLeaseIsTakenOverWhenItsHolderStops(t *testing.T) {
 // just before: the catch-up must wait for it (the subscription marker and
 // its answer), or the event is in neither the replay nor the live stream.
 func TestUserModeAResumeWaitsForTheLeaseHolderToRecordWhatWasPublishedBefore(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	daemons, bases := startInstances(t, r, 2, userModeEnv(nil))
