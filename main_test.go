@@ -46,7 +46,6 @@ func (p *daemonProcess) waitLog(tb testing.TB, d time.Duration, s string) {
 }
 
 func TestShutdownDropsClientsThatDoNotReadWithinTheTimeout(t *testing.T) {
-	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, map[string]string{"SHUTDOWN_TIMEOUT": "1s", "WRITE_WAIT": "30s", "LOG_LEVEL": "info"})
 	td.waitReady()

@@ -95,7 +95,6 @@ func TestSSEHeartbeatsKeepAnIdleStreamAlive(t *testing.T) {
 }
 
 func TestASlowSSEClientIsDisconnectedAndOthersKeepTheirEvents(t *testing.T) {
-	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{"SEND_QUEUE_BYTES": "1024", "WRITE_WAIT": "500ms", "LOG_LEVEL": "info"})
 	td.waitReady()
 	// A client that never reads, with a small receive buffer.

@@ -2,7 +2,9 @@
 # The test command: installs what the tests need when it is missing
 # (redis-server, redis-sentinel, nginx, chromium and Node.js from Debian's
 # packages, playwright-core from npm), then checks formatting, runs
-# go vet and the whole suite under the race detector.
+# go vet and the whole suite under the race detector: the unit and
+# integration tests beside the code, and the whole-process tests of e2e/
+# (go test -short ./... is the fast inner loop: it skips those).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,7 +35,10 @@ fi
 echo "== go vet"
 go vet ./...
 echo "== go test -race"
-go test -race -count=1 "$@" ./...
+# The whole-process tests (e2e/) mostly wait on timers (failovers, nginx's
+# fail_timeout, steady publishers): three at a time keep 2 cores busy
+# without starving the timing-sensitive ones.
+go test -race -count=1 -parallel 3 "$@" ./...
 # Goroutine stack sizes are only true without the race detector, which
 # doubles the stack guard: the idle-connection footprint test again.
 echo "== go test (no race): idle connection footprint"

@@ -212,7 +212,6 @@ func readJSON(conn *websocket.Conn, v any) error {
 // connection must start only once its channel is subscribed, and in both
 // modes it must be in the hub before the client learns it is open.
 func TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt(t *testing.T) {
-	t.Parallel()
 	for _, mode := range []string{subscribePattern, subscribeUser} {
 		for _, tr := range historyTransports() {
 			t.Run(mode+"/"+tr.name, func(t *testing.T) {

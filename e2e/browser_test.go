@@ -47,6 +47,7 @@ func openInChromium(t *testing.T, wsURL, wantTitle string) (*testproc.Process, s
 
 func TestBrowserOnAnotherOriginReceivesEventsWithTheDefaultConfig(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	browser, _ := openInChromium(t, td.wsURL+"?username=test-user", "event test hello")
@@ -57,6 +58,7 @@ func TestBrowserOnAnotherOriginReceivesEventsWithTheDefaultConfig(t *testing.T) 
 
 func TestBrowserOnAnOriginOutsideAllowedOriginsIsRefused(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"ALLOWED_ORIGINS": "https://app.example.com"})
 	browser, pageURL := openInChromium(t, td.wsURL+"?username=test-user", "closed 1006")
 	browser.WaitExit(t, 30*time.Second)
@@ -87,6 +89,7 @@ func readmeRefreshSnippet(t *testing.T, wsURL string) string {
 
 func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
 	td.waitReady()
 	var tokensIssued atomic.Int64
@@ -136,6 +139,7 @@ func TestBrowserReconnectsWithAFreshTokenWhenItExpires(t *testing.T) {
 
 func TestEventSourceMissesNothingAcrossADaemonRestart(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	// A plain EventSource, no code for resuming: on its own reconnects it
 	// sends Last-Event-ID, which must win over the URL's history=2.
 	h, _ := resumeAcrossRestart(t, "s", func(h *clientHarness, td *testDaemon) {
@@ -171,6 +175,7 @@ func readmeResumeSnippet(t *testing.T, wsURL, name string) string {
 
 func TestREADMEResumeLoopMissesNothingAcrossADaemonRestart(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	h, _ := resumeAcrossRestart(t, "w", func(h *clientHarness, td *testDaemon) {
 		h.send(map[string]any{"cmd": "script", "code": readmeResumeSnippet(t, td.wsURL, "w")})
 	})

@@ -78,7 +78,8 @@ func waitStep(t *testing.T, p *testproc.Process, s string) {
 			t.Fatalf("the script exited (%v) before %q; it printed:\n%s", p.Err(), s, p.Output())
 		}
 	default:
-		p.WaitOutput(t, 15*time.Second, s)
+		// Chromium's start-up takes seconds on a busy machine.
+		p.WaitOutput(t, 30*time.Second, s)
 	}
 }
 
@@ -89,6 +90,7 @@ func consoleEvent(typ, runID string, extra string) string {
 
 func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
@@ -167,6 +169,7 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 
 func TestOperatorPageShowsConnectionsAndThroughput(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	const adminToken = "operator-token-0123456789"
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"ADMIN_TOKEN": adminToken, "LOG_LEVEL": "info"})
 	td.waitReady()
@@ -337,6 +340,7 @@ const floodMessages = 60
 
 func TestFanoutClientStopsOnAPolicyViolationInsteadOfLooping(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"LOG_LEVEL": "info"})
 	td.waitReady()
 	h := startClientHarness(t, td.baseURL, nil)
@@ -361,6 +365,7 @@ func TestFanoutClientStopsOnAPolicyViolationInsteadOfLooping(t *testing.T) {
 
 func TestFanoutClientWaitsRetryAfterWhenRefusedForLoad(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"MAX_CONNECTIONS_PER_USER": "1"})
 	td.waitReady()
 	_ = td.dial("dave")
@@ -394,6 +399,7 @@ func TestFanoutClientWaitsRetryAfterWhenRefusedForLoad(t *testing.T) {
 
 func TestFanoutClientReconnectsWhenTheDaemonShutsDown(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
@@ -420,6 +426,7 @@ func TestFanoutClientReconnectsWhenTheDaemonShutsDown(t *testing.T) {
 
 func TestFanoutClientStopsOnARefusedTokenInsteadOfLooping(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
 	td.waitReady()
 	h := startClientHarness(t, td.baseURL, nil)
@@ -447,6 +454,7 @@ func TestFanoutClientStopsOnARefusedTokenInsteadOfLooping(t *testing.T) {
 
 func TestFanoutClientGetsAFreshTokenOnExpiryOrStopsWithAFixedOne(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), jwtEnv(map[string]string{"LOG_LEVEL": "info"}))
 	td.waitReady()
 	// Tokens expire within 1 to 2 seconds (exp has whole seconds).
@@ -612,6 +620,7 @@ func resumeAcrossRestart(t *testing.T, name string, open func(h *clientHarness, 
 
 func TestFanoutClientMissesNothingAcrossADaemonRestart(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	h, ids := resumeAcrossRestart(t, "a", func(h *clientHarness, td *testDaemon) {
 		h.connect("a", map[string]any{"url": td.wsURL, "username": "alice", "history": 2, "minDelay": 200, "maxDelay": 1000}, false)
 	})
@@ -645,6 +654,7 @@ func TestFanoutClientMissesNothingAcrossADaemonRestart(t *testing.T) {
 
 func TestFanoutClientCallsOnResyncWhenItsLastEventIsNoLongerKept(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	const user = "alice"
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
@@ -723,6 +733,7 @@ func TestFanoutClientCallsOnResyncWhenItsLastEventIsNoLongerKept(t *testing.T) {
 
 func TestFanoutClientWithHistoryOffGetsEventsWithoutIds(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	td := startDaemon(t, testproc.StartRedis(t), map[string]string{"HISTORY": "off"})
 	td.waitReady()
 	h := startClientHarness(t, td.baseURL, nil)

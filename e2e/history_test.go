@@ -836,6 +836,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 	t.Parallel()
 	for _, tr := range historyTransports() {
 		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
 			r := testproc.StartRedis(t)
 			var ports []int
 			for len(ports) < 3 {

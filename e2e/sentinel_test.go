@@ -23,7 +23,10 @@ func TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing(t *testi
 	skipShort(t)
 	t.Parallel()
 	for _, mode := range []string{"pattern", "user"} {
-		t.Run(mode, func(t *testing.T) { sentinelFailover(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			sentinelFailover(t, mode)
+		})
 	}
 }
 
