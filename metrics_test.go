@@ -293,7 +293,6 @@ func TestMetricsCountDeliveriesDropsAndRefusalsExactly(t *testing.T) {
 }
 
 func TestMetricsCountSlowClientDisconnectAndItsDroppedFrame(t *testing.T) {
-	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{
 		// Any frame queued behind a blocked write overflows the queue.
 		"SEND_QUEUE_BYTES": "1024",

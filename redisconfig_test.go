@@ -2,11 +2,8 @@ package main
 
 import (
 	"errors"
-	"os/exec"
 	"slices"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -68,43 +65,6 @@ func TestConfigBadRedisDeploymentNamesTheVariable(t *testing.T) {
 		var cerr *configError
 		if !errors.As(err, &cerr) || cerr.name != tc.want {
 			t.Errorf("%v: %v, want an error naming %s", tc.env, err, tc.want)
-		}
-	}
-}
-
-func TestUnreachableOrWrongSeedsStopStartUpWithCode2AndOneLine(t *testing.T) {
-	t.Parallel()
-	plain := startRedis(t)
-	nobody := redisAt(t).addr() // nothing listens there
-	cases := []struct {
-		env  []string
-		want []string
-	}{
-		{[]string{"REDIS_CLUSTER_ADDRS=" + nobody}, []string{"REDIS_CLUSTER_ADDRS", nobody, "no address answers"}},
-		{[]string{"REDIS_CLUSTER_ADDRS=" + plain.addr()}, []string{"REDIS_CLUSTER_ADDRS", "without cluster mode"}},
-		{[]string{"REDIS_SENTINEL_ADDRS=" + nobody, "REDIS_SENTINEL_MASTER=events"}, []string{"REDIS_SENTINEL_ADDRS", nobody}},
-		{[]string{"REDIS_SENTINEL_ADDRS=,", "REDIS_SENTINEL_MASTER=events"}, []string{"REDIS_SENTINEL_ADDRS", "lists no address"}},
-		{[]string{"PUBSUB_SHARDED=true"}, []string{"PUBSUB_SHARDED", "SUBSCRIBE_MODE=user"}},
-	}
-	for _, tc := range cases {
-		p := startProcess(t, daemonCommand(t, tc.env...))
-		select {
-		case <-p.Done():
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: still running after 10s, want exit code 2", tc.env)
-		}
-		var exit *exec.ExitError
-		if !errors.As(p.Err(), &exit) || exit.ExitCode() != 2 {
-			t.Fatalf("%s: %v, want exit code 2", tc.env, p.Err())
-		}
-		out := strings.TrimSuffix(p.logs.String(), "\n")
-		if strings.Contains(out, "\n") {
-			t.Fatalf("%s: output %q, want one line", tc.env, out)
-		}
-		for _, w := range tc.want {
-			if !strings.Contains(out, w) {
-				t.Fatalf("%s: output %q, want it to say %q", tc.env, out, w)
-			}
 		}
 	}
 }

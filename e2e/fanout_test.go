@@ -217,7 +217,9 @@ func portOutsideEphemeralRange(t testing.TB) int {
 		port := low - 1 - rand.IntN(min(low-1024, 10000))
 		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
 			_ = ln.Close()
-			return port
+			if testproc.Claim(port) {
+				return port
+			}
 		}
 	}
 	t.Fatal("no free port below the ephemeral range")

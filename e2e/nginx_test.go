@@ -407,6 +407,7 @@ func dialAll(t *testing.T, urls []string, headers []http.Header) []int {
 	dialer := websocket.Dialer{HandshakeTimeout: 20 * time.Second}
 	statuses := make([]int, len(urls))
 	conns := make([]*websocket.Conn, len(urls))
+	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	for i, url := range urls {
 		var header http.Header
@@ -420,10 +421,15 @@ func dialAll(t *testing.T, urls []string, headers []http.Header) []int {
 				conns[i], statuses[i] = conn, http.StatusSwitchingProtocols
 			case resp != nil:
 				statuses[i] = resp.StatusCode
+			default:
+				firstErr.CompareAndSwap(nil, err.Error())
 			}
 		})
 	}
 	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		t.Logf("a dial got no HTTP answer: %v", err)
+	}
 	t.Cleanup(func() {
 		for _, c := range conns {
 			if c != nil {

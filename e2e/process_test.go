@@ -40,6 +40,78 @@ func TestBadConfigExitsWithCode2AndOneLine(t *testing.T) {
 	}
 }
 
+func TestAdminAddrOrTrustedProxiesWrongExitsWithCode2(t *testing.T) {
+	bin := fanoutBinary(t)
+	t.Parallel()
+	cases := []struct {
+		env  string
+		want []string
+	}{
+		{"ADMIN_ADDR=0.0.0.0:9084", []string{`ADMIN_ADDR="0.0.0.0:9084"`, "ADMIN_TOKEN"}},
+		{"TRUSTED_PROXIES=nginx.internal", []string{`TRUSTED_PROXIES="nginx.internal"`, "CIDR"}},
+	}
+	for _, tc := range cases {
+		// testproc kills it at cleanup, should it start serving instead.
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(), "ADMIN_ADDR=127.0.0.1:0", tc.env)
+		p := testproc.Start(t, cmd)
+		select {
+		case <-p.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still running after 10s, want exit code 2 at once", tc.env)
+		}
+		var exit *exec.ExitError
+		if !errors.As(p.Err(), &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("%s: %v, want exit code 2", tc.env, p.Err())
+		}
+		// Nothing but the one line: the daemon did not start.
+		out := strings.TrimSuffix(p.Output(), "\n")
+		if strings.Contains(out, "\n") || !strings.Contains(out, tc.want[0]) || !strings.Contains(out, tc.want[1]) {
+			t.Fatalf("%s: output %q, want one line with %q and %q", tc.env, out, tc.want[0], tc.want[1])
+		}
+	}
+}
+
+func TestUnreachableOrWrongSeedsStopStartUpWithCode2AndOneLine(t *testing.T) {
+	bin := fanoutBinary(t)
+	t.Parallel()
+	plain := testproc.StartRedis(t)
+	nobody := testproc.Addr(testproc.FreePort(t)) // nothing listens there
+	cases := []struct {
+		env  []string
+		want []string
+	}{
+		{[]string{"REDIS_CLUSTER_ADDRS=" + nobody}, []string{"REDIS_CLUSTER_ADDRS", nobody, "no address answers"}},
+		{[]string{"REDIS_CLUSTER_ADDRS=" + plain.Addr()}, []string{"REDIS_CLUSTER_ADDRS", "without cluster mode"}},
+		{[]string{"REDIS_SENTINEL_ADDRS=" + nobody, "REDIS_SENTINEL_MASTER=events"}, []string{"REDIS_SENTINEL_ADDRS", nobody}},
+		{[]string{"REDIS_SENTINEL_ADDRS=,", "REDIS_SENTINEL_MASTER=events"}, []string{"REDIS_SENTINEL_ADDRS", "lists no address"}},
+		{[]string{"PUBSUB_SHARDED=true"}, []string{"PUBSUB_SHARDED", "SUBSCRIBE_MODE=user"}},
+	}
+	for _, tc := range cases {
+		cmd := exec.Command(bin)
+		cmd.Env = append(append(os.Environ(), "ADMIN_ADDR=127.0.0.1:0"), tc.env...)
+		p := testproc.Start(t, cmd)
+		select {
+		case <-p.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still running after 10s, want exit code 2", tc.env)
+		}
+		var exit *exec.ExitError
+		if !errors.As(p.Err(), &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("%s: %v, want exit code 2", tc.env, p.Err())
+		}
+		out := strings.TrimSuffix(p.Output(), "\n")
+		if strings.Contains(out, "\n") {
+			t.Fatalf("%s: output %q, want one line", tc.env, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Fatalf("%s: output %q, want it to say %q", tc.env, out, w)
+			}
+		}
+	}
+}
+
 func TestSIGTERMSendsGoingAwayAndExits(t *testing.T) {
 	fanoutBinary(t)
 	t.Parallel()

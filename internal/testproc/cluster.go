@@ -118,7 +118,9 @@ func freeClusterPort(tb testing.TB) int {
 		ln.Close()
 		if err == nil {
 			bus.Close()
-			return port
+			if Claim(port) && Claim(port+10000) {
+				return port
+			}
 		}
 	}
 	tb.Fatal("find a free port whose cluster bus port (+10000) is free: none in 100 tries")

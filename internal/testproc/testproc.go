@@ -83,15 +83,46 @@ func NeedTool(tb testing.TB, name string) string {
 	return ""
 }
 
-// FreePort returns a loopback port that was free a moment ago.
+// handedOut holds every port FreePort or Claim gave out in this test
+// binary: a process takes a while to bind the port it was given, and in
+// the meantime the kernel may offer the same free port to a parallel test.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// Claim records port as taken by the caller and reports whether nobody in
+// this test binary had it yet.
+func Claim(port int) bool {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = make(map[int]bool)
+	}
+	if handedOut.ports[port] {
+		return false
+	}
+	handedOut.ports[port] = true
+	return true
+}
+
+// FreePort returns a loopback port that was free a moment ago and that no
+// other test of this binary was given.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("find a free port: %v", err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("find a free port: %v", err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if Claim(port) {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	tb.Fatal("find a free port: 100 tries gave ports already handed out")
+	return 0
 }
 
 // Addr is 127.0.0.1:port.
