@@ -665,9 +665,8 @@ func TestSIGTERMThroughNginxMovesEveryClientToTheOtherInstancesAndLosesNothing(t
 // port, /ready, nginx routing to it again). Every client ends with every
 // event of its user, in order, once; the 1001 → resumed gaps are logged.
 func TestRollingRestartOf3InstancesWith3000UsersLosesNothing(t *testing.T) {
-	// Not in parallel: 3 000 clients and three daemons keep both cores
-	// busy, and the Chromium tests' start-up would starve beside it.
 	skipShort(t)
+	t.Parallel()
 	for _, mode := range drainModes {
 		t.Run(drainModeName(mode), func(t *testing.T) { rollingRestart(t, mode, 3000) })
 	}
