@@ -307,7 +307,6 @@ func spreadUsers(base, prefix string, n int) []string {
 }
 
 func TestDefaultLimitsAccept2000LoopbackClientsConnectingAtOnce(t *testing.T) {
-	t.Parallel()
 	// The quick start: protected mode, every client on this machine.
 	td := startDaemon(t, startRedis(t), withSeedLimits(map[string]string{"LOG_LEVEL": "warn"}))
 	requireSeedLimits(t, td)

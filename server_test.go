@@ -307,7 +307,6 @@ func TestClientThatStopsAnsweringPingsIsDropped(t *testing.T) {
 }
 
 func TestManyConcurrentConnectionsAllReceiveTheirEvents(t *testing.T) {
-	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
 	td.waitReady()
 	const users, perUser = 1000, 2

@@ -287,7 +287,6 @@ func TestUserModeKeepsAChannelForTheGracePeriodThenUnsubscribes(t *testing.T) {
 }
 
 func TestUserModeUnderChurnOf10000ConnectsLosesNoEventAndEndsWithTheRightChannels(t *testing.T) {
-	t.Parallel()
 	r := startRedis(t)
 	rdb := r.client()
 	daemons, _ := startInstances(t, r, 2, userModeEnv(map[string]string{"SUBSCRIBE_GRACE": "200ms", "LOG_LEVEL": "warn", "HISTORY": "off", "PROBE_TIMEOUT": "3s"}))

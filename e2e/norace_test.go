@@ -2,6 +2,6 @@
 
 package e2e
 
-// raceEnabled tells that the tests, and so the daemon binary they run, are
+// raceEnabled tells that the tests (the clients of the daemon) are
 // built with the race detector.
 const raceEnabled = false
