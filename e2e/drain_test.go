@@ -821,6 +821,8 @@ for (let i = 0; i < %d; i++) {
 // after the close 1001 (never at once), so they come back spread out, and
 // every client ends with every event.
 func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *testing.T) {
+	// Not in parallel: it measures when each client dials again, to
+	// within a quarter of minDelay, which a busy machine would blur.
 	skipShort(t)
 	c := startDrainCluster(t, 3)
 	const clients, rounds = 90, 40
