@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,6 +26,16 @@ func TestMain(m *testing.M) {
 	if os.Getenv("FANOUT_TEST_RUN_MAIN") == "1" {
 		main()
 		return
+	}
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if testing.Short() && !explicit {
+		// The inner loop: the slow tests here mostly wait on timers
+		// (leases, grace periods, probes), so four run at a time. The
+		// full run keeps go test's default, one per core: there the race
+		// detector and e2e's processes keep the cores busy.
+		_ = flag.Set("test.parallel", "4")
 	}
 	goleak.VerifyTestMain(m)
 }
