@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -850,11 +849,10 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 			if err != nil {
 				t.Fatal(err)
 			}
-			var pubOut, pubErr bytes.Buffer
-			pubCmd.Stdout, pubCmd.Stderr = &pubOut, &pubErr
-			if err := pubCmd.Start(); err != nil {
-				t.Fatal(err)
-			}
+			// Its ids go to pubOut, anything else to the process's Out.
+			var pubOut testproc.Buffer
+			pubCmd.Stdout = &pubOut
+			pubProc := testproc.Start(t, pubCmd)
 			var sent atomic.Int64
 			publishErr := make(chan error, 1)
 			start := time.Now()
@@ -883,9 +881,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 				t.Fatal(err)
 			}
 			stdin.Close()
-			if err := pubCmd.Wait(); err != nil {
-				t.Fatalf("fanout publish: %v: %s", err, pubErr.String())
-			}
+			pubProc.WaitExit(t, 30*time.Second)
 			if ids := strings.Fields(pubOut.String()); len(ids) != len(payloads) {
 				t.Fatalf("fanout publish printed %d ids for %d events", len(ids), len(payloads))
 			}

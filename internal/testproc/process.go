@@ -15,7 +15,8 @@ import (
 type Process struct {
 	// Cmd is the started command.
 	Cmd *exec.Cmd
-	// Out collects what it writes to stdout and stderr.
+	// Out collects what it writes to stdout and stderr (those cmd did not
+	// direct elsewhere).
 	Out *Buffer
 	// done is closed once the process has exited; err is then what Wait
 	// returned.
@@ -23,7 +24,8 @@ type Process struct {
 	err  error
 }
 
-// Start starts cmd for tb, or fails tb.
+// Start starts cmd for tb, or fails tb. What it writes to stdout and
+// stderr goes to Out, unless cmd sets its own writer.
 func Start(tb testing.TB, cmd *exec.Cmd) *Process {
 	tb.Helper()
 	p, err := start(tb, cmd)
@@ -35,7 +37,12 @@ func Start(tb testing.TB, cmd *exec.Cmd) *Process {
 
 func start(tb testing.TB, cmd *exec.Cmd) (*Process, error) {
 	p := &Process{Cmd: cmd, Out: &Buffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.Out, p.Out
+	if cmd.Stdout == nil {
+		cmd.Stdout = p.Out
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = p.Out
+	}
 	// Its own process group, so that stopping it also stops children that
 	// would otherwise hold the output pipe open.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
