@@ -152,7 +152,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		stopAuth: stopAuth,
 	}
 	if cfg.History {
-		hub.replayer = newReplayer(rdb, cfg, stats, logger)
+		hub.catchUps = newCatchUps(rdb, cfg, stats, logger)
 		// The recorder has connections of its own, so that live events
 		// never wait for one behind a reconnect storm's history reads.
 		recOpts := opts
@@ -189,7 +189,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 			// A resuming connection's catch-up reads the history once the
 			// lease holder has recorded every event published before its
 			// channel was subscribed here.
-			hub.replayer.sync = users.waitSynced
+			hub.catchUps.sync = users.waitSynced
 			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
 			rec.onConfirmed = d.lease.markReady
 			// A user's first events after this instance subscribes are
@@ -342,8 +342,6 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 		IdleTimeout:       httpIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
 	}
-	// SSE requests last until the hub ends them.
-	httpServer.RegisterOnShutdown(d.hub.endStreams)
 	serveErr := make(chan error, 2)
 	wg.Go(func() { serveErr <- fmt.Errorf("serve %s: %w", ln.Addr(), httpServer.Serve(ln)) })
 	var adminServer *http.Server

@@ -246,12 +246,10 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "reason", rejectUpgradeFailed, "err", err)
 		return
 	}
-	c := newClient(s.hub, conn, id.username, remote)
-	c.expires = id.expires
-	c.v1 = conn.Subprotocol() == subprotocolV1
 	// This goroutine holds the write right until the 101 is out: events
 	// broadcast meanwhile queue behind it.
-	c.writer = writeDirect
+	c := newWSClient(s.hub, conn, id.username, remote)
+	c.expires = id.expires
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
 	if id.subject != "" && id.subject != id.username {
@@ -272,7 +270,7 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 		c.disconnect(disconnectGone)
 	}
 	// A write pump takes over what was queued meanwhile.
-	c.handOff()
+	c.handOff(false)
 }
 
 // refuse answers a /ws request that admit refused with its one-line

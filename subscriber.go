@@ -257,7 +257,7 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 				if s.users == nil && s.hub != nil && s.wasConfirmed {
 					// The pattern is back: Redis may have taken events
 					// while it was gone, which the history holds.
-					s.hub.resyncAll()
+					s.hub.catchUpEveryoneAfterLoss()
 				}
 				s.wasConfirmed = true
 				if s.users != nil {
@@ -305,7 +305,7 @@ func (s *Subscriber) userConfirmation(ctx context.Context, m *redis.Subscription
 		since, ok, resync := s.users.confirmed(username)
 		if resync && s.hub != nil {
 			// Before any event of the new subscription is broadcast.
-			s.hub.resync(username)
+			s.hub.catchUpAfterLoss(username)
 		}
 		if ok && s.recorder != nil {
 			return s.recorder.add(ctx, inbound{reset: true, username: username, since: since})
