@@ -391,4 +391,3 @@ func (c *Client) takenLocked() {
 		c.catchUp.drained = nil
 	}
 }
-

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
 )
 
 // newTestHub returns a hub whose clients have the given queue bounds.
