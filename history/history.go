@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/internal/redisx"
 )
 
 // ChannelPrefix starts every user channel: workflow:events:{username}.
@@ -160,8 +162,8 @@ func (p *Publisher) Publish(ctx context.Context, username string, payload []byte
 // a dead master's slots to it after its replica took over.
 func (p *Publisher) failed(ctx context.Context, err error) {
 	var reply redis.Error
-	if cc, ok := p.rdb.(*redis.ClusterClient); ok && !errors.As(err, &reply) {
-		cc.ReloadState(ctx)
+	if !errors.As(err, &reply) {
+		redisx.ReloadSlots(ctx, p.rdb)
 	}
 }
 
