@@ -17,12 +17,14 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"fanout/history"
 	"fanout/internal/redisx"
 )
 
 const (
-	// channelPrefix is the seed's channel convention: workflow:events:{username}.
-	channelPrefix = "workflow:events:"
+	// channelPrefix is the seed's channel convention, workflow:events:{username},
+	// which the history package owns.
+	channelPrefix = history.ChannelPrefix
 	// channelPattern is what the daemon subscribes to.
 	channelPattern = channelPrefix + "*"
 	// probePrefix starts the channels of the self-probes. It holds ':', which

@@ -167,14 +167,19 @@ func (p *Publisher) failed(ctx context.Context, err error) {
 	}
 }
 
-// CheckUsername accepts what fanout accepts as a username: 1 to 128 bytes
-// of ASCII letters, digits and . _ @ + -.
+// MaxUsernameBytes is the longest username fanout accepts.
+const MaxUsernameBytes = 128
+
+// CheckUsername is fanout's one username rule: 1 to MaxUsernameBytes
+// bytes of ASCII letters, digits and . _ @ + -. So no username holds ':'
+// (the probe channels rely on it) or a glob character. The error is one
+// line saying what to change.
 func CheckUsername(username string) error {
 	switch {
 	case username == "":
 		return errors.New("missing username")
-	case len(username) > 128:
-		return fmt.Errorf("username is %d bytes; at most 128 are allowed", len(username))
+	case len(username) > MaxUsernameBytes:
+		return fmt.Errorf("username is %d bytes; at most %d are allowed", len(username), MaxUsernameBytes)
 	}
 	for i := 0; i < len(username); i++ {
 		b := username[i]
