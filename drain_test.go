@@ -21,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // The drain tests of issue 12: real fanout processes (SIGTERM is a real
@@ -317,7 +318,7 @@ func (c *drainClient) run(ctx context.Context) {
 				c.moves[move].failedDials++
 			}
 			c.mu.Unlock()
-			sleepCtx(ctx, c.backoff(&failures))
+			redisx.Sleep(ctx, c.backoff(&failures))
 			continue
 		}
 		opened := time.Now()
@@ -390,7 +391,7 @@ func (c *drainClient) run(ctx context.Context) {
 			c.problems = append(c.problems, fmt.Sprintf("connection ended with %v, want close 1001", end))
 		}
 		c.mu.Unlock()
-		sleepCtx(ctx, delay)
+		redisx.Sleep(ctx, delay)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // What the Sentinel and Cluster tests share: a publisher that keeps
@@ -87,7 +88,7 @@ func (p *steadyPublisher) run(ctx context.Context) {
 			}
 			p.mu.Unlock()
 		}
-		sleepCtx(ctx, p.every)
+		redisx.Sleep(ctx, p.every)
 	}
 }
 
@@ -259,7 +260,7 @@ func watchReady(ctx context.Context, daemons []*testDaemon) *readyWatch {
 					}
 					w.mu.Unlock()
 				}
-				sleepCtx(ctx, 10*time.Millisecond)
+				redisx.Sleep(ctx, 10*time.Millisecond)
 			}
 		})
 	}

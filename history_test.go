@@ -26,6 +26,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // The acceptance tests of issue 11 (history and resume): real redis-server,
@@ -395,7 +396,7 @@ func (c *resumingClient) run(ctx context.Context) {
 			c.mu.Lock()
 			c.lastDialErr = err
 			c.mu.Unlock()
-			sleepCtx(ctx, 20*time.Millisecond)
+			redisx.Sleep(ctx, 20*time.Millisecond)
 			continue
 		}
 		seg := resumeSegment{instance: instance, resumedFrom: last, viaHeader: header != "", failedDials: failed}
@@ -444,7 +445,7 @@ func (c *resumingClient) run(ctx context.Context) {
 		c.cur = nil
 		c.segments = append(c.segments, seg)
 		c.mu.Unlock()
-		sleepCtx(ctx, time.Duration(c.rng.IntN(50))*time.Millisecond)
+		redisx.Sleep(ctx, time.Duration(c.rng.IntN(50))*time.Millisecond)
 	}
 }
 

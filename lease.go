@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/internal/redisx"
 )
 
 const (
@@ -187,10 +189,10 @@ func (l *recorderLease) handOver() {
 		}
 		if holder != "" && holder != l.owner && ready == holder {
 			l.logger.Info("Recorder lease handed over")
-			sleepCtx(ctx, handoverOverlap)
+			redisx.Sleep(ctx, handoverOverlap)
 			return
 		}
-		sleepCtx(ctx, 20*time.Millisecond)
+		redisx.Sleep(ctx, 20*time.Millisecond)
 	}
 	l.logger.Info("No other instance took the recorder lease; the next one to start takes it")
 }

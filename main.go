@@ -21,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -332,7 +333,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	if d.lease != nil {
 		wg.Go(func() { d.lease.run(subCtx) })
 	}
-	wg.Go(func() { keepClusterStateFresh(subCtx, d.rdb, d.recordRdb) })
+	wg.Go(func() { redisx.KeepSlotsFresh(subCtx, clusterStateEvery, d.rdb, d.recordRdb) })
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
 

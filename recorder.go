@@ -256,33 +256,22 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		ub.payloads = append(ub.payloads, e.payload)
 	}
 	ids := make([]string, len(evs))
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
-		pipe := r.rdb.Pipeline()
-		for _, u := range order {
-			cur := r.horizon
-			if uc := r.cursors[u]; uc != nil {
-				cur = uc.cur
-			}
-			if !cur.Entry && waitFirst {
-				since, ok := r.waiting[u]
-				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
-			}
-			users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
+	rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	pipe := r.rdb.Pipeline()
+	for _, u := range order {
+		cur := r.horizon
+		if uc := r.cursors[u]; uc != nil {
+			cur = uc.cur
 		}
-		_, err = pipe.Exec(rctx)
-		cancel()
-		if attempt == 0 && history.IsNoScript(err) {
-			// Redis restarted, or its scripts were flushed.
-			if lerr := history.Load(ctx, r.rdb); lerr != nil {
-				err = lerr
-				break
-			}
-			continue
+		if !cur.Entry && waitFirst {
+			since, ok := r.waiting[u]
+			cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
 		}
-		break
+		users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
 	}
+	// With the scripts loaded again if Redis restarted or flushed them.
+	err := history.ExecScripts(rctx, r.rdb, pipe)
+	cancel()
 	failed, lagging := 0, 0
 	var held map[int]bool
 	for _, u := range order {

@@ -5,15 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // shardRefreshEvery is how often the router reads the cluster's slot map
@@ -185,21 +183,20 @@ func (r *shardRouter) run(ctx context.Context) {
 	defer r.stopAll()
 	tick := time.NewTimer(shardRefreshEvery)
 	defer tick.Stop()
-	delay := retryMin
+	backoff := redisx.Backoff{Min: retryMin, Max: r.cfg.RedisRetryMax}
 	for {
 		if err := r.reload(ctx, &wg); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			wait := delay/2 + rand.N(delay/2+1)
+			wait := backoff.Next()
 			r.logger.Warn("Reading the Redis Cluster slot map failed; retrying", "addr", redisTarget(r.cfg), "err", err, "retry_in", wait.Round(time.Millisecond))
-			delay = min(delay*2, r.cfg.RedisRetryMax)
-			if !sleepCtx(ctx, wait) {
+			if !redisx.Sleep(ctx, wait) {
 				return
 			}
 			continue
 		}
-		delay = retryMin
+		backoff.Reset()
 		// While a master's subscription fails, its replica may be
 		// promoted any moment: the map is read more often.
 		every := shardRefreshEvery
@@ -212,7 +209,7 @@ func (r *shardRouter) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		case <-r.refresh:
-			if !sleepCtx(ctx, shardRefreshGap) {
+			if !redisx.Sleep(ctx, shardRefreshGap) {
 				return
 			}
 		}
@@ -260,8 +257,8 @@ func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	if r.apply(ctx, wg, slots) {
 		// go-redis's own map, for the scripts and the history reads, at
-		// once rather than at keepClusterStateFresh's next tick.
-		r.cluster.ReloadState(ctx)
+		// once rather than at redisx.KeepSlotsFresh's next tick.
+		redisx.ReloadSlots(ctx, r.cluster)
 	}
 	return nil
 }
@@ -429,24 +426,4 @@ func (r *shardRouter) count() int {
 		n += s.users.count()
 	}
 	return n
-}
-
-// movedAddr returns the address of a MOVED error reply, or "".
-func movedAddr(err error) string {
-	addr, _ := redis.IsMovedError(err)
-	return addr
-}
-
-// movedSlot returns the slot of a MOVED error reply.
-func movedSlot(err error) (int, bool) {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) {
-		return 0, false
-	}
-	f := strings.Fields(rerr.Error())
-	if len(f) < 2 || f[0] != "MOVED" {
-		return 0, false
-	}
-	slot, perr := strconv.Atoi(f[1])
-	return slot, perr == nil && slot >= 0 && slot < history.ClusterSlots
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"errors"
 	"testing"
-
-	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
 )
@@ -28,23 +25,3 @@ func TestKeySlotIsRedisClusters(t *testing.T) {
 		t.Error("an empty hash tag must not hash to the empty name's slot")
 	}
 }
-
-func TestMovedSlotReadsOnlyMovedReplies(t *testing.T) {
-	slot, ok := movedSlot(redisErr("MOVED 3999 127.0.0.1:6381"))
-	if !ok || slot != 3999 {
-		t.Fatalf("MOVED: %d %v", slot, ok)
-	}
-	for _, err := range []error{redisErr("ASK 3999 127.0.0.1:6381"), redisErr("MOVED x y"), errors.New("MOVED 1 a")} {
-		if _, ok := movedSlot(err); ok {
-			t.Errorf("%v read as MOVED", err)
-		}
-	}
-}
-
-// redisErr is an error reply, as go-redis's reader returns one.
-type redisErr string
-
-func (e redisErr) Error() string { return string(e) }
-func (redisErr) RedisError()     {}
-
-var _ redis.Error = redisErr("")

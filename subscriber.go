@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -17,11 +16,15 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 const (
-	// channelPrefix is the seed's channel convention: workflow:events:{username}.
-	channelPrefix = "workflow:events:"
+	// channelPrefix is the seed's channel convention, workflow:events:{username},
+	// which the history package owns.
+	channelPrefix = history.ChannelPrefix
 	// channelPattern is what the daemon subscribes to.
 	channelPattern = channelPrefix + "*"
 	// probePrefix starts the channels of the self-probes. It holds ':', which
@@ -149,7 +152,7 @@ func (s *Subscriber) run(ctx context.Context) {
 	}
 	defer wg.Wait()
 
-	delay := retryMin
+	backoff := redisx.Backoff{Min: retryMin, Max: s.cfg.RedisRetryMax}
 	for ctx.Err() == nil {
 		confirmed, err := s.session(ctx)
 		if ctx.Err() != nil {
@@ -162,14 +165,13 @@ func (s *Subscriber) run(ctx context.Context) {
 		// /ready is public: the reason names no address; the log has the error.
 		s.setNotReady("redis subscription lost; retrying (the daemon's log says why)")
 		if confirmed {
-			delay = retryMin
+			backoff.Reset()
 		}
-		wait := delay/2 + rand.N(delay/2+1)
+		wait := backoff.Next()
 		s.logger.Warn("Redis subscription failed; retrying", "addr", s.addr, "err", err, "retry_in", wait.Round(time.Millisecond))
-		if !sleepCtx(ctx, wait) {
+		if !redisx.Sleep(ctx, wait) {
 			return
 		}
-		delay = min(delay*2, s.cfg.RedisRetryMax)
 	}
 }
 
@@ -223,13 +225,13 @@ func (s *Subscriber) session(ctx context.Context) (confirmed bool, err error) {
 			if confirmed && errors.As(err, &netErr) && netErr.Timeout() {
 				continue
 			}
-			if slot, ok := movedSlot(err); ok && confirmed && s.sharded() {
+			if slot, ok := redisx.MovedSlot(err); ok && confirmed && s.sharded() {
 				// A node that does not own the slot refused an SSUBSCRIBE
 				// (or SUNSUBSCRIBE): the connection is fine; those users'
 				// channels are subscribed where the slot lives now.
 				lost := s.users.refused(slot)
 				if s.onMoved != nil {
-					s.onMoved(slot, movedAddr(err), len(lost))
+					s.onMoved(slot, redisx.MovedAddr(err), len(lost))
 				}
 				continue
 			}
@@ -485,17 +487,5 @@ func (s *Subscriber) probe(ctx context.Context) {
 				s.logger.Warn("Redis self-probe publish failed", "err", err)
 			}
 		}
-	}
-}
-
-// sleepCtx waits for d or until ctx ends, and reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 const (
@@ -297,7 +298,7 @@ func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock fu
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-u.kick:
-			if !sleepCtx(ctx, subscribeBatchWait) {
+			if !redisx.Sleep(ctx, subscribeBatchWait) {
 				return ctx.Err()
 			}
 		case <-tick.C:
