@@ -15,11 +15,10 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"fanout/history"
 	"fanout/internal/wsconn"
 )
 
-// maxUsernameBytes bounds the username query parameter.
-const maxUsernameBytes = 128
 
 // subprotocolV1 is the WebSocket subprotocol of clients that want event
 // ids and control messages: each event is {"id":…,"data":…}.
@@ -328,30 +327,11 @@ func (s *Server) originAllowed(r *http.Request, origin string) bool {
 	return slices.Contains(s.cfg.AllowedOrigins, origin)
 }
 
-// validateUsername accepts 1 to 128 bytes of letters, digits and . _ @ + -,
-// so a username can never carry a Redis pattern character (* ? [) or the
-// channel separator (:).
+// validateUsername applies history's username rule (history.CheckUsername)
+// to a connection's username, naming the query parameter when it is missing.
 func validateUsername(username string) error {
-	switch {
-	case username == "":
-		return fmt.Errorf("missing username: connect to /ws?username={username}")
-	case len(username) > maxUsernameBytes:
-		return fmt.Errorf("username is %d bytes; at most %d are allowed", len(username), maxUsernameBytes)
+	if username == "" {
+		return errors.New("missing username: connect to /ws?username={username}")
 	}
-	for i := 0; i < len(username); i++ {
-		if !usernameByte(username[i]) {
-			return fmt.Errorf("username has %+q at byte %d; use only ASCII letters, digits and . _ @ + -", username[i:i+1], i)
-		}
-	}
-	return nil
-}
-
-func usernameByte(b byte) bool {
-	switch {
-	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
-		return true
-	case b == '.', b == '_', b == '@', b == '+', b == '-':
-		return true
-	}
-	return false
+	return history.CheckUsername(username)
 }

@@ -389,7 +389,7 @@ func FuzzValidateUsername(f *testing.F) {
 			}
 			return
 		}
-		if username == "" || len(username) > maxUsernameBytes || strings.ContainsAny(username, "*?[]:\\ \x00") {
+		if username == "" || len(username) > history.MaxUsernameBytes || strings.ContainsAny(username, "*?[]:\\ \x00") {
 			t.Fatalf("accepted %q", username)
 		}
 	})
