@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"fanout/history"
 )
 
 func TestDeliveryReachesEveryConnectionOfUserInOrderAndNoOtherUser(t *testing.T) {
