@@ -217,18 +217,8 @@ type subscriptionState struct {
 
 // subscription returns the subscription's state for /admin/stats.
 func (d *daemon) subscription() subscriptionState {
-	st := subscriptionState{Mode: d.cfg.SubscribeMode}
-	switch {
-	case d.shards != nil:
-		st.Channels = d.shards.count()
-	case d.sub.users != nil:
-		st.Channels = d.sub.users.count()
-	}
-	if d.lease != nil {
-		st.RecorderLease = d.lease.held.Load()
-		st.RecorderReceived = d.leaseStats.MessagesReceived.Load()
-	}
-	return st
+	sub := d.sub.status()
+	return subscriptionState{Mode: d.cfg.SubscribeMode, Channels: sub.channels, RecorderLease: sub.recorderLease, RecorderReceived: sub.recorderReceived}
 }
 
 // redisState is the subscription's health in /admin/stats.
@@ -268,7 +258,8 @@ type sendQueueState struct {
 func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ready, why := d.ready(r.Context())
-	subReady, subWhy := d.subReady()
+	subReady, subWhy := d.sub.ready()
+	sub := d.sub.status()
 	// Totals and growth from one reading, so that they agree.
 	counters, growth, span, series := d.sampler.window(now)
 	rates := make(map[string]float64, len(growth))
@@ -276,7 +267,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		rates[name] = float64(n) / max(span.Seconds(), 1)
 	}
 	lastAgo := -1.0
-	if ns := d.subLastReceived(); ns > 0 {
+	if ns := sub.lastReceived; ns > 0 {
 		lastAgo = now.Sub(time.Unix(0, ns)).Seconds()
 	}
 	rejected := make(map[string]uint64, rejectReasonCount)
@@ -302,7 +293,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		Throughput:     series,
 		Redis: redisState{
 			Addr:                   redisTarget(d.cfg),
-			Subscribed:             d.subConfirmed(),
+			Subscribed:             sub.confirmed,
 			Ready:                  subReady,
 			NotReady:               subWhy,
 			LastReceivedSecondsAgo: lastAgo,

@@ -46,10 +46,10 @@ type catchUps struct {
 	errLog *logLimiter
 	// active counts the catch-ups in progress.
 	active atomic.Int64
-	// sync, in user mode, waits until the history holds every event
-	// published before the user's channel was subscribed here
-	// (userChannels.waitSynced); nil in pattern mode, where the instance
-	// reads every event all along.
+	// sync waits until the history holds every event published before
+	// the user's channel was subscribed here (subscription.waitSynced:
+	// in user mode with the recorder lease; at once elsewhere, where the
+	// instance reads every event all along).
 	sync func(ctx context.Context, user string)
 }
 
@@ -73,6 +73,7 @@ func newCatchUps(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logge
 		stats:     stats,
 		logger:    logger,
 		errLog:    newLogLimiter(1, 5),
+		sync:      func(context.Context, string) {},
 	}
 }
 
@@ -129,9 +130,7 @@ func (p *catchUps) run(ctx context.Context, c *Client, req replayRequest) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
 	user := c.username
-	if p.sync != nil {
-		p.sync(ctx, user)
-	}
+	p.sync(ctx, user)
 	cursor := "" // the last event sent; "" before any
 	// Where the reading loop starts: after cursor, or from the oldest
 	// retained event when fromStart is set.

@@ -324,7 +324,7 @@ func readHistoryFrame(t *testing.T, conn *websocket.Conn) histFrame {
 func diagnoseShards(daemons []*testDaemon, user string) func(t *testing.T) {
 	return func(t *testing.T) {
 		for i, td := range daemons {
-			r := td.d.shards
+			r := td.d.sub.(*clusterSubscription)
 			r.mu.Lock()
 			slot := history.Slot(channelPrefix + user)
 			owner := "none"

@@ -365,12 +365,12 @@ func diagnoseInstances(daemons []*testDaemon, user string) func(t *testing.T) {
 				c.mu.Unlock()
 			}
 			s.mu.RUnlock()
-			if td.d.sub.users != nil {
-				td.d.sub.users.mu.Lock()
-				if ch := td.d.sub.users.subs[user]; ch != nil {
+			if us, ok := td.d.sub.(*userSubscription); ok {
+				us.users.mu.Lock()
+				if ch := us.users.subs[user]; ch != nil {
 					t.Logf("instance %d: channel %+v", i, *ch)
 				}
-				td.d.sub.users.mu.Unlock()
+				us.users.mu.Unlock()
 			}
 			t.Logf("instance %d: catchups %d, received %d", i, td.d.hub.catchups(), td.d.stats.MessagesReceived.Load())
 		}

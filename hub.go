@@ -59,9 +59,9 @@ type Hub struct {
 	catchUps    *catchUps
 	replays     context.Context
 	stopReplays context.CancelFunc
-	// watch, in SUBSCRIBE_MODE=user, is told when a user arrives (their
-	// first connection is reserved) and leaves (their last one ends),
-	// under the user's shard lock; nil in pattern mode.
+	// watch is told when a user arrives (their first connection is
+	// reserved) and leaves (their last one ends), under the user's shard
+	// lock: the subscription, which in user mode subscribes their channel.
 	watch userWatcher
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
@@ -75,6 +75,12 @@ type userWatcher interface {
 	want(username string)
 	unwant(username string)
 }
+
+// watchNobody is the userWatcher of a hub without a subscription (tests).
+type watchNobody struct{}
+
+func (watchNobody) want(string)   {}
+func (watchNobody) unwant(string) {}
 
 // message is one published event on its way to the sockets: its bytes,
 // shared by every connection of the user and never changed, and when it was
@@ -151,7 +157,7 @@ type hubShard struct {
 }
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
-	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}}
+	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}, watch: watchNobody{}}
 	h.replays, h.stopReplays = context.WithCancel(context.Background())
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})
@@ -183,7 +189,7 @@ func (h *Hub) reserve(username string) error {
 		h.slots.Add(-1)
 		return errInstanceLimit
 	}
-	if h.watch != nil && len(s.users[username])+s.reserved[username] == 0 {
+	if len(s.users[username])+s.reserved[username] == 0 {
 		h.watch.want(username)
 	}
 	s.reserved[username]++
@@ -203,7 +209,7 @@ func (h *Hub) release(username string) {
 // leftIfGone tells the watcher that username left when they have no
 // connection or reservation any more; s.mu must be held.
 func (h *Hub) leftIfGone(s *hubShard, username string) {
-	if h.watch != nil && len(s.users[username]) == 0 && s.reserved[username] == 0 {
+	if len(s.users[username]) == 0 && s.reserved[username] == 0 {
 		h.watch.unwant(username)
 	}
 }

@@ -64,7 +64,7 @@ type recorder struct {
 	cursors   map[string]*userCursor
 	horizon   history.Cursor
 	lastSweep time.Time
-	// waitFirst, when set and true, says another instance records every
+	// waitFirst, when true, says another instance records every
 	// event all along (user mode's recorder lease): a user's first events
 	// after a new subscription are then found in the history, not
 	// appended ahead of the ones published just before them, which that
@@ -95,10 +95,15 @@ func newRecorder(rdb redis.UniversalClient, layout history.Layout, retention his
 		errLog:    newLogLimiter(1, 5),
 		cursors:   make(map[string]*userCursor),
 		lastSweep: time.Now(),
+		waitFirst: func() bool { return false },
 		pending:   make(map[string][]inbound),
 		waiting:   make(map[string]time.Time),
 	}
 }
+
+// records reports true: a recorder's resets need Redis's clock
+// (eventSink).
+func (r *recorder) records() bool { return true }
 
 // add hands in to the recorder, waiting while it is a full batch and more
 // behind; it reports false when ctx ended first.
@@ -241,7 +246,7 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	if len(evs) == 0 {
 		return
 	}
-	waitFirst := r.waitFirst != nil && r.waitFirst()
+	waitFirst := r.waitFirst()
 	now := time.Now()
 	users := make(map[string]*userBatch)
 	var order []string

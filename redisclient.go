@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -46,3 +47,18 @@ func checkSeeds(ctx context.Context, cfg Config) error {
 // clusterStateEvery is how often the cluster clients read the slot map
 // again (redisx.KeepSlotsFresh).
 const clusterStateEvery = time.Second
+
+// logDeploymentNotes says at start-up what the configured Redis deployment
+// asks of publishers and costs: with sharded pub/sub a plain PUBLISH
+// reaches no connection; on a cluster, classic pub/sub sends every event
+// to every node.
+func logDeploymentNotes(logger *slog.Logger, cfg Config) {
+	if cfg.PubSubSharded {
+		logger.Warn("PUBSUB_SHARDED: publishers must SPUBLISH to workflow:events:{username}; a plain PUBLISH reaches no connection. " +
+			"Events reach the history only through the project's publish path (fanout publish, the Go package, the Lua recipe) " +
+			"or while an instance has the user's channel subscribed")
+	}
+	if cfg.ClusterAddrs != nil && !cfg.PubSubSharded {
+		logger.Info("Redis Cluster with classic pub/sub: every node forwards every published event to every other node; PUBSUB_SHARDED=true (with SUBSCRIBE_MODE=user) keeps each event on its channel's node")
+	}
+}

@@ -19,7 +19,6 @@ import (
 	"fanout/internal/wsconn"
 )
 
-
 // subprotocolV1 is the WebSocket subprotocol of clients that want event
 // ids and control messages: each event is {"id":…,"data":…}.
 const subprotocolV1 = "fanout.v1"
@@ -39,9 +38,9 @@ type Server struct {
 	rejectLog *logLimiter
 	// untrustedForwardWarned is set once the TRUSTED_PROXIES warning is out.
 	untrustedForwardWarned atomic.Bool
-	// users, in SUBSCRIBE_MODE=user, are the subscribed channels a new
-	// connection waits for; nil in pattern mode.
-	users channelWaiter
+	// users is the Redis subscription: in user mode a new connection
+	// waits for its user's channel (subscription.wait).
+	users subscription
 }
 
 func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Authenticator, ready func() (bool, string)) *Server {
@@ -148,15 +147,13 @@ func (s *Server) admitRequest(w http.ResponseWriter, r *http.Request, credential
 		s.refuse(w, remote, refused)
 		return identity{}, req, remote, false
 	}
-	if s.users != nil {
-		// User mode: the connection starts once Redis has confirmed its
-		// user's channel, so no event falls between the two.
-		if err := s.users.wait(r.Context(), id.username); err != nil {
-			s.hub.release(id.username)
-			s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectNotSubscribed,
-				message: err.Error() + "; retry", retryAfter: 1})
-			return identity{}, req, remote, false
-		}
+	// User mode: the connection starts once Redis has confirmed its
+	// user's channel, so no event falls between the two.
+	if err := s.users.wait(r.Context(), id.username); err != nil {
+		s.hub.release(id.username)
+		s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectNotSubscribed,
+			message: err.Error() + "; retry", retryAfter: 1})
+		return identity{}, req, remote, false
 	}
 	return id, req, remote, true
 }

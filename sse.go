@@ -27,7 +27,7 @@ type sseClient struct {
 	w  http.ResponseWriter
 	rc *http.ResponseController
 	// woken holds a token when the request's goroutine has work to take.
-	woken chan struct{}
+	woken wakeup
 	// stop ends the goroutine's wait when shutdown gives up on it.
 	stop context.CancelFunc
 	// buf is the holder of the write right's (client.go).
@@ -35,12 +35,7 @@ type sseClient struct {
 }
 
 // startWriter tells the request's goroutine that work is queued.
-func (c *sseClient) startWriter() {
-	select {
-	case c.woken <- struct{}{}:
-	default:
-	}
-}
+func (c *sseClient) startWriter() { c.woken.wake() }
 
 func (c *sseClient) claimable() bool          { return false }
 func (c *sseClient) writeNow(*message)        { panic("sseClient: writeNow without a claim") }
@@ -65,7 +60,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, stop := context.WithCancel(r.Context())
 	defer stop()
-	c := &sseClient{Client: newClient(s.hub, id.username, remote), w: w, rc: http.NewResponseController(w), woken: make(chan struct{}, 1), stop: stop}
+	c := &sseClient{Client: newClient(s.hub, id.username, remote), w: w, rc: http.NewResponseController(w), woken: newWakeup(), stop: stop}
 	c.t = c
 	// This goroutine holds the write right until the retry line is out:
 	// events broadcast meanwhile queue behind it.
