@@ -40,6 +40,31 @@ const (
 // errProbeOverdue ends a subscription that stopped delivering silently.
 var errProbeOverdue = errors.New("self-probe did not come back: subscription stopped delivering")
 
+// How data flows, and where it flows back
+//
+// An event flows one way: Redis → pubsubConn → eventSink (the recorder
+// gives it an id, one Redis round trip per batch) → Hub.broadcast →
+// Client → its transport → the browser. Packages depend one way too: main
+// → the root files → history and internal/* → go-redis. Four edges run
+// against that direction; each is here on purpose:
+//
+//   - Hub → subscription (want, unwant), under the user's shard lock: user
+//     mode subscribes the channels of the users connected here. want and
+//     unwant only mark the user's channel and wake the flusher; no Redis
+//     command runs under the hub's lock (userChannels.flush sends them).
+//   - pubsubConn → Hub.catchUpAfterLoss → catchUps → Redis: when a lost
+//     subscription is back, the open connections read the history of what
+//     Redis took meanwhile, before any event of the new subscription is
+//     broadcast (the order is the reason it is called from the read loop).
+//     The reads run on the hub's goroutines, not the subscription's.
+//   - Instance → the recorder lease holder → instance (the sync/ack
+//     markers on the probe channel, syncPrefix): a catch-up in user mode
+//     reads the history only once the holder recorded every event
+//     published before the user's channel was subscribed here.
+//   - recorder.waitFirst → recorderLease.recording: a user's first events
+//     after a new subscription wait for the holder's ids rather than be
+//     appended ahead of events it has still to record.
+
 // subscription is how this instance hears its users' events in Redis. There
 // is one implementation per deployment, chosen once at start-up by
 // newSubscription; the rest of the daemon never asks which it has:

@@ -346,18 +346,10 @@ func (u *userChannels) wait(ctx context.Context, username string) error {
 	}
 	ready, down := ch.ready, u.down
 	u.mu.Unlock()
-	t := time.NewTimer(u.timeout)
-	defer t.Stop()
-	select {
-	case <-ready:
-		return nil
-	case <-down:
-		return nil
-	case <-t.C:
-		return errNotSubscribed
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := awaitSignal(ctx, ready, down, u.timeout); err != errWaitedMax {
+		return err
 	}
+	return errNotSubscribed
 }
 
 // batching returns the SUBSCRIBE commands sent and the channels they
@@ -383,14 +375,7 @@ func (u *userChannels) waitSynced(ctx context.Context, username string) {
 	}
 	synced, down := ch.synced, u.down
 	u.mu.Unlock()
-	t := time.NewTimer(syncWaitMax)
-	defer t.Stop()
-	select {
-	case <-synced:
-	case <-down:
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	_ = awaitSignal(ctx, synced, down, syncWaitMax)
 }
 
 // acked takes the lease holder's answer to marker n.
