@@ -1,13 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -151,25 +149,6 @@ func (s *statsSampler) window(now time.Time) (current, growth map[string]uint64,
 type userConnections struct {
 	Username    string `json:"username"`
 	Connections int    `json:"connections"`
-}
-
-// topUsers returns the users with the most connections, most first. It
-// locks one hub shard at a time, briefly, and counts users, not connections.
-func (h *Hub) topUsers(n int) []userConnections {
-	// Never nil: /admin/stats shows no users as [], not null.
-	top := make([]userConnections, 0, max(h.users.Load(), 0))
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for name, conns := range s.users {
-			top = append(top, userConnections{Username: name, Connections: len(conns)})
-		}
-		s.mu.RUnlock()
-	}
-	slices.SortFunc(top, func(a, b userConnections) int {
-		return cmp.Or(cmp.Compare(b.Connections, a.Connections), strings.Compare(a.Username, b.Username))
-	})
-	return top[:min(n, len(top))]
 }
 
 // statsSnapshot is the body of /admin/stats.

@@ -53,15 +53,6 @@ type catchUps struct {
 	sync func(ctx context.Context, user string)
 }
 
-// catchups returns the number of connections catching up on their
-// history (0 with HISTORY=off).
-func (h *Hub) catchups() int64 {
-	if h.catchUps == nil {
-		return 0
-	}
-	return h.catchUps.active.Load()
-}
-
 func newCatchUps(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *catchUps {
 	return &catchUps{
 		rdb:       rdb,

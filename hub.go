@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"hash/maphash"
 	"log/slog"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -307,20 +310,28 @@ func (h *Hub) catchUpClientAfterLoss(c *Client) {
 	}
 }
 
-// walk calls visit for every connection, one shard at a time under its
-// read lock: visit may take the client's mu (the lock order), and must not
-// take a shard lock.
-func (h *Hub) walk(visit func(c *Client)) {
+// walkUsers calls visit for every user with connections here, one shard
+// at a time under its read lock: the one walk of the hub's map. visit may
+// take a client's mu (the lock order) and must not take a shard lock, nor
+// keep conns.
+func (h *Hub) walkUsers(visit func(username string, conns map[*Client]struct{})) {
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.RLock()
-		for _, conns := range s.users {
-			for c := range conns {
-				visit(c)
-			}
+		for username, conns := range s.users {
+			visit(username, conns)
 		}
 		s.mu.RUnlock()
 	}
+}
+
+// walk calls visit for every connection (walkUsers).
+func (h *Hub) walk(visit func(c *Client)) {
+	h.walkUsers(func(_ string, conns map[*Client]struct{}) {
+		for c := range conns {
+			visit(c)
+		}
+	})
 }
 
 // all returns every connection.
@@ -498,6 +509,29 @@ func (h *Hub) runPinger(ctx context.Context) {
 		clear(due)
 		due = due[:0]
 	}
+}
+
+// catchups returns the number of connections catching up on their
+// history (0 with HISTORY=off).
+func (h *Hub) catchups() int64 {
+	if h.catchUps == nil {
+		return 0
+	}
+	return h.catchUps.active.Load()
+}
+
+// topUsers returns the users with the most connections, most first. It
+// locks one hub shard at a time, briefly, and counts users, not connections.
+func (h *Hub) topUsers(n int) []userConnections {
+	// Never nil: /admin/stats shows no users as [], not null.
+	top := make([]userConnections, 0, max(h.users.Load(), 0))
+	h.walkUsers(func(name string, conns map[*Client]struct{}) {
+		top = append(top, userConnections{Username: name, Connections: len(conns)})
+	})
+	slices.SortFunc(top, func(a, b userConnections) int {
+		return cmp.Or(cmp.Compare(b.Connections, a.Connections), strings.Compare(a.Username, b.Username))
+	})
+	return top[:min(n, len(top))]
 }
 
 // connectionCount returns the number of open connections of username.
