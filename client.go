@@ -65,8 +65,8 @@ type transport interface {
 //
 // The moves, and the one function that makes each:
 //
-//	new → direct       newWSClient (the upgrade handler)
-//	new → idle         newSSEClient: its request goroutine is idle until woken
+//	new → direct       newWSClient, for the upgrade handler
+//	new → direct       handleEvents, until the retry line is out
 //	idle → direct      enqueue, claiming an idle client with nothing queued
 //	idle → pumping     takeRightLocked, by whoever queues work (a message,
 //	                   a ping, a pong, a close); startPump starts the side
@@ -462,8 +462,9 @@ func (c *Client) leave() {
 	c.hub.wg.Done()
 }
 
-// newClient makes the transport-independent part of a connection of
-// username; its transport sets c.t.
-func newClient(hub *Hub, username, remote string) *Client {
-	return &Client{hub: hub, settings: &hub.settings, username: username, remote: remote}
+// newClient returns the transport-independent part of a connection of
+// username, which a transport embeds (one allocation per connection); the
+// transport sets c.t.
+func newClient(hub *Hub, username, remote string) Client {
+	return Client{hub: hub, settings: &hub.settings, username: username, remote: remote}
 }

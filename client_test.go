@@ -606,7 +606,7 @@ func serveQueuedClient(t *testing.T, hub *Hub, wrap func(net.Conn) net.Conn, msg
 		}
 		// The pump's write right, taken before anything is queued.
 		c.writer = writePumping
-		if err := hub.add(c.Client); err != nil {
+		if err := hub.add(&c.Client); err != nil {
 			t.Error(err)
 			return
 		}

@@ -234,7 +234,7 @@ func (h *Hub) shard(username string) *hubShard {
 // read pump, and its catch-up when req asks for history. It fails once
 // shutdown has begun, and the slot is then released.
 func (h *Hub) register(c *wsClient, req replayRequest) error {
-	if err := h.addAndCatchUp(c.Client, req); err != nil {
+	if err := h.addAndCatchUp(&c.Client, req); err != nil {
 		return err
 	}
 	go c.readPump()

@@ -35,7 +35,7 @@ func (n noSocket) pingEvery() time.Duration { return n.pingInterval }
 func newSocketlessClient(h *Hub, username string) *Client {
 	c := newClient(h, username, "test")
 	c.t = noSocket{h.settings.pingInterval}
-	return c
+	return &c
 }
 
 // addClient adds a connection-less client; it never starts a write pump,

@@ -23,7 +23,7 @@ const sseRetry = 2 * time.Second
 // pinger asks it for a heartbeat comment every sseHeartbeat, as it asks a
 // WebSocket for a ping: no timer per stream.
 type sseClient struct {
-	*Client
+	Client
 	w  http.ResponseWriter
 	rc *http.ResponseController
 	// woken holds a token when the request's goroutine has work to take.
@@ -74,7 +74,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// In the hub before the response starts: an event published once the
 	// client has its first bytes waits in the queue for serveSSE, this
 	// goroutine, which alone writes the stream.
-	if err := s.hub.addAndCatchUp(c.Client, req); err != nil {
+	if err := s.hub.addAndCatchUp(&c.Client, req); err != nil {
 		s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: err.Error()})
 		return
 	}

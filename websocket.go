@@ -32,7 +32,7 @@ const (
 // queue is empty, so an idle connection holds one goroutine, no write
 // buffer and no ticker.
 type wsClient struct {
-	*Client
+	Client
 	conn *wsconn.Conn
 	// v1 is set when the client chose the fanout.v1 subprotocol: events
 	// go out as {"id":…,"data":…}, and control messages reach it.
