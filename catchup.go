@@ -53,7 +53,9 @@ type catchUps struct {
 	sync func(ctx context.Context, user string)
 }
 
-func newCatchUps(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *catchUps {
+// newCatchUps returns the catch-ups of a daemon with history; sync is its
+// subscription's waitSynced.
+func newCatchUps(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger, sync func(context.Context, string)) *catchUps {
 	return &catchUps{
 		rdb:       rdb,
 		layout:    history.Layout{Sharded: cfg.PubSubSharded},
@@ -64,7 +66,7 @@ func newCatchUps(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logge
 		stats:     stats,
 		logger:    logger,
 		errLog:    newLogLimiter(1, 5),
-		sync:      func(context.Context, string) {},
+		sync:      sync,
 	}
 }
 

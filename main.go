@@ -146,7 +146,6 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		stopAuth: stopAuth,
 	}
 	if cfg.History {
-		hub.catchUps = newCatchUps(rdb, cfg, stats, logger)
 		// The recorder has connections of its own, so that live events
 		// never wait for one behind a reconnect storm's history reads,
 		// and in user mode the recorder lease's recording subscription.
@@ -156,8 +155,8 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	}
 	d.sub = newSubscription(subscriptionParts{id: id, rdb: rdb, recordRdb: d.recordRdb, opts: opts, hub: hub, cfg: cfg, logger: logger, stats: stats})
 	hub.watch = d.sub
-	if hub.catchUps != nil {
-		hub.catchUps.sync = d.sub.waitSynced
+	if cfg.History {
+		hub.catchUps = newCatchUps(rdb, cfg, stats, logger, d.sub.waitSynced)
 	}
 	host, _ := os.Hostname()
 	d.instance = host + "/" + id
