@@ -1,13 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -153,25 +151,6 @@ type userConnections struct {
 	Connections int    `json:"connections"`
 }
 
-// topUsers returns the users with the most connections, most first. It
-// locks one hub shard at a time, briefly, and counts users, not connections.
-func (h *Hub) topUsers(n int) []userConnections {
-	// Never nil: /admin/stats shows no users as [], not null.
-	top := make([]userConnections, 0, max(h.users.Load(), 0))
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for name, conns := range s.users {
-			top = append(top, userConnections{Username: name, Connections: len(conns)})
-		}
-		s.mu.RUnlock()
-	}
-	slices.SortFunc(top, func(a, b userConnections) int {
-		return cmp.Or(cmp.Compare(b.Connections, a.Connections), strings.Compare(a.Username, b.Username))
-	})
-	return top[:min(n, len(top))]
-}
-
 // statsSnapshot is the body of /admin/stats.
 type statsSnapshot struct {
 	Instance      string            `json:"instance"`
@@ -217,18 +196,8 @@ type subscriptionState struct {
 
 // subscription returns the subscription's state for /admin/stats.
 func (d *daemon) subscription() subscriptionState {
-	st := subscriptionState{Mode: d.cfg.SubscribeMode}
-	switch {
-	case d.shards != nil:
-		st.Channels = d.shards.count()
-	case d.sub.users != nil:
-		st.Channels = d.sub.users.count()
-	}
-	if d.lease != nil {
-		st.RecorderLease = d.lease.held.Load()
-		st.RecorderReceived = d.leaseStats.MessagesReceived.Load()
-	}
-	return st
+	sub := d.sub.status()
+	return subscriptionState{Mode: d.cfg.SubscribeMode, Channels: sub.channels, RecorderLease: sub.recorderLease, RecorderReceived: sub.recorderReceived}
 }
 
 // redisState is the subscription's health in /admin/stats.
@@ -268,7 +237,8 @@ type sendQueueState struct {
 func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	ready, why := d.ready(r.Context())
-	subReady, subWhy := d.subReady()
+	subReady, subWhy := d.sub.ready()
+	sub := d.sub.status()
 	// Totals and growth from one reading, so that they agree.
 	counters, growth, span, series := d.sampler.window(now)
 	rates := make(map[string]float64, len(growth))
@@ -276,7 +246,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		rates[name] = float64(n) / max(span.Seconds(), 1)
 	}
 	lastAgo := -1.0
-	if ns := d.subLastReceived(); ns > 0 {
+	if ns := sub.lastReceived; ns > 0 {
 		lastAgo = now.Sub(time.Unix(0, ns)).Seconds()
 	}
 	rejected := make(map[string]uint64, rejectReasonCount)
@@ -302,7 +272,7 @@ func (d *daemon) handleStats(w http.ResponseWriter, r *http.Request) {
 		Throughput:     series,
 		Redis: redisState{
 			Addr:                   redisTarget(d.cfg),
-			Subscribed:             d.subConfirmed(),
+			Subscribed:             sub.confirmed,
 			Ready:                  subReady,
 			NotReady:               subWhy,
 			LastReceivedSecondsAgo: lastAgo,

@@ -292,8 +292,8 @@ func TestAdminStatsIdentifiesTheInstanceAndItsUptime(t *testing.T) {
 	if first.Version != "dev" || first.AuthMode != authLoopback {
 		t.Fatalf("version %q auth_mode %q, want dev and %s", first.Version, first.AuthMode, authLoopback)
 	}
-	if !strings.HasSuffix(first.Instance, "/"+td.d.sub.instanceID) || len(first.Instance) <= len(td.d.sub.instanceID)+1 {
-		t.Fatalf("instance %q, want host/%s", first.Instance, td.d.sub.instanceID)
+	if !strings.HasSuffix(first.Instance, "/"+td.d.id) || len(first.Instance) <= len(td.d.id)+1 {
+		t.Fatalf("instance %q, want host/%s", first.Instance, td.d.id)
 	}
 	if age := time.Since(first.StartedAt); age < 0 || age > 5*time.Second || first.StartedAt.Location() != time.UTC {
 		t.Fatalf("started_at %v, %v ago", first.StartedAt, age)

@@ -443,7 +443,7 @@ func TestWriteNowSendsAPreparedMessage(t *testing.T) {
 
 // dialOnlyClient dials td as username, the user's only connection, and
 // returns both sides once the daemon has registered it.
-func dialOnlyClient(t *testing.T, td *testDaemon, username string) (*websocket.Conn, *Client) {
+func dialOnlyClient(t *testing.T, td *testDaemon, username string) (*websocket.Conn, *wsClient) {
 	t.Helper()
 	conn := td.dial(username)
 	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount(username) == 1 })
@@ -451,7 +451,7 @@ func dialOnlyClient(t *testing.T, td *testDaemon, username string) (*websocket.C
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for c := range s.users[username] {
-		return conn, c
+		return conn, c.t.(*wsClient)
 	}
 	t.Fatalf("%s has no connection", username)
 	return nil, nil
@@ -600,14 +600,14 @@ func serveQueuedClient(t *testing.T, hub *Hub, wrap func(net.Conn) net.Conn, msg
 			t.Errorf("upgrade: %v", err)
 			return
 		}
-		c := newClient(hub, conn, "u", "test")
+		c := newWSClient(hub, conn, "u", "test")
 		if err := hub.reserve("u"); err != nil {
 			t.Error(err)
 			return
 		}
 		// The pump's write right, taken before anything is queued.
 		c.writer = writePumping
-		if err := hub.add(c); err != nil {
+		if err := hub.add(&c.Client); err != nil {
 			t.Error(err)
 			return
 		}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"hash/maphash"
 	"log/slog"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,12 +59,12 @@ type Hub struct {
 	// replayer sends resuming connections their history (nil with
 	// HISTORY=off); replays is the context of its catch-ups, cancelled
 	// when shutdown begins.
-	replayer    *replayer
+	catchUps    *catchUps
 	replays     context.Context
 	stopReplays context.CancelFunc
-	// watch, in SUBSCRIBE_MODE=user, is told when a user arrives (their
-	// first connection is reserved) and leaves (their last one ends),
-	// under the user's shard lock; nil in pattern mode.
+	// watch is told when a user arrives (their first connection is
+	// reserved) and leaves (their last one ends), under the user's shard
+	// lock: the subscription, which in user mode subscribes their channel.
 	watch userWatcher
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
@@ -75,6 +78,12 @@ type userWatcher interface {
 	want(username string)
 	unwant(username string)
 }
+
+// watchNobody is the userWatcher of a hub without a subscription (tests).
+type watchNobody struct{}
+
+func (watchNobody) want(string)   {}
+func (watchNobody) unwant(string) {}
 
 // message is one published event on its way to the sockets: its bytes,
 // shared by every connection of the user and never changed, and when it was
@@ -151,7 +160,7 @@ type hubShard struct {
 }
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
-	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}}
+	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}, watch: watchNobody{}}
 	h.replays, h.stopReplays = context.WithCancel(context.Background())
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})
@@ -183,7 +192,7 @@ func (h *Hub) reserve(username string) error {
 		h.slots.Add(-1)
 		return errInstanceLimit
 	}
-	if h.watch != nil && len(s.users[username])+s.reserved[username] == 0 {
+	if len(s.users[username])+s.reserved[username] == 0 {
 		h.watch.want(username)
 	}
 	s.reserved[username]++
@@ -203,7 +212,7 @@ func (h *Hub) release(username string) {
 // leftIfGone tells the watcher that username left when they have no
 // connection or reservation any more; s.mu must be held.
 func (h *Hub) leftIfGone(s *hubShard, username string) {
-	if h.watch != nil && len(s.users[username]) == 0 && s.reserved[username] == 0 {
+	if len(s.users[username]) == 0 && s.reserved[username] == 0 {
 		h.watch.unwant(username)
 	}
 }
@@ -222,22 +231,22 @@ func (h *Hub) shard(username string) *hubShard {
 }
 
 // register adds c, whose slot was reserved, to the hub and starts its
-// pumps, and its catch-up when req asks for history. It fails once
+// read pump, and its catch-up when req asks for history. It fails once
 // shutdown has begun, and the slot is then released.
-func (h *Hub) register(c *Client, req replayRequest) error {
-	if err := h.addAndReplay(c, req); err != nil {
+func (h *Hub) register(c *wsClient, req replayRequest) error {
+	if err := h.addAndCatchUp(&c.Client, req); err != nil {
 		return err
 	}
 	go c.readPump()
 	return nil
 }
 
-// addAndReplay adds c (add) and starts its catch-up when req asks for
+// addAndCatchUp adds c (add) and starts its catch-up when req asks for
 // history: live events are held from the moment c is in the map, so none
 // falls between the history and them. The caller starts the read side.
-func (h *Hub) addAndReplay(c *Client, req replayRequest) error {
-	replay := req.wanted() && h.replayer != nil
-	if replay {
+func (h *Hub) addAndCatchUp(c *Client, req replayRequest) error {
+	wanted := req.wanted() && h.catchUps != nil
+	if wanted {
 		c.catchUp = &catchUp{}
 	}
 	if err := h.add(c); err != nil {
@@ -246,64 +255,90 @@ func (h *Hub) addAndReplay(c *Client, req replayRequest) error {
 	if !c.expires.IsZero() {
 		c.expiry = time.AfterFunc(time.Until(c.expires), c.tokenExpired)
 	}
-	if replay {
-		h.wg.Go(func() { h.replayer.replay(h.replays, c, req) })
+	if wanted {
+		h.wg.Go(func() { h.catchUps.run(h.replays, c, req) })
 	}
 	return nil
 }
 
-// resync catches username's connections up on the history after a lost
-// subscription: Redis may have taken events for them while it was gone,
-// which the history holds. Each connection that was sent an event with an
-// id holds its live events from now on, reads the history after that
-// event, and goes on live (as a resuming connection does); a connection
-// in a catch-up already is left to it. It is called once the subscription
-// is back, before any event it delivers is broadcast, so none of those
-// gets ahead of the ones the history gives. Without history it does
-// nothing.
-func (h *Hub) resync(username string) {
-	if h.replayer == nil {
+// catchUpAfterLoss catches username's connections up on the history after
+// a lost subscription: Redis may have taken events for them while it was
+// gone, which the history holds. It is called once the subscription is
+// back, before any event it delivers is broadcast, so none of those gets
+// ahead of the ones the history gives. Without history it does nothing.
+func (h *Hub) catchUpAfterLoss(username string) {
+	if h.catchUps == nil {
 		return
 	}
 	s := h.shard(username)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if h.closing.Load() {
-		return
-	}
 	for c := range s.users[username] {
-		c.mu.Lock()
-		from := ""
-		if c.closing == nil && c.lastID != "" && (c.catchUp == nil || c.catchUp.done) {
-			c.catchUp, from = &catchUp{}, c.lastID
-		}
-		c.mu.Unlock()
-		if from != "" {
-			h.stats.ResubscribeCatchups.Add(1)
-			// c is in the map, so its pumps hold the WaitGroup.
-			h.wg.Go(func() { h.replayer.replay(h.replays, c, replayRequest{resume: true, lastEventID: from}) })
-		}
+		h.catchUpClientAfterLoss(c)
 	}
 }
 
-// resyncAll is resync for every user connected here: a whole subscription
-// was lost (pattern mode, or every channel of a session).
-func (h *Hub) resyncAll() {
-	if h.replayer == nil {
+// catchUpEveryoneAfterLoss is catchUpAfterLoss for every user connected
+// here: a whole subscription was lost (pattern mode, or every channel of a
+// session).
+func (h *Hub) catchUpEveryoneAfterLoss() {
+	if h.catchUps == nil {
 		return
 	}
-	var users []string
+	h.walk(h.catchUpClientAfterLoss)
+}
+
+// catchUpClientAfterLoss starts c's catch-up after a lost subscription
+// when c was sent an event with an id: c holds its live events from now
+// on, reads the history after that event, and goes on live (as a resuming
+// connection does); a connection in a catch-up already is left to it. c's
+// shard lock is held, for reading.
+func (h *Hub) catchUpClientAfterLoss(c *Client) {
+	if h.closing.Load() {
+		return
+	}
+	c.mu.Lock()
+	from := ""
+	if c.closing == nil && c.lastID != "" && (c.catchUp == nil || c.catchUp.done) {
+		c.catchUp, from = &catchUp{}, c.lastID
+	}
+	c.mu.Unlock()
+	if from != "" {
+		h.stats.ResubscribeCatchups.Add(1)
+		// c is in the map, so its sides hold the WaitGroup.
+		h.wg.Go(func() { h.catchUps.run(h.replays, c, replayRequest{resume: true, lastEventID: from}) })
+	}
+}
+
+// walkUsers calls visit for every user with connections here, one shard
+// at a time under its read lock: the one walk of the hub's map. visit may
+// take a client's mu (the lock order) and must not take a shard lock, nor
+// keep conns.
+func (h *Hub) walkUsers(visit func(username string, conns map[*Client]struct{})) {
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.RLock()
-		for u := range s.users {
-			users = append(users, u)
+		for username, conns := range s.users {
+			visit(username, conns)
 		}
 		s.mu.RUnlock()
 	}
-	for _, u := range users {
-		h.resync(u)
-	}
+}
+
+// walk calls visit for every connection (walkUsers).
+func (h *Hub) walk(visit func(c *Client)) {
+	h.walkUsers(func(_ string, conns map[*Client]struct{}) {
+		for c := range conns {
+			visit(c)
+		}
+	})
+}
+
+// all returns every connection.
+func (h *Hub) all() []*Client {
+	var all []*Client
+	h.walk(func(c *Client) { all = append(all, c) })
+	return all
 }
 
 // add turns the slot reserved for c into an entry in the username map and
@@ -326,7 +361,7 @@ func (h *Hub) add(c *Client) error {
 		s.users[c.username] = conns
 		h.users.Add(1)
 	}
-	c.pingAt = time.Now().Add(h.settings.pingInterval).UnixNano()
+	c.pingAt = time.Now().Add(c.t.pingEvery()).UnixNano()
 	conns[c] = struct{}{}
 	h.connections.Add(1)
 	// Counted here, with connections, so that no reader sees more open
@@ -363,7 +398,7 @@ func (h *Hub) unregister(c *Client) int {
 // A connection whose write right is held (a write pump runs, or another
 // broadcast's direct write) gets msg on its queue. An idle one is claimed
 // (broadcast takes its write right, writeDirect), and its frame is written with
-// Client.writeNow, which never waits for the socket, rather than by a
+// transport.writeNow, which never waits for the socket, rather than by a
 // write pump started for it: no goroutine to start and schedule per
 // delivery. For a user with at most writeNowMax connections broadcast
 // writes them itself, once the shard lock is released; a larger fan-out is
@@ -417,7 +452,7 @@ func (h *Hub) broadcast(username string, msg *message) int {
 	}
 	if len(claimed) <= writeNowMax {
 		for _, c := range claimed {
-			c.writeNow(msg)
+			c.t.writeNow(msg)
 		}
 		return queued + held + len(claimed)
 	}
@@ -429,7 +464,7 @@ func (h *Hub) broadcast(username string, msg *message) int {
 		part := claimed[i:min(i+per, len(claimed))]
 		h.wg.Go(func() {
 			for _, c := range part {
-				c.writeNow(msg)
+				c.t.writeNow(msg)
 			}
 		})
 	}
@@ -447,12 +482,12 @@ func pingTick(pingInterval, pongWait time.Duration) time.Duration {
 	return max(min((pongWait-pingInterval)/2, pingInterval/4), time.Millisecond)
 }
 
-// runPinger sends every connection a ping once per pingInterval until ctx
-// ends: one goroutine and no timer per connection. Every pingTick it walks
-// the shards and starts a write pump for each connection whose ping is due.
+// runPinger asks every connection for a ping (a heartbeat on SSE) once
+// per its transport's pingEvery until ctx ends: one goroutine and no timer
+// per connection. Every pingTick it walks the connections and asks those
+// whose ping is due.
 func (h *Hub) runPinger(ctx context.Context) {
-	interval := h.settings.pingInterval
-	ticker := time.NewTicker(pingTick(interval, h.settings.pongWait))
+	ticker := time.NewTicker(min(pingTick(h.settings.pingInterval, h.settings.pongWait), sseHeartbeat/4))
 	defer ticker.Stop()
 	var due []*Client
 	for {
@@ -462,25 +497,41 @@ func (h *Hub) runPinger(ctx context.Context) {
 		case <-ticker.C:
 		}
 		now := time.Now().UnixNano()
-		for i := range h.shards {
-			s := &h.shards[i]
-			s.mu.RLock()
-			for _, conns := range s.users {
-				for c := range conns {
-					if c.pingAt <= now {
-						c.pingAt = now + int64(interval)
-						due = append(due, c)
-					}
-				}
+		h.walk(func(c *Client) {
+			if c.pingAt <= now {
+				c.pingAt = now + int64(c.t.pingEvery())
+				due = append(due, c)
 			}
-			s.mu.RUnlock()
-			for _, c := range due {
-				c.requestPing()
-			}
-			clear(due)
-			due = due[:0]
+		})
+		for _, c := range due {
+			c.requestPing()
 		}
+		clear(due)
+		due = due[:0]
 	}
+}
+
+// catchups returns the number of connections catching up on their
+// history (0 with HISTORY=off).
+func (h *Hub) catchups() int64 {
+	if h.catchUps == nil {
+		return 0
+	}
+	return h.catchUps.active.Load()
+}
+
+// topUsers returns the users with the most connections, most first. It
+// locks one hub shard at a time, briefly, and counts users, not connections.
+func (h *Hub) topUsers(n int) []userConnections {
+	// Never nil: /admin/stats shows no users as [], not null.
+	top := make([]userConnections, 0, max(h.users.Load(), 0))
+	h.walkUsers(func(name string, conns map[*Client]struct{}) {
+		top = append(top, userConnections{Username: name, Connections: len(conns)})
+	})
+	slices.SortFunc(top, func(a, b userConnections) int {
+		return cmp.Or(cmp.Compare(b.Connections, a.Connections), strings.Compare(a.Username, b.Username))
+	})
+	return top[:min(n, len(top))]
 }
 
 // connectionCount returns the number of open connections of username.
@@ -497,17 +548,7 @@ func (h *Hub) connectionCount(username string) int {
 func (h *Hub) shutdown(ctx context.Context) error {
 	h.closing.Store(true)
 	h.stopReplays()
-	var all []*Client
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for _, conns := range s.users {
-			for c := range conns {
-				all = append(all, c)
-			}
-		}
-		s.mu.RUnlock()
-	}
+	all := h.all()
 	for _, c := range all {
 		c.disconnect(disconnectShutdown)
 	}
@@ -522,13 +563,8 @@ func (h *Hub) shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		for _, c := range all {
-			// Unblocks a write pump stuck on a client that does not read;
-			// Close may be called concurrently with the pumps.
-			if c.sse != nil {
-				c.sse.abort()
-			} else {
-				_ = c.conn.Close()
-			}
+			// Unblocks a write side stuck on a client that does not read.
+			c.t.abort()
 		}
 		<-done
 		return ctx.Err()

@@ -11,14 +11,31 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"fanout/internal/wsconn"
 )
 
 // newTestHub returns a hub whose clients have the given queue bounds.
 func newTestHub(queueSize, queueBytes int) *Hub {
 	return newHub(clientSettings{sendQueueSize: queueSize, sendQueueBytes: queueBytes},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), &Stats{})
+}
+
+// noSocket is the transport of a client without a connection: its write
+// side never runs, so a test reads the client's queue directly.
+type noSocket struct{ pingInterval time.Duration }
+
+func (noSocket) startWriter()               {}
+func (noSocket) claimable() bool            { return false }
+func (noSocket) writeNow(*message)          { panic("noSocket: writeNow") }
+func (noSocket) abort()                     {}
+func (noSocket) controls() bool             { return false }
+func (n noSocket) pingEvery() time.Duration { return n.pingInterval }
+
+// newSocketlessClient makes a client of username whose write side never
+// runs.
+func newSocketlessClient(h *Hub, username string) *Client {
+	c := newClient(h, username, "test")
+	c.t = noSocket{h.settings.pingInterval}
+	return &c
 }
 
 // addClient adds a connection-less client; it never starts a write pump,
@@ -28,7 +45,7 @@ func addClient(t testing.TB, h *Hub, username string) *Client {
 	if err := h.reserve(username); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(h, nil, username, "test")
+	c := newSocketlessClient(h, username)
 	if err := h.add(c); err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +191,6 @@ func TestWritePumpWorkIsTakenInOneSwap(t *testing.T) {
 func TestOneWritePumpAtATimeAndOnlyWhileThereIsWork(t *testing.T) {
 	h := newTestHub(10, 1<<20)
 	c := addClient(t, h, "u")
-	c.conn = &wsconn.Conn{} // a stand-in: only takeRightLocked looks at it
 	c.mu.Lock()
 	if !c.takeRightLocked() {
 		t.Fatal("an idle client refused to start its write pump")
@@ -224,7 +240,7 @@ func TestRegisterIsRefusedOnceShutdownBegins(t *testing.T) {
 	if err := h.shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.add(newClient(h, nil, "late", "test")); err != errHubClosed {
+	if err := h.add(newSocketlessClient(h, "late")); err != errHubClosed {
 		t.Fatalf("add after shutdown: %v, want errHubClosed", err)
 	}
 	if n := h.slots.Load(); n != 0 {

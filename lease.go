@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 const (
@@ -50,12 +53,51 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0`)
 
+// newRecorderLease returns the recorder lease of instance p.id, with its
+// recording subscription.
+func newRecorderLease(p subscriptionParts) *recorderLease {
+	l := &recorderLease{rdb: p.rdb, owner: p.id, logger: p.logger}
+	l.rec = newRecordingSubscription(p)
+	// Once the holder's recording subscription is confirmed, a holder
+	// handing over knows it records.
+	l.rec.conn.onConfirmed = l.markReady
+	return l
+}
+
+// recordingSubscription is the lease holder's pattern subscription: it
+// records every user's events in history and broadcasts none, and answers
+// the markers of the other instances' new subscriptions once every event
+// read before them is recorded (userChannels, waitSynced). It has its own
+// recorder, counters and instance id.
+type recordingSubscription struct {
+	conn  *pubsubConn
+	rec   *recorder
+	stats *Stats
+}
+
+func newRecordingSubscription(p subscriptionParts) *recordingSubscription {
+	stats := &Stats{}
+	logger := p.logger.With("role", "recorder")
+	rec := newRecorder(p.recordRdb, history.Layout{}, p.cfg.Retention, func(string, *message) {}, stats, logger)
+	conn := newPubsubConn(newInstanceID(), p.rdb, patternChannels{afterLoss: func() {}}, rec, p.cfg, logger, stats)
+	conn.answersMarkers = true
+	return &recordingSubscription{conn: conn, rec: rec, stats: stats}
+}
+
+// run records until ctx ends.
+func (r *recordingSubscription) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { r.rec.run(ctx) })
+	r.conn.run(ctx)
+}
+
 // recorderLease keeps history whole in SUBSCRIBE_MODE=user. There, an
 // instance reads only its connected users' channels, so an event for a
 // user connected nowhere would reach no instance and never be recorded.
 // One instance at a time holds a lease in Redis and, while it does, runs
-// a pattern subscription whose only job is recording (rec: a Subscriber
-// whose recorder broadcasts nothing). Recording is idempotent across
+// a pattern subscription whose only job is recording (rec, a
+// recordingSubscription). Recording is idempotent across
 // instances (history.RecordSource), so the holder and the instances that
 // deliver the same events agree on every id. When the holder stops, it
 // gives the lease up and records on until another instance has taken it;
@@ -64,7 +106,7 @@ return 0`)
 type recorderLease struct {
 	rdb    redis.UniversalClient
 	owner  string
-	rec    *Subscriber
+	rec    *recordingSubscription
 	logger *slog.Logger
 	held   atomic.Bool
 	// other is set while another instance holds the lease, as last seen.
@@ -85,7 +127,7 @@ func (l *recorderLease) markReady(ctx context.Context) {
 // every user's events all along: the lease is held and, when by this
 // instance, its recording subscription is confirmed.
 func (l *recorderLease) recording() bool {
-	return l.other.Load() || l.held.Load() && l.rec.confirmed.Load()
+	return l.other.Load() || l.held.Load() && l.rec.conn.confirmed.Load()
 }
 
 // run tries for the lease every leaseRenew until ctx ends, and runs the
@@ -142,7 +184,7 @@ type leaseRecording struct {
 	done   sync.WaitGroup
 }
 
-func startLeaseRecording(rec *Subscriber) *leaseRecording {
+func startLeaseRecording(rec *recordingSubscription) *leaseRecording {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &leaseRecording{cancel: cancel}
 	r.done.Go(func() { rec.run(ctx) })
@@ -187,10 +229,10 @@ func (l *recorderLease) handOver() {
 		}
 		if holder != "" && holder != l.owner && ready == holder {
 			l.logger.Info("Recorder lease handed over")
-			sleepCtx(ctx, handoverOverlap)
+			redisx.Sleep(ctx, handoverOverlap)
 			return
 		}
-		sleepCtx(ctx, 20*time.Millisecond)
+		redisx.Sleep(ctx, 20*time.Millisecond)
 	}
 	l.logger.Info("No other instance took the recorder lease; the next one to start takes it")
 }

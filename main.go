@@ -11,16 +11,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -84,12 +82,16 @@ type daemon struct {
 	// recordRdb is the recorder's client (nil with HISTORY=off).
 	recordRdb redis.UniversalClient
 	hub       *Hub
-	sub       *Subscriber
-	auth      *Authenticator
-	server    *Server
-	metrics   *metrics
-	sampler   *statsSampler
-	// instance names this process in /admin/stats: host and a random id.
+	// sub is the Redis subscription of the configured mode.
+	sub     subscription
+	auth    *Authenticator
+	server  *Server
+	metrics *metrics
+	sampler *statsSampler
+	// id is this process's random name: in its probe channels, its Redis
+	// client name and the recorder lease; instance names it in
+	// /admin/stats: host and id.
+	id       string
 	instance string
 	started  time.Time
 	// topMu guards top and topAt, the cached top-users list.
@@ -98,14 +100,6 @@ type daemon struct {
 	topAt time.Time
 	// stopAuth ends the JWKS refresh; run calls it on the way out.
 	stopAuth context.CancelFunc
-	// lease, in SUBSCRIBE_MODE=user with HISTORY on, makes one instance
-	// record every user's events (nil otherwise); leaseStats are the
-	// counters of its recording subscription.
-	lease      *recorderLease
-	leaseStats *Stats
-	// shards, with PUBSUB_SHARDED on a Redis Cluster, runs a subscription
-	// per master in place of sub's (nil otherwise).
-	shards *shardRouter
 }
 
 // newDaemon builds the daemon for cfg. Its background work (the JWKS
@@ -145,122 +139,41 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 		stats:    stats,
 		rdb:      rdb,
 		hub:      hub,
-		sub:      newSubscriber(id, rdb, hub, cfg, logger, stats),
+		id:       id,
 		auth:     auth,
 		sampler:  newStatsSampler(stats),
 		started:  time.Now(),
 		stopAuth: stopAuth,
 	}
 	if cfg.History {
-		hub.replayer = newReplayer(rdb, cfg, stats, logger)
 		// The recorder has connections of its own, so that live events
-		// never wait for one behind a reconnect storm's history reads.
+		// never wait for one behind a reconnect storm's history reads,
+		// and in user mode the recorder lease's recording subscription.
 		recOpts := opts
-		recOpts.PoolSize = 2
-		if cfg.SubscribeMode == subscribeUser {
-			// And the recorder lease's recording subscription.
-			recOpts.PoolSize = 4
-		}
+		recOpts.PoolSize = 4
 		d.recordRdb = newRedisClient(cfg, recOpts)
-		d.sub.recorder = newRecorder(d.recordRdb, history.Layout{Sharded: cfg.PubSubSharded}, cfg.Retention, d.sub.broadcast, stats, logger)
 	}
-	cluster, onCluster := rdb.(*redis.ClusterClient)
-	switch {
-	case cfg.PubSubSharded && onCluster:
-		d.shards = newShardRouter(cluster, cfg, opts, logger, d.shardSubscriber(opts))
-		d.shards.recorder = d.sub.recorder
-		hub.watch = d.shards
-	case cfg.PubSubSharded:
-		// One Redis (or a Sentinel-watched one) holds every shard channel.
-		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, false)
-		users.sharded = true
-		d.sub.users = users
-		hub.watch = users
-	case cfg.SubscribeMode == subscribeUser:
-		users := newUserChannels(cfg.SubscribeGrace, cfg.ProbeTimeout, cfg.History)
-		d.sub.users = users
-		hub.watch = users
-		if cfg.History {
-			d.leaseStats = &Stats{}
-			recLogger := logger.With("role", "recorder")
-			rec := newSubscriber(newInstanceID(), rdb, nil, cfg, recLogger, d.leaseStats)
-			rec.recorder = newRecorder(d.recordRdb, history.Layout{Sharded: cfg.PubSubSharded}, cfg.Retention, func(string, *message) {}, d.leaseStats, recLogger)
-			rec.answersSyncs = true
-			// A resuming connection's catch-up reads the history once the
-			// lease holder has recorded every event published before its
-			// channel was subscribed here.
-			hub.replayer.sync = users.waitSynced
-			d.lease = &recorderLease{rdb: rdb, owner: d.sub.instanceID, rec: rec, logger: logger}
-			rec.onConfirmed = d.lease.markReady
-			// A user's first events after this instance subscribes are
-			// found in the history the lease holder writes, not appended
-			// ahead of the ones it has still to record.
-			d.sub.recorder.waitFirst = d.lease.recording
-		}
+	d.sub = newSubscription(subscriptionParts{id: id, rdb: rdb, recordRdb: d.recordRdb, opts: opts, hub: hub, cfg: cfg, logger: logger, stats: stats})
+	hub.watch = d.sub
+	if cfg.History {
+		hub.catchUps = newCatchUps(rdb, cfg, stats, logger, d.sub.waitSynced)
 	}
 	host, _ := os.Hostname()
-	d.instance = host + "/" + d.sub.instanceID
+	d.instance = host + "/" + id
 	d.metrics = newMetrics(d)
 	hub.deliveryLatency = d.metrics.deliveryLatency
 	d.server = newServer(hub, cfg, logger, stats, auth, func() (bool, string) { return d.ready(context.Background()) })
-	switch {
-	case d.shards != nil:
-		d.server.users = d.shards
-	case d.sub.users != nil:
-		d.server.users = d.sub.users
-	}
+	d.server.users = d.sub
 	return d, nil
-}
-
-// shardSubscriber returns the builder of a cluster master's subscription
-// for the shardRouter: a client of that node alone, and a Subscriber
-// reading it with SSUBSCRIBE, whose events go to the shared recorder.
-func (d *daemon) shardSubscriber(opts redis.Options) func(addr string, users *userChannels) (*Subscriber, *redis.Client) {
-	var n atomic.Int64
-	return func(addr string, users *userChannels) (*Subscriber, *redis.Client) {
-		nodeOpts := opts
-		nodeOpts.Addr, nodeOpts.DB = addr, 0
-		client := redis.NewClient(&nodeOpts)
-		sub := newSubscriber(d.sub.instanceID+"-"+strconv.FormatInt(n.Add(1), 10), d.rdb, d.hub, d.cfg, d.logger.With("node", addr), d.stats)
-		sub.node, sub.addr, sub.shard = client, addr, true
-		sub.users, sub.recorder = users, d.sub.recorder
-		return sub, client
-	}
 }
 
 // ready reports whether the daemon can deliver events to new connections:
 // the Redis subscription is confirmed and tokens can be verified.
 func (d *daemon) ready(ctx context.Context) (bool, string) {
-	if ok, why := d.subReady(); !ok {
+	if ok, why := d.sub.ready(); !ok {
 		return false, why
 	}
 	return d.auth.ready(ctx)
-}
-
-// subReady reports whether the Redis subscription is live, or why not:
-// with a shardRouter, every master's.
-func (d *daemon) subReady() (bool, string) {
-	if d.shards != nil {
-		return d.shards.ready()
-	}
-	return d.sub.ready()
-}
-
-// subConfirmed reports whether Redis confirmed the subscription (every
-// master's, with a shardRouter).
-func (d *daemon) subConfirmed() bool {
-	if d.shards != nil {
-		return d.shards.confirmed()
-	}
-	return d.sub.confirmed.Load()
-}
-
-// subLastReceived is when the subscription last read anything (UnixNano).
-func (d *daemon) subLastReceived() int64 {
-	if d.shards != nil {
-		return d.shards.lastReceived()
-	}
-	return d.sub.lastReceived.Load()
 }
 
 // logAuthMode says at start-up who may connect; the modes without
@@ -303,36 +216,14 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	redisLogOnce.Do(func() {
 		redis.SetLogger(redisLogger{logger: d.logger, limiter: newLogLimiter(1, 5)})
 	})
-	switch {
-	case d.cfg.PubSubSharded:
-		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
-			"redis", redisTarget(d.cfg), "subscribe_mode", subscribeUser, "sharded", true, "channels", channelPrefix+"{username}")
-		d.logger.Warn("PUBSUB_SHARDED: publishers must SPUBLISH to workflow:events:{username}; a plain PUBLISH reaches no connection. " +
-			"Events reach the history only through the project's publish path (fanout publish, the Go package, the Lua recipe) " +
-			"or while an instance has the user's channel subscribed")
-	case d.cfg.SubscribeMode == subscribeUser:
-		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
-			"redis", redisTarget(d.cfg), "subscribe_mode", subscribeUser, "channels", channelPrefix+"{username}")
-	default:
-		d.logger.Info("Starting fanout", "version", version, "addr", ln.Addr().String(),
-			"redis", redisTarget(d.cfg), "pattern", channelPattern)
-	}
-	if d.cfg.ClusterAddrs != nil && !d.cfg.PubSubSharded {
-		d.logger.Info("Redis Cluster with classic pub/sub: every node forwards every published event to every other node; PUBSUB_SHARDED=true (with SUBSCRIBE_MODE=user) keeps each event on its channel's node")
-	}
+	d.logger.Info("Starting fanout", append([]any{"version", version, "addr", ln.Addr().String(), "redis", redisTarget(d.cfg)}, d.sub.startAttrs()...)...)
+	logDeploymentNotes(d.logger, d.cfg)
 	d.logAuthMode()
 
 	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	if d.shards != nil {
-		wg.Go(func() { d.shards.run(subCtx) })
-	} else {
-		wg.Go(func() { d.sub.run(subCtx) })
-	}
-	if d.lease != nil {
-		wg.Go(func() { d.lease.run(subCtx) })
-	}
-	wg.Go(func() { keepClusterStateFresh(subCtx, d.rdb, d.recordRdb) })
+	wg.Go(func() { d.sub.run(subCtx) })
+	wg.Go(func() { redisx.KeepSlotsFresh(subCtx, clusterStateEvery, d.rdb, d.recordRdb) })
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
 
@@ -342,8 +233,6 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 		IdleTimeout:       httpIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
 	}
-	// SSE requests last until the hub ends them.
-	httpServer.RegisterOnShutdown(d.hub.endStreams)
 	serveErr := make(chan error, 2)
 	wg.Go(func() { serveErr <- fmt.Errorf("serve %s: %w", ln.Addr(), httpServer.Serve(ln)) })
 	var adminServer *http.Server

@@ -362,23 +362,17 @@ func TestPublishCommandReportsRedisDownWithExitCode1(t *testing.T) {
 	}
 }
 
-// publishersSection returns the README's "For backend engineers
-// (publishers)" section.
+// publishersSection returns docs/publishing.md, the publishers' page.
 func publishersSection(t *testing.T) string {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	page, err := os.ReadFile("docs/publishing.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(readme), "### For backend engineers (publishers)\n")
-	if !ok {
-		t.Fatal("README has no publishers section")
-	}
-	section, _, _ = strings.Cut(section, "\n### ")
-	return section
+	return string(page)
 }
 
-// codeBlocks returns the README code blocks of section in language lang.
+// codeBlocks returns the Markdown code blocks of section in language lang.
 func codeBlocks(section, lang string) []string {
 	var blocks []string
 	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(section, -1) {
@@ -387,23 +381,23 @@ func codeBlocks(section, lang string) []string {
 	return blocks
 }
 
-func TestReadmeShowsThePublishScriptsAsTheyAre(t *testing.T) {
+func TestDocsPublishingShowsThePublishScriptsAsTheyAre(t *testing.T) {
 	section := publishersSection(t)
 	lua := codeBlocks(section, "lua")
 	if len(lua) != 2 || lua[0] != history.PublishSource || lua[1] != history.PublishShardedSource {
-		t.Fatalf("README's Lua blocks %q, want history.PublishSource %q then history.PublishShardedSource %q",
+		t.Fatalf("docs/publishing.md's Lua blocks %q, want history.PublishSource %q then history.PublishShardedSource %q",
 			lua, history.PublishSource, history.PublishShardedSource)
 	}
 	for _, lang := range []string{"python", "js"} {
 		if blocks := codeBlocks(section, lang); len(blocks) != 1 || !strings.Contains(blocks[0], history.PublishSource) {
-			t.Fatalf("README's %s recipe does not hold history.PublishSource as it is", lang)
+			t.Fatalf("docs/publishing.md's %s recipe does not hold history.PublishSource as it is", lang)
 		}
 	}
 }
 
-// readmeRedisCLIRecipe returns the README's redis-cli recipe that runs
+// docsRedisCLIRecipe returns docs/publishing.md's redis-cli recipe that runs
 // the script file, written into dir, against r.
-func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string) *exec.Cmd {
+func docsRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string) *exec.Cmd {
 	t.Helper()
 	testproc.NeedTool(t, "redis-cli")
 	var recipe string
@@ -413,9 +407,9 @@ func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string
 		}
 	}
 	if recipe == "" {
-		t.Fatalf("README has no redis-cli recipe running %s", file)
+		t.Fatalf("docs/publishing.md has no redis-cli recipe running %s", file)
 	}
-	// The README's commands, against this test's Redis.
+	// The page's commands, against this test's Redis.
 	recipe = strings.ReplaceAll(recipe, "redis-cli ", "redis-cli -p "+strconv.Itoa(r.Port)+" ")
 	if err := os.WriteFile(filepath.Join(dir, file), []byte(source), 0o644); err != nil {
 		t.Fatal(err)
@@ -425,10 +419,10 @@ func readmeRedisCLIRecipe(t *testing.T, r *redisServer, dir, file, source string
 	return cmd
 }
 
-// TestReadmeEVALSHARecipePublishesAndKeepsTheEvent runs the README's Python
+// TestDocsEVALSHARecipePublishesAndKeepsTheEvent runs docs/publishing.md's Python
 // recipe when python3 has the redis module, and its redis-cli one
 // otherwise.
-func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
+func TestDocsEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 	t.Parallel()
 	r := startRedis(t)
 	section := publishersSection(t)
@@ -440,7 +434,7 @@ func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 		cmd = exec.Command("python3", "-c", recipe)
 		cmd.Env = append(os.Environ(), "REDIS_URL=redis://"+r.addr())
 	} else {
-		cmd = readmeRedisCLIRecipe(t, r, dir, "publish.lua", history.PublishSource)
+		cmd = docsRedisCLIRecipe(t, r, dir, "publish.lua", history.PublishSource)
 	}
 	cmd.Dir = dir
 	out, err := cmd.Output()
@@ -451,7 +445,7 @@ func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 		}
 		t.Fatalf("%s: %v\n%s%s", cmd.Args[0], err, out, stderr)
 	}
-	t.Logf("ran the README's %s recipe", cmd.Args[0])
+	t.Logf("ran docs/publishing.md's %s recipe", cmd.Args[0])
 	id := strings.TrimSpace(string(out))
 	const event = `{"type":"workflow_started"}`
 	evs := streamEvents(t, r, "alice")
@@ -471,12 +465,12 @@ func TestReadmeEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 	}
 }
 
-// TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot runs
-// the README's redis-cli recipe for PUBSUB_SHARDED=true.
-func TestReadmeShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testing.T) {
+// TestDocsShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot runs
+// docs/publishing.md's redis-cli recipe for PUBSUB_SHARDED=true.
+func TestDocsShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testing.T) {
 	r := startRedis(t)
 	sharded, pattern := listenBothWays(t, r, "alice")
-	cmd := readmeRedisCLIRecipe(t, r, t.TempDir(), "publish-sharded.lua", history.PublishShardedSource)
+	cmd := docsRedisCLIRecipe(t, r, t.TempDir(), "publish-sharded.lua", history.PublishShardedSource)
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr []byte

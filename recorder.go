@@ -64,7 +64,7 @@ type recorder struct {
 	cursors   map[string]*userCursor
 	horizon   history.Cursor
 	lastSweep time.Time
-	// waitFirst, when set and true, says another instance records every
+	// waitFirst, when true, says another instance records every
 	// event all along (user mode's recorder lease): a user's first events
 	// after a new subscription are then found in the history, not
 	// appended ahead of the ones published just before them, which that
@@ -95,10 +95,15 @@ func newRecorder(rdb redis.UniversalClient, layout history.Layout, retention his
 		errLog:    newLogLimiter(1, 5),
 		cursors:   make(map[string]*userCursor),
 		lastSweep: time.Now(),
+		waitFirst: func() bool { return false },
 		pending:   make(map[string][]inbound),
 		waiting:   make(map[string]time.Time),
 	}
 }
+
+// records reports true: a recorder's resets need Redis's clock
+// (eventSink).
+func (r *recorder) records() bool { return true }
 
 // add hands in to the recorder, waiting while it is a full batch and more
 // behind; it reports false when ctx ended first.
@@ -241,7 +246,7 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	if len(evs) == 0 {
 		return
 	}
-	waitFirst := r.waitFirst != nil && r.waitFirst()
+	waitFirst := r.waitFirst()
 	now := time.Now()
 	users := make(map[string]*userBatch)
 	var order []string
@@ -256,33 +261,22 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		ub.payloads = append(ub.payloads, e.payload)
 	}
 	ids := make([]string, len(evs))
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
-		pipe := r.rdb.Pipeline()
-		for _, u := range order {
-			cur := r.horizon
-			if uc := r.cursors[u]; uc != nil {
-				cur = uc.cur
-			}
-			if !cur.Entry && waitFirst {
-				since, ok := r.waiting[u]
-				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
-			}
-			users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
+	rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	pipe := r.rdb.Pipeline()
+	for _, u := range order {
+		cur := r.horizon
+		if uc := r.cursors[u]; uc != nil {
+			cur = uc.cur
 		}
-		_, err = pipe.Exec(rctx)
-		cancel()
-		if attempt == 0 && history.IsNoScript(err) {
-			// Redis restarted, or its scripts were flushed.
-			if lerr := history.Load(ctx, r.rdb); lerr != nil {
-				err = lerr
-				break
-			}
-			continue
+		if !cur.Entry && waitFirst {
+			since, ok := r.waiting[u]
+			cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
 		}
-		break
+		users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
 	}
+	// With the scripts loaded again if Redis restarted or flushed them.
+	err := history.ExecScripts(rctx, r.rdb, pipe)
+	cancel()
 	failed, lagging := 0, 0
 	var held map[int]bool
 	for _, u := range order {

@@ -15,11 +15,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"fanout/history"
 	"fanout/internal/wsconn"
 )
-
-// maxUsernameBytes bounds the username query parameter.
-const maxUsernameBytes = 128
 
 // subprotocolV1 is the WebSocket subprotocol of clients that want event
 // ids and control messages: each event is {"id":…,"data":…}.
@@ -40,9 +38,9 @@ type Server struct {
 	rejectLog *logLimiter
 	// untrustedForwardWarned is set once the TRUSTED_PROXIES warning is out.
 	untrustedForwardWarned atomic.Bool
-	// users, in SUBSCRIBE_MODE=user, are the subscribed channels a new
-	// connection waits for; nil in pattern mode.
-	users channelWaiter
+	// users is the Redis subscription: in user mode a new connection
+	// waits for its user's channel (subscription.wait).
+	users subscription
 }
 
 func newServer(hub *Hub, cfg Config, logger *slog.Logger, stats *Stats, auth *Authenticator, ready func() (bool, string)) *Server {
@@ -149,15 +147,13 @@ func (s *Server) admitRequest(w http.ResponseWriter, r *http.Request, credential
 		s.refuse(w, remote, refused)
 		return identity{}, req, remote, false
 	}
-	if s.users != nil {
-		// User mode: the connection starts once Redis has confirmed its
-		// user's channel, so no event falls between the two.
-		if err := s.users.wait(r.Context(), id.username); err != nil {
-			s.hub.release(id.username)
-			s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectNotSubscribed,
-				message: err.Error() + "; retry", retryAfter: 1})
-			return identity{}, req, remote, false
-		}
+	// User mode: the connection starts once Redis has confirmed its
+	// user's channel, so no event falls between the two.
+	if err := s.users.wait(r.Context(), id.username); err != nil {
+		s.hub.release(id.username)
+		s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectNotSubscribed,
+			message: err.Error() + "; retry", retryAfter: 1})
+		return identity{}, req, remote, false
 	}
 	return id, req, remote, true
 }
@@ -246,12 +242,10 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 		s.rejectLog.log(s.logger, slog.LevelInfo, "Rejected WebSocket request", "remote", remote, "reason", rejectUpgradeFailed, "err", err)
 		return
 	}
-	c := newClient(s.hub, conn, id.username, remote)
-	c.expires = id.expires
-	c.v1 = conn.Subprotocol() == subprotocolV1
 	// This goroutine holds the write right until the 101 is out: events
 	// broadcast meanwhile queue behind it.
-	c.writer = writeDirect
+	c := newWSClient(s.hub, conn, id.username, remote)
+	c.expires = id.expires
 	// Logged before register starts the pumps, so that it always comes
 	// before the connection's "Client unregistered" line.
 	if id.subject != "" && id.subject != id.username {
@@ -272,7 +266,7 @@ func (s *Server) upgradeAndRegister(w http.ResponseWriter, r *http.Request, id i
 		c.disconnect(disconnectGone)
 	}
 	// A write pump takes over what was queued meanwhile.
-	c.handOff()
+	c.handOff(false)
 }
 
 // refuse answers a /ws request that admit refused with its one-line
@@ -330,30 +324,11 @@ func (s *Server) originAllowed(r *http.Request, origin string) bool {
 	return slices.Contains(s.cfg.AllowedOrigins, origin)
 }
 
-// validateUsername accepts 1 to 128 bytes of letters, digits and . _ @ + -,
-// so a username can never carry a Redis pattern character (* ? [) or the
-// channel separator (:).
+// validateUsername applies history's username rule (history.CheckUsername)
+// to a connection's username, naming the query parameter when it is missing.
 func validateUsername(username string) error {
-	switch {
-	case username == "":
-		return fmt.Errorf("missing username: connect to /ws?username={username}")
-	case len(username) > maxUsernameBytes:
-		return fmt.Errorf("username is %d bytes; at most %d are allowed", len(username), maxUsernameBytes)
+	if username == "" {
+		return errors.New("missing username: connect to /ws?username={username}")
 	}
-	for i := 0; i < len(username); i++ {
-		if !usernameByte(username[i]) {
-			return fmt.Errorf("username has %+q at byte %d; use only ASCII letters, digits and . _ @ + -", username[i:i+1], i)
-		}
-	}
-	return nil
-}
-
-func usernameByte(b byte) bool {
-	switch {
-	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
-		return true
-	case b == '.', b == '_', b == '@', b == '+', b == '-':
-		return true
-	}
-	return false
+	return history.CheckUsername(username)
 }

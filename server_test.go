@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"fanout/history"
 )
 
 func TestDeliveryReachesEveryConnectionOfUserInOrderAndNoOtherUser(t *testing.T) {
@@ -390,7 +392,7 @@ func FuzzValidateUsername(f *testing.F) {
 			}
 			return
 		}
-		if username == "" || len(username) > maxUsernameBytes || strings.ContainsAny(username, "*?[]:\\ \x00") {
+		if username == "" || len(username) > history.MaxUsernameBytes || strings.ContainsAny(username, "*?[]:\\ \x00") {
 			t.Fatalf("accepted %q", username)
 		}
 	})

@@ -16,32 +16,37 @@ var sseHeartbeat = 15 * time.Second
 // sseRetry is the reconnection delay an EventSource is told to use.
 const sseRetry = 2 * time.Second
 
-// sseStream is the HTTP response of one /events connection. Its request's
-// goroutine is the connection's only writer (its write pump); the hub wakes
-// it when work is queued.
-type sseStream struct {
+// sseClient is a Client over an SSE stream, the HTTP response of one
+// /events request. The request's goroutine is both of its sides: it is
+// the connection's write side (serveSSE), woken when work is queued, and it
+// notices the peer going away through the request's context. The hub's
+// pinger asks it for a heartbeat comment every sseHeartbeat, as it asks a
+// WebSocket for a ping: no timer per stream.
+type sseClient struct {
+	Client
 	w  http.ResponseWriter
 	rc *http.ResponseController
 	// woken holds a token when the request's goroutine has work to take.
-	woken chan struct{}
+	woken wakeup
 	// stop ends the goroutine's wait when shutdown gives up on it.
 	stop context.CancelFunc
-	buf  bytes.Buffer
+	// buf is the holder of the write right's (client.go).
+	buf bytes.Buffer
 }
 
-// wake tells the request's goroutine that work is queued.
-func (st *sseStream) wake() {
-	select {
-	case st.woken <- struct{}{}:
-	default:
-	}
-}
+// startWriter tells the request's goroutine that work is queued.
+func (c *sseClient) startWriter() { c.woken.wake() }
+
+func (c *sseClient) claimable() bool          { return false }
+func (c *sseClient) writeNow(*message)        { panic("sseClient: writeNow without a claim") }
+func (c *sseClient) controls() bool           { return true }
+func (c *sseClient) pingEvery() time.Duration { return sseHeartbeat }
 
 // abort makes a write stuck on a client that does not read fail at once,
 // and ends the stream; shutdown calls it when its time is up.
-func (st *sseStream) abort() {
-	_ = st.rc.SetWriteDeadline(time.Now())
-	st.stop()
+func (c *sseClient) abort() {
+	_ = c.rc.SetWriteDeadline(time.Now())
+	c.stop()
 }
 
 // handleEvents answers /events: the same events as /ws, as a
@@ -55,10 +60,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, stop := context.WithCancel(r.Context())
 	defer stop()
-	st := &sseStream{w: w, rc: http.NewResponseController(w), woken: make(chan struct{}, 1), stop: stop}
-	c := newClient(s.hub, nil, id.username, remote)
+	c := &sseClient{Client: newClient(s.hub, id.username, remote), w: w, rc: http.NewResponseController(w), woken: newWakeup(), stop: stop}
+	c.t = c
+	// This goroutine holds the write right until the retry line is out:
+	// events broadcast meanwhile queue behind it.
+	c.writer = writeDirect
 	c.expires = id.expires
-	c.sse = st
 	if id.subject != "" && id.subject != id.username {
 		s.logger.Info("New SSE connection", "username", id.username, "remote", remote, "subject", id.subject)
 	} else {
@@ -67,7 +74,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// In the hub before the response starts: an event published once the
 	// client has its first bytes waits in the queue for serveSSE, this
 	// goroutine, which alone writes the stream.
-	if err := s.hub.addAndReplay(c, req); err != nil {
+	if err := s.hub.addAndCatchUp(&c.Client, req); err != nil {
 		s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: err.Error()})
 		return
 	}
@@ -77,53 +84,31 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// nginx would otherwise buffer the stream.
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	st.buf.WriteString("retry: " + strconv.Itoa(int(sseRetry/time.Millisecond)) + "\n\n")
-	if err := st.flush(s.cfg.WriteWait); err != nil {
+	c.buf.WriteString("retry: " + strconv.Itoa(int(sseRetry/time.Millisecond)) + "\n\n")
+	if err := c.flush(); err != nil {
 		// serveSSE returns at once and unregisters the client.
 		stop()
 	}
+	// serveSSE takes over what was queued meanwhile.
+	c.handOff(false)
 	c.serveSSE(ctx)
 }
 
-// serveSSE is an SSE connection's write pump, on its request's goroutine:
-// it writes what takeWork gives it when woken, a comment every
-// sseHeartbeat, and returns when the connection ends (the client went
-// away, a write failed, or the daemon closed it), after which the response
-// ends. It stands for both of the connection's counts in the hub's
-// WaitGroup.
-func (c *Client) serveSSE(ctx context.Context) {
-	st := c.sse
+// serveSSE is an SSE connection's write side, on its request's goroutine:
+// it writes what takeWork gives it when woken (events, a heartbeat comment
+// for a due ping, the end), and returns when the connection ends (the
+// client went away, a write failed, or the daemon closed it), after which
+// the response ends. It ends both of the connection's sides.
+func (c *sseClient) serveSSE(ctx context.Context) {
 	defer func() {
-		if c.expiry != nil {
-			c.expiry.Stop()
-		}
 		c.disconnect(disconnectGone)
-		c.mu.Lock()
-		c.writer = writeEnded
-		c.readEnded = true
-		d := c.closing
-		c.dropQueueLocked()
-		c.mu.Unlock()
-		if d != nil && (*d == disconnectSlow || *d == disconnectExpired) {
-			c.hub.logger.Info("Closing client", "username", c.username, "remote", c.remote, "code", d.code, "reason", d.reason)
-		}
-		remaining := c.hub.unregister(c)
-		c.hub.logger.Info("Client unregistered", "username", c.username, "remaining_for_user", remaining)
-		c.hub.wg.Done()
-		c.hub.wg.Done()
+		c.closeWriteSide()
+		c.leave()
 	}()
-	heartbeat := time.NewTicker(sseHeartbeat)
-	defer heartbeat.Stop()
 	var batch []*message
 	for {
 		select {
-		case <-st.woken:
-		case <-heartbeat.C:
-			st.buf.WriteString(": heartbeat\n\n")
-			if st.flush(c.settings.writeWait) != nil {
-				return
-			}
-			continue
+		case <-c.woken:
 		case <-ctx.Done():
 			return
 		}
@@ -137,21 +122,21 @@ func (c *Client) serveSSE(ctx context.Context) {
 			}
 			batch = w.batch
 			if w.ping || w.pong != nil {
-				st.buf.WriteString(": ping\n\n")
+				c.buf.WriteString(": heartbeat\n\n")
 			}
 			for _, msg := range w.batch {
 				if c.eventsStopped.Load() {
 					break
 				}
-				st.writeEvent(msg)
+				c.writeEvent(msg)
 			}
 			if c.eventsStopped.Load() {
 				return
 			}
-			if err := st.flush(c.settings.writeWait); err != nil {
+			if err := c.flush(); err != nil {
 				return
 			}
-			c.delivered(w.batch, 0, nil)
+			c.delivered(w.batch)
 			if w.closing != nil {
 				return
 			}
@@ -162,8 +147,8 @@ func (c *Client) serveSSE(ctx context.Context) {
 // writeEvent appends msg to the buffer as one SSE event: its id and its
 // payload as data lines (a line break in the payload, JSON whitespace,
 // starts another data line), or a control as a named event.
-func (st *sseStream) writeEvent(msg *message) {
-	b := &st.buf
+func (c *sseClient) writeEvent(msg *message) {
+	b := &c.buf
 	if msg.event != "" {
 		b.WriteString("event: ")
 		b.WriteString(msg.event)
@@ -184,35 +169,13 @@ func (st *sseStream) writeEvent(msg *message) {
 	b.WriteByte('\n')
 }
 
-// flush writes the buffer and flushes the response, within writeWait.
-func (st *sseStream) flush(writeWait time.Duration) error {
-	_ = st.rc.SetWriteDeadline(time.Now().Add(writeWait))
-	_, err := st.w.Write(st.buf.Bytes())
-	st.buf.Reset()
+// flush writes the buffer and flushes the response, within WRITE_WAIT.
+func (c *sseClient) flush() error {
+	_ = c.rc.SetWriteDeadline(time.Now().Add(c.settings.writeWait))
+	_, err := c.w.Write(c.buf.Bytes())
+	c.buf.Reset()
 	if err == nil {
-		err = st.rc.Flush()
+		err = c.rc.Flush()
 	}
 	return err
-}
-
-// endStreams ends every SSE connection with disconnectShutdown: the HTTP
-// server's shutdown waits for their requests, which would otherwise never
-// end. EventSource reconnects, to another instance, with Last-Event-ID.
-func (h *Hub) endStreams() {
-	var streams []*Client
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for _, conns := range s.users {
-			for c := range conns {
-				if c.sse != nil {
-					streams = append(streams, c)
-				}
-			}
-		}
-		s.mu.RUnlock()
-	}
-	for _, c := range streams {
-		c.disconnect(disconnectShutdown)
-	}
 }

@@ -47,7 +47,7 @@ type Stats struct {
 	HistoryReplayed atomic.Uint64
 	HistoryResyncs  atomic.Uint64
 	// ResubscribeCatchups counts open connections caught up on the
-	// history once a lost subscription was back (Hub.resync).
+	// history once a lost subscription was back (Hub.catchUpAfterLoss).
 	ResubscribeCatchups atomic.Uint64
 }
 

@@ -214,18 +214,18 @@ func counterNames() []string {
 	return names
 }
 
-// readmeSection returns the README.md section under the heading title, up
-// to the next heading of level 2 or more (a "# " line may be a comment in
-// an example).
-func readmeSection(t *testing.T, title string) string {
+// docsSection returns the section of the Markdown file path under the
+// heading title, up to the next heading of level 2 or more (a "# " line may
+// be a comment in an example).
+func docsSection(t *testing.T, path, title string) string {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	page, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(readme), "\n"+title+"\n")
+	_, section, ok := strings.Cut(string(page), "\n"+title+"\n")
 	if !ok {
-		t.Fatalf("README.md has no %q", title)
+		t.Fatalf("%s has no %q", path, title)
 	}
 	if end := regexp.MustCompile(`\n##+ `).FindStringIndex(section); end != nil {
 		section = section[:end[0]]
@@ -233,10 +233,10 @@ func readmeSection(t *testing.T, title string) string {
 	return section
 }
 
-func TestREADMEMetricsTableHasEveryCounterMetric(t *testing.T) {
+func TestDocsMetricsTableHasEveryCounterMetric(t *testing.T) {
 	// Rows of the metrics table: | `name{label}`, `name` | type | meaning |
 	rows := map[string][]string{}
-	for line := range strings.Lines(readmeSection(t, "### Prometheus metrics")) {
+	for line := range strings.Lines(docsSection(t, "docs/operations.md", "### Prometheus metrics")) {
 		cells := strings.Split(strings.Trim(strings.TrimSpace(line), "|"), "|")
 		if len(cells) != 3 || !strings.HasPrefix(strings.TrimSpace(cells[0]), "`") {
 			continue
@@ -250,7 +250,7 @@ func TestREADMEMetricsTableHasEveryCounterMetric(t *testing.T) {
 		metrics[m.name] = true
 		row, ok := rows[m.name]
 		if !ok {
-			t.Errorf("README's metrics table lacks %s", m.name)
+			t.Errorf("docs/operations.md's metrics table lacks %s", m.name)
 			continue
 		}
 		name := "`" + m.name + "`"
@@ -258,12 +258,12 @@ func TestREADMEMetricsTableHasEveryCounterMetric(t *testing.T) {
 			name = "`" + m.name + "{" + m.labelName + "}`"
 		}
 		if !strings.Contains(row[0], name) || row[1] != "counter" {
-			t.Errorf("README's metrics table has %s as %q of type %q, want %s, counter", m.name, row[0], row[1], name)
+			t.Errorf("docs/operations.md's metrics table has %s as %q of type %q, want %s, counter", m.name, row[0], row[1], name)
 		}
 	}
 	for name, row := range rows {
 		if row[1] == "counter" && !metrics[name] {
-			t.Errorf("README's metrics table has the counter %s, which is in no table", name)
+			t.Errorf("docs/operations.md's metrics table has the counter %s, which is in no table", name)
 		}
 	}
 
@@ -280,7 +280,7 @@ func TestREADMEMetricsTableHasEveryCounterMetric(t *testing.T) {
 	for metric, values := range labels {
 		for _, value := range values {
 			if row, ok := rows[metric]; ok && !strings.Contains(row[2], "`"+value+"`") {
-				t.Errorf("README's row for %s does not name its label value `%s`", metric, value)
+				t.Errorf("docs/operations.md's row for %s does not name its label value `%s`", metric, value)
 			}
 		}
 	}
@@ -288,18 +288,18 @@ func TestREADMEMetricsTableHasEveryCounterMetric(t *testing.T) {
 	for _, d := range disconnects {
 		if row, ok := rows[disconnectsTotal.name]; ok && d.counter != nil {
 			if want := fmt.Sprintf("`%s` (%d)", d.counter.label, d.code); !strings.Contains(row[2], want) {
-				t.Errorf("README's row for %s does not say %s", disconnectsTotal.name, want)
+				t.Errorf("docs/operations.md's row for %s does not say %s", disconnectsTotal.name, want)
 			}
 		}
 	}
 }
 
-func TestREADMEConnectionStatsShowTheCounterTable(t *testing.T) {
-	section := readmeSection(t, "### Connection Stats")
+func TestDocsConnectionStatsShowTheCounterTable(t *testing.T) {
+	section := docsSection(t, "docs/operations.md", "### Connection stats")
 	// The example Stopped line logs every counter, in order.
 	match := regexp.MustCompile(`(?m)^level=INFO msg=Stopped (.*)$`).FindStringSubmatch(section)
 	if match == nil {
-		t.Fatal("README's Connection Stats have no Stopped line")
+		t.Fatal("docs/operations.md's Connection stats have no Stopped line")
 	}
 	var logged []string
 	for _, pair := range strings.Fields(match[1]) {
@@ -307,7 +307,7 @@ func TestREADMEConnectionStatsShowTheCounterTable(t *testing.T) {
 		logged = append(logged, name)
 	}
 	if names := counterNames(); !slices.Equal(logged, names) {
-		t.Errorf("README's Stopped line logs %v, want %v", logged, names)
+		t.Errorf("docs/operations.md's Stopped line logs %v, want %v", logged, names)
 	}
 
 	// The table of counters names each one's metric, in the table's order.
@@ -327,11 +327,11 @@ func TestREADMEConnectionStatsShowTheCounterTable(t *testing.T) {
 			want = "`" + c.metric.name + "`"
 		}
 		if !strings.Contains(row[2], want) {
-			t.Errorf("README's row for the counter %s says %q, want %s", c.name, row[2], want)
+			t.Errorf("docs/operations.md's row for the counter %s says %q, want %s", c.name, row[2], want)
 		}
 	}
 	if names := counterNames(); !slices.Equal(listed, names) {
-		t.Errorf("README's table of counters lists %v, want %v", listed, names)
+		t.Errorf("docs/operations.md's table of counters lists %v, want %v", listed, names)
 	}
 
 	// The example's counters and refusals are real ones.
@@ -339,12 +339,12 @@ func TestREADMEConnectionStatsShowTheCounterTable(t *testing.T) {
 	for field, names := range map[string][]string{"counters": counterNames(), "rejected": rejectReasonNames[:]} {
 		line := regexp.MustCompile(`(?m)^\s*"` + field + `": \{.*$`).FindString(section)
 		if line == "" {
-			t.Errorf("README's /admin/stats example has no %s", field)
+			t.Errorf("docs/operations.md's /admin/stats example has no %s", field)
 			continue
 		}
 		for _, key := range keys.FindAllStringSubmatch(line, -1) {
 			if key[1] != "..." && !slices.Contains(names, key[1]) {
-				t.Errorf("README's /admin/stats example has %s.%s, which is not one of %v", field, key[1], names)
+				t.Errorf("docs/operations.md's /admin/stats example has %s.%s, which is not one of %v", field, key[1], names)
 			}
 		}
 	}

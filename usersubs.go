@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 const (
@@ -26,10 +27,165 @@ const (
 // not confirm in time.
 var errNotSubscribed = errors.New("the Redis subscription for this user was not confirmed in time")
 
-// channelWaiter holds back a user mode connection until its user's
-// channel is subscribed: userChannels, or shardRouter on a cluster.
-type channelWaiter interface {
-	wait(ctx context.Context, username string) error
+// userSubscription is SUBSCRIBE_MODE=user: this instance subscribes the
+// channel of each user connected to it (userChannels), on one pub/sub
+// connection, with SUBSCRIBE, or with SSUBSCRIBE when PUBSUB_SHARDED is set
+// on a single Redis. With history on (and classic pub/sub) one instance of
+// the deployment also holds the recorder lease, whose pattern subscription
+// records the events of users connected nowhere (lease.go).
+type userSubscription struct {
+	conn  *pubsubConn
+	users *userChannels
+	sink  eventSink
+	// lease is the recorder lease (classic pub/sub with history on; nil
+	// otherwise).
+	lease *recorderLease
+}
+
+func newUserSubscription(p subscriptionParts, sink eventSink, rec *recorder) *userSubscription {
+	sharded := p.cfg.PubSubSharded
+	// With sharded pub/sub a pattern subscription sees no event: there is
+	// no lease to record them, and nothing to sync with.
+	leased := p.cfg.History && !sharded
+	users := newUserChannels(p.cfg.SubscribeGrace, p.cfg.ProbeTimeout, leased)
+	users.sharded = sharded
+	u := &userSubscription{users: users, sink: sink}
+	u.conn = newPubsubConn(p.id, p.rdb, newUserChannelMode(users, p.hub, false), sink, p.cfg, p.logger, p.stats)
+	if leased {
+		u.lease = newRecorderLease(p)
+		// A user's first events after this instance subscribes are found
+		// in the history the lease holder writes, not appended ahead of
+		// the ones it has still to record.
+		rec.waitFirst = u.lease.recording
+	}
+	return u
+}
+
+// run runs the subscription, its sink and the lease until ctx ends.
+func (u *userSubscription) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { u.sink.run(ctx) })
+	if u.lease != nil {
+		wg.Go(func() { u.lease.run(ctx) })
+	}
+	u.conn.run(ctx)
+}
+
+func (u *userSubscription) ready() (bool, string) { return u.conn.ready() }
+
+func (u *userSubscription) status() subscriptionStatus {
+	st := subscriptionStatus{confirmed: u.conn.confirmed.Load(), lastReceived: u.conn.lastReceived.Load(), channels: u.users.count()}
+	if u.lease != nil {
+		st.recorderLease, st.recorderReceived = u.lease.held.Load(), u.lease.rec.stats.MessagesReceived.Load()
+	}
+	return st
+}
+
+func (u *userSubscription) want(username string)   { u.users.want(username) }
+func (u *userSubscription) unwant(username string) { u.users.unwant(username) }
+func (u *userSubscription) wait(ctx context.Context, username string) error {
+	return u.users.wait(ctx, username)
+}
+func (u *userSubscription) waitSynced(ctx context.Context, username string) {
+	u.users.waitSynced(ctx, username)
+}
+
+func (u *userSubscription) startAttrs() []any {
+	attrs := []any{"subscribe_mode", subscribeUser, "channels", channelPrefix + "{username}"}
+	if u.users.sharded {
+		attrs = append(attrs, "sharded", true)
+	}
+	return attrs
+}
+
+// userChannelMode is the channelMode of user mode: a session subscribes
+// its probe channel first, and once Redis confirmed it, the users'
+// channels in batches (userChannels.flush). It serves a userSubscription,
+// or one node of a clusterSubscription.
+type userChannelMode struct {
+	users *userChannels
+	hub   *Hub
+	// node is set on one node of a clusterSubscription, whose recorder is
+	// shared with the other nodes' sessions (resetsAll).
+	node bool
+	// onLost is told of a user's channel that Redis dropped without being
+	// asked (its slot moved); onMoved of a node's MOVED answer: slot lives
+	// at addr now, and lost wanted channels of this node were in it. Both
+	// matter on a cluster node only.
+	onLost  func(username string)
+	onMoved func(slot int, addr string, lost int)
+}
+
+func newUserChannelMode(users *userChannels, hub *Hub, node bool) *userChannelMode {
+	return &userChannelMode{users: users, hub: hub, node: node, onLost: func(string) {}, onMoved: func(int, string, int) {}}
+}
+
+func (m *userChannelMode) open(ctx context.Context, c *pubsubConn) *redis.PubSub {
+	return c.client.Subscribe(ctx, c.probeChannel)
+}
+
+func (m *userChannelMode) confirms(sub *redis.Subscription, c *pubsubConn) bool {
+	return sub.Kind == "subscribe" && sub.Channel == c.probeChannel
+}
+
+// begin starts the users' channels' session: from here, before the
+// daemon reads ready, a new connection waits for its user's channel.
+func (m *userChannelMode) begin(c *pubsubConn, pubsub *redis.PubSub, _ bool) func(context.Context) error {
+	m.users.begin()
+	return func(ctx context.Context) error { return m.users.flush(ctx, pubsub, c.clock, c.mark) }
+}
+
+// other takes Redis's answer to a SUBSCRIBE or UNSUBSCRIBE of a user's
+// channel. A new subscription may have missed events: the recorder starts
+// the user's place in history again from Redis's clock before it was asked
+// for, and the user's open connections catch up once a lost subscription
+// is back, before any event of the new one is broadcast.
+func (m *userChannelMode) other(ctx context.Context, c *pubsubConn, sub *redis.Subscription) bool {
+	username := userOf(sub.Channel)
+	if username == "" {
+		return true
+	}
+	switch sub.Kind {
+	case "subscribe", "ssubscribe":
+		since, ok, catchUp := m.users.confirmed(username)
+		if catchUp {
+			m.hub.catchUpAfterLoss(username)
+		}
+		if ok {
+			return c.sink.add(ctx, inbound{reset: true, username: username, since: since})
+		}
+	case "unsubscribe", "sunsubscribe":
+		if m.users.unsubscribed(username) {
+			// Not asked for: the node gave the slot up (resharding, or it
+			// is a replica now).
+			m.onLost(username)
+		}
+	}
+	return true
+}
+
+// moved takes a node's refusal (MOVED) of an SSUBSCRIBE or SUNSUBSCRIBE:
+// the connection is fine; those users' channels are subscribed where the
+// slot lives now.
+func (m *userChannelMode) moved(err error) bool {
+	slot, ok := redisx.MovedSlot(err)
+	if !ok || !m.users.sharded {
+		return false
+	}
+	lost := m.users.refused(slot)
+	m.onMoved(slot, redisx.MovedAddr(err), len(lost))
+	return true
+}
+
+func (m *userChannelMode) acked(n uint64)  { m.users.acked(n) }
+func (m *userChannelMode) resetsAll() bool { return !m.node }
+
+func (m *userChannelMode) logAttrs(c *pubsubConn) []any {
+	if m.users.sharded {
+		return []any{"mode", subscribeUser, "sharded", true, "probe_channel", c.probeChannel}
+	}
+	return []any{"mode", subscribeUser, "probe_channel", c.probeChannel}
 }
 
 // userChannels is SUBSCRIBE_MODE=user's set of subscribed channels: the
@@ -53,8 +209,8 @@ type userChannels struct {
 	down chan struct{}
 	// subscribed counts the channels Redis confirmed and holds now.
 	subscribed int
-	// kick wakes the flusher (capacity 1).
-	kick chan struct{}
+	// kick wakes the flusher.
+	kick wakeup
 	// commands and channels count the SUBSCRIBE commands sent and the
 	// channels they named: how well connections arriving together share
 	// one command.
@@ -113,10 +269,10 @@ type userChannel struct {
 	// once the lease holder has answered its marker.
 	batch  uint64
 	synced chan struct{}
-	// resync is set when Redis dropped the subscription (a session
-	// ended, a slot moved): once it is back, the user's open connections
-	// catch up on what Redis took meanwhile (Hub.resync).
-	resync bool
+	// lost is set when Redis dropped the subscription (a session ended,
+	// a slot moved): once it is back, the user's open connections catch up
+	// on what Redis took meanwhile (Hub.catchUpAfterLoss).
+	lost bool
 }
 
 // syncWaitMax bounds how long a catch-up waits for its channel to be
@@ -131,7 +287,7 @@ func newUserChannels(grace, timeout time.Duration, syncs bool) *userChannels {
 		timeout: timeout,
 		subs:    make(map[string]*userChannel),
 		down:    down,
-		kick:    make(chan struct{}, 1),
+		kick:    newWakeup(),
 		syncs:   syncs,
 		batches: make(map[uint64]*subscribeBatch),
 	}
@@ -150,7 +306,7 @@ func (u *userChannels) want(username string) {
 	ch.wanted = true
 	if !ch.on && !ch.queued {
 		ch.queued = true
-		u.wake()
+		u.kick.wake()
 	}
 }
 
@@ -162,7 +318,7 @@ func (u *userChannels) wantAgain(username string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if ch := u.subs[username]; ch != nil {
-		ch.resync = true
+		ch.lost = true
 	}
 }
 
@@ -174,13 +330,6 @@ func (u *userChannels) unwant(username string) {
 	if ch := u.subs[username]; ch != nil {
 		ch.wanted = false
 		ch.released = time.Now()
-	}
-}
-
-func (u *userChannels) wake() {
-	select {
-	case u.kick <- struct{}{}:
-	default:
 	}
 }
 
@@ -197,18 +346,10 @@ func (u *userChannels) wait(ctx context.Context, username string) error {
 	}
 	ready, down := ch.ready, u.down
 	u.mu.Unlock()
-	t := time.NewTimer(u.timeout)
-	defer t.Stop()
-	select {
-	case <-ready:
-		return nil
-	case <-down:
-		return nil
-	case <-t.C:
-		return errNotSubscribed
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := awaitSignal(ctx, ready, down, u.timeout); err != errWaitedMax {
+		return err
 	}
+	return errNotSubscribed
 }
 
 // batching returns the SUBSCRIBE commands sent and the channels they
@@ -234,14 +375,7 @@ func (u *userChannels) waitSynced(ctx context.Context, username string) {
 	}
 	synced, down := ch.synced, u.down
 	u.mu.Unlock()
-	t := time.NewTimer(syncWaitMax)
-	defer t.Stop()
-	select {
-	case <-synced:
-	case <-down:
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	_ = awaitSignal(ctx, synced, down, syncWaitMax)
 }
 
 // acked takes the lease holder's answer to marker n.
@@ -291,13 +425,13 @@ func (u *userChannels) flush(ctx context.Context, pubsub *redis.PubSub, clock fu
 
 	tick := time.NewTicker(min(max(u.grace/4, 10*time.Millisecond), time.Second))
 	defer tick.Stop()
-	u.wake()
+	u.kick.wake()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-u.kick:
-			if !sleepCtx(ctx, subscribeBatchWait) {
+			if !redisx.Sleep(ctx, subscribeBatchWait) {
 				return ctx.Err()
 			}
 		case <-tick.C:
@@ -436,7 +570,7 @@ func (u *userChannels) refused(slot int) []string {
 		ch.on, ch.pending, ch.sent = false, 0, nil
 		u.dropped(ch)
 		if ch.wanted {
-			ch.resync = true
+			ch.lost = true
 			lost = append(lost, name)
 		}
 	}
@@ -444,7 +578,7 @@ func (u *userChannels) refused(slot int) []string {
 }
 
 // forget drops username's channel without a command: its slot lives on
-// another node now, which the shardRouter subscribes it on; this node
+// another node now, which the clusterSubscription subscribes it on; this node
 // dropped the subscription already, or is gone.
 func (u *userChannels) forget(username string) {
 	u.mu.Lock()
@@ -458,9 +592,9 @@ func (u *userChannels) forget(username string) {
 // confirmed takes Redis's confirmation of a SUBSCRIBE for username and
 // returns Redis's clock before that SUBSCRIBE: the recorder's horizon for
 // the user, whose earlier place in history is lost. ok is false for a
-// channel this session did not subscribe; resync is true when the
+// channel this session did not subscribe; catchUp is true when the
 // subscription is back after Redis dropped it, and live now.
-func (u *userChannels) confirmed(username string) (since time.Time, ok, resync bool) {
+func (u *userChannels) confirmed(username string) (since time.Time, ok, catchUp bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	ch := u.subs[username]
@@ -470,8 +604,8 @@ func (u *userChannels) confirmed(username string) (since time.Time, ok, resync b
 	sent := ch.sent[0]
 	ch.sent = ch.sent[1:]
 	u.settled(ch)
-	if ch.live && ch.resync {
-		ch.resync, resync = false, true
+	if ch.live && ch.lost {
+		ch.lost, catchUp = false, true
 	}
 	if b := u.batches[sent.batch]; b != nil {
 		// Redis confirms a SUBSCRIBE's channels in order: after the last
@@ -479,13 +613,13 @@ func (u *userChannels) confirmed(username string) (since time.Time, ok, resync b
 		if b.left--; b.left == 0 {
 			if u.syncs {
 				u.marks = append(u.marks, sent.batch)
-				u.wake()
+				u.kick.wake()
 			} else {
 				delete(u.batches, sent.batch)
 			}
 		}
 	}
-	return sent.since, true, resync
+	return sent.since, true, catchUp
 }
 
 // unsync marks ch as not synced (a new subscription, or none).
@@ -512,7 +646,7 @@ func (u *userChannels) unsubscribed(username string) (lost bool) {
 	case ch.on:
 		ch.on = false
 		u.dropped(ch)
-		ch.resync = ch.wanted
+		ch.lost = ch.wanted
 		return ch.wanted
 	}
 	return false
@@ -561,7 +695,7 @@ func (u *userChannels) stop() {
 		}
 		u.dropped(ch)
 		ch.on, ch.queued, ch.pending, ch.sent = false, false, 0, nil
-		ch.resync = true
+		ch.lost = true
 	}
 }
 

@@ -92,7 +92,7 @@ func commandCalls(t *testing.T, rdb *redis.Client, cmd string) int {
 func leaseHolders(daemons []*testDaemon) []int {
 	var held []int
 	for i, td := range daemons {
-		if td.d.lease != nil && td.d.lease.held.Load() {
+		if td.d.sub.status().recorderLease {
 			held = append(held, i)
 		}
 	}
@@ -129,7 +129,7 @@ func TestUserModeEachInstanceSubscribesToItsConnectedUsersOnly(t *testing.T) {
 	}
 	patterns := 0
 	for _, td := range daemons {
-		name := "fanout-" + td.d.sub.instanceID
+		name := "fanout-" + td.d.id
 		found := false
 		for _, c := range redisClients(t, rdb) {
 			if c["name"] == name && c["sub"] != "0" {
@@ -275,7 +275,7 @@ func TestUserModeKeepsAChannelForTheGracePeriodThenUnsubscribes(t *testing.T) {
 	if waited := time.Since(left); waited < 500*time.Millisecond {
 		t.Fatalf("unsubscribed %v after the last connection left, before the 500ms grace period", waited)
 	}
-	if n := td.d.sub.users.count(); n != 0 {
+	if n := td.d.sub.status().channels; n != 0 {
 		t.Fatalf("instance counts %d channels, want 0", n)
 	}
 	// And subscribed again for the next connection.
@@ -355,7 +355,7 @@ func TestUserModeUnderChurnOf10000ConnectsLosesNoEventAndEndsWithTheRightChannel
 	// Batched: far fewer SUBSCRIBE commands than channels subscribed.
 	var commands, channels uint64
 	for _, td := range daemons {
-		c, n := td.d.sub.users.batching()
+		c, n := td.d.sub.(*userSubscription).users.batching()
 		commands, channels = commands+c, channels+n
 	}
 	t.Logf("%d channels subscribed in %d SUBSCRIBE commands (Redis counted %d)", channels, commands, subCmds)
@@ -516,7 +516,7 @@ func TestUserModeAResumeWaitsForTheLeaseHolderToRecordWhatWasPublishedBefore(t *
 	// The lease holder falls behind: {"n":1} is published, read, and not
 	// recorded yet when the client resumes on the other instance.
 	stall := make(chan struct{})
-	holder.d.lease.rec.recorder.stall.Store(&stall)
+	holder.d.sub.(*userSubscription).lease.rec.rec.stall.Store(&stall)
 	if err := rdb.Publish(ctx, channelPrefix+"late", `{"n":1}`).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -74,12 +74,9 @@ func startDrainCluster(t *testing.T, n int, env ...string) *drainCluster {
 	c := &drainCluster{t: t, r: testproc.StartRedis(t), env: env}
 	var backends []string
 	for len(c.instances) < n {
-		// Below the ephemeral range: the clients' thousands of sockets
-		// cannot take it while the instance restarts.
-		port := portOutsideEphemeralRange(t)
-		if slices.ContainsFunc(c.instances, func(i *fanoutInstance) bool { return i.port == port }) {
-			continue
-		}
+		// Below the ephemeral range (testproc.FreePort's): the clients'
+		// thousands of sockets cannot take it while the instance restarts.
+		port := testproc.FreePort(t)
 		c.instances = append(c.instances, &fanoutInstance{port: port})
 		backends = append(backends, "127.0.0.1:"+strconv.Itoa(port))
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -198,30 +197,4 @@ func publish(t testing.TB, rdb redis.Cmdable, username, payload string) {
 	if err := rdb.Publish(context.Background(), "workflow:events:"+username, payload).Err(); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-}
-
-// portOutsideEphemeralRange returns a free loopback port below the
-// kernel's ephemeral range: a daemon restarted on it cannot find it taken
-// by an outgoing connection, such as the client's own dials meanwhile.
-func portOutsideEphemeralRange(t testing.TB) int {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	for range 100 {
-		port := low - 1 - rand.IntN(min(low-1024, 10000))
-		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
-			_ = ln.Close()
-			if testproc.Claim(port) {
-				return port
-			}
-		}
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return 0
 }

@@ -794,7 +794,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 			r := testproc.StartRedis(t)
 			var ports []int
 			for len(ports) < 3 {
-				if p := portOutsideEphemeralRange(t); !slices.Contains(ports, p) {
+				if p := testproc.FreePort(t); !slices.Contains(ports, p) {
 					ports = append(ports, p)
 				}
 			}

@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/internal/redisx"
 )
 
 // ChannelPrefix starts every user channel: workflow:events:{username}.
@@ -160,19 +162,24 @@ func (p *Publisher) Publish(ctx context.Context, username string, payload []byte
 // a dead master's slots to it after its replica took over.
 func (p *Publisher) failed(ctx context.Context, err error) {
 	var reply redis.Error
-	if cc, ok := p.rdb.(*redis.ClusterClient); ok && !errors.As(err, &reply) {
-		cc.ReloadState(ctx)
+	if !errors.As(err, &reply) {
+		redisx.ReloadSlots(ctx, p.rdb)
 	}
 }
 
-// CheckUsername accepts what fanout accepts as a username: 1 to 128 bytes
-// of ASCII letters, digits and . _ @ + -.
+// MaxUsernameBytes is the longest username fanout accepts.
+const MaxUsernameBytes = 128
+
+// CheckUsername is fanout's one username rule: 1 to MaxUsernameBytes
+// bytes of ASCII letters, digits and . _ @ + -. So no username holds ':'
+// (the probe channels rely on it) or a glob character. The error is one
+// line saying what to change.
 func CheckUsername(username string) error {
 	switch {
 	case username == "":
 		return errors.New("missing username")
-	case len(username) > 128:
-		return fmt.Errorf("username is %d bytes; at most 128 are allowed", len(username))
+	case len(username) > MaxUsernameBytes:
+		return fmt.Errorf("username is %d bytes; at most %d are allowed", len(username), MaxUsernameBytes)
 	}
 	for i := 0; i < len(username); i++ {
 		b := username[i]

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/internal/redisx"
 )
 
 // Layout is how one deployment names a user's Redis keys and publishes
@@ -80,7 +82,7 @@ func (l Layout) Last(ctx context.Context, rdb redis.Cmdable, username string, n 
 }
 
 // ClusterSlots is the number of hash slots of a Redis Cluster.
-const ClusterSlots = 16384
+const ClusterSlots = redisx.ClusterSlots
 
 // Slot returns the Redis Cluster hash slot of a key or shard channel:
 // CRC16 (XMODEM) of its hash tag (the text between the first '{' and the

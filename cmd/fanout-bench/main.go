@@ -38,6 +38,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
 )
 
 type options struct {
@@ -906,9 +908,9 @@ func (p *publisher) phase(lo, hi int, rate float64, window int64, ph int, deadli
 				user := "u" + strconv.Itoa(u)
 				event := appendEvent(make([]byte, 0, p.o.payload+128), user, int64(k/users+1), time.Now().UnixNano(), ph, p.o.payload)
 				if p.o.spublish {
-					pipe.SPublish(ctx, "workflow:events:"+user, event)
+					pipe.SPublish(ctx, history.Channel(user), event)
 				} else {
-					pipe.Publish(ctx, "workflow:events:"+user, event)
+					pipe.Publish(ctx, history.Channel(user), event)
 				}
 				pending = append(pending, u)
 				if rate > 0 || len(pending) >= pipelineMax {

@@ -8,10 +8,12 @@ package testproc
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,22 +109,50 @@ func Claim(port int) bool {
 }
 
 // FreePort returns a loopback port that was free a moment ago and that no
-// other test of this binary was given.
+// other test of this binary was given. It lies below the kernel's
+// ephemeral range when there is room: a server started on it later (or
+// started again after a kill) cannot find it taken by an outgoing
+// connection or a listener on port 0 meanwhile.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
+	low := ephemeralLow()
 	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("find a free port: %v", err)
+		port := 0
+		if low-1024 >= 2000 {
+			port = low - 1 - rand.IntN(min(low-1024, 10000))
 		}
-		port := ln.Addr().(*net.TCPAddr).Port
+		ln, err := net.Listen("tcp", Addr(port))
+		if err != nil {
+			if port == 0 {
+				tb.Fatalf("find a free port: %v", err)
+			}
+			continue
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
 		if Claim(port) {
 			return port
 		}
 	}
-	tb.Fatal("find a free port: 100 tries gave ports already handed out")
+	tb.Fatal("find a free port: 100 tries gave ports in use or already handed out")
 	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 32768
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return low
 }
 
 // Addr is 127.0.0.1:port.

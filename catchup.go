@@ -14,16 +14,22 @@ import (
 	"fanout/history"
 )
 
-// replayer sends connections the events they missed, from their users'
-// histories, before their live events: a resume (?last_event_id= or the
-// Last-Event-ID header) or a late join (?history=N).
+// A catch-up sends a connection the events it missed, from its user's
+// history, before its live events, which wait meanwhile (catchUp.held).
+// There are three kinds, one mechanism: a resume (?last_event_id= or the
+// Last-Event-ID header), a late join (?history=N), both asked for when the
+// connection opens (Hub.addAndCatchUp), and the catch-up after a lost
+// Redis subscription (Hub.catchUpAfterLoss): once the user's channel is
+// back, a connection that was sent an event with an id resumes after it.
+//
+// catchUps runs them.
 //
 // Reads are bounded so that thousands of clients resuming at once, after
 // an instance died, leave Redis and live delivery responsive: at most
 // concurrency reads run at once, each of at most page events, and a
 // catch-up sends its next page only once the connection's writer has taken
 // the previous one.
-type replayer struct {
+type catchUps struct {
 	rdb redis.Cmdable
 	// layout names the users' history keys (sharded or classic).
 	layout    history.Layout
@@ -40,24 +46,17 @@ type replayer struct {
 	errLog *logLimiter
 	// active counts the catch-ups in progress.
 	active atomic.Int64
-	// sync, in user mode, waits until the history holds every event
-	// published before the user's channel was subscribed here
-	// (userChannels.waitSynced); nil in pattern mode, where the instance
-	// reads every event all along.
+	// sync waits until the history holds every event published before
+	// the user's channel was subscribed here (subscription.waitSynced:
+	// in user mode with the recorder lease; at once elsewhere, where the
+	// instance reads every event all along).
 	sync func(ctx context.Context, user string)
 }
 
-// catchups returns the number of connections catching up on their
-// history (0 with HISTORY=off).
-func (h *Hub) catchups() int64 {
-	if h.replayer == nil {
-		return 0
-	}
-	return h.replayer.active.Load()
-}
-
-func newReplayer(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger) *replayer {
-	return &replayer{
+// newCatchUps returns the catch-ups of a daemon with history; sync is its
+// subscription's waitSynced.
+func newCatchUps(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logger, sync func(context.Context, string)) *catchUps {
+	return &catchUps{
 		rdb:       rdb,
 		layout:    history.Layout{Sharded: cfg.PubSubSharded},
 		retention: cfg.Retention,
@@ -67,6 +66,7 @@ func newReplayer(rdb redis.Cmdable, cfg Config, stats *Stats, logger *slog.Logge
 		stats:     stats,
 		logger:    logger,
 		errLog:    newLogLimiter(1, 5),
+		sync:      sync,
 	}
 }
 
@@ -103,7 +103,7 @@ func parseReplayRequest(query func(string) string, lastEventIDHeader string) (re
 }
 
 // read runs one bounded history read.
-func (p *replayer) read(ctx context.Context, f func(context.Context) ([]history.Event, error)) ([]history.Event, error) {
+func (p *catchUps) read(ctx context.Context, f func(context.Context) ([]history.Event, error)) ([]history.Event, error) {
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -115,17 +115,15 @@ func (p *replayer) read(ctx context.Context, f func(context.Context) ([]history.
 	return f(rctx)
 }
 
-// replay sends c the events req asks for, then lets its live events
+// run sends c the events req asks for, then lets its live events
 // through: those that arrived meanwhile were held (catchUp.held), and the
 // ones the history already gave are dropped by id. It runs on a goroutine
 // of the hub's and ends early when c ends or ctx does.
-func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
+func (p *catchUps) run(ctx context.Context, c *Client, req replayRequest) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
 	user := c.username
-	if p.sync != nil {
-		p.sync(ctx, user)
-	}
+	p.sync(ctx, user)
 	cursor := "" // the last event sent; "" before any
 	// Where the reading loop starts: after cursor, or from the oldest
 	// retained event when fromStart is set.
@@ -154,8 +152,8 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 		}
 		if resync != "" {
 			p.stats.HistoryResyncs.Add(1)
-			if c.v1 || c.sse != nil {
-				if !c.enqueueReplay([]*message{newControl("resync", resync)}) {
+			if c.t.controls() {
+				if !c.enqueueCatchUp([]*message{newControl("resync", resync)}) {
 					return
 				}
 			}
@@ -195,14 +193,14 @@ func (p *replayer) replay(ctx context.Context, c *Client, req replayRequest) {
 				break
 			}
 		}
-		if !c.finishReplay(cursor) {
+		if !c.finishCatchUp(cursor) {
 			return
 		}
 	}
 }
 
 // resyncReason says why the history cannot resume after id.
-func (p *replayer) resyncReason(ctx context.Context, user, id string) string {
+func (p *catchUps) resyncReason(ctx context.Context, user, id string) string {
 	first, err := p.read(ctx, func(ctx context.Context) ([]history.Event, error) {
 		return p.layout.After(ctx, p.rdb, user, "", 1)
 	})
@@ -221,7 +219,7 @@ func (p *replayer) resyncReason(ctx context.Context, user, id string) string {
 // send queues evs for c, skipping any that are not valid JSON (a publisher
 // that wrote the history by hand), advances cursor, and waits until c's
 // writer has taken them. It reports false when c ended or ctx did.
-func (p *replayer) send(ctx context.Context, c *Client, evs []history.Event, cursor *string) bool {
+func (p *catchUps) send(ctx context.Context, c *Client, evs []history.Event, cursor *string) bool {
 	if len(evs) == 0 {
 		return true
 	}
@@ -239,7 +237,7 @@ func (p *replayer) send(ctx context.Context, c *Client, evs []history.Event, cur
 		}
 		msgs = append(msgs, newEvent(ev.ID, []byte(ev.Data), now))
 	}
-	if !c.enqueueReplay(msgs) {
+	if !c.enqueueCatchUp(msgs) {
 		return false
 	}
 	p.stats.HistoryReplayed.Add(uint64(len(msgs)))
@@ -248,10 +246,140 @@ func (p *replayer) send(ctx context.Context, c *Client, evs []history.Event, cur
 
 // failed ends a catch-up whose read failed: the client is disconnected
 // (it resumes again with the same id) rather than left with a gap.
-func (p *replayer) failed(c *Client, err error) {
+func (p *catchUps) failed(c *Client, err error) {
 	if errors.Is(err, context.Canceled) {
 		return // shutdown: the client is being closed with 1001
 	}
 	p.errLog.log(p.logger, slog.LevelWarn, "Reading history failed; closing the connection so that it resumes", "username", c.username, "err", err)
 	c.disconnect(disconnectHistoryUnavailable)
+}
+
+// catchUp is the state of a connection catching up on its history,
+// guarded by its client's mu.
+type catchUp struct {
+	// done is set by finishCatchUp: live events flow again.
+	done bool
+	// Until done, live events wait in held, in order; heldOverflow is set
+	// when more than a send queue's worth arrived (they were dropped, and
+	// are read from the history instead).
+	held         []*message
+	heldOverflow bool
+	// drained, made by a catch-up that waits for the send queue to be
+	// taken, is closed by takeWork (or when the queue is dropped).
+	drained chan struct{}
+	// replayedTo, once done, is the last event the catch-up sent: a live
+	// event that is not after it was sent already (its entry was read
+	// from the history before the recorder broadcast it) and is skipped.
+	replayedTo history.ID
+}
+
+// sent reports whether msg is an event the finished catch-up sent already.
+func (cu *catchUp) sent(msg *message) bool {
+	id, ok := history.ParseID(msg.id)
+	return ok && !cu.replayedTo.Less(id)
+}
+
+// enqueueCatchUp queues msgs, read from the history by a catch-up, for the
+// writer; the catch-up paces itself (waitTaken), so the send queue's bounds
+// do not apply. It reports false when the connection is ending.
+func (c *Client) enqueueCatchUp(msgs []*message) bool {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	bytes := 0
+	for _, m := range msgs {
+		bytes += len(m.data)
+		if m.id != "" {
+			c.lastID = m.id
+		}
+	}
+	c.sendQueue = append(c.sendQueue, msgs...)
+	c.queuedBytes += bytes
+	c.hub.addQueued(len(msgs), bytes)
+	start := c.takeRightLocked()
+	c.mu.Unlock()
+	c.startPump(start)
+	return true
+}
+
+// waitTaken waits until the writer has taken everything queued, and
+// reports false when the connection ended or ctx did first.
+func (c *Client) waitTaken(ctx context.Context) bool {
+	c.mu.Lock()
+	if c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.sendQueue) == 0 || c.catchUp == nil {
+		c.mu.Unlock()
+		return true
+	}
+	if c.catchUp.drained == nil {
+		c.catchUp.drained = make(chan struct{})
+	}
+	done := c.catchUp.drained
+	c.mu.Unlock()
+	select {
+	case <-done:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.closing == nil
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// finishCatchUp ends a catch-up that has sent the history up to cursor:
+// the live events held meanwhile are queued, less those the history
+// already gave, and live events flow from now on. When more were held than
+// a send queue holds (they were dropped), it reports more: the catch-up
+// reads them from the history and calls it again.
+func (c *Client) finishCatchUp(cursor string) (more bool) {
+	last, hasLast := history.ParseID(cursor)
+	c.mu.Lock()
+	cu := c.catchUp
+	if c.closing != nil || cu == nil {
+		c.catchUp = nil
+		c.mu.Unlock()
+		return false
+	}
+	if cu.heldOverflow {
+		cu.heldOverflow = false
+		c.mu.Unlock()
+		return true
+	}
+	cu.done, cu.replayedTo = true, last
+	n, bytes := 0, 0
+	for _, m := range cu.held {
+		if hasLast && cu.sent(m) {
+			continue
+		}
+		c.sendQueue = append(c.sendQueue, m)
+		n++
+		bytes += len(m.data)
+		if m.id != "" {
+			c.lastID = m.id
+		}
+	}
+	cu.held = nil
+	if !hasLast {
+		c.catchUp = nil // nothing was sent that could come again
+	}
+	c.queuedBytes += bytes
+	c.hub.addQueued(n, bytes)
+	start := n > 0 && c.takeRightLocked()
+	c.mu.Unlock()
+	c.startPump(start)
+	return false
+}
+
+// takenLocked tells a catch-up waiting in waitTaken that the send queue
+// was taken or dropped; c.mu must be held.
+func (c *Client) takenLocked() {
+	if c.catchUp != nil && c.catchUp.drained != nil {
+		close(c.catchUp.drained)
+		c.catchUp.drained = nil
+	}
 }

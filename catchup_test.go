@@ -272,7 +272,7 @@ func TestRecordingTakesOneRoundTripPerBatchNotPerEvent(t *testing.T) {
 
 func TestLiveEventsHeldDuringACatchUpAreDedupedOrReadAgainAfterAnOverflow(t *testing.T) {
 	h := newTestHub(4, 1<<20)
-	c := newClient(h, nil, "ida", "test")
+	c := newSocketlessClient(h, "ida")
 	c.catchUp = &catchUp{}
 	if err := h.reserve("ida"); err != nil {
 		t.Fatal(err)
@@ -288,14 +288,14 @@ func TestLiveEventsHeldDuringACatchUpAreDedupedOrReadAgainAfterAnOverflow(t *tes
 			t.Fatalf("broadcast took %d", n)
 		}
 	}
-	if !c.finishReplay("3-0") {
+	if !c.finishCatchUp("3-0") {
 		t.Fatal("an overflow of held events did not ask for another read")
 	}
 	// Then: held events the history gave are dropped, the others queued.
 	for _, id := range []string{"6-0", "7-0", "8-0"} {
 		h.broadcast("ida", ev(id))
 	}
-	if c.finishReplay("6-0") {
+	if c.finishCatchUp("6-0") {
 		t.Fatal("asked for another read without an overflow")
 	}
 	var got []string

@@ -5,61 +5,63 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
-// shardRefreshEvery is how often the router reads the cluster's slot map
+// slotMapEvery is how often the router reads the cluster's slot map
 // when nothing asked it to: a failover or a reshard it was not told of
 // is found within this.
-const shardRefreshEvery = time.Second
+const slotMapEvery = time.Second
 
-// shardRefreshFailing is how often the slot map is read while a master's
+// slotMapFailing is how often the slot map is read while a master's
 // subscription fails.
-const shardRefreshFailing = 200 * time.Millisecond
+const slotMapFailing = 200 * time.Millisecond
 
-// shardRefreshGap spaces the reads of the slot map that node subscriptions
+// slotMapGap spaces the reads of the slot map that node subscriptions
 // ask for, so that a burst of dropped channels costs one read.
-const shardRefreshGap = 100 * time.Millisecond
+const slotMapGap = 100 * time.Millisecond
 
-// shardRouter is PUBSUB_SHARDED on a Redis Cluster: a user's channel is
-// subscribed with SSUBSCRIBE on the master that owns its slot, so each
-// node sends this instance only the events of its own users. The router
-// keeps the cluster's slot map, one subscription (a Subscriber with its
-// own userChannels) per master, and which node each wanted user's channel
-// is on. It reads the slot map again when a node's subscription fails
-// (failover), when a node drops or refuses a channel (a slot moved), and
-// every shardRefreshEvery; then it moves the channels whose slot moved,
-// starts subscriptions on new masters and stops those of nodes that are
-// masters no more.
-type shardRouter struct {
+// clusterSubscription is PUBSUB_SHARDED on a Redis Cluster: a user's
+// channel is subscribed with SSUBSCRIBE on the master that owns its slot,
+// so each node sends this instance only the events of its own users. It
+// keeps the cluster's slot map, one node subscription (a pubsubConn of
+// that master, with its own userChannels) per master, and which node each
+// wanted user's channel is on. It reads the slot map again when a node's
+// subscription fails (failover), when a node drops or refuses a channel (a
+// slot moved), and every slotMapEvery; then it moves the channels whose
+// slot moved, starts subscriptions on new masters and stops those of nodes
+// that are masters no more.
+type clusterSubscription struct {
 	cluster *redis.ClusterClient
-	// newNode builds the subscription of the master at addr.
-	newNode func(addr string, users *userChannels) (*Subscriber, *redis.Client)
-	cfg     Config
-	logger  *slog.Logger
-	// recorder is shared by the nodes' subscriptions; the router runs it.
-	recorder *recorder
+	// p are the parts the nodes' subscriptions are built from.
+	p      subscriptionParts
+	cfg    Config
+	logger *slog.Logger
+	// sink is shared by the nodes' subscriptions; run runs it.
+	sink eventSink
+	// nodeIDs numbers the nodes' probe channels.
+	nodeIDs atomic.Int64
 
-	// refresh asks run to read the slot map again (capacity 1).
-	refresh chan struct{}
+	// refresh asks run to read the slot map again.
+	refresh wakeup
 
 	mu sync.Mutex
 	// slots maps each slot to its master's address ("" before the first
 	// read, or for a slot no node serves).
 	slots  []string
 	loaded bool
-	nodes  map[string]*shardNode
+	nodes  map[string]*nodeSubscription
 	// owner is the node subscribing each wanted user's channel; nil when
 	// its slot has no master now.
-	owner map[string]*shardNode
+	owner map[string]*nodeSubscription
 	// moved is set when a node dropped or refused channels: every wanted
 	// channel is offered again to its node on the next read.
 	moved bool
@@ -73,32 +75,32 @@ type shardRouter struct {
 	logs *logLimiter
 }
 
-// shardNode is one master's subscription.
-type shardNode struct {
+// nodeSubscription is one master's subscription.
+type nodeSubscription struct {
 	addr   string
-	sub    *Subscriber
+	conn   *pubsubConn
 	users  *userChannels
 	client *redis.Client
 	stop   context.CancelFunc
 }
 
-func newShardRouter(cluster *redis.ClusterClient, cfg Config, opts redis.Options, logger *slog.Logger,
-	newNode func(addr string, users *userChannels) (*Subscriber, *redis.Client)) *shardRouter {
-	return &shardRouter{
+func newClusterSubscription(p subscriptionParts, cluster *redis.ClusterClient, sink eventSink) *clusterSubscription {
+	return &clusterSubscription{
 		cluster: cluster,
-		newNode: newNode,
-		cfg:     cfg,
-		opts:    opts,
+		p:       p,
+		cfg:     p.cfg,
+		opts:    p.opts,
+		sink:    sink,
 		logs:    newLogLimiter(1, 5),
-		logger:  logger,
-		refresh: make(chan struct{}, 1),
-		nodes:   make(map[string]*shardNode),
-		owner:   make(map[string]*shardNode),
+		logger:  p.logger,
+		refresh: newWakeup(),
+		nodes:   make(map[string]*nodeSubscription),
+		owner:   make(map[string]*nodeSubscription),
 	}
 }
 
 // want subscribes username's channel on the node owning its slot.
-func (r *shardRouter) want(username string) {
+func (r *clusterSubscription) want(username string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.route(username)
@@ -109,7 +111,7 @@ func (r *shardRouter) want(username string) {
 }
 
 // unwant releases username's channel on its node (after the grace).
-func (r *shardRouter) unwant(username string) {
+func (r *clusterSubscription) unwant(username string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if n := r.owner[username]; n != nil {
@@ -120,7 +122,7 @@ func (r *shardRouter) unwant(username string) {
 
 // wait returns once username's node has confirmed the channel (see
 // userChannels.wait).
-func (r *shardRouter) wait(ctx context.Context, username string) error {
+func (r *clusterSubscription) wait(ctx context.Context, username string) error {
 	r.mu.Lock()
 	n := r.owner[username]
 	r.mu.Unlock()
@@ -131,7 +133,7 @@ func (r *shardRouter) wait(ctx context.Context, username string) error {
 }
 
 // route returns the node of username's slot; r.mu is held.
-func (r *shardRouter) route(username string) *shardNode {
+func (r *clusterSubscription) route(username string) *nodeSubscription {
 	if !r.loaded {
 		return nil
 	}
@@ -140,7 +142,7 @@ func (r *shardRouter) route(username string) *shardNode {
 
 // lostOn returns the handler of node addr's reports of a channel it
 // dropped (its slot moved away): the map is read from that node next.
-func (r *shardRouter) lostOn(addr string) func(username string) {
+func (r *clusterSubscription) lostOn(addr string) func(username string) {
 	return func(username string) {
 		r.logs.log(r.logger, slog.LevelInfo, "Redis Cluster node dropped a channel (its slot moved); subscribing it where the slot lives now",
 			"node", addr, "channel", channelPrefix+username)
@@ -153,7 +155,7 @@ func (r *shardRouter) lostOn(addr string) func(username string) {
 
 // movedOn returns the handler of node addr's MOVED answers: the map is
 // read from the node named, which owns the slot.
-func (r *shardRouter) movedOn(addr string) func(slot int, to string, lost int) {
+func (r *clusterSubscription) movedOn(addr string) func(slot int, to string, lost int) {
 	return func(slot int, to string, lost int) {
 		r.logs.log(r.logger, slog.LevelInfo, "Redis Cluster node refused a subscription (MOVED); subscribing where the slot lives now",
 			"node", addr, "slot", slot, "owner", to, "channels", lost)
@@ -167,44 +169,36 @@ func (r *shardRouter) movedOn(addr string) func(slot int, to string, lost int) {
 	}
 }
 
-func (r *shardRouter) ask() {
-	select {
-	case r.refresh <- struct{}{}:
-	default:
-	}
-}
+func (r *clusterSubscription) ask() { r.refresh.wake() }
 
 // run keeps the subscriptions in line with the slot map until ctx ends;
-// it owns the nodes' subscriptions and the recorder.
-func (r *shardRouter) run(ctx context.Context) {
+// it owns the nodes' subscriptions and the sink.
+func (r *clusterSubscription) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if r.recorder != nil {
-		wg.Go(func() { r.recorder.run(ctx) })
-	}
+	wg.Go(func() { r.sink.run(ctx) })
 	defer r.stopAll()
-	tick := time.NewTimer(shardRefreshEvery)
+	tick := time.NewTimer(slotMapEvery)
 	defer tick.Stop()
-	delay := retryMin
+	backoff := redisx.Backoff{Min: retryMin, Max: r.cfg.RedisRetryMax}
 	for {
 		if err := r.reload(ctx, &wg); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			wait := delay/2 + rand.N(delay/2+1)
+			wait := backoff.Next()
 			r.logger.Warn("Reading the Redis Cluster slot map failed; retrying", "addr", redisTarget(r.cfg), "err", err, "retry_in", wait.Round(time.Millisecond))
-			delay = min(delay*2, r.cfg.RedisRetryMax)
-			if !sleepCtx(ctx, wait) {
+			if !redisx.Sleep(ctx, wait) {
 				return
 			}
 			continue
 		}
-		delay = retryMin
+		backoff.Reset()
 		// While a master's subscription fails, its replica may be
 		// promoted any moment: the map is read more often.
-		every := shardRefreshEvery
+		every := slotMapEvery
 		if !r.allConfirmed() {
-			every = shardRefreshFailing
+			every = slotMapFailing
 		}
 		tick.Reset(every)
 		select {
@@ -212,7 +206,7 @@ func (r *shardRouter) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		case <-r.refresh:
-			if !sleepCtx(ctx, shardRefreshGap) {
+			if !redisx.Sleep(ctx, slotMapGap) {
 				return
 			}
 		}
@@ -220,7 +214,7 @@ func (r *shardRouter) run(ctx context.Context) {
 }
 
 // reload reads the slot map and applies it.
-func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
+func (r *clusterSubscription) reload(ctx context.Context, wg *sync.WaitGroup) error {
 	tctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
 	defer cancel()
 	r.mu.Lock()
@@ -260,15 +254,15 @@ func (r *shardRouter) reload(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	if r.apply(ctx, wg, slots) {
 		// go-redis's own map, for the scripts and the history reads, at
-		// once rather than at keepClusterStateFresh's next tick.
-		r.cluster.ReloadState(ctx)
+		// once rather than at redisx.KeepSlotsFresh's next tick.
+		redisx.ReloadSlots(ctx, r.cluster)
 	}
 	return nil
 }
 
 // apply makes the subscriptions follow slots, and reports whether the
 // map changed.
-func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []string) (changed bool) {
+func (r *clusterSubscription) apply(ctx context.Context, wg *sync.WaitGroup, slots []string) (changed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	changed = !r.loaded
@@ -323,26 +317,33 @@ func (r *shardRouter) apply(ctx context.Context, wg *sync.WaitGroup, slots []str
 	return changed
 }
 
-// start runs the subscription of the master at addr; r.mu is held.
-func (r *shardRouter) start(ctx context.Context, wg *sync.WaitGroup, addr string) *shardNode {
+// start runs the subscription of the master at addr, on a client of that
+// node alone; r.mu is held.
+func (r *clusterSubscription) start(ctx context.Context, wg *sync.WaitGroup, addr string) *nodeSubscription {
 	users := newUserChannels(r.cfg.SubscribeGrace, r.cfg.ProbeTimeout, false)
 	users.sharded = true
-	sub, client := r.newNode(addr, users)
-	sub.onLost = r.lostOn(addr)
-	sub.onMoved = r.movedOn(addr)
-	sub.onFailure = r.ask
+	mode := newUserChannelMode(users, r.p.hub, true)
+	mode.onLost = r.lostOn(addr)
+	mode.onMoved = r.movedOn(addr)
+	nodeOpts := r.opts
+	nodeOpts.Addr, nodeOpts.DB = addr, 0
+	client := redis.NewClient(&nodeOpts)
+	id := r.p.id + "-" + strconv.FormatInt(r.nodeIDs.Add(1), 10)
+	conn := newPubsubConn(id, client, mode, r.sink, r.cfg, r.logger.With("node", addr), r.p.stats)
+	conn.addr = addr
+	conn.onFailure = r.ask
 	// Not waited for on stop (r.mu is held): run's WaitGroup does.
 	nctx, stop := context.WithCancel(ctx)
-	n := &shardNode{addr: addr, sub: sub, users: users, client: client, stop: stop}
+	n := &nodeSubscription{addr: addr, conn: conn, users: users, client: client, stop: stop}
 	wg.Go(func() {
 		defer client.Close()
-		sub.run(nctx)
+		conn.run(nctx)
 	})
 	return n
 }
 
 // stopAll stops every node's subscription.
-func (r *shardRouter) stopAll() {
+func (r *clusterSubscription) stopAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for addr, n := range r.nodes {
@@ -352,12 +353,12 @@ func (r *shardRouter) stopAll() {
 }
 
 // liveNodes returns the nodes whose subscription Redis confirmed.
-func (r *shardRouter) liveNodes() []*shardNode {
+func (r *clusterSubscription) liveNodes() []*nodeSubscription {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var live []*shardNode
+	var live []*nodeSubscription
 	for _, n := range r.nodes {
-		if n.sub.confirmed.Load() {
+		if n.conn.confirmed.Load() {
 			live = append(live, n)
 		}
 	}
@@ -365,88 +366,60 @@ func (r *shardRouter) liveNodes() []*shardNode {
 }
 
 // allConfirmed reports whether every master's subscription is confirmed.
-func (r *shardRouter) allConfirmed() bool {
-	for _, s := range r.subscriptions() {
-		if !s.confirmed.Load() {
+func (r *clusterSubscription) allConfirmed() bool {
+	for _, c := range r.conns() {
+		if !c.confirmed.Load() {
 			return false
 		}
 	}
 	return true
 }
 
-// subscriptions returns the nodes' subscriptions.
-func (r *shardRouter) subscriptions() []*Subscriber {
+// conns returns the nodes' connections.
+func (r *clusterSubscription) conns() []*pubsubConn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	subs := make([]*Subscriber, 0, len(r.nodes))
+	conns := make([]*pubsubConn, 0, len(r.nodes))
 	for _, n := range r.nodes {
-		subs = append(subs, n.sub)
+		conns = append(conns, n.conn)
 	}
-	return subs
+	return conns
 }
 
 // ready reports whether every master's subscription is live, or why not.
-func (r *shardRouter) ready() (bool, string) {
+func (r *clusterSubscription) ready() (bool, string) {
 	r.mu.Lock()
 	loaded := r.loaded
 	r.mu.Unlock()
 	if !loaded {
 		return false, "waiting for the Redis Cluster slot map"
 	}
-	for _, s := range r.subscriptions() {
-		if ok, why := s.ready(); !ok {
+	for _, c := range r.conns() {
+		if ok, why := c.ready(); !ok {
 			return false, why
 		}
 	}
 	return true, ""
 }
 
-// confirmed reports whether every master's subscription is confirmed.
-func (r *shardRouter) confirmed() bool {
-	subs := r.subscriptions()
-	for _, s := range subs {
-		if !s.confirmed.Load() {
-			return false
-		}
+// status is the nodes' together: confirmed when every one is, last
+// received when any was.
+func (r *clusterSubscription) status() subscriptionStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := subscriptionStatus{confirmed: len(r.nodes) > 0}
+	for _, n := range r.nodes {
+		st.confirmed = st.confirmed && n.conn.confirmed.Load()
+		st.lastReceived = max(st.lastReceived, n.conn.lastReceived.Load())
+		st.channels += n.users.count()
 	}
-	return len(subs) > 0
+	return st
 }
 
-// lastReceived is when any node's subscription last read anything
-// (UnixNano).
-func (r *shardRouter) lastReceived() int64 {
-	var last int64
-	for _, s := range r.subscriptions() {
-		last = max(last, s.lastReceived.Load())
-	}
-	return last
-}
+// waitSynced returns at once: with sharded pub/sub there is no lease
+// holder to sync with.
+func (r *clusterSubscription) waitSynced(context.Context, string) {}
 
-// count returns how many user channels the nodes hold for this instance.
-func (r *shardRouter) count() int {
-	n := 0
-	for _, s := range r.subscriptions() {
-		n += s.users.count()
-	}
-	return n
-}
-
-// movedAddr returns the address of a MOVED error reply, or "".
-func movedAddr(err error) string {
-	addr, _ := redis.IsMovedError(err)
-	return addr
-}
-
-// movedSlot returns the slot of a MOVED error reply.
-func movedSlot(err error) (int, bool) {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) {
-		return 0, false
-	}
-	f := strings.Fields(rerr.Error())
-	if len(f) < 2 || f[0] != "MOVED" {
-		return 0, false
-	}
-	slot, perr := strconv.Atoi(f[1])
-	return slot, perr == nil && slot >= 0 && slot < history.ClusterSlots
+func (r *clusterSubscription) startAttrs() []any {
+	return []any{"subscribe_mode", subscribeUser, "sharded", true, "channels", channelPrefix + "{username}"}
 }
