@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"sort"
@@ -133,28 +131,6 @@ func (td *testDaemon) publish(username, payload string) {
 	if err := td.pub.Publish(context.Background(), "workflow:events:"+username, payload).Err(); err != nil {
 		td.t.Fatalf("publish: %v", err)
 	}
-}
-
-// adminGet fetches url with an Authorization header when auth is set.
-func adminGet(t *testing.T, url, auth string) (*http.Response, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp, string(body)
 }
 
 // startTestDaemons runs n ready daemons on r with env, as instances of one

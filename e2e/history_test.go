@@ -924,17 +924,6 @@ func expectEvents(t *testing.T, s histStream, want []history.Event) {
 	}
 }
 
-// expectResync reads the next frame, which must be a resync control with
-// a reason.
-func expectResync(t *testing.T, s histStream) {
-	t.Helper()
-	f := nextFrame(t, s)
-	var c struct{ Control, Reason string }
-	if err := json.Unmarshal([]byte(f.data), &c); f.control != "resync" || err != nil || c.Control != "resync" || c.Reason == "" {
-		t.Fatalf("first frame %s, want {\"control\":\"resync\",\"reason\":\"…\"}", f)
-	}
-}
-
 // expectLive publishes payload and reads it as the next frame, with an id
 // after after.
 func expectLive(t *testing.T, s histStream, rdb *redis.Client, user, payload, after string) {
@@ -946,21 +935,6 @@ func expectLive(t *testing.T, s histStream, rdb *redis.Client, user, payload, af
 	if f.control != "" || f.data != payload || !ok || !prev.Less(id) {
 		t.Fatalf("live frame %s, want event %s with an id after %s", f, payload, after)
 	}
-}
-
-// unknownIDBetween returns an id that is not in entries but lies between
-// two of them, the newest such.
-func unknownIDBetween(t *testing.T, entries []history.Event) string {
-	t.Helper()
-	for i := len(entries) - 2; i >= 0; i-- {
-		a, _ := history.ParseID(entries[i].ID)
-		b, _ := history.ParseID(entries[i+1].ID)
-		if mid := (history.ID{Ms: a.Ms, Seq: a.Seq + 1}); mid.Less(b) {
-			return mid.String()
-		}
-	}
-	t.Fatal("no gap between the retained ids")
-	return ""
 }
 
 // TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents:
