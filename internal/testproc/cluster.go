@@ -47,7 +47,7 @@ type Cluster struct {
 
 // StartCluster starts six cluster nodes, joins them with redis-cli
 // --cluster create (three masters, one replica each) and waits until the
-// cluster is ok as every node sees it.
+// cluster is ok as every node sees it and every master has its replica.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
 	NeedTool(tb, "redis-cli")
@@ -65,6 +65,17 @@ func StartCluster(tb testing.TB) *Cluster {
 		tb.Fatalf("redis-cli %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	c.WaitClusterOK(20 * time.Second)
+	// A replica whose link to its master is being set up (or that a busy
+	// machine kept from answering for a node timeout) is not yet one
+	// that would take over: wait until every master has a healthy one.
+	WaitFor(tb, 20*time.Second, "every master with one healthy replica", func() string {
+		for addr := range c.Masters() {
+			if replicas := c.ReplicasOf(addr); len(replicas) != 1 {
+				return fmt.Sprintf("master %s has replicas %v", addr, replicas)
+			}
+		}
+		return ""
+	})
 	return c
 }
 
