@@ -47,7 +47,10 @@ func (p *daemonProcess) waitLog(tb testing.TB, d time.Duration, s string) {
 
 func TestShutdownDropsClientsThatDoNotReadWithinTheTimeout(t *testing.T) {
 	r := startRedis(t)
-	td := startDaemon(t, r, map[string]string{"SHUTDOWN_TIMEOUT": "1s", "WRITE_WAIT": "30s", "LOG_LEVEL": "info"})
+	// The default probe timing: testEnv's 400 ms probe timeout, missed on a
+	// busy machine, would resubscribe and lose a publish the test waits for.
+	td := startDaemon(t, r, map[string]string{"SHUTDOWN_TIMEOUT": "1s", "WRITE_WAIT": "30s", "LOG_LEVEL": "info",
+		"PROBE_INTERVAL": "", "PROBE_TIMEOUT": ""})
 	td.waitReady()
 	_ = td.dial("stuck")
 	big := `{"d":"` + strings.Repeat("x", 512<<10) + `"}`
