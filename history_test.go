@@ -482,7 +482,9 @@ func unknownIDBetween(t *testing.T, entries []history.Event) string {
 // in the history, gets one resync first, then everything retained, then
 // live events; a retained id gets what follows it without resync.
 func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(t *testing.T) {
-	t.Parallel()
+	// Not parallel: with HISTORY_MAX_LEN=100 an instance starved of CPU by
+	// the other tests can fall more than 100 events behind the other one
+	// during the burst, and then delivers that user's events without ids.
 	r := startRedis(t)
 	daemons, bases := startInstances(t, r, 2, map[string]string{"HISTORY_MAX_LEN": "100", "LOG_LEVEL": "info"})
 	pub := r.client()
