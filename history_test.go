@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -16,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/testclient"
 )
 
 // The acceptance tests of issue 11 (history and resume): real redis-server,
@@ -27,271 +24,24 @@ import (
 // instance is stopped and started again), real sockets.
 
 // historySubprotocol is the WebSocket subprotocol of history-aware clients.
-const historySubprotocol = "fanout.v1"
+// The history-aware test client (a fanout.v1 WebSocket or an SSE stream)
+// is internal/testclient's, shared with the other test tier.
+type (
+	histFrame     = testclient.Frame
+	histStream    = testclient.Stream
+	histTransport = testclient.Transport
+)
 
-// histFrame is one message a history-aware client received: an event or a
-// control.
-type histFrame struct {
-	// control is the control's name ("resync"); "" for an event.
-	control string
-	// hasID is false for an event sent without an id (HISTORY=off).
-	hasID bool
-	id    string
-	// data is the event's payload; for a control, the control's JSON.
-	data string
-}
+var (
+	historyTransports   = testclient.Transports
+	resumeQuery         = testclient.ResumeQuery
+	newSSEClient        = testclient.NewSSEClient
+	dialHistoryWS       = testclient.DialWS
+	dialSSE             = testclient.DialSSE
+	parseHistoryMessage = testclient.ParseV1
+)
 
-func (f histFrame) String() string {
-	if f.control != "" {
-		return "control " + f.data
-	}
-	if !f.hasID {
-		return "event (no id) " + f.data
-	}
-	return "event " + f.id + " " + f.data
-}
-
-// histStream is one open connection of a history-aware client.
-type histStream interface {
-	// next returns the next frame; it fails once the stream has ended or
-	// has been closed.
-	next() (histFrame, error)
-	// nextWithin is next, failing (and ending the stream) after d.
-	nextWithin(d time.Duration) (histFrame, error)
-	// close ends the stream; it may be called from another goroutine than
-	// the reader's, and more than once.
-	close()
-}
-
-// histTransport opens history-aware connections to an instance.
-type histTransport struct {
-	name string
-	// dial opens a stream at baseURL ("http://host:port") with query;
-	// lastEventID, when set, is sent as the Last-Event-ID header.
-	dial func(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error)
-	// headerResume tells whether the transport can resume with the
-	// Last-Event-ID header (EventSource's own reconnects).
-	headerResume bool
-}
-
-// historyTransports are WebSocket with fanout.v1 and SSE.
-func historyTransports() []histTransport {
-	return []histTransport{
-		{name: "websocket", dial: dialHistoryWS},
-		{name: "sse", dial: dialSSE, headerResume: true},
-	}
-}
-
-// resumeQuery is the query (and Last-Event-ID header) of a connection for
-// user resuming after lastID ("": none). SSE connections alternate between
-// the header and the query parameter.
-func resumeQuery(tr histTransport, user, lastID string, attempt int) (url.Values, string) {
-	q := url.Values{"username": {user}}
-	if lastID == "" {
-		return q, ""
-	}
-	if tr.headerResume && attempt%2 == 0 {
-		return q, lastID
-	}
-	q.Set("last_event_id", lastID)
-	return q, ""
-}
-
-// newSSEClient returns an HTTP client for SSE streams that keeps no idle
-// connection past the test.
-func newSSEClient(t testing.TB) *http.Client {
-	tr := &http.Transport{DisableKeepAlives: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
-}
-
-// wsHistStream is a WebSocket offering fanout.v1.
-type wsHistStream struct{ conn *websocket.Conn }
-
-// dialHistoryWS opens /ws offering fanout.v1, which the daemon must accept.
-func dialHistoryWS(ctx context.Context, _ *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
-	dialer := websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 5 * time.Second}
-	var header http.Header
-	if lastEventID != "" {
-		header = http.Header{"Last-Event-ID": {lastEventID}}
-	}
-	u := "ws" + strings.TrimPrefix(baseURL, "http") + "/ws?" + query.Encode()
-	conn, resp, err := dialer.DialContext(ctx, u, header)
-	if err != nil {
-		if resp != nil {
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			return nil, fmt.Errorf("dial %s: HTTP %d %q: %w", u, resp.StatusCode, strings.TrimSpace(string(body)), err)
-		}
-		return nil, fmt.Errorf("dial %s: %w", u, err)
-	}
-	if got := conn.Subprotocol(); got != historySubprotocol {
-		_ = conn.Close()
-		return nil, fmt.Errorf("dial %s: subprotocol %q, want %q", u, got, historySubprotocol)
-	}
-	return &wsHistStream{conn: conn}, nil
-}
-
-func (s *wsHistStream) next() (histFrame, error) {
-	typ, data, err := s.conn.ReadMessage()
-	if err != nil {
-		return histFrame{}, err
-	}
-	if typ != websocket.TextMessage {
-		return histFrame{}, fmt.Errorf("frame type %d, want text", typ)
-	}
-	return parseHistoryMessage(data)
-}
-
-func (s *wsHistStream) nextWithin(d time.Duration) (histFrame, error) {
-	_ = s.conn.SetReadDeadline(time.Now().Add(d))
-	defer func() { _ = s.conn.SetReadDeadline(time.Time{}) }()
-	return s.next()
-}
-
-func (s *wsHistStream) close() { _ = s.conn.Close() }
-
-// parseHistoryMessage parses a fanout.v1 text frame: {"id":…,"data":…} or
-// {"control":…}. data keeps the payload's bytes as sent.
-func parseHistoryMessage(msg []byte) (histFrame, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(msg, &fields); err != nil {
-		return histFrame{}, fmt.Errorf("fanout.v1 frame %q is not a JSON object: %w", msg, err)
-	}
-	if raw, ok := fields["control"]; ok {
-		var name string
-		if err := json.Unmarshal(raw, &name); err != nil || name == "" {
-			return histFrame{}, fmt.Errorf("fanout.v1 control %q: control is not a name", msg)
-		}
-		return histFrame{control: name, data: string(msg)}, nil
-	}
-	data, ok := fields["data"]
-	if !ok {
-		return histFrame{}, fmt.Errorf("fanout.v1 frame %q has neither data nor control", msg)
-	}
-	f := histFrame{data: string(data)}
-	if raw, ok := fields["id"]; ok {
-		if err := json.Unmarshal(raw, &f.id); err != nil {
-			return histFrame{}, fmt.Errorf("fanout.v1 frame %q: id is not a string", msg)
-		}
-		f.hasID = true
-	}
-	return f, nil
-}
-
-// sseHistStream is a GET /events response read as EventSource reads it.
-type sseHistStream struct {
-	body   io.ReadCloser
-	lines  *bufio.Reader
-	cancel context.CancelFunc
-}
-
-// dialSSE opens /events and checks the response headers. The daemon must
-// send them at once, before any event (EventSource's open).
-func dialSSE(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	u := baseURL + "/events?" + query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	if lastEventID != "" {
-		req.Header.Set("Last-Event-ID", lastEventID)
-	}
-	headersLate := time.AfterFunc(5*time.Second, cancel)
-	resp, err := client.Do(req)
-	if !headersLate.Stop() {
-		if err == nil {
-			_ = resp.Body.Close()
-		}
-		return nil, fmt.Errorf("GET %s: no response headers within 5s", u)
-	}
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("GET %s: %w", u, err)
-	}
-	fail := func(format string, args ...any) (histStream, error) {
-		cancel()
-		_ = resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: "+format, append([]any{u}, args...)...)
-	}
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fail("HTTP %d %q", resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		return fail("Content-Type %q, want text/event-stream", ct)
-	}
-	// nginx acts on X-Accel-Buffering and does not pass it on.
-	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" && !strings.HasPrefix(resp.Header.Get("Server"), "nginx") {
-		return fail("X-Accel-Buffering %q, want no", got)
-	}
-	return &sseHistStream{body: resp.Body, lines: bufio.NewReader(resp.Body), cancel: cancel}, nil
-}
-
-// next reads up to the next dispatched event, as EventSource does: a
-// partial event cut by the end of the stream is dropped, comments
-// (heartbeats) are skipped, data lines are joined with "\n".
-func (s *sseHistStream) next() (histFrame, error) {
-	var (
-		f       histFrame
-		event   string
-		data    []string
-		hasData bool
-	)
-	for {
-		line, err := s.lines.ReadString('\n')
-		if err != nil {
-			return histFrame{}, err
-		}
-		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-		if line == "" {
-			if !hasData {
-				f, event = histFrame{}, ""
-				continue
-			}
-			f.data = strings.Join(data, "\n")
-			switch event {
-			case "", "message":
-			case "resync":
-				f.control = event
-				var c struct{ Control string }
-				if err := json.Unmarshal([]byte(f.data), &c); err != nil || c.Control != "resync" {
-					return histFrame{}, fmt.Errorf("SSE resync event with data %q, want {\"control\":\"resync\",…}", f.data)
-				}
-			default:
-				return histFrame{}, fmt.Errorf("SSE event %q (data %q): no such event in the contract", event, f.data)
-			}
-			return f, nil
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			f.id, f.hasID = value, true
-		case "data":
-			data, hasData = append(data, value), true
-		case "event":
-			event = value
-		}
-	}
-}
-
-func (s *sseHistStream) nextWithin(d time.Duration) (histFrame, error) {
-	late := time.AfterFunc(d, s.cancel)
-	defer late.Stop()
-	return s.next()
-}
-
-func (s *sseHistStream) close() {
-	s.cancel()
-	_ = s.body.Close()
-}
+const historySubprotocol = testclient.Subprotocol
 
 // numbered returns n distinct events for user, in publish order.
 func numbered(user string, n int) []string {
@@ -398,8 +148,8 @@ func checkStream(t *testing.T, rdb *redis.Client, user string, got []histFrame, 
 	}
 	entries := streamEntries(t, rdb, user)
 	for i, e := range entries {
-		if e.Data != want[i] || e.ID != got[i].id {
-			t.Fatalf("history entry #%d is %s %s, want %s %s (as delivered)", i, e.ID, e.Data, got[i].id, want[i])
+		if e.Data != want[i] || e.ID != got[i].ID {
+			t.Fatalf("history entry #%d is %s %s, want %s %s (as delivered)", i, e.ID, e.Data, got[i].ID, want[i])
 		}
 	}
 	checkHistoryKeys(t, rdb, user)
@@ -408,18 +158,18 @@ func checkStream(t *testing.T, rdb *redis.Client, user string, got []histFrame, 
 // openHistory opens one stream for a test that reads it frame by frame.
 func openHistory(t *testing.T, tr histTransport, baseURL string, query url.Values, lastEventID string) histStream {
 	t.Helper()
-	s, err := tr.dial(t.Context(), newSSEClient(t), baseURL, query, lastEventID)
+	s, err := tr.Dial(t.Context(), newSSEClient(t), baseURL, query, lastEventID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.close)
+	t.Cleanup(s.Close)
 	return s
 }
 
 // nextFrame reads the next frame within 5 s.
 func nextFrame(t *testing.T, s histStream) histFrame {
 	t.Helper()
-	f, err := s.nextWithin(5 * time.Second)
+	f, err := s.NextWithin(5 * time.Second)
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
@@ -432,7 +182,7 @@ func expectEvents(t *testing.T, s histStream, want []history.Event) {
 	t.Helper()
 	for i, w := range want {
 		f := nextFrame(t, s)
-		if f.control != "" || f.id != w.ID || f.data != w.Data {
+		if f.Control != "" || f.ID != w.ID || f.Data != w.Data {
 			t.Fatalf("frame %d of %d: %s, want event %s %s", i+1, len(want), f, w.ID, w.Data)
 		}
 	}
@@ -444,7 +194,7 @@ func expectResync(t *testing.T, s histStream) {
 	t.Helper()
 	f := nextFrame(t, s)
 	var c struct{ Control, Reason string }
-	if err := json.Unmarshal([]byte(f.data), &c); f.control != "resync" || err != nil || c.Control != "resync" || c.Reason == "" {
+	if err := json.Unmarshal([]byte(f.Data), &c); f.Control != "resync" || err != nil || c.Control != "resync" || c.Reason == "" {
 		t.Fatalf("first frame %s, want {\"control\":\"resync\",\"reason\":\"…\"}", f)
 	}
 }
@@ -455,9 +205,9 @@ func expectLive(t *testing.T, s histStream, rdb *redis.Client, user, payload, af
 	t.Helper()
 	publishNow(t, rdb, user, payload)
 	f := nextFrame(t, s)
-	id, ok := history.ParseID(f.id)
+	id, ok := history.ParseID(f.ID)
 	prev, _ := history.ParseID(after)
-	if f.control != "" || f.data != payload || !ok || !prev.Less(id) {
+	if f.Control != "" || f.Data != payload || !ok || !prev.Less(id) {
 		t.Fatalf("live frame %s, want event %s with an id after %s", f, payload, after)
 	}
 }
@@ -527,7 +277,7 @@ func TestResumeFromATrimmedMalformedOrUnknownIDGetsResyncThenEveryRetainedEvent(
 			{"newest", func(_ *testing.T, retained []history.Event) string { return retained[len(retained)-1].ID }, false},
 		}
 		for i, tc := range cases {
-			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+			t.Run(tr.Name+"/"+tc.name, func(t *testing.T) {
 				retained := streamEntries(t, pub, user)
 				lastID := tc.lastID(t, retained)
 				query, header := resumeQuery(tr, user, lastID, i)
@@ -574,7 +324,7 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 
 	publishUpTo(50)
 	for _, tr := range historyTransports() {
-		t.Run(tr.name+"/last 10 of 50", func(t *testing.T) {
+		t.Run(tr.Name+"/last 10 of 50", func(t *testing.T) {
 			retained := streamEntries(t, pub, user)
 			s := join(t, tr, 10)
 			expectEvents(t, s, retained[len(retained)-10:])
@@ -585,7 +335,7 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 
 	publishUpTo(next + 500)
 	for _, tr := range historyTransports() {
-		t.Run(tr.name+"/more than retained", func(t *testing.T) {
+		t.Run(tr.Name+"/more than retained", func(t *testing.T) {
 			retained := streamEntries(t, pub, user)
 			if len(retained) >= 500 {
 				t.Fatalf("%d events retained with HISTORY_MAX_LEN=100", len(retained))
@@ -600,11 +350,11 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 	}
 
 	for _, tr := range historyTransports() {
-		t.Run(tr.name+"/while publishing", func(t *testing.T) {
+		t.Run(tr.Name+"/while publishing", func(t *testing.T) {
 			const total = 2000
 			payloads := make([]string, total)
 			for i := range payloads {
-				payloads[i] = fmt.Sprintf(`{"type":"progress","join":%q,"n":%d}`, tr.name, i)
+				payloads[i] = fmt.Sprintf(`{"type":"progress","join":%q,"n":%d}`, tr.Name, i)
 			}
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
@@ -616,8 +366,8 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 			eventually(t, 10*time.Second, "500 published", func() bool { return sent.Load() >= 500 })
 			s := join(t, tr, 20)
 			var got []histFrame
-			for len(got) == 0 || got[len(got)-1].data != payloads[total-1] {
-				f, err := s.nextWithin(15 * time.Second)
+			for len(got) == 0 || got[len(got)-1].Data != payloads[total-1] {
+				f, err := s.NextWithin(15 * time.Second)
 				if err != nil {
 					t.Fatalf("after %d frames (last %v): %v", len(got), got[max(0, len(got)-1):], err)
 				}
@@ -631,7 +381,7 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 			firstN := -1
 			for i, f := range got {
 				var e struct{ N int }
-				if f.control != "" || json.Unmarshal([]byte(f.data), &e) != nil || f.data != payloads[min(e.N, total-1)] {
+				if f.Control != "" || json.Unmarshal([]byte(f.Data), &e) != nil || f.Data != payloads[min(e.N, total-1)] {
 					t.Fatalf("frame %d: %s, want an event of this run", i, f)
 				}
 				if i == 0 {
@@ -640,10 +390,10 @@ func TestHistoryNStartsALateJoinerWithTheLastNEventsThenLive(t *testing.T) {
 					t.Fatalf("frame %d is event %d after event %d: gap or duplicate at the switch from replay to live", i, e.N, firstN+i-1)
 				}
 				if i > 0 {
-					a, _ := history.ParseID(got[i-1].id)
-					b, ok := history.ParseID(f.id)
+					a, _ := history.ParseID(got[i-1].ID)
+					b, ok := history.ParseID(f.ID)
 					if !ok || !a.Less(b) {
-						t.Fatalf("frame %d has id %q after %q, want increasing ids", i, f.id, got[i-1].id)
+						t.Fatalf("frame %d has id %q after %q, want increasing ids", i, f.ID, got[i-1].ID)
 					}
 				}
 			}
@@ -677,7 +427,7 @@ func TestHistoryOffWritesNothingAndGivesNoIDs(t *testing.T) {
 	publishNow(t, r.client(), user, payloads...)
 	for _, p := range payloads {
 		for name, s := range map[string]histStream{"fanout.v1": ws, "sse": sse} {
-			if f := nextFrame(t, s); f.control != "" || f.hasID || f.data != p {
+			if f := nextFrame(t, s); f.Control != "" || f.HasID || f.Data != p {
 				t.Fatalf("%s client got %s, want %q without id", name, f, p)
 			}
 		}
@@ -745,7 +495,7 @@ func TestHistoryIdenticalPayloadsPublishedBackToBackAreDistinctEvents(t *testing
 				first := event(user, 0)
 				publishNow(t, pub, user, first)
 				for name, s := range streams {
-					if f := nextFrame(t, s); f.data != first {
+					if f := nextFrame(t, s); f.Data != first {
 						t.Fatalf("%s got %s, want %s", name, f, first)
 					}
 				}
@@ -831,14 +581,14 @@ func TestHistoryABurstToANewUserIsRecordedOnce(t *testing.T) {
 				var ids []string
 				for j, p := range payloads {
 					f := nextFrame(t, s)
-					if f.control != "" || f.data != p || published != nil && f.id != published[j] {
+					if f.Control != "" || f.Data != p || published != nil && f.ID != published[j] {
 						want := p
 						if published != nil {
 							want = published[j] + " " + p
 						}
 						t.Fatalf("instance %d, event %d: %s, want %s", i, j, f, want)
 					}
-					ids = append(ids, f.id)
+					ids = append(ids, f.ID)
 				}
 				if published == nil {
 					published = ids

@@ -214,7 +214,7 @@ func readJSON(conn *websocket.Conn, v any) error {
 func TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt(t *testing.T) {
 	for _, mode := range []string{subscribePattern, subscribeUser} {
 		for _, tr := range historyTransports() {
-			t.Run(mode+"/"+tr.name, func(t *testing.T) {
+			t.Run(mode+"/"+tr.Name, func(t *testing.T) {
 				r := startRedis(t)
 				td := startDaemon(t, r, map[string]string{"SUBSCRIBE_MODE": mode, "HISTORY": "off", "LOG_LEVEL": "warn"})
 				td.waitReady()
@@ -224,16 +224,16 @@ func TestAnEventPublishedAsSoonAsTheConnectionIsOpenReachesIt(t *testing.T) {
 				const users = 100
 				for i := range users {
 					u := fmt.Sprintf("fresh%d", i)
-					s, err := tr.dial(t.Context(), client, td.baseURL, url.Values{"username": {u}}, "")
+					s, err := tr.Dial(t.Context(), client, td.baseURL, url.Values{"username": {u}}, "")
 					if err != nil {
 						t.Fatal(err)
 					}
 					if err := pub.Publish(context.Background(), channelPrefix+u, event(u, i)).Err(); err != nil {
 						t.Fatal(err)
 					}
-					f, err := s.nextWithin(5 * time.Second)
-					s.close()
-					if err != nil || f.data != event(u, i) {
+					f, err := s.NextWithin(5 * time.Second)
+					s.Close()
+					if err != nil || f.Data != event(u, i) {
 						t.Fatalf("%s (connection %d) got %+v, %v; want its event", u, i, f, err)
 					}
 				}
@@ -526,13 +526,13 @@ func TestUserModeAResumeWaitsForTheLeaseHolderToRecordWhatWasPublishedBefore(t *
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.close()
+	defer s.Close()
 	if err := rdb.Publish(ctx, channelPrefix+"late", `{"n":2}`).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for n := 1; n <= 2; n++ {
-		f, err := s.nextWithin(5 * time.Second)
-		if err != nil || f.data != fmt.Sprintf(`{"n":%d}`, n) || f.id == "" {
+		f, err := s.NextWithin(5 * time.Second)
+		if err != nil || f.Data != fmt.Sprintf(`{"n":%d}`, n) || f.ID == "" {
 			t.Fatalf("event %d: got %+v, %v", n, f, err)
 		}
 	}

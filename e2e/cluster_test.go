@@ -210,7 +210,7 @@ func TestClusterShardedSubscriptionsFollowFailoverAndReshardAndLoseNothing(t *te
 		testproc.Eventually(t, 10*time.Second, u+" receiving events after the reshard", func() bool {
 			rc.mu.Lock()
 			defer rc.mu.Unlock()
-			return len(rc.events) > 0 && roundOf(rc.events[len(rc.events)-1].data) > after+2
+			return len(rc.events) > 0 && roundOf(rc.events[len(rc.events)-1].Data) > after+2
 		})
 		rc.mu.Lock()
 		reconnected := len(rc.segments) != segments[u]
@@ -267,12 +267,12 @@ func TestClusterClassicPubSubDeliversAndRecordsInPatternAndUserMode(t *testing.T
 					t.Fatal(err)
 				}
 				second := readHistoryFrame(t, conns[u])
-				if first.data != p1 || second.data != p2 || second.id != id || first.id == "" {
+				if first.Data != p1 || second.Data != p2 || second.ID != id || first.ID == "" {
 					t.Fatalf("%s got %s then %s, want %s then %s with id %s", u, first, second, p1, p2, id)
 				}
 				entries := historyOf(t, cc, history.Layout{}, u)
-				if len(entries) < 2 || entries[len(entries)-2].ID != first.id || entries[len(entries)-1].ID != id {
-					t.Fatalf("%s's history %v, want it to end with %s, %s", u, entries, first.id, id)
+				if len(entries) < 2 || entries[len(entries)-2].ID != first.ID || entries[len(entries)-1].ID != id {
+					t.Fatalf("%s's history %v, want it to end with %s, %s", u, entries, first.ID, id)
 				}
 			}
 			for _, conn := range conns {

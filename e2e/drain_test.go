@@ -312,7 +312,7 @@ func (c *drainClient) run(ctx context.Context) {
 			}
 			now := time.Now()
 			f, err := parseHistoryMessage(msg)
-			if err != nil || f.control != "" {
+			if err != nil || f.Control != "" {
 				c.problem("frame %s (%v)", msg, err)
 				continue
 			}
@@ -320,16 +320,16 @@ func (c *drainClient) run(ctx context.Context) {
 				Counter    int   `json:"counter"`
 				SentUnixNs int64 `json:"sent_unix_ns"`
 			}
-			if err := json.Unmarshal([]byte(f.data), &p); err != nil {
-				c.problem("event %s: %v", f.data, err)
+			if err := json.Unmarshal([]byte(f.Data), &p); err != nil {
+				c.problem("event %s: %v", f.Data, err)
 				continue
 			}
-			ev := drainEvent{id: f.id, counter: p.Counter, sent: time.Unix(0, p.SentUnixNs)}
+			ev := drainEvent{id: f.ID, counter: p.Counter, sent: time.Unix(0, p.SentUnixNs)}
 			// An event the daemon could not record comes without an id
 			// (its log says so): as fanout-client.js does, the last id
 			// stays where it was.
-			if f.hasID {
-				last = f.id
+			if f.HasID {
+				last = f.ID
 			}
 			c.mu.Lock()
 			c.events = append(c.events, ev)

@@ -307,7 +307,7 @@ func (c *resumingClient) waitForAll(t *testing.T, entries []history.Event, d tim
 		c.mu.Lock()
 		have := make(map[string]bool, len(c.events))
 		for _, e := range c.events {
-			have[e.data] = true
+			have[e.Data] = true
 		}
 		c.mu.Unlock()
 		var missing []history.Event
@@ -349,20 +349,20 @@ func (c *resumingClient) checkHolds(t *testing.T, entries []history.Event, lost 
 	last := -1
 	seen := make(map[string]int)
 	for k, e := range events {
-		if !e.hasID {
+		if !e.HasID {
 			// Delivered while its recording failed (the master died
 			// under it): it may come again, with its id, from the
 			// history; the one with an id is checked.
 			continue
 		}
-		if j, dup := seen[e.data]; dup {
+		if j, dup := seen[e.Data]; dup {
 			c.report(t)
 			t.Fatalf("%s: got %s as #%d, and before as #%d: %s (%d events)", c.user, e, k, j, events[j], len(events))
 		}
-		seen[e.data] = k
-		i, ok := pos[e.data]
+		seen[e.Data] = k
+		i, ok := pos[e.Data]
 		switch {
-		case !ok && !lost[e.data]:
+		case !ok && !lost[e.Data]:
 			c.report(t)
 			t.Fatalf("%s: got %s, which is not in the history", c.user, e)
 		case ok && i < last:

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -21,10 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/testclient"
 	"fanout/internal/testproc"
 )
 
@@ -33,271 +31,24 @@ import (
 // stop, through nginx; and the fanout.v1 and SSE client they use.
 
 // historySubprotocol is the WebSocket subprotocol of history-aware clients.
-const historySubprotocol = "fanout.v1"
+// The history-aware test client (a fanout.v1 WebSocket or an SSE stream)
+// is internal/testclient's, shared with the other test tier.
+type (
+	histFrame     = testclient.Frame
+	histStream    = testclient.Stream
+	histTransport = testclient.Transport
+)
 
-// histFrame is one message a history-aware client received: an event or a
-// control.
-type histFrame struct {
-	// control is the control's name ("resync"); "" for an event.
-	control string
-	// hasID is false for an event sent without an id (HISTORY=off).
-	hasID bool
-	id    string
-	// data is the event's payload; for a control, the control's JSON.
-	data string
-}
+var (
+	historyTransports   = testclient.Transports
+	resumeQuery         = testclient.ResumeQuery
+	newSSEClient        = testclient.NewSSEClient
+	dialHistoryWS       = testclient.DialWS
+	dialSSE             = testclient.DialSSE
+	parseHistoryMessage = testclient.ParseV1
+)
 
-func (f histFrame) String() string {
-	if f.control != "" {
-		return "control " + f.data
-	}
-	if !f.hasID {
-		return "event (no id) " + f.data
-	}
-	return "event " + f.id + " " + f.data
-}
-
-// histStream is one open connection of a history-aware client.
-type histStream interface {
-	// next returns the next frame; it fails once the stream has ended or
-	// has been closed.
-	next() (histFrame, error)
-	// nextWithin is next, failing (and ending the stream) after d.
-	nextWithin(d time.Duration) (histFrame, error)
-	// close ends the stream; it may be called from another goroutine than
-	// the reader's, and more than once.
-	close()
-}
-
-// histTransport opens history-aware connections to an instance.
-type histTransport struct {
-	name string
-	// dial opens a stream at baseURL ("http://host:port") with query;
-	// lastEventID, when set, is sent as the Last-Event-ID header.
-	dial func(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error)
-	// headerResume tells whether the transport can resume with the
-	// Last-Event-ID header (EventSource's own reconnects).
-	headerResume bool
-}
-
-// historyTransports are WebSocket with fanout.v1 and SSE.
-func historyTransports() []histTransport {
-	return []histTransport{
-		{name: "websocket", dial: dialHistoryWS},
-		{name: "sse", dial: dialSSE, headerResume: true},
-	}
-}
-
-// resumeQuery is the query (and Last-Event-ID header) of a connection for
-// user resuming after lastID ("": none). SSE connections alternate between
-// the header and the query parameter.
-func resumeQuery(tr histTransport, user, lastID string, attempt int) (url.Values, string) {
-	q := url.Values{"username": {user}}
-	if lastID == "" {
-		return q, ""
-	}
-	if tr.headerResume && attempt%2 == 0 {
-		return q, lastID
-	}
-	q.Set("last_event_id", lastID)
-	return q, ""
-}
-
-// newSSEClient returns an HTTP client for SSE streams that keeps no idle
-// connection past the test.
-func newSSEClient(t testing.TB) *http.Client {
-	tr := &http.Transport{DisableKeepAlives: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
-}
-
-// wsHistStream is a WebSocket offering fanout.v1.
-type wsHistStream struct{ conn *websocket.Conn }
-
-// dialHistoryWS opens /ws offering fanout.v1, which the daemon must accept.
-func dialHistoryWS(ctx context.Context, _ *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
-	dialer := websocket.Dialer{Subprotocols: []string{historySubprotocol}, HandshakeTimeout: 5 * time.Second}
-	var header http.Header
-	if lastEventID != "" {
-		header = http.Header{"Last-Event-ID": {lastEventID}}
-	}
-	u := "ws" + strings.TrimPrefix(baseURL, "http") + "/ws?" + query.Encode()
-	conn, resp, err := dialer.DialContext(ctx, u, header)
-	if err != nil {
-		if resp != nil {
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			return nil, fmt.Errorf("dial %s: HTTP %d %q: %w", u, resp.StatusCode, strings.TrimSpace(string(body)), err)
-		}
-		return nil, fmt.Errorf("dial %s: %w", u, err)
-	}
-	if got := conn.Subprotocol(); got != historySubprotocol {
-		_ = conn.Close()
-		return nil, fmt.Errorf("dial %s: subprotocol %q, want %q", u, got, historySubprotocol)
-	}
-	return &wsHistStream{conn: conn}, nil
-}
-
-func (s *wsHistStream) next() (histFrame, error) {
-	typ, data, err := s.conn.ReadMessage()
-	if err != nil {
-		return histFrame{}, err
-	}
-	if typ != websocket.TextMessage {
-		return histFrame{}, fmt.Errorf("frame type %d, want text", typ)
-	}
-	return parseHistoryMessage(data)
-}
-
-func (s *wsHistStream) nextWithin(d time.Duration) (histFrame, error) {
-	_ = s.conn.SetReadDeadline(time.Now().Add(d))
-	defer func() { _ = s.conn.SetReadDeadline(time.Time{}) }()
-	return s.next()
-}
-
-func (s *wsHistStream) close() { _ = s.conn.Close() }
-
-// parseHistoryMessage parses a fanout.v1 text frame: {"id":…,"data":…} or
-// {"control":…}. data keeps the payload's bytes as sent.
-func parseHistoryMessage(msg []byte) (histFrame, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(msg, &fields); err != nil {
-		return histFrame{}, fmt.Errorf("fanout.v1 frame %q is not a JSON object: %w", msg, err)
-	}
-	if raw, ok := fields["control"]; ok {
-		var name string
-		if err := json.Unmarshal(raw, &name); err != nil || name == "" {
-			return histFrame{}, fmt.Errorf("fanout.v1 control %q: control is not a name", msg)
-		}
-		return histFrame{control: name, data: string(msg)}, nil
-	}
-	data, ok := fields["data"]
-	if !ok {
-		return histFrame{}, fmt.Errorf("fanout.v1 frame %q has neither data nor control", msg)
-	}
-	f := histFrame{data: string(data)}
-	if raw, ok := fields["id"]; ok {
-		if err := json.Unmarshal(raw, &f.id); err != nil {
-			return histFrame{}, fmt.Errorf("fanout.v1 frame %q: id is not a string", msg)
-		}
-		f.hasID = true
-	}
-	return f, nil
-}
-
-// sseHistStream is a GET /events response read as EventSource reads it.
-type sseHistStream struct {
-	body   io.ReadCloser
-	lines  *bufio.Reader
-	cancel context.CancelFunc
-}
-
-// dialSSE opens /events and checks the response headers. The daemon must
-// send them at once, before any event (EventSource's open).
-func dialSSE(ctx context.Context, client *http.Client, baseURL string, query url.Values, lastEventID string) (histStream, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	u := baseURL + "/events?" + query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	if lastEventID != "" {
-		req.Header.Set("Last-Event-ID", lastEventID)
-	}
-	headersLate := time.AfterFunc(5*time.Second, cancel)
-	resp, err := client.Do(req)
-	if !headersLate.Stop() {
-		if err == nil {
-			_ = resp.Body.Close()
-		}
-		return nil, fmt.Errorf("GET %s: no response headers within 5s", u)
-	}
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("GET %s: %w", u, err)
-	}
-	fail := func(format string, args ...any) (histStream, error) {
-		cancel()
-		_ = resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: "+format, append([]any{u}, args...)...)
-	}
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fail("HTTP %d %q", resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		return fail("Content-Type %q, want text/event-stream", ct)
-	}
-	// nginx acts on X-Accel-Buffering and does not pass it on.
-	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" && !strings.HasPrefix(resp.Header.Get("Server"), "nginx") {
-		return fail("X-Accel-Buffering %q, want no", got)
-	}
-	return &sseHistStream{body: resp.Body, lines: bufio.NewReader(resp.Body), cancel: cancel}, nil
-}
-
-// next reads up to the next dispatched event, as EventSource does: a
-// partial event cut by the end of the stream is dropped, comments
-// (heartbeats) are skipped, data lines are joined with "\n".
-func (s *sseHistStream) next() (histFrame, error) {
-	var (
-		f       histFrame
-		event   string
-		data    []string
-		hasData bool
-	)
-	for {
-		line, err := s.lines.ReadString('\n')
-		if err != nil {
-			return histFrame{}, err
-		}
-		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-		if line == "" {
-			if !hasData {
-				f, event = histFrame{}, ""
-				continue
-			}
-			f.data = strings.Join(data, "\n")
-			switch event {
-			case "", "message":
-			case "resync":
-				f.control = event
-				var c struct{ Control string }
-				if err := json.Unmarshal([]byte(f.data), &c); err != nil || c.Control != "resync" {
-					return histFrame{}, fmt.Errorf("SSE resync event with data %q, want {\"control\":\"resync\",…}", f.data)
-				}
-			default:
-				return histFrame{}, fmt.Errorf("SSE event %q (data %q): no such event in the contract", event, f.data)
-			}
-			return f, nil
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			f.id, f.hasID = value, true
-		case "data":
-			data, hasData = append(data, value), true
-		case "event":
-			event = value
-		}
-	}
-}
-
-func (s *sseHistStream) nextWithin(d time.Duration) (histFrame, error) {
-	late := time.AfterFunc(d, s.cancel)
-	defer late.Stop()
-	return s.next()
-}
-
-func (s *sseHistStream) close() {
-	s.cancel()
-	_ = s.body.Close()
-}
+const historySubprotocol = testclient.Subprotocol
 
 // resumeSegment is one connection of a resumingClient.
 type resumeSegment struct {
@@ -358,7 +109,7 @@ func (c *resumingClient) run(ctx context.Context) {
 				query[k] = v
 			}
 		}
-		s, err := c.tr.dial(ctx, c.http, c.bases[instance], query, header)
+		s, err := c.tr.Dial(ctx, c.http, c.bases[instance], query, header)
 		if err != nil {
 			failed++
 			c.mu.Lock()
@@ -372,7 +123,7 @@ func (c *resumingClient) run(ctx context.Context) {
 		c.mu.Lock()
 		if c.stopped {
 			c.mu.Unlock()
-			s.close()
+			s.Close()
 			return
 		}
 		c.cur = s
@@ -382,21 +133,21 @@ func (c *resumingClient) run(ctx context.Context) {
 		}
 		c.mu.Unlock()
 		if cutNow {
-			s.close()
+			s.Close()
 		}
 		for {
-			f, err := s.next()
+			f, err := s.Next()
 			if err != nil {
 				seg.end = err.Error()
 				break
 			}
 			c.mu.Lock()
-			if f.control != "" {
+			if f.Control != "" {
 				c.controls = append(c.controls, f)
 			} else {
 				c.events = append(c.events, f)
 				c.eventSegment = append(c.eventSegment, len(c.segments))
-				last = f.id
+				last = f.ID
 				seg.events++
 			}
 			cutNow := c.cutsPending > 0
@@ -405,10 +156,10 @@ func (c *resumingClient) run(ctx context.Context) {
 			}
 			c.mu.Unlock()
 			if cutNow {
-				s.close()
+				s.Close()
 			}
 		}
-		s.close()
+		s.Close()
 		c.mu.Lock()
 		c.cur = nil
 		c.segments = append(c.segments, seg)
@@ -447,7 +198,7 @@ func (c *resumingClient) cut() {
 	}
 	c.mu.Unlock()
 	if s != nil {
-		s.close()
+		s.Close()
 	}
 }
 
@@ -458,7 +209,7 @@ func (c *resumingClient) stop() {
 	s := c.cur
 	c.mu.Unlock()
 	if s != nil {
-		s.close()
+		s.Close()
 	}
 }
 
@@ -504,7 +255,7 @@ func (c *resumingClient) report(t *testing.T) {
 			i, s.instance, s.resumedFrom, via, s.failedDials, s.events, s.end)
 	}
 	t.Logf("%s client: %d events, %d controls, last dial error %v; connections:\n%s",
-		c.tr.name, len(c.events), len(c.controls), c.lastDialErr, b.String())
+		c.tr.Name, len(c.events), len(c.controls), c.lastDialErr, b.String())
 }
 
 // checkExactly checks that the client got want, in order, each once, with
@@ -524,7 +275,7 @@ func (c *resumingClient) checkExactly(t *testing.T, want []string) {
 	}
 	seen := make(map[string]int, len(events))
 	for _, e := range events {
-		seen[e.data]++
+		seen[e.Data]++
 	}
 	var dups, missing, unknown int
 	for p, n := range seen {
@@ -540,7 +291,7 @@ func (c *resumingClient) checkExactly(t *testing.T, want []string) {
 		}
 	}
 	for i := range max(len(events), len(want)) {
-		if i < len(events) && i < len(want) && events[i].data == want[i] {
+		if i < len(events) && i < len(want) && events[i].Data == want[i] {
 			continue
 		}
 		c.report(t)
@@ -554,7 +305,7 @@ func (c *resumingClient) checkExactly(t *testing.T, want []string) {
 		}
 		earlier := ""
 		if i < len(events) {
-			if j := slices.IndexFunc(events[:i], func(e histFrame) bool { return e.data == events[i].data }); j >= 0 {
+			if j := slices.IndexFunc(events[:i], func(e histFrame) bool { return e.Data == events[i].Data }); j >= 0 {
 				earlier = fmt.Sprintf("; it came before as #%d: %s (connection %d)", j, events[j], segOf[j])
 			}
 		}
@@ -563,12 +314,12 @@ func (c *resumingClient) checkExactly(t *testing.T, want []string) {
 	}
 	var prev history.ID
 	for i, e := range events {
-		id, ok := history.ParseID(e.id)
-		if !e.hasID || !ok {
-			t.Fatalf("event #%d has id %q (present %v), want a stream id", i, e.id, e.hasID)
+		id, ok := history.ParseID(e.ID)
+		if !e.HasID || !ok {
+			t.Fatalf("event #%d has id %q (present %v), want a stream id", i, e.ID, e.HasID)
 		}
 		if i > 0 && !prev.Less(id) {
-			t.Fatalf("event #%d has id %s after %s, want increasing ids", i, e.id, events[i-1].id)
+			t.Fatalf("event #%d has id %s after %s, want increasing ids", i, e.ID, events[i-1].ID)
 		}
 		prev = id
 	}
@@ -694,8 +445,8 @@ func checkStream(t *testing.T, rdb *redis.Client, user string, got []histFrame, 
 	}
 	entries := streamEntries(t, rdb, user)
 	for i, e := range entries {
-		if e.Data != want[i] || e.ID != got[i].id {
-			t.Fatalf("history entry #%d is %s %s, want %s %s (as delivered)", i, e.ID, e.Data, got[i].id, want[i])
+		if e.Data != want[i] || e.ID != got[i].ID {
+			t.Fatalf("history entry #%d is %s %s, want %s %s (as delivered)", i, e.ID, e.Data, got[i].ID, want[i])
 		}
 	}
 	checkHistoryKeys(t, rdb, user)
@@ -715,7 +466,7 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 	}
 	var runs []run
 	for _, tr := range historyTransports() {
-		runs = append(runs, run{tr.name, tr, nil})
+		runs = append(runs, run{tr.Name, tr, nil})
 	}
 	// In user mode an instance subscribes to the user's channel when the
 	// client arrives and unsubscribes a short grace period after it left,
@@ -732,7 +483,7 @@ func TestResumeOnAnotherInstanceAt20RandomDisconnectsGetsEveryPlainPublishOnce(t
 				env[k] = v
 			}
 			daemons, bases := startTestDaemons(t, r, 3, env)
-			user := "resume-" + tr.name
+			user := "resume-" + tr.Name
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
 			rng := rand.New(rand.NewPCG(seed, 2))
@@ -789,7 +540,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 	fanoutBinary(t)
 	t.Parallel()
 	for _, tr := range historyTransports() {
-		t.Run(tr.name, func(t *testing.T) {
+		t.Run(tr.Name, func(t *testing.T) {
 			t.Parallel()
 			r := testproc.StartRedis(t)
 			var ports []int
@@ -823,7 +574,7 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 			}
 			startAll()
 
-			user := "publisher-" + tr.name
+			user := "publisher-" + tr.Name
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
 			rng := rand.New(rand.NewPCG(seed, 2))
@@ -894,18 +645,18 @@ func TestResumeWithThePublisherWhileEveryInstanceIsDownLosesNothing(t *testing.T
 // openHistory opens one stream for a test that reads it frame by frame.
 func openHistory(t *testing.T, tr histTransport, baseURL string, query url.Values, lastEventID string) histStream {
 	t.Helper()
-	s, err := tr.dial(t.Context(), newSSEClient(t), baseURL, query, lastEventID)
+	s, err := tr.Dial(t.Context(), newSSEClient(t), baseURL, query, lastEventID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.close)
+	t.Cleanup(s.Close)
 	return s
 }
 
 // nextFrame reads the next frame within 5 s.
 func nextFrame(t *testing.T, s histStream) histFrame {
 	t.Helper()
-	f, err := s.nextWithin(5 * time.Second)
+	f, err := s.NextWithin(5 * time.Second)
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
@@ -918,7 +669,7 @@ func expectEvents(t *testing.T, s histStream, want []history.Event) {
 	t.Helper()
 	for i, w := range want {
 		f := nextFrame(t, s)
-		if f.control != "" || f.id != w.ID || f.data != w.Data {
+		if f.Control != "" || f.ID != w.ID || f.Data != w.Data {
 			t.Fatalf("frame %d of %d: %s, want event %s %s", i+1, len(want), f, w.ID, w.Data)
 		}
 	}
@@ -930,9 +681,9 @@ func expectLive(t *testing.T, s histStream, rdb *redis.Client, user, payload, af
 	t.Helper()
 	publishNow(t, rdb, user, payload)
 	f := nextFrame(t, s)
-	id, ok := history.ParseID(f.id)
+	id, ok := history.ParseID(f.ID)
 	prev, _ := history.ParseID(after)
-	if f.control != "" || f.data != payload || !ok || !prev.Less(id) {
+	if f.Control != "" || f.Data != payload || !ok || !prev.Less(id) {
 		t.Fatalf("live frame %s, want event %s with an id after %s", f, payload, after)
 	}
 }
@@ -945,10 +696,10 @@ func TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents(t *tes
 	fanoutBinary(t)
 	t.Parallel()
 	for _, tr := range historyTransports() {
-		t.Run(tr.name, func(t *testing.T) {
+		t.Run(tr.Name, func(t *testing.T) {
 			r := testproc.StartRedis(t)
 			daemons, backends := startInstances(t, r.Addr(), 3)
-			if tr.name == "sse" && !strings.Contains(readmeNginxBlock(t), "location /events") {
+			if tr.Name == "sse" && !strings.Contains(readmeNginxBlock(t), "location /events") {
 				t.Fatal("README's nginx block has no location /events: SSE cannot go through it")
 			}
 			base := "http://127.0.0.1:" + strconv.Itoa(startNginx(t, backends))
@@ -974,16 +725,16 @@ func TestResumeThroughTheReadmesNginxOnAnotherInstanceGetsTheMissedEvents(t *tes
 			last := ""
 			for i := range 10 {
 				f := nextFrame(t, s)
-				if f.control != "" || f.data != payloads[i] || !f.hasID {
+				if f.Control != "" || f.Data != payloads[i] || !f.HasID {
 					t.Fatalf("frame %d: %s, want %s with an id", i, f, payloads[i])
 				}
-				last = f.id
+				last = f.ID
 			}
 
 			var stopped sync.WaitGroup
 			stopped.Go(func() { _ = daemons[first].Cmd.Process.Signal(syscall.SIGTERM); <-daemons[first].Done() })
 			// WebSocket: close 1001 through nginx; SSE: the response ends.
-			if f, err := s.nextWithin(10 * time.Second); err == nil {
+			if f, err := s.NextWithin(10 * time.Second); err == nil {
 				t.Fatalf("got %s from the stopping instance, want the end of the stream", f)
 			}
 			stopped.Wait()

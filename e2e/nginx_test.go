@@ -272,7 +272,7 @@ func TestBehindDeployNginx600ClientsGetExactlyTheirOwnEventsSpreadOverTheInstanc
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(stream.close)
+				t.Cleanup(stream.Close)
 				streams[i] = stream
 			}
 			testproc.Eventually(t, 10*time.Second, "SSE connections registered", func() bool {
@@ -285,11 +285,11 @@ func TestBehindDeployNginx600ClientsGetExactlyTheirOwnEventsSpreadOverTheInstanc
 				sseErrs := make([]error, len(streams))
 				for i, stream := range streams {
 					wg.Go(func() {
-						f, err := stream.nextWithin(5 * time.Second)
+						f, err := stream.NextWithin(5 * time.Second)
 						switch {
 						case err != nil:
 							sseErrs[i] = fmt.Errorf("SSE client %d: event %d: %w", i, n, err)
-						case f.data != event(sseUser(i), n) || !f.hasID:
+						case f.Data != event(sseUser(i), n) || !f.HasID:
 							sseErrs[i] = fmt.Errorf("SSE client %d of %s got %+v, want event %d with an id", i, sseUser(i), f, n)
 						}
 					})
