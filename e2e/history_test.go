@@ -349,79 +349,14 @@ func randomCuts(rng *rand.Rand, n, total int) []int {
 	return cuts
 }
 
-// publishSteadily sends payloads in groups of group, one group every
-// every, and calls progress with the number sent after each group.
-func publishSteadily(ctx context.Context, payloads []string, group int, every time.Duration,
-	send func(ctx context.Context, batch []string) error, progress func(sent int)) error {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for sent := 0; sent < len(payloads); {
-		batch := payloads[sent:min(sent+group, len(payloads))]
-		if err := send(ctx, batch); err != nil {
-			return fmt.Errorf("publish #%d: %w", sent, err)
-		}
-		sent += len(batch)
-		progress(sent)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-	return nil
-}
-
-// plainPublish sends payloads to user with plain PUBLISH, pipelined.
-func plainPublish(rdb *redis.Client, user string) func(ctx context.Context, batch []string) error {
-	return func(ctx context.Context, batch []string) error {
-		pipe := rdb.Pipeline()
-		for _, p := range batch {
-			pipe.Publish(ctx, history.Channel(user), p)
-		}
-		_, err := pipe.Exec(ctx)
-		return err
-	}
-}
-
-// publishNow publishes payloads to user with plain PUBLISH in pipelines
-// of 100.
-func publishNow(t *testing.T, rdb *redis.Client, user string, payloads ...string) {
-	t.Helper()
-	send := plainPublish(rdb, user)
-	for len(payloads) > 0 {
-		n := min(100, len(payloads))
-		if err := send(t.Context(), payloads[:n]); err != nil {
-			t.Fatalf("publish: %v", err)
-		}
-		payloads = payloads[n:]
-	}
-}
-
-// streamEntries returns user's whole history, oldest first.
-func streamEntries(t *testing.T, rdb *redis.Client, user string) []history.Event {
-	t.Helper()
-	evs, err := history.After(t.Context(), rdb, user, "", 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return evs
-}
-
-// waitRecorded waits until user's newest history entry holds payload and
-// returns that entry.
-func waitRecorded(t *testing.T, rdb *redis.Client, user, payload string) history.Event {
-	t.Helper()
-	var last history.Event
-	testproc.Eventually(t, 10*time.Second, "event recorded: "+payload, func() bool {
-		evs, err := history.Last(t.Context(), rdb, user, 1)
-		if err != nil || len(evs) == 0 {
-			return false
-		}
-		last = evs[0]
-		return last.Data == payload
-	})
-	return last
-}
+// The tests' publisher is internal/testclient's too.
+var (
+	publishSteadily = testclient.PublishSteadily
+	plainPublish    = testclient.PlainPublish
+	publishNow      = testclient.PublishNow
+	streamEntries   = testclient.StreamEntries
+	waitRecorded    = testclient.WaitRecorded
+)
 
 // checkHistoryKeys checks that user's history is the only history key:
 // nothing else (probes included) is recorded.
