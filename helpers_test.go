@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +25,8 @@ import (
 func TestMain(m *testing.M) {
 	// The re-executed test binary plays the daemon in the process tests.
 	if os.Getenv("FANOUT_TEST_RUN_MAIN") == "1" {
+		// The command line is the one after the test binary's own flags.
+		os.Args = slices.DeleteFunc(os.Args, func(arg string) bool { return strings.HasPrefix(arg, "-test.") })
 		main()
 		return
 	}

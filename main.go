@@ -25,9 +25,13 @@ import (
 var version = "dev"
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "publish" {
-		os.Exit(runPublish(context.Background(), os.Args[2:], os.Getenv, os.Stdin, os.Stdout, os.Stderr))
-	}
+	os.Exit(runCommand(context.Background(), os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr))
+}
+
+// runServe runs the daemon (`fanout`, `fanout serve`) until SIGINT or
+// SIGTERM, then returns; on a failure it exits the process itself: with
+// status 2 for bad configuration, 1 when it cannot listen or start.
+func runServe() {
 	cfg, err := loadConfig(os.Getenv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)

@@ -2,18 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// tail runs `fanout tail args…` with no FANOUT_TOKEN in its environment.
+func tail(args []string, stdout, stderr *bytes.Buffer) int {
+	return runTail(context.Background(), args, func(string) string { return "" }, nil, stdout, stderr)
+}
 
-func TestPrintsEachEventOnItsOwnLine(t *testing.T) {
+func TestTailPrintsEachEventOnItsOwnLine(t *testing.T) {
 	var gotUser string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotUser = r.URL.Query().Get("username")
@@ -30,7 +33,7 @@ func TestPrintsEachEventOnItsOwnLine(t *testing.T) {
 	defer srv.Close()
 
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", "-username", "a.b+c", "-count", "2"}, &stdout, &stderr)
+	code := tail([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", "-username", "a.b+c", "-count", "2"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -42,13 +45,13 @@ func TestPrintsEachEventOnItsOwnLine(t *testing.T) {
 	}
 }
 
-func TestRefusedConnectionPrintsTheServersReason(t *testing.T) {
+func TestTailRefusedConnectionPrintsTheServersReason(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "missing username", http.StatusBadRequest)
 	}))
 	defer srv.Close()
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http")}, &stdout, &stderr); code != 1 {
+	if code := tail([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http")}, &stdout, &stderr); code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
 	if !strings.Contains(stderr.String(), "HTTP 400: missing username") {
@@ -56,7 +59,7 @@ func TestRefusedConnectionPrintsTheServersReason(t *testing.T) {
 	}
 }
 
-func TestTokenIsSentAsBearerAndTheUsernameLeftToIt(t *testing.T) {
+func TestTailTokenIsSentAsBearerAndTheUsernameLeftToIt(t *testing.T) {
 	var gotAuth string
 	var hasUser bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -65,7 +68,7 @@ func TestTokenIsSentAsBearerAndTheUsernameLeftToIt(t *testing.T) {
 	}))
 	defer srv.Close()
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http"), "-token", "abc.def.ghi"}, &stdout, &stderr); code != 1 {
+	if code := tail([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http"), "-token", "abc.def.ghi"}, &stdout, &stderr); code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
 	if gotAuth != "Bearer abc.def.ghi" || hasUser {
