@@ -54,7 +54,7 @@ func TestTailRefusedConnectionPrintsTheServersReason(t *testing.T) {
 	if code := tail([]string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http")}, &stdout, &stderr); code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
-	if !strings.Contains(stderr.String(), "HTTP 400: missing username") {
+	if !strings.Contains(stderr.String(), "HTTP 400: missing username") || strings.Count(stderr.String(), "\n") != 1 {
 		t.Fatalf("stderr %q", stderr.String())
 	}
 }
@@ -76,5 +76,54 @@ func TestTailTokenIsSentAsBearerAndTheUsernameLeftToIt(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "HTTP 401: invalid token: expired") || strings.Contains(stderr.String(), "abc.def.ghi") {
 		t.Fatalf("stderr %q", stderr.String())
+	}
+}
+
+func TestTailTakesDoubleDashFlagsAndTheTokenFromFANOUT_TOKEN(t *testing.T) {
+	var gotAuth string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth = r.Header.Get("Authorization")
+		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"a"}`))
+		_, _, _ = conn.ReadMessage() // until the client goes
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	env := func(name string) string {
+		if name == "FANOUT_TOKEN" {
+			return "from.the.env"
+		}
+		return ""
+	}
+	code := runTail(context.Background(), []string{"--url", "ws" + strings.TrimPrefix(srv.URL, "http"), "--count=1"}, env, nil, &stdout, &stderr)
+	if code != 0 || stdout.String() != "{\"type\":\"a\"}\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	if gotAuth != "Bearer from.the.env" {
+		t.Fatalf("server saw Authorization %q, want FANOUT_TOKEN's", gotAuth)
+	}
+}
+
+func TestTailTimeoutWithoutEventsIsExit1WithOneLine(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _, _ = conn.ReadMessage() // until the client goes
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	if code := tail([]string{"--url", "ws" + strings.TrimPrefix(srv.URL, "http"), "--timeout", "100ms"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "connected") || !strings.Contains(lines[1], "timeout") {
+		t.Fatalf("stderr %q, want the connected line and one line saying it timed out", stderr.String())
 	}
 }
