@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -127,6 +128,23 @@ func TestUnknownCommandOrFlagIsExit2WithOneLineNamingIt(t *testing.T) {
 		}
 		if res.stdout != "" {
 			t.Errorf("fanout %v: stdout %q, want nothing", tc.args, res.stdout)
+		}
+	}
+}
+
+func TestDocsCommandsPageShowsEveryCommandsHelp(t *testing.T) {
+	page, err := os.ReadFile("docs/commands.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range commands() {
+		args := []string{c.name, "--help"}
+		if c.name == "help" {
+			args = args[:1]
+		}
+		res := runCLI(t, nil, args...)
+		if !strings.Contains(string(page), "```\n"+res.stdout+"```\n") {
+			t.Errorf("docs/commands.md lacks the output of fanout %s in a code block:\n%s", strings.Join(args, " "), res.stdout)
 		}
 	}
 }
