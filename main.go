@@ -1,5 +1,7 @@
 // Command fanout holds browsers' WebSocket connections and pushes to each
 // user the workflow events published in Redis on workflow:events:{username}.
+// Without a command (or as `fanout serve`) it runs the daemon; `fanout help`
+// lists its other commands (cli.go).
 package main
 
 import (
