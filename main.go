@@ -26,9 +26,9 @@ var version = "dev"
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "publish" {
-		os.Exit(runPublish(context.Background(), os.Args[2:], os.Getenv, os.Stdin, os.Stdout, os.Stderr))
+		os.Exit(runPublish(context.Background(), os.Args[2:], os.LookupEnv, os.Stdin, os.Stdout, os.Stderr))
 	}
-	cfg, err := loadConfig(os.Getenv)
+	cfg, err := loadConfig(os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
