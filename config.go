@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // Config is every setting of the daemon, read and validated once at start-up
@@ -660,6 +661,15 @@ func (r *envReader) redisOptions() *redis.Options {
 	}
 	if skipVerify {
 		opts.TLSConfig.InsecureSkipVerify = true
+	}
+	if opts.TLSConfig != nil {
+		// A Redis without TLS is named within seconds, not after every
+		// dial timed out.
+		variable := "REDIS_TLS"
+		if r.str("REDIS_URL", "") != "" {
+			variable = "REDIS_URL (rediss://)"
+		}
+		opts.Dialer = redisx.TLSDialer(opts.TLSConfig, variable)
 	}
 	return opts
 }

@@ -113,8 +113,10 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	}
 	stats := &Stats{}
 	opts := *cfg.Redis
-	// Failing fast lets the subscriber's own backoff decide when to retry.
+	// Failing fast lets the subscriber's own backoff decide when to retry,
+	// and a caller's error is the dial's own, not its deadline's.
 	opts.MaxRetries = -1
+	opts.DialerRetries = 1
 	opts.DialTimeout = 2 * time.Second
 	// The recorder's and the catch-ups' deadlines hold even on a
 	// connection that went silent.

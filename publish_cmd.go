@@ -136,8 +136,11 @@ func runPublish(ctx context.Context, args []string, lookupEnv func(string) (stri
 	// No retries: after a timeout go-redis would send the script again and
 	// could publish an event twice. The caller sees the error instead and
 	// knows from the ids printed which events are in.
+	// One dial, too: a Redis that is down or does not speak TLS is said
+	// at once, not after five dial timeouts.
 	opts := *cfg.Redis
 	opts.MaxRetries = -1
+	opts.DialerRetries = 1
 	// The error says what failed, in one line; go-redis would add its own.
 	redis.SetLogger(discardRedisLog{})
 	rdb := newRedisClient(cfg, opts)
