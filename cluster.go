@@ -61,7 +61,7 @@ type clusterSubscription struct {
 	// unreached is set when reading the slot map failed before it was
 	// ever read: /ready says Redis is unreachable.
 	unreached bool
-	nodes  map[string]*nodeSubscription
+	nodes     map[string]*nodeSubscription
 	// owner is the node subscribing each wanted user's channel; nil when
 	// its slot has no master now.
 	owner map[string]*nodeSubscription
