@@ -228,6 +228,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	wg.Go(func() { redisx.KeepSlotsFresh(subCtx, clusterStateEvery, d.rdb, d.recordRdb) })
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
+	wg.Go(func() { warnUnneededPassword(subCtx, d.cfg, d.logger) })
 
 	httpServer := &http.Server{
 		Handler:           d.server.routes(),
