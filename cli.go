@@ -16,7 +16,7 @@ const usageError = 2
 // commandFunc runs one subcommand with the arguments that follow its name
 // and returns the process's exit status. Messages go to stderr, one line
 // each; what the command produces goes to stdout.
-type commandFunc func(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int
+type commandFunc func(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdin io.Reader, stdout, stderr io.Writer) int
 
 // command is one row of the command table: `fanout help` is generated
 // from it.
@@ -57,9 +57,9 @@ func isHelpFlag(arg string) bool {
 
 // runCommand runs the command line args (without the program name) and
 // returns the exit status. No arguments runs the daemon, as `fanout serve`.
-func runCommand(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runCommand(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		return runServeCommand(ctx, nil, getenv, stdin, stdout, stderr)
+		return runServeCommand(ctx, nil, lookupEnv, stdin, stdout, stderr)
 	}
 	name, rest := args[0], args[1:]
 	switch {
@@ -77,12 +77,12 @@ func runCommand(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintf(stderr, "fanout: unknown command %q (see fanout help)\n", name)
 		return usageError
 	}
-	return c.run(ctx, rest, getenv, stdin, stdout, stderr)
+	return c.run(ctx, rest, lookupEnv, stdin, stdout, stderr)
 }
 
 // runHelp prints the usage of fanout, or with a command name that
 // command's usage (as COMMAND --help does).
-func runHelp(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runHelp(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdin io.Reader, stdout, stderr io.Writer) int {
 	switch {
 	case len(args) == 1 && !strings.HasPrefix(args[0], "-") && args[0] != "help":
 		c, ok := lookupCommand(args[0])
@@ -90,7 +90,7 @@ func runHelp(ctx context.Context, args []string, getenv func(string) string, std
 			fmt.Fprintf(stderr, "fanout help: unknown command %q (see fanout help)\n", args[0])
 			return usageError
 		}
-		return c.run(ctx, []string{"--help"}, getenv, stdin, stdout, stderr)
+		return c.run(ctx, []string{"--help"}, lookupEnv, stdin, stdout, stderr)
 	case len(args) > 1 || (len(args) == 1 && args[0] != "help" && !isHelpFlag(args[0])):
 		fmt.Fprintf(stderr, "fanout help: unexpected argument %q; give one command name, as in fanout help tail\n", args[len(args)-1])
 		return usageError
@@ -128,7 +128,7 @@ variable).
 
 // runServeCommand runs `fanout serve`: the daemon, which takes no
 // arguments.
-func runServeCommand(_ context.Context, args []string, _ func(string) string, _ io.Reader, stdout, stderr io.Writer) int {
+func runServeCommand(_ context.Context, args []string, _ func(string) (string, bool), _ io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		if isHelpFlag(args[0]) {
 			fmt.Fprint(stdout, serveUsage)
@@ -154,7 +154,7 @@ unknown when the build recorded none) and the Go version.
 `
 
 // runVersion prints the version line of this binary.
-func runVersion(_ context.Context, args []string, _ func(string) string, _ io.Reader, stdout, stderr io.Writer) int {
+func runVersion(_ context.Context, args []string, _ func(string) (string, bool), _ io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		if isHelpFlag(args[0]) {
 			fmt.Fprint(stdout, versionUsage)

@@ -58,7 +58,10 @@ type clusterSubscription struct {
 	// read, or for a slot no node serves).
 	slots  []string
 	loaded bool
-	nodes  map[string]*nodeSubscription
+	// unreached is set when reading the slot map failed before it was
+	// ever read: /ready says Redis is unreachable.
+	unreached bool
+	nodes     map[string]*nodeSubscription
 	// owner is the node subscribing each wanted user's channel; nil when
 	// its slot has no master now.
 	owner map[string]*nodeSubscription
@@ -186,6 +189,9 @@ func (r *clusterSubscription) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			r.mu.Lock()
+			r.unreached = !r.loaded
+			r.mu.Unlock()
 			wait := backoff.Next()
 			r.logger.Warn("Reading the Redis Cluster slot map failed; retrying", "addr", redisTarget(r.cfg), "err", err, "retry_in", wait.Round(time.Millisecond))
 			if !redisx.Sleep(ctx, wait) {
@@ -284,7 +290,7 @@ func (r *clusterSubscription) apply(ctx context.Context, wg *sync.WaitGroup, slo
 			r.logger.Info("Redis Cluster master found; subscribing its users' channels there", "node", addr)
 		}
 	}
-	r.slots, r.loaded, r.moved = slots, true, false
+	r.slots, r.loaded, r.moved, r.unreached = slots, true, false, false
 	moved := 0
 	for name, old := range r.owner {
 		n := r.route(name)
@@ -389,9 +395,12 @@ func (r *clusterSubscription) conns() []*pubsubConn {
 // ready reports whether every master's subscription is live, or why not.
 func (r *clusterSubscription) ready() (bool, string) {
 	r.mu.Lock()
-	loaded := r.loaded
+	loaded, unreached := r.loaded, r.unreached
 	r.mu.Unlock()
-	if !loaded {
+	switch {
+	case unreached:
+		return false, notReadyUnreachable
+	case !loaded:
 		return false, "waiting for the Redis Cluster slot map"
 	}
 	for _, c := range r.conns() {

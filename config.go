@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // Config is every setting of the daemon, read and validated once at start-up
@@ -176,8 +177,16 @@ func (e *configError) Error() string {
 // envReader reads variables and remembers the first error, so loadConfig
 // reads like the table it implements.
 type envReader struct {
-	getenv func(string) string
+	// lookup is os.LookupEnv or a test's: it tells a variable set to
+	// nothing from one not set, which matters for redisDeploymentVariables.
+	lookup func(string) (string, bool)
 	err    error
+}
+
+// getenv returns the variable's value, "" when it is unset.
+func (r *envReader) getenv(name string) string {
+	v, _ := r.lookup(name)
+	return v
 }
 
 func (r *envReader) fail(name, value, why string) {
@@ -232,10 +241,10 @@ func (r *envReader) boolean(name string, def bool) bool {
 	return b
 }
 
-// loadConfig reads the environment through getenv and validates every value.
-// The error names the first variable that is wrong.
-func loadConfig(getenv func(string) string) (Config, error) {
-	r := &envReader{getenv: getenv}
+// loadConfig reads the environment through lookup (os.LookupEnv) and
+// validates every value. The error names the first variable that is wrong.
+func loadConfig(lookup func(string) (string, bool)) (Config, error) {
+	r := &envReader{lookup: lookup}
 	var cfg Config
 
 	port := r.intRange("PORT", 8084, 1, 65535)
@@ -589,10 +598,22 @@ func loopbackHost(host string) bool {
 	return err == nil && a.IsLoopback()
 }
 
+// redisDeploymentVariables say which Redis the daemon talks to. Set to
+// nothing, one of them is a mistake, never a request for the default: an
+// empty REDIS_CLUSTER_ADDRS would otherwise start a daemon against one
+// Redis on localhost.
+var redisDeploymentVariables = []string{"REDIS_URL", "REDIS_HOST", "REDIS_SENTINEL_ADDRS", "REDIS_SENTINEL_MASTER", "REDIS_CLUSTER_ADDRS"}
+
 // redisOptions builds the go-redis options from REDIS_URL, or from
 // REDIS_HOST, REDIS_PORT, REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB and
 // REDIS_TLS when REDIS_URL is unset.
 func (r *envReader) redisOptions() *redis.Options {
+	for _, name := range redisDeploymentVariables {
+		if v, set := r.lookup(name); set && strings.TrimSpace(v) == "" {
+			r.fail(name, "", "is set but empty: give it a value, or unset it (an empty one is usually a shell variable a compose file, manifest or env file expected and did not get)")
+			return &redis.Options{}
+		}
+	}
 	var opts *redis.Options
 	if url := r.str("REDIS_URL", ""); url != "" {
 		parsed, err := redis.ParseURL(url)
@@ -640,6 +661,15 @@ func (r *envReader) redisOptions() *redis.Options {
 	}
 	if skipVerify {
 		opts.TLSConfig.InsecureSkipVerify = true
+	}
+	if opts.TLSConfig != nil {
+		// A Redis without TLS is named within seconds, not after every
+		// dial timed out.
+		variable := "REDIS_TLS"
+		if r.str("REDIS_URL", "") != "" {
+			variable = "REDIS_URL (rediss://)"
+		}
+		opts.Dialer = redisx.TLSDialer(opts.TLSConfig, variable)
 	}
 	return opts
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -21,8 +22,13 @@ import (
 	"time"
 )
 
-func envOf(vars map[string]string) func(string) string {
-	return func(k string) string { return vars[k] }
+// envOf is an environment of vars for loadConfig: a variable vars holds,
+// even as "", is set.
+func envOf(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := vars[k]
+		return v, ok
+	}
 }
 
 func TestConfigDefaultsMatchTheSeed(t *testing.T) {
@@ -428,5 +434,36 @@ func TestConfigReadsLimitsProxiesAndAdminVariables(t *testing.T) {
 		if err != nil || cfg.AdminAddr != want {
 			t.Errorf("ADMIN_ADDR=%s: %q, %v; want %q", addr, cfg.AdminAddr, err, want)
 		}
+	}
+}
+
+func TestConfigRedisDeploymentVariableSetButEmptyIsAnError(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"REDIS_CLUSTER_ADDRS": ""}, "REDIS_CLUSTER_ADDRS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "  "}, "REDIS_CLUSTER_ADDRS"},
+		{map[string]string{"REDIS_SENTINEL_ADDRS": "", "REDIS_SENTINEL_MASTER": "events"}, "REDIS_SENTINEL_ADDRS"},
+		{map[string]string{"REDIS_SENTINEL_ADDRS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": ""}, "REDIS_SENTINEL_MASTER"},
+		{map[string]string{"REDIS_URL": ""}, "REDIS_URL"},
+		{map[string]string{"REDIS_HOST": "", "REDIS_PORT": "6380"}, "REDIS_HOST"},
+	}
+	for _, tc := range cases {
+		_, err := loadConfig(envOf(tc.env))
+		var cerr *configError
+		if !errors.As(err, &cerr) || cerr.name != tc.want {
+			t.Errorf("%q: %v, want an error naming %s", tc.env, err, tc.want)
+			continue
+		}
+		if !strings.Contains(err.Error(), "is set but empty") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %q, want one line saying it is set but empty", tc.env, err)
+		}
+	}
+	// Unset, they are the defaults; the other variables set to nothing
+	// still mean their default.
+	cfg, err := loadConfig(envOf(map[string]string{"REDIS_PORT": "", "REDIS_PASSWORD": "", "PORT": ""}))
+	if err != nil || cfg.Redis.Addr != "localhost:6379" || cfg.ClusterAddrs != nil || cfg.SentinelAddrs != nil {
+		t.Fatalf("unset deployment variables: %v, addr %q", err, cfg.Redis.Addr)
 	}
 }

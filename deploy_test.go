@@ -45,9 +45,10 @@ type checkedEnv struct {
 func daemonConfigOf(t *testing.T, where string, env map[string]string) checkedEnv {
 	t.Helper()
 	read := map[string]bool{}
-	cfg, err := loadConfig(func(name string) string {
+	cfg, err := loadConfig(func(name string) (string, bool) {
 		read[name] = true
-		return env[name]
+		v, ok := env[name]
+		return v, ok
 	})
 	if err != nil {
 		t.Errorf("%s: the daemon refuses this environment: %v", where, err)

@@ -144,7 +144,7 @@ func startDaemonOn(t *testing.T, r *redisServer, env map[string]string, addr str
 	for k, v := range env {
 		vars[k] = v
 	}
-	cfg, err := loadConfig(func(k string) string { return vars[k] })
+	cfg, err := loadConfig(envOf(vars))
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}

@@ -282,7 +282,7 @@ func withSeedLimits(env map[string]string) map[string]string {
 // proxies of an empty environment.
 func requireSeedLimits(t *testing.T, td *testDaemon) {
 	t.Helper()
-	seed, err := loadConfig(func(string) string { return "" })
+	seed, err := loadConfig(envOf(nil))
 	if err != nil {
 		t.Fatalf("config of an empty environment: %v", err)
 	}

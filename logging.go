@@ -45,13 +45,32 @@ func (l *logLimiter) log(logger *slog.Logger, level slog.Level, msg string, args
 }
 
 // redisLogger routes go-redis's internal messages to slog at warn level,
-// rate-limited: while Redis is down it would otherwise repeat itself.
+// rate-limited: while Redis is down it would otherwise repeat itself. The
+// messages that only repeat an error go-redis also returns to its caller
+// (redisEchoes), whose own line says it, go to debug level: one line per
+// failure.
 type redisLogger struct {
 	logger  *slog.Logger
 	limiter *logLimiter
 }
 
+// redisEchoes start the go-redis messages that repeat an error it returns
+// too: a dial that failed ("redis: connection pool: failed to dial after 1
+// attempts: dial tcp …: connection refused") fails the command that
+// needed the connection, and the daemon logs that command's error.
+var redisEchoes = []string{"redis: connection pool: failed to dial after "}
+
 func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	msg := strings.TrimSpace(fmt.Sprintf(format, v...))
-	r.limiter.log(r.logger, slog.LevelWarn, "go-redis", "detail", msg)
+	level := slog.LevelWarn
+	for _, echo := range redisEchoes {
+		if strings.HasPrefix(msg, echo) {
+			level = slog.LevelDebug
+		}
+	}
+	if !r.logger.Enabled(context.Background(), level) {
+		// Not spent from the limiter: the warnings keep their share.
+		return
+	}
+	r.limiter.log(r.logger, level, "go-redis", "detail", msg)
 }

@@ -27,14 +27,14 @@ import (
 var version = "dev"
 
 func main() {
-	os.Exit(runCommand(context.Background(), os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr))
+	os.Exit(runCommand(context.Background(), os.Args[1:], os.LookupEnv, os.Stdin, os.Stdout, os.Stderr))
 }
 
 // runServe runs the daemon (`fanout`, `fanout serve`) until SIGINT or
 // SIGTERM, then returns; on a failure it exits the process itself: with
 // status 2 for bad configuration, 1 when it cannot listen or start.
 func runServe() {
-	cfg, err := loadConfig(os.Getenv)
+	cfg, err := loadConfig(os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fanout: configuration: %v\n", err)
 		os.Exit(2)
@@ -119,8 +119,10 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	}
 	stats := &Stats{}
 	opts := *cfg.Redis
-	// Failing fast lets the subscriber's own backoff decide when to retry.
+	// Failing fast lets the subscriber's own backoff decide when to retry,
+	// and a caller's error is the dial's own, not its deadline's.
 	opts.MaxRetries = -1
+	opts.DialerRetries = 1
 	opts.DialTimeout = 2 * time.Second
 	// The recorder's and the catch-ups' deadlines hold even on a
 	// connection that went silent.
@@ -232,6 +234,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	wg.Go(func() { redisx.KeepSlotsFresh(subCtx, clusterStateEvery, d.rdb, d.recordRdb) })
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
+	wg.Go(func() { warnUnneededPassword(subCtx, d.cfg, d.logger) })
 
 	httpServer := &http.Server{
 		Handler:           d.server.routes(),

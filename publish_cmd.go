@@ -72,7 +72,7 @@ or Redis failed; 2 for bad usage or configuration (nothing is published).
 // runPublish runs `fanout publish` with the arguments that follow
 // "publish" and returns the exit status. Messages go to stderr, one line
 // each; event ids go to stdout, one line each.
-func runPublish(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runPublish(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdin io.Reader, stdout, stderr io.Writer) int {
 	fail := func(status int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "fanout publish: "+format+"\n", a...)
 		return status
@@ -105,11 +105,13 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	// Redis as the daemon reaches it, published to as the instances listen
 	// (PUBSUB_SHARDED); each retention setting from its flag, or else from
 	// the daemon's variable.
-	env := &envReader{getenv: getenv}
+	env := &envReader{lookup: lookupEnv}
 	cfg := Config{Redis: env.redisOptions()}
 	env.redisDeployment(&cfg)
 	layout := history.Layout{Sharded: env.boolean("PUBSUB_SHARDED", false)}
-	flagValues := &envReader{getenv: func(name string) string { return fs.Lookup(strings.TrimPrefix(name, "--")).Value.String() }}
+	flagValues := &envReader{lookup: func(name string) (string, bool) {
+		return fs.Lookup(strings.TrimPrefix(name, "--")).Value.String(), true
+	}}
 	var retention history.Retention
 	if *maxLen != "" {
 		retention.MaxLen = flagValues.retentionMaxLen("--max-len")
@@ -134,8 +136,11 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	// No retries: after a timeout go-redis would send the script again and
 	// could publish an event twice. The caller sees the error instead and
 	// knows from the ids printed which events are in.
+	// One dial, too: a Redis that is down or does not speak TLS is said
+	// at once, not after five dial timeouts.
 	opts := *cfg.Redis
 	opts.MaxRetries = -1
+	opts.DialerRetries = 1
 	// The error says what failed, in one line; go-redis would add its own.
 	redis.SetLogger(discardRedisLog{})
 	rdb := newRedisClient(cfg, opts)

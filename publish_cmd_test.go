@@ -588,3 +588,12 @@ func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testin
 		}
 	})
 }
+
+func TestPublishRefusesARedisDeploymentVariableSetButEmpty(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	res := runPublishCommand(t, r, "", []string{"REDIS_CLUSTER_ADDRS="}, "--username", "u", `{"type":"x"}`)
+	if res.code != publishBadUsage || !strings.Contains(res.stderr, "REDIS_CLUSTER_ADDRS: is set but empty") || res.stdout != "" {
+		t.Fatalf("exit %d, stderr %q, stdout %q; want exit 2 naming REDIS_CLUSTER_ADDRS", res.code, res.stderr, res.stdout)
+	}
+}

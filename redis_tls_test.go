@@ -8,15 +8,19 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"fanout/internal/testproc"
 )
 
 // writeTestCA writes a CA and a server certificate for 127.0.0.1 into dir
@@ -132,4 +136,64 @@ func TestWrongRedisPasswordKeepsDaemonNotReadyWithoutLeakingIt(t *testing.T) {
 	if strings.Contains(logs, "wrong-pw") {
 		t.Error("logs leak the Redis password")
 	}
+}
+
+// tlsMistake is what every part says of a Redis without TLS when
+// REDIS_TLS=true.
+const tlsMistake = "did not answer the TLS handshake within "
+
+func TestREDIS_TLSAgainstARedisWithoutTLSIsSaidWithinSeconds(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t) // no TLS
+	t.Cleanup(func() { testproc.WaitDialProbesDone(time.Now().Add(3 * time.Second)) })
+
+	t.Run("publish", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		res := runPublishCommand(t, r, "", []string{"REDIS_TLS=true"}, "--username", "u", `{"type":"x"}`)
+		took := time.Since(start)
+		stderr := strings.TrimSuffix(res.stderr, "\n")
+		if res.code != publishFailed || took > 5*time.Second || strings.Contains(stderr, "\n") ||
+			!strings.Contains(stderr, "redis at "+r.addr()+" "+tlsMistake) || !strings.HasSuffix(stderr, "is REDIS_TLS right?") {
+			t.Fatalf("after %v: exit %d, stderr %q; want exit 1 within 5s with one line naming %s and REDIS_TLS", took, res.code, res.stderr, r.addr())
+		}
+	})
+
+	t.Run("daemon start-up", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		p := startProcess(t, daemonCommand(t, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(r.Port), "REDIS_TLS=true",
+			"LISTEN_HOST=127.0.0.1", "PORT="+strconv.Itoa(freePort(t))))
+		select {
+		case <-p.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("still running after 10s, want exit code 2")
+		}
+		var exit *exec.ExitError
+		out := strings.TrimSuffix(p.Output(), "\n")
+		if !errors.As(p.Err(), &exit) || exit.ExitCode() != 2 || time.Since(start) > 5*time.Second || strings.Contains(out, "\n") ||
+			out != "fanout: configuration: redis at "+r.addr()+" "+tlsMistake+"2s: is REDIS_TLS right?" {
+			t.Fatalf("after %v: %v, output %q; want exit code 2 within 5s with the one line", time.Since(start), p.Err(), out)
+		}
+	})
+
+	t.Run("daemon retrying", func(t *testing.T) {
+		t.Parallel()
+		// A Redis that comes up without TLS after the daemon started: its
+		// retries say it. With the default PROBE_TIMEOUT (5s), which
+		// bounds the clock read; a shorter one than the 2 s handshake
+		// bound ends the read first ("context deadline exceeded").
+		td := startDaemon(t, r, map[string]string{"REDIS_TLS": "true", "LOG_LEVEL": "info", "PROBE_TIMEOUT": "", "PROBE_INTERVAL": ""})
+		eventually(t, 10*time.Second, "retries logged", func() bool {
+			return countLines(td.logs.String(), "Redis subscription failed; retrying") >= 2
+		})
+		for _, line := range strings.Split(strings.TrimSpace(td.logs.String()), "\n") {
+			if strings.Contains(line, "Redis subscription failed") && !strings.Contains(line, tlsMistake) {
+				t.Fatalf("a retry that does not say Redis did not answer TLS: %s", line)
+			}
+		}
+		if _, body, _ := get(td.baseURL + "/ready"); strings.TrimSpace(body) != "not ready: "+notReadyUnreachable {
+			t.Fatalf("/ready: %q", body)
+		}
+	})
 }

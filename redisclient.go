@@ -62,3 +62,32 @@ func logDeploymentNotes(logger *slog.Logger, cfg Config) {
 		logger.Info("Redis Cluster with classic pub/sub: every node forwards every published event to every other node; PUBSUB_SHARDED=true (with SUBSCRIBE_MODE=user) keeps each event on its channel's node")
 	}
 }
+
+// warnUnneededPassword says once, as soon as Redis answers, when a Redis
+// password is configured for the default user but Redis accepts
+// connections without one: Redis then takes any password, and a password
+// meant for another Redis, or a requirepass that was forgotten, goes
+// unnoticed. It retries while Redis is down, and returns when ctx ends.
+// A password of another ACL user (REDIS_USERNAME) is not checked: only a
+// wrong AUTH could tell, and Redis records that as a failed login.
+func warnUnneededPassword(ctx context.Context, cfg Config, logger *slog.Logger) {
+	if cfg.Redis.Password == "" || (cfg.Redis.Username != "" && cfg.Redis.Username != "default") {
+		return
+	}
+	backoff := redisx.Backoff{Min: retryMin, Max: cfg.RedisRetryMax}
+	for {
+		tctx, cancel := context.WithTimeout(ctx, cfg.ProbeTimeout)
+		open, err := redisx.AcceptsWithoutPassword(tctx, deployment(cfg), *cfg.Redis)
+		cancel()
+		if err == nil {
+			if open {
+				logger.Warn("A Redis password is set (REDIS_PASSWORD or REDIS_URL) but Redis requires none: it accepts any password, so this one is never checked. "+
+					"Set requirepass (or an ACL user) on Redis, or unset the password", "redis", redisTarget(cfg))
+			}
+			return
+		}
+		if !redisx.Sleep(ctx, backoff.Next()) {
+			return
+		}
+	}
+}

@@ -37,6 +37,14 @@ const (
 	retryMin = 100 * time.Millisecond
 )
 
+// What /ready says while Redis fails: unreachable until a first
+// subscription succeeded, lost after. It is public, so it names no
+// address; the daemon's log has the error.
+const (
+	notReadyUnreachable = "redis unreachable; retrying (the daemon's log says why)"
+	notReadyLost        = "redis subscription lost; retrying (the daemon's log says why)"
+)
+
 // errProbeOverdue ends a subscription that stopped delivering silently.
 var errProbeOverdue = errors.New("self-probe did not come back: subscription stopped delivering")
 
@@ -384,7 +392,11 @@ func (s *pubsubConn) run(ctx context.Context) {
 		s.stats.RedisFailures.Add(1)
 		s.onFailure()
 		// /ready is public: the reason names no address; the log has the error.
-		s.setNotReady("redis subscription lost; retrying (the daemon's log says why)")
+		if s.wasConfirmed {
+			s.setNotReady(notReadyLost)
+		} else {
+			s.setNotReady(notReadyUnreachable)
+		}
 		if confirmed {
 			backoff.Reset()
 		}

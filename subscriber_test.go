@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"fanout/internal/testproc"
 )
 
 func TestBadPublishesAreDroppedCountedAndLoggedSparingly(t *testing.T) {
@@ -83,6 +85,57 @@ func TestStartsWhileRedisIsDownAndSubscribesWhenItComesUp(t *testing.T) {
 	td.publish("u", `{"type":"first"}`)
 	if got := readText(t, conn, 5*time.Second); got != `{"type":"first"}` {
 		t.Fatalf("got %q", got)
+	}
+}
+
+func TestReadySaysRedisUnreachableUntilTheFirstSubscriptionThenLost(t *testing.T) {
+	t.Parallel()
+	modes := []struct {
+		name string
+		env  map[string]string
+		// cluster: the daemon's seeds are r's address, where nothing
+		// answers; the second half (a Redis that came and went) is left
+		// to the cluster tests.
+		cluster bool
+	}{
+		{name: "pattern", env: map[string]string{}},
+		{name: "pattern without history", env: map[string]string{"HISTORY": "off"}},
+		{name: "user", env: map[string]string{"SUBSCRIBE_MODE": "user"}},
+		{name: "cluster", env: map[string]string{"SUBSCRIBE_MODE": "user", "PUBSUB_SHARDED": "true"}, cluster: true},
+	}
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			// After the daemon stops: go-redis's pool probes an address
+			// whose dials failed in a goroutine that ends a second later.
+			t.Cleanup(func() { testproc.WaitDialProbesDone(time.Now().Add(3 * time.Second)) })
+			r := redisAt(t) // nothing listens yet
+			if mode.cluster {
+				mode.env["REDIS_CLUSTER_ADDRS"] = r.addr()
+			}
+			td := startDaemon(t, r, mode.env)
+			retries := "Redis subscription failed; retrying"
+			if mode.cluster {
+				retries = "Reading the Redis Cluster slot map failed; retrying"
+			}
+			eventually(t, 10*time.Second, "retries logged", func() bool { return countLines(td.logs.String(), retries) >= 3 })
+			status, body, err := get(td.baseURL + "/ready")
+			if err != nil || status != http.StatusServiceUnavailable || strings.TrimSpace(body) != "not ready: "+notReadyUnreachable {
+				t.Fatalf("/ready while Redis was never reached: %d %q %v, want 503 %q", status, body, err, notReadyUnreachable)
+			}
+			if mode.cluster {
+				return
+			}
+			r.start()
+			td.waitReady()
+			r.kill()
+			waitFor(t, 10*time.Second, "/ready says the subscription was lost", func() string {
+				if _, body, _ := get(td.baseURL + "/ready"); strings.TrimSpace(body) != "not ready: "+notReadyLost {
+					return body
+				}
+				return ""
+			})
+		})
 	}
 }
 

@@ -48,7 +48,7 @@ passes; 2 for bad usage.
 // returns the exit status. Events go to stdout, one line each; the
 // connection's state and errors go to stderr, one line each. It stops at
 // SIGINT or SIGTERM.
-func runTail(ctx context.Context, args []string, getenv func(string) string, _ io.Reader, stdout, stderr io.Writer) int {
+func runTail(ctx context.Context, args []string, lookupEnv func(string) (string, bool), _ io.Reader, stdout, stderr io.Writer) int {
 	fail := func(status int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "fanout tail: "+format+"\n", a...)
 		return status
@@ -59,7 +59,8 @@ func runTail(ctx context.Context, args []string, getenv func(string) string, _ i
 	flags.SetOutput(io.Discard)
 	server := flags.String("url", "ws://localhost:8084/ws", "")
 	username := flags.String("username", "test-user", "")
-	token := flags.String("token", getenv("FANOUT_TOKEN"), "")
+	envToken, _ := lookupEnv("FANOUT_TOKEN")
+	token := flags.String("token", envToken, "")
 	count := flags.Int("count", 0, "")
 	timeout := flags.Duration("timeout", 0, "")
 	if err := flags.Parse(args); err != nil {

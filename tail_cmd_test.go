@@ -13,7 +13,7 @@ import (
 
 // tail runs `fanout tail args…` with no FANOUT_TOKEN in its environment.
 func tail(args []string, stdout, stderr *bytes.Buffer) int {
-	return runTail(context.Background(), args, func(string) string { return "" }, nil, stdout, stderr)
+	return runTail(context.Background(), args, func(string) (string, bool) { return "", false }, nil, stdout, stderr)
 }
 
 func TestTailPrintsEachEventOnItsOwnLine(t *testing.T) {
@@ -93,12 +93,7 @@ func TestTailTakesDoubleDashFlagsAndTheTokenFromFANOUT_TOKEN(t *testing.T) {
 	}))
 	defer srv.Close()
 	var stdout, stderr bytes.Buffer
-	env := func(name string) string {
-		if name == "FANOUT_TOKEN" {
-			return "from.the.env"
-		}
-		return ""
-	}
+	env := envOf(map[string]string{"FANOUT_TOKEN": "from.the.env"})
 	code := runTail(context.Background(), []string{"--url", "ws" + strings.TrimPrefix(srv.URL, "http"), "--count=1"}, env, nil, &stdout, &stderr)
 	if code != 0 || stdout.String() != "{\"type\":\"a\"}\n" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())

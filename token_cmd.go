@@ -47,7 +47,7 @@ const defaultTokenTTL = time.Hour
 // runToken runs `fanout token` with the arguments that follow "token" and
 // returns the exit status. The token goes to stdout; a problem to stderr,
 // in one line.
-func runToken(_ context.Context, args []string, getenv func(string) string, _ io.Reader, stdout, stderr io.Writer) int {
+func runToken(_ context.Context, args []string, lookupEnv func(string) (string, bool), _ io.Reader, stdout, stderr io.Writer) int {
 	fail := func(status int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "fanout token: "+format+"\n", a...)
 		return status
@@ -89,7 +89,7 @@ func runToken(_ context.Context, args []string, getenv func(string) string, _ io
 	}
 
 	// The JWT settings as the daemon reads them, so that it accepts the token.
-	env := &envReader{getenv: getenv}
+	env := &envReader{lookup: lookupEnv}
 	mode, jwtCfg := env.auth()
 	if env.err != nil {
 		return fail(tokenBadUsage, "configuration: %v", env.err)

@@ -86,6 +86,9 @@ func TestUnreachableOrWrongSeedsStopStartUpWithCode2AndOneLine(t *testing.T) {
 		{[]string{"REDIS_SENTINEL_ADDRS=" + nobody, "REDIS_SENTINEL_MASTER=events"}, []string{"REDIS_SENTINEL_ADDRS", nobody}},
 		{[]string{"REDIS_SENTINEL_ADDRS=,", "REDIS_SENTINEL_MASTER=events"}, []string{"REDIS_SENTINEL_ADDRS", "lists no address"}},
 		{[]string{"PUBSUB_SHARDED=true"}, []string{"PUBSUB_SHARDED", "SUBSCRIBE_MODE=user"}},
+		{[]string{"REDIS_CLUSTER_ADDRS="}, []string{"REDIS_CLUSTER_ADDRS", "is set but empty"}},
+		{[]string{"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(plain.Port), "REDIS_TLS=true"},
+			[]string{"redis at " + plain.Addr() + " did not answer the TLS handshake within 2s", "is REDIS_TLS right?"}},
 	}
 	for _, tc := range cases {
 		cmd := exec.Command(bin)

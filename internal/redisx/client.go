@@ -42,6 +42,8 @@ func NewClient(d Deployment, opts redis.Options) redis.UniversalClient {
 		ReadTimeout:           opts.ReadTimeout,
 		WriteTimeout:          opts.WriteTimeout,
 		ContextTimeoutEnabled: opts.ContextTimeoutEnabled,
+		Dialer:                opts.Dialer,
+		DialerRetries:         opts.DialerRetries,
 		PoolSize:              opts.PoolSize,
 		TLSConfig:             opts.TLSConfig,
 	}

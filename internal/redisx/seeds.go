@@ -30,8 +30,10 @@ func (e *SeedError) Error() string { return fmt.Sprintf("%s=%q: %s", e.Variable,
 // CheckSeeds asks whether the Sentinel or Cluster seeds of d answer, and
 // returns a *SeedError when none does as expected: none reachable, seeds
 // that are no sentinel of the master, or no cluster node. One that does
-// is enough. A single Redis is not checked (nil): it may come up later.
-// opts are the data nodes' options (credentials, TLS).
+// is enough. A single Redis is only checked when opts ask for TLS through
+// a TLSDialer: one that is up and does not speak TLS is a *TLSError; one
+// that is down is nil, it may come up later. opts are the data nodes'
+// options (credentials, TLS).
 func CheckSeeds(ctx context.Context, d Deployment, opts redis.Options) error {
 	var name string
 	var addrs []string
@@ -41,7 +43,7 @@ func CheckSeeds(ctx context.Context, d Deployment, opts redis.Options) error {
 		name, addrs = "REDIS_SENTINEL_ADDRS", d.SentinelAddrs
 		check = func(ctx context.Context, addr string) error {
 			s := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: d.SentinelPassword,
-				TLSConfig: opts.TLSConfig, DialTimeout: SeedCheckTimeout, MaxRetries: -1})
+				TLSConfig: opts.TLSConfig, Dialer: opts.Dialer, DialTimeout: SeedCheckTimeout, MaxRetries: -1, DialerRetries: 1})
 			defer s.Close()
 			if _, err := s.GetMasterAddrByName(ctx, d.SentinelMaster).Result(); err != nil {
 				if errors.Is(err, redis.Nil) {
@@ -55,7 +57,7 @@ func CheckSeeds(ctx context.Context, d Deployment, opts redis.Options) error {
 		name, addrs = "REDIS_CLUSTER_ADDRS", d.ClusterAddrs
 		check = func(ctx context.Context, addr string) error {
 			o := opts
-			o.Addr, o.DB, o.DialTimeout, o.MaxRetries = addr, 0, SeedCheckTimeout, -1
+			o.Addr, o.DB, o.DialTimeout, o.MaxRetries, o.DialerRetries = addr, 0, SeedCheckTimeout, -1, 1
 			c := redis.NewClient(&o)
 			defer c.Close()
 			err := c.ClusterInfo(ctx).Err()
@@ -68,7 +70,10 @@ func CheckSeeds(ctx context.Context, d Deployment, opts redis.Options) error {
 			return nil
 		}
 	default:
-		return nil
+		if opts.TLSConfig == nil || opts.Dialer == nil {
+			return nil
+		}
+		return CheckTLS(ctx, opts.Addr, opts.Dialer)
 	}
 	ctx, cancel := context.WithTimeout(ctx, SeedCheckTimeout)
 	defer cancel()
