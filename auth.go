@@ -139,7 +139,7 @@ func (a *Authenticator) authenticate(r *http.Request) (identity, error) {
 	query := r.URL.Query()
 	requested := query.Get("username")
 	if !a.enabled {
-		if err := validateUsername(requested); err != nil {
+		if err := validateUsername(requested, r.URL.Path); err != nil {
 			return identity{}, &authError{status: http.StatusBadRequest, reason: err.Error()}
 		}
 		return identity{username: requested}, nil
@@ -149,7 +149,7 @@ func (a *Authenticator) authenticate(r *http.Request) (identity, error) {
 	if err != nil {
 		return identity{}, err
 	}
-	return a.verify(r.Context(), raw, requested, query.Has("username"))
+	return a.verify(r.Context(), raw, requested, query.Has("username"), r.URL.Path)
 }
 
 // tokenFrom takes the token from the Authorization header, the token query
@@ -178,8 +178,9 @@ func (a *Authenticator) tokenFrom(r *http.Request, fromQuery string) (string, er
 }
 
 // verify checks the token and decides which channel it may watch: its own
-// username, or requested when that is one of its groups.
-func (a *Authenticator) verify(ctx context.Context, raw, requested string, hasRequested bool) (identity, error) {
+// username, or requested when that is one of its groups. endpoint is the
+// path asked for (/ws or /events), named when requested is empty.
+func (a *Authenticator) verify(ctx context.Context, raw, requested string, hasRequested bool, endpoint string) (identity, error) {
 	if len(raw) > maxTokenBytes {
 		return identity{}, unauthorized("invalid token: longer than %d bytes", maxTokenBytes)
 	}
@@ -196,14 +197,14 @@ func (a *Authenticator) verify(ctx context.Context, raw, requested string, hasRe
 	if !ok || subject == "" {
 		return identity{}, unauthorized("invalid token: no %s claim holding the username (JWT_USERNAME_CLAIM)", a.cfg.UsernameClaim)
 	}
-	if err := validateUsername(subject); err != nil {
+	if err := validateUsername(subject, endpoint); err != nil {
 		return identity{}, forbidden("token's %s claim is not a usable username: %v", a.cfg.UsernameClaim, err)
 	}
 	id := identity{username: subject, subject: subject, expires: exp.Add(a.cfg.Leeway)}
 	if !hasRequested || requested == subject {
 		return id, nil
 	}
-	if err := validateUsername(requested); err != nil {
+	if err := validateUsername(requested, endpoint); err != nil {
 		return identity{}, &authError{status: http.StatusBadRequest, reason: err.Error()}
 	}
 	if a.cfg.GroupsClaim != "" && slices.Contains(claimStrings(claims[a.cfg.GroupsClaim]), requested) {

@@ -325,10 +325,11 @@ func (s *Server) originAllowed(r *http.Request, origin string) bool {
 }
 
 // validateUsername applies history's username rule (history.CheckUsername)
-// to a connection's username, naming the query parameter when it is missing.
-func validateUsername(username string) error {
+// to a connection's username. When it is missing, the message names the
+// query parameter on the endpoint the client asked for (/ws or /events).
+func validateUsername(username, endpoint string) error {
 	if username == "" {
-		return errors.New("missing username: connect to /ws?username={username}")
+		return fmt.Errorf("missing username: connect to %s?username={username}", endpoint)
 	}
 	return history.CheckUsername(username)
 }

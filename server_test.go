@@ -141,6 +141,34 @@ func TestUsernameIsValidatedBeforeUpgrade(t *testing.T) {
 	}
 }
 
+func TestAMissingUsernameIsRefusedNamingTheEndpointAsked(t *testing.T) {
+	r := startRedis(t)
+	open := startDaemon(t, r, nil)
+	withJWT := startDaemon(t, r, jwtEnv(nil))
+	for _, tc := range []struct {
+		name string
+		url  string
+		want string
+	}{
+		{"WebSocket", open.baseURL + "/ws", "missing username: connect to /ws?username={username}"},
+		{"WebSocket, empty", open.baseURL + "/ws?username=", "missing username: connect to /ws?username={username}"},
+		{"SSE", open.baseURL + "/events", "missing username: connect to /events?username={username}"},
+		{"SSE, empty", open.baseURL + "/events?username=&history=5", "missing username: connect to /events?username={username}"},
+		// With a token the username may be left out, not given empty.
+		{"SSE with a token", withJWT.baseURL + "/events?username=&token=" + hsToken(t, "alice"), "missing username: connect to /events?username={username}"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body, err := get(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status != http.StatusBadRequest || body != tc.want+"\n" {
+				t.Fatalf("GET %s: %d %q, want 400 %q", tc.url, status, body, tc.want)
+			}
+		})
+	}
+}
+
 func TestOriginsDefaultToAnyAndAllowedOriginsNarrows(t *testing.T) {
 	r := startRedis(t)
 	open := startDaemon(t, r, nil)
@@ -385,7 +413,7 @@ func FuzzValidateUsername(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, username string) {
-		err := validateUsername(username)
+		err := validateUsername(username, "/ws")
 		if err != nil {
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("multi-line error %q", err)

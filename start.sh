@@ -5,8 +5,45 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# config_error NAME VALUE WHY: the daemon's one line for a wrong variable
+# (config.go's configError, VALUE quoted as Go's %q does), exit 2.
+config_error() {
+  local value=$2
+  value=${value//\\/\\\\}
+  value=${value//\"/\\\"}
+  value=${value//$'\t'/\\t}
+  value=${value//$'\n'/\\n}
+  value=${value//$'\r'/\\r}
+  echo "fanout: configuration: $1=\"$value\": $3" >&2
+  exit 2
+}
+
+# trim VALUE: VALUE without leading and trailing white space, as the daemon
+# reads every variable.
+trim() {
+  local v=$1
+  v=${v#"${v%%[![:space:]]*}"}
+  v=${v%"${v##*[![:space:]]}"}
+  printf '%s' "$v"
+}
+
+# The variables this script uses, checked as the daemon checks them
+# (config.go: redisOptions) before anything is started or built. With
+# REDIS_URL the daemon reads neither, and neither does this script.
+REDIS_HOST=$(trim "${REDIS_HOST:-}")
 REDIS_HOST="${REDIS_HOST:-localhost}"
+REDIS_PORT=$(trim "${REDIS_PORT:-}")
 REDIS_PORT="${REDIS_PORT:-6379}"
+if [ -z "$(trim "${REDIS_URL:-}")" ]; then
+  # A whole number from 1 to 65535, read as Go's strconv.Atoi does (a
+  # sign, leading zeros), handed to redis-server without them.
+  digits=${REDIS_PORT#+}
+  digits=${digits#"${digits%%[!0]*}"}
+  if ! [[ "$digits" =~ ^[1-9][0-9]{0,4}$ ]] || [ "$digits" -gt 65535 ]; then
+    config_error REDIS_PORT "$REDIS_PORT" "must be a whole number from 1 to 65535"
+  fi
+  REDIS_PORT=$digits
+fi
 
 script=start.sh
 . scripts/ensure.sh

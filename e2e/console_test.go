@@ -93,10 +93,22 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	t.Parallel()
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
+	pub := history.NewPublisher(r.Client(), history.Retention{})
+	publishKept := func(user, payload string) {
+		t.Helper()
+		if _, err := pub.Publish(context.Background(), user, []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Before the page opens: alice's history holds two events.
+	earlier := consoleEvent("workflow_completed", "run-5e0a12", `"status":"succeeded","duration_ms":6120`)
+	first := consoleEvent("workflow_started", "run-7f3a9c", `"trigger":"schedule","started_at":"2026-11-27T09:00:00Z"`)
+	publishKept("alice", earlier)
+	publishKept("alice", first)
 	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
 	td.waitReady()
 
-	first := consoleEvent("workflow_started", "run-7f3a9c", `"trigger":"schedule","started_at":"2026-11-27T09:00:00Z"`)
 	whileDown := consoleEvent("workflow_started", "run-c3e210", `"trigger":"webhook","source":"crm"`)
 	afterRestart := consoleEvent("node_completed", "run-7f3a9c", `"node":"fetch-sales","status":"succeeded","duration_ms":1840`)
 	batch := []string{
@@ -107,16 +119,35 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 		consoleEvent("workflow_completed", "run-7f3a9c", `"status":"succeeded","duration_ms":7980,"outputs":{"report":"s3://reports/2026-11-27.pdf","rows":18422}`),
 	}
 	held := consoleEvent("node_completed", "run-b81d04", `"node":"fetch-sales","status":"succeeded","attempt":2,"duration_ms":2210`)
+	// bob has no history when his page opens, and gets no event before
+	// the restart: two events come while the daemon is down, one after.
+	bobWhileDown := []string{
+		consoleEvent("workflow_started", "run-0b0b01", `"trigger":"schedule"`),
+		consoleEvent("node_completed", "run-0b0b01", `"node":"extract","status":"succeeded"`),
+	}
+	bobLive := consoleEvent("workflow_completed", "run-0b0b01", `"status":"succeeded"`)
 	spec, err := json.Marshal(map[string]any{
-		"url":           td.baseURL + "/",
-		"username":      "alice",
+		"url":      td.baseURL + "/",
+		"username": "alice",
+		"history": []map[string]string{
+			{"type": "workflow_completed", "run_id": "run-5e0a12"},
+			{"type": "workflow_started", "run_id": "run-7f3a9c"},
+		},
 		"first":         map[string]string{"type": "workflow_started", "run_id": "run-7f3a9c"},
 		"whileDown":     map[string]string{"type": "workflow_started", "run_id": "run-c3e210"},
 		"afterRestart":  map[string]string{"type": "node_completed", "run_id": "run-7f3a9c"},
-		"total":         3 + len(batch),
+		"total":         4 + len(batch),
 		"filter":        "run-b81d04",
 		"filterMatches": 2,
 		"select":        map[string]string{"type": "workflow_completed", "run_id": "run-7f3a9c"},
+		"quiet": map[string]any{
+			"url": td.baseURL + "/?username=bob",
+			"whileDown": []map[string]string{
+				{"type": "workflow_started", "run_id": "run-0b0b01"},
+				{"type": "node_completed", "run_id": "run-0b0b01"},
+			},
+			"live": map[string]string{"type": "workflow_completed", "run_id": "run-0b0b01"},
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -125,24 +156,29 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 
 	waitStep(t, page, "open")
 	testproc.Eventually(t, 5*time.Second, "console connected", func() bool { return td.connectionCount("alice") == 1 })
-	td.publish("alice", first)
 	waitStep(t, page, "detail ok")
+	waitStep(t, page, "quiet open")
+	testproc.Eventually(t, 5*time.Second, "bob's console connected", func() bool { return td.connectionCount("bob") == 1 })
 
 	// The same address, the same Redis: a rolling restart, during which a
-	// publisher that keeps its events in the history publishes one.
+	// publisher that keeps its events in the history publishes for both.
 	if err := td.stop(); err != nil {
 		t.Fatalf("run returned %v", err)
 	}
-	pub := history.NewPublisher(r.Client(), history.Retention{})
-	if _, err := pub.Publish(context.Background(), "alice", []byte(whileDown)); err != nil {
-		t.Fatal(err)
+	publishKept("alice", whileDown)
+	for _, e := range bobWhileDown {
+		publishKept("bob", e)
 	}
 	td2 := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
 	waitStep(t, page, "reconnected")
 	testproc.Eventually(t, 5*time.Second, "console reconnected", func() bool { return td2.connectionCount("alice") == 1 })
+	waitStep(t, page, "quiet reconnected")
+	testproc.Eventually(t, 5*time.Second, "bob's console reconnected", func() bool { return td2.connectionCount("bob") == 1 })
 	td2.waitReady()
 	td2.publish("alice", afterRestart)
+	td2.publish("bob", bobLive)
 	waitStep(t, page, "shown after restart")
+	waitStep(t, page, "quiet ids ")
 	for _, e := range batch {
 		td2.publish("alice", e)
 	}
@@ -152,18 +188,23 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	page.WaitExit(t, 10*time.Second)
 
 	// Every event once, in order, with its id from the history.
-	retained, err := history.After(context.Background(), r.Client(), "alice", "", 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want []string
-	for _, e := range retained {
-		want = append(want, e.ID)
-	}
-	_, shown, _ := strings.Cut(page.Output(), "\nids ")
-	shown, _, _ = strings.Cut(shown, "\n")
-	if got := strings.Split(shown, ","); !slices.Equal(got, want) || len(want) != 4+len(batch) {
-		t.Fatalf("the console listed ids %v, the history has %v", got, want)
+	for _, c := range []struct {
+		user, prefix string
+		want         int
+	}{{"alice", "\nids ", 5 + len(batch)}, {"bob", "\nquiet ids ", 3}} {
+		retained, err := history.After(context.Background(), r.Client(), c.user, "", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, e := range retained {
+			want = append(want, e.ID)
+		}
+		_, shown, _ := strings.Cut(page.Output(), c.prefix)
+		shown, _, _ = strings.Cut(shown, "\n")
+		if got := strings.Split(shown, ","); !slices.Equal(got, want) || len(want) != c.want {
+			t.Fatalf("%s's console listed ids %v, the history has %v (want %d)", c.user, got, want, c.want)
+		}
 	}
 }
 

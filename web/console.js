@@ -1,7 +1,10 @@
 // The live console: connects with fanout-client.js and lists the events of
-// one user, each with its event id. The client resumes after the last id
-// when it reconnects (a daemon restart loses nothing). Event content only
-// ever reaches the page as textContent.
+// one user, each with its event id. It opens with the user's retained
+// history (the last MAX_EVENTS), and the client resumes after the last id
+// when it reconnects (a daemon restart loses nothing); until an event has
+// come, it asks for the history again, which then holds only events the
+// page has not listed. Event content only ever reaches the page as
+// textContent.
 import { connect } from '/fanout-client.js';
 
 const MAX_EVENTS = 1000;
@@ -79,7 +82,7 @@ function start() {
   history.replaceState(null, '', url);
   empty.textContent = `Waiting for events on workflow:events:${username || '(the token’s user)'}…`;
   resyncNote.hidden = true;
-  client = connect({ username, token: token || undefined, onEvent: receive, onStatus: showStatus, onResync: resynced });
+  client = connect({ username, token: token || undefined, history: MAX_EVENTS, onEvent: receive, onStatus: showStatus, onResync: resynced });
 }
 
 // resynced: the daemon could not resume after the last id (history trimmed
