@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fanout/history"
+
 	"context"
 	"errors"
 	"flag"
@@ -70,7 +72,7 @@ func runToken(_ context.Context, args []string, lookupEnv func(string) (string, 
 	if *username == "" {
 		return fail(tokenBadUsage, "--username is required: the user the token is for")
 	}
-	if err := validateUsername(*username); err != nil {
+	if err := history.CheckUsername(*username); err != nil {
 		return fail(tokenBadUsage, "--username: %v", err)
 	}
 	ttl, err := time.ParseDuration(*ttlText)
@@ -82,7 +84,7 @@ func runToken(_ context.Context, args []string, lookupEnv func(string) (string, 
 		if group = strings.TrimSpace(group); group == "" {
 			continue
 		}
-		if err := validateUsername(group); err != nil {
+		if err := history.CheckUsername(group); err != nil {
 			return fail(tokenBadUsage, "--groups: %q: %v", group, err)
 		}
 		groupList = append(groupList, group)
