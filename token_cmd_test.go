@@ -24,7 +24,7 @@ func daemonIdentity(t *testing.T, env map[string]string, raw, requested string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return auth.verify(t.Context(), raw, requested, requested != "")
+	return auth.verify(t.Context(), raw, requested, requested != "", "/ws")
 }
 
 // mintWith runs `fanout token args…` with env and returns the token.
