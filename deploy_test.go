@@ -146,7 +146,7 @@ func readDeployNginx(t *testing.T) deployNginx {
 	if block == nil {
 		t.Fatal("deploy/nginx.conf has no upstream block")
 	}
-	for _, m := range regexp.MustCompile(`(?m)^\s*server\s+(\S+?)\s*;`).FindAllStringSubmatch(block[1], -1) {
+	for _, m := range regexp.MustCompile(`(?m)^\s*server\s+([^\s;]+)[^;]*;`).FindAllStringSubmatch(block[1], -1) {
 		n.upstreams = append(n.upstreams, m[1])
 	}
 	listen := regexp.MustCompile(`(?m)^\s*listen\s+(\d+)\s*;`).FindAllStringSubmatch(conf, -1)

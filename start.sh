@@ -14,7 +14,11 @@ config_error() {
   value=${value//$'\t'/\\t}
   value=${value//$'\n'/\\n}
   value=${value//$'\r'/\\r}
-  echo "fanout: configuration: $1=\"$value\": $3" >&2
+  if [ -z "$value" ]; then
+    echo "fanout: configuration: $1: $3" >&2
+  else
+    echo "fanout: configuration: $1=\"$value\": $3" >&2
+  fi
   exit 2
 }
 
@@ -30,6 +34,13 @@ trim() {
 # The variables this script uses, checked as the daemon checks them
 # (config.go: redisOptions) before anything is started or built. With
 # REDIS_URL the daemon reads neither, and neither does this script.
+# A deployment variable set to nothing is a mistake, as for the daemon
+# (config.go: redisDeploymentVariables).
+for name in REDIS_URL REDIS_HOST REDIS_SENTINEL_ADDRS REDIS_SENTINEL_MASTER REDIS_CLUSTER_ADDRS; do
+  if [ -n "${!name+set}" ] && [ -z "$(trim "${!name}")" ]; then
+    config_error "$name" "" "is set but empty: give it a value, or unset it (an empty one is usually a shell variable a compose file, manifest or env file expected and did not get)"
+  fi
+done
 REDIS_HOST=$(trim "${REDIS_HOST:-}")
 REDIS_HOST="${REDIS_HOST:-localhost}"
 REDIS_PORT=$(trim "${REDIS_PORT:-}")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,22 +97,29 @@ func runStartScript(t *testing.T, env map[string]string) startScriptRun {
 
 func TestStartScriptRefusesAWrongRedisPortLikeTheDaemonBeforeStartingAnything(t *testing.T) {
 	t.Parallel()
+	var envs []map[string]string
 	for _, port := range []string{"abc", "0", "-1", "65536", "99999999999999999999", "6379x", "1e3", " 70000 ", "+0", `a"b\c`} {
-		t.Run(port, func(t *testing.T) {
+		envs = append(envs, map[string]string{"REDIS_PORT": port})
+	}
+	// A Redis deployment variable set to nothing, as the daemon refuses it.
+	for _, name := range []string{"REDIS_URL", "REDIS_HOST", "REDIS_SENTINEL_ADDRS", "REDIS_SENTINEL_MASTER", "REDIS_CLUSTER_ADDRS"} {
+		envs = append(envs, map[string]string{name: " "})
+	}
+	for _, env := range envs {
+		t.Run(fmt.Sprint(env), func(t *testing.T) {
 			t.Parallel()
-			env := map[string]string{"REDIS_PORT": port}
 			_, err := loadConfig(envOf(env))
 			if err == nil {
-				t.Fatalf("the daemon accepts REDIS_PORT=%q; this test wants values it refuses", port)
+				t.Fatalf("the daemon accepts %v; this test wants values it refuses", env)
 			}
 			run := runStartScript(t, env)
 			// The line the daemon prints (main.go) for the same setting.
 			want := "fanout: configuration: " + err.Error() + "\n"
 			if run.exitCode != 2 || run.stderr != want || run.stdout != "" {
-				t.Fatalf("REDIS_PORT=%q: exit %d, stdout %q, stderr %q; want exit 2 and only the daemon's line %q", port, run.exitCode, run.stdout, run.stderr, want)
+				t.Fatalf("%v: exit %d, stdout %q, stderr %q; want exit 2 and only the daemon's line %q", env, run.exitCode, run.stdout, run.stderr, want)
 			}
 			if len(run.ran) != 0 || len(run.wrote) != 0 {
-				t.Fatalf("REDIS_PORT=%q: start.sh ran %q and wrote %q; want nothing started, built or written", port, run.ran, run.wrote)
+				t.Fatalf("%v: start.sh ran %q and wrote %q; want nothing started, built or written", env, run.ran, run.wrote)
 			}
 		})
 	}
@@ -128,7 +136,6 @@ func TestStartScriptReadsRedisHostAndPortAsTheDaemonDoes(t *testing.T) {
 	}{
 		{"padded", map[string]string{"REDIS_PORT": " " + strconv.Itoa(free) + " "}, "redis-server --port " + strconv.Itoa(free) + " "},
 		{"sign and leading zeros", map[string]string{"REDIS_PORT": "+0" + strconv.Itoa(free)}, "redis-server --port " + strconv.Itoa(free) + " "},
-		{"blank host is localhost", map[string]string{"REDIS_HOST": "  ", "REDIS_PORT": strconv.Itoa(free)}, "redis-server --port " + strconv.Itoa(free) + " "},
 		// With REDIS_URL the daemon reads neither REDIS_HOST nor REDIS_PORT.
 		{"REDIS_URL wins", map[string]string{"REDIS_URL": "redis://127.0.0.1:" + strconv.Itoa(free), "REDIS_PORT": "abc"}, "go build "},
 	}

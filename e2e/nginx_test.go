@@ -88,9 +88,9 @@ func deployNginxConf(t *testing.T, backends []string, listen, dir string) string
 	}
 	var servers strings.Builder
 	for _, b := range backends {
-		fmt.Fprintf(&servers, "        server %s;\n", b)
+		fmt.Fprintf(&servers, "        server %s max_fails=0;\n", b)
 	}
-	replace("        server fanout-1:8084;\n        server fanout-2:8084;\n        server fanout-3:8084;\n", servers.String())
+	replace("        server fanout-1:8084 max_fails=0;\n        server fanout-2:8084 max_fails=0;\n        server fanout-3:8084 max_fails=0;\n", servers.String())
 	replace("listen 80;", "listen "+listen+";")
 	replace("worker_processes auto;", "worker_processes 1;")
 	replace("access_log /dev/stdout fanout;", fmt.Sprintf(`access_log off;
