@@ -52,14 +52,13 @@ func runServe() {
 	// After the first signal, a second one kills the process at once.
 	context.AfterFunc(ctx, stop)
 
-	// No TCP keep-alive on accepted connections: WebSocket pings
-	// (PING_INTERVAL) find dead peers, the HTTP server's IdleTimeout ends
-	// idle HTTP connections, and the four setsockopt calls per accept were
-	// 5 % of the daemon's CPU while connections poured in.
-	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", cfg.ListenAddr)
+	ln, activated, err := listen(cfg.ListenAddr, os.LookupEnv)
 	if err != nil {
 		logger.Error("Cannot listen", "addr", cfg.ListenAddr, "err", err)
 		os.Exit(1)
+	}
+	if activated {
+		logger.Info("Serving on the socket systemd passed (socket activation); PORT is not used", "addr", ln.Addr().String())
 	}
 	var adminLn net.Listener
 	if cfg.AdminAddr != "" {

@@ -144,37 +144,6 @@ func (c *drainCluster) spread(running ...int) ([]int, int) {
 	return counts, sum
 }
 
-// waitRouted waits until nginx sends a new connection to instance i
-// again. After its first refused connect to a stopped instance nginx
-// takes the server out for fail_timeout (10 s by default); a rolling
-// restart that stopped the next instance before then could leave nginx
-// with no server it would try.
-func (c *drainCluster) waitRouted(i int) time.Duration {
-	c.t.Helper()
-	start := time.Now()
-	wsURL := "ws" + strings.TrimPrefix(c.base, "http") + "/ws?username=routing-probe"
-	for attempt := 0; ; attempt++ {
-		if time.Since(start) > 20*time.Second {
-			c.t.Fatalf("nginx did not route to instance %d within 20s (%d probes)", i, attempt)
-		}
-		conn, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
-		if err == nil {
-			routed := false
-			for deadline := time.Now().Add(time.Second); !routed && time.Now().Before(deadline); {
-				routed = c.connections(i) > 0
-				if !routed {
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
-			_ = conn.Close()
-			if routed {
-				return time.Since(start)
-			}
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // Reconnect policy of fanout-client.js (#retry, #backoff, STABLE_MS), with
 // its default options.
 const (
