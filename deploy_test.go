@@ -740,3 +740,39 @@ func TestDeployFilesNameTheDaemonsPortsPathsAndVariables(t *testing.T) {
 		live:  slices.Compact(slices.Sorted(slices.Values(k8s.live))),
 	})
 }
+
+// TestSystemdUnitsPassTheDaemonsPortToFanoutServe: deploy/systemd's socket
+// listens on the port the daemon listens on by default, and its service
+// runs `fanout serve` bound to that socket, stopping it with SIGTERM (the
+// drain) within a timeout above SHUTDOWN_TIMEOUT.
+func TestSystemdUnitsPassTheDaemonsPortToFanoutServe(t *testing.T) {
+	unit := func(name string) map[string]string {
+		t.Helper()
+		b, err := os.ReadFile("deploy/systemd/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := map[string]string{}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+				keys[strings.TrimSpace(k)] = strings.TrimSpace(v)
+			}
+		}
+		return keys
+	}
+	socket, service := unit("fanout.socket"), unit("fanout.service")
+	def := daemonConfigOf(t, "the default environment", nil)
+	if socket["ListenStream"] != strconv.Itoa(def.port) {
+		t.Errorf("fanout.socket ListenStream=%s, want the daemon's default port %d", socket["ListenStream"], def.port)
+	}
+	if fields := strings.Fields(service["ExecStart"]); len(fields) != 2 || !strings.HasSuffix(fields[0], "/fanout") || fields[1] != "serve" {
+		t.Errorf("fanout.service ExecStart=%q, want the fanout binary's serve command", service["ExecStart"])
+	}
+	if service["Requires"] != "fanout.socket" || service["KillSignal"] != "SIGTERM" {
+		t.Errorf("fanout.service Requires=%q KillSignal=%q, want fanout.socket and SIGTERM", service["Requires"], service["KillSignal"])
+	}
+	stop, err := time.ParseDuration(service["TimeoutStopSec"] + "s")
+	if err != nil || stop <= def.cfg.ShutdownTimeout {
+		t.Errorf("fanout.service TimeoutStopSec=%q, want more than SHUTDOWN_TIMEOUT (%v)", service["TimeoutStopSec"], def.cfg.ShutdownTimeout)
+	}
+}

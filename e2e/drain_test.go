@@ -796,8 +796,16 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	for _, m := range moves {
 		backs = append(backs, m.handshake)
 	}
-	if p99 := percentile(backs, .99); p99 > rollingBackP99 {
-		t.Errorf("1001 → back p99 %v, want at most %v", p99, rollingBackP99)
+	// Under the race detector the 3 000 clients (this test's process)
+	// run several times slower on the same 2 cores as nginx and the
+	// instances: the bound there is the clients' own slowness, not the
+	// restart's.
+	bound := rollingBackP99
+	if raceEnabled {
+		bound = 2 * rollingBackP99
+	}
+	if p99 := percentile(backs, .99); p99 > bound {
+		t.Errorf("1001 → back p99 %v, want at most %v", p99, bound)
 	}
 }
 
