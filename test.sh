@@ -38,8 +38,13 @@ echo "== go test -race"
 # The whole-process tests (e2e/) mostly wait on timers (failovers, nginx's
 # fail_timeout, steady publishers): three at a time keep 2 cores busy
 # without starving the timing-sensitive ones.
-go test -race -count=1 -parallel 3 "$@" ./...
+# The rolling restart runs in the next step instead.
+go test -race -count=1 -parallel 3 -skip 'TestRollingRestartOf3InstancesWith3000UsersLosesNothing' "$@" ./...
 # Goroutine stack sizes are only true without the race detector, which
-# doubles the stack guard: the idle-connection footprint test again.
-echo "== go test (no race): idle connection footprint"
+# doubles the stack guard: the idle-connection footprint test again. The
+# rolling restart's 1001 → back p99 bound (2 s) measures the restart only
+# when its 3 000 clients are not slowed by the race detector and by other
+# tests on the same cores.
+echo "== go test (no race): idle connection footprint, rolling restart"
 go test -count=1 -run 'TestIdleConnectionHoldsOneSmallGoroutine' "$@" .
+go test -count=1 -run 'TestRollingRestartOf3InstancesWith3000UsersLosesNothing' "$@" ./e2e/
