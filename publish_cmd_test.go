@@ -134,8 +134,8 @@ func TestPublishCommandAppendsToTheStreamAndPublishes(t *testing.T) {
 	if len(evs) != 1 || evs[0].ID != res.ids()[0] || evs[0].Data != event {
 		t.Fatalf("stream holds %+v, want one event %s %s", evs, res.ids()[0], event)
 	}
-	if got := receive(t, messages); got != event {
-		t.Fatalf("SUBSCRIBE got %q, want %q", got, event)
+	if got, want := receive(t, messages), history.Envelope(res.ids()[0], event); got != want {
+		t.Fatalf("SUBSCRIBE got %q, want %q", got, want)
 	}
 }
 
@@ -157,8 +157,8 @@ func TestPublishCommandWithPUBSUB_SHARDEDSpublishesAndKeepsTheEventInTheChannels
 	ids = append(ids, res.ids()...)
 	want := []string{`{"n":1}`, `{"n":2}`, `{"n":3}`}
 	for i := range want {
-		if got := receive(t, sharded); got != want[i] {
-			t.Fatalf("SSUBSCRIBE message %d: %q, want %q", i, got, want[i])
+		if got, want := receive(t, sharded), history.Envelope(ids[i], want[i]); got != want {
+			t.Fatalf("SSUBSCRIBE message %d: %q, want %q", i, got, want)
 		}
 	}
 	expectNothingBefore(t, r, "alice", pattern)
@@ -189,8 +189,8 @@ func TestPublishCommandWithPUBSUB_SHARDEDSpublishesAndKeepsTheEventInTheChannels
 	if res.code != 0 {
 		t.Fatalf("PUBSUB_SHARDED=false: exit %d, stderr %q", res.code, res.stderr)
 	}
-	if got := receive(t, pattern); got != `{"n":4}` {
-		t.Fatalf("PSUBSCRIBE got %q, want {\"n\":4}", got)
+	if got, want := receive(t, pattern), history.Envelope(res.ids()[0], `{"n":4}`); got != want {
+		t.Fatalf("PSUBSCRIBE got %q, want %q", got, want)
 	}
 	if evs := streamEvents(t, r, "alice"); len(evs) != 1 || evs[0].ID != res.ids()[0] {
 		t.Fatalf("classic key holds %+v, want the one classic event", evs)
@@ -226,8 +226,8 @@ func TestPublishCommandPublishesEachStdinLineInOrder(t *testing.T) {
 		}
 	}
 	for i := range want {
-		if got := receive(t, messages); got != want[i] {
-			t.Fatalf("message %d: %q, want %q", i, got, want[i])
+		if got, want := receive(t, messages), history.Envelope(ids[i], want[i]); got != want {
+			t.Fatalf("message %d: %q, want %q", i, got, want)
 		}
 	}
 }
@@ -452,8 +452,8 @@ func TestDocsEVALSHARecipePublishesAndKeepsTheEvent(t *testing.T) {
 	if len(evs) != 1 || evs[0].ID != id || evs[0].Data != event {
 		t.Fatalf("recipe printed %q; stream holds %+v, want one event %s", out, evs, event)
 	}
-	if got := receive(t, messages); got != event {
-		t.Fatalf("SUBSCRIBE got %q, want %q", got, event)
+	if got, want := receive(t, messages), history.Envelope(id, event); got != want {
+		t.Fatalf("SUBSCRIBE got %q, want %q", got, want)
 	}
 	// The recipe loaded the script as it is: same SHA-1.
 	sum := sha1.Sum([]byte(history.PublishSource))
@@ -480,11 +480,11 @@ func TestDocsShardedRecipeSpublishesAndKeepsTheEventInTheChannelsSlot(t *testing
 		t.Fatalf("recipe: %v\n%s%s", err, out, stderr)
 	}
 	const event = `{"type":"workflow_started"}`
-	if got := receive(t, sharded); got != event {
-		t.Fatalf("SSUBSCRIBE got %q, want %q", got, event)
+	id := strings.TrimSpace(string(out))
+	if got, want := receive(t, sharded), history.Envelope(id, event); got != want {
+		t.Fatalf("SSUBSCRIBE got %q, want %q", got, want)
 	}
 	expectNothingBefore(t, r, "alice", pattern)
-	id := strings.TrimSpace(string(out))
 	evs, err := history.Layout{Sharded: true}.After(context.Background(), r.client(), "alice", "", 10)
 	if err != nil || len(evs) != 1 || evs[0].ID != id || evs[0].Data != event {
 		t.Fatalf("recipe printed %q; sharded key holds %+v (%v), want one event %s", out, evs, err, event)

@@ -36,7 +36,10 @@ type inbound struct {
 	username string
 	payload  string
 	received time.Time
-	reset    bool
+	// id is the event's id when it came in a publish script's envelope
+	// (history.Envelope): it is in the history already.
+	id    string
+	reset bool
 	since    time.Time
 	// ack, on the lease holder's recording subscription, is the probe
 	// channel to publish payload on once every event before is recorded.
@@ -218,15 +221,53 @@ func (r *recorder) dropIdle(now time.Time) {
 	r.horizon = history.Cursor{After: newest.String()}
 }
 
+// cursor returns this instance's place in username's history: its own,
+// or the horizon.
+func (r *recorder) cursor(username string) history.Cursor {
+	if uc := r.cursors[username]; uc != nil {
+		return uc.cur
+	}
+	return r.horizon
+}
+
+// recordKnown gives the events of the users whose ids all came in
+// envelopes those ids, in ids, and moves their places in history past
+// them; it returns how many users are left for the record script.
+func (r *recorder) recordKnown(users map[string]*userBatch, order []string, evs []inbound, ids []string, now time.Time) (scripted int) {
+	for _, u := range order {
+		ub := users[u]
+		if !ub.known {
+			scripted++
+			continue
+		}
+		cur := r.cursor(u)
+		for _, i := range ub.index {
+			ids[i] = evs[i].id
+			cur = cur.Known(evs[i].id)
+		}
+		r.cursors[u] = &userCursor{cur: cur, used: now}
+		// Its first event is found: nothing to wait for (recorder.waitFirst).
+		delete(r.waiting, u)
+	}
+	return scripted
+}
+
 // userBatch is one user's events in a batch.
 type userBatch struct {
 	index    []int
 	payloads []string
-	rec      history.Recording
+	// known is true while every event of the user in the batch came with
+	// its id (an envelope): they need no round trip.
+	known bool
+	rec   history.Recording
 }
 
 // record gives evs their ids, in one round trip, and broadcasts them in
-// order. Events whose recording failed are delivered without an id.
+// order. Events whose recording failed are delivered without an id. A
+// user whose events in the batch all came in envelopes needs no round
+// trip: their ids are known, and only this instance's place in the user's
+// history moves (history.Cursor.Known); a batch of such users is
+// broadcast at once.
 func (r *recorder) record(ctx context.Context, evs []inbound) {
 	if stall := r.stall.Load(); stall != nil {
 		select {
@@ -253,34 +294,46 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	for i, e := range evs {
 		ub := users[e.username]
 		if ub == nil {
-			ub = &userBatch{}
+			ub = &userBatch{known: true}
 			users[e.username] = ub
 			order = append(order, e.username)
 		}
 		ub.index = append(ub.index, i)
-		ub.payloads = append(ub.payloads, e.payload)
+		if e.id != "" {
+			// Only its id moves the cursor (history.RecordSource).
+			ub.payloads = append(ub.payloads, history.Envelope(e.id, ""))
+		} else {
+			ub.payloads = append(ub.payloads, e.payload)
+		}
+		ub.known = ub.known && e.id != ""
 	}
 	ids := make([]string, len(evs))
-	rctx, cancel := context.WithTimeout(ctx, recordTimeout)
-	pipe := r.rdb.Pipeline()
-	for _, u := range order {
-		cur := r.horizon
-		if uc := r.cursors[u]; uc != nil {
-			cur = uc.cur
+	var err error
+	if scripted := r.recordKnown(users, order, evs, ids, now); scripted > 0 {
+		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+		pipe := r.rdb.Pipeline()
+		for _, u := range order {
+			if users[u].known {
+				continue
+			}
+			cur := r.cursor(u)
+			if !cur.Entry && waitFirst {
+				since, ok := r.waiting[u]
+				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
+			}
+			users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
 		}
-		if !cur.Entry && waitFirst {
-			since, ok := r.waiting[u]
-			cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
-		}
-		users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
+		// With the scripts loaded again if Redis restarted or flushed them.
+		err = history.ExecScripts(rctx, r.rdb, pipe)
+		cancel()
 	}
-	// With the scripts loaded again if Redis restarted or flushed them.
-	err := history.ExecScripts(rctx, r.rdb, pipe)
-	cancel()
 	failed, lagging := 0, 0
 	var held map[int]bool
 	for _, u := range order {
 		ub := users[u]
+		if ub.known {
+			continue
+		}
 		recs, cur, rerr := ub.rec.Result()
 		if rerr != nil {
 			failed += len(ub.index)

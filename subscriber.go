@@ -553,12 +553,17 @@ func (s *pubsubConn) handle(ctx context.Context, channel, payload string) {
 		return // another instance's probe
 	}
 	username := strings.TrimPrefix(channel, channelPrefix)
+	// A publish script's envelope carries the event's id (history.Envelope).
+	id, data, enveloped := history.OpenEnvelope(payload)
+	if enveloped {
+		payload = data
+	}
 	if !s.valid(channel, payload) {
 		s.stats.MessagesReceived.Add(1)
 		return
 	}
 	// Counted as received once broadcast.
-	s.sink.add(ctx, inbound{username: username, payload: payload, received: time.Now()})
+	s.sink.add(ctx, inbound{username: username, payload: payload, id: id, received: time.Now()})
 }
 
 // valid reports whether payload is to be forwarded, and counts and logs
@@ -574,6 +579,12 @@ func (s *pubsubConn) valid(channel, payload string) bool {
 		s.stats.MessagesInvalid.Add(1)
 		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: empty payload",
 			"channel", channel, "dropped_total", s.stats.MessagesInvalid.Load())
+		return false
+	case history.IsEnvelope(payload):
+		// Still an envelope once opened, or one whose id is not an id.
+		s.stats.MessagesInvalid.Add(1)
+		s.invalidLog.log(s.logger, slog.LevelWarn, "Dropped published message: a malformed envelope ('#', an event id, a space, the JSON payload)",
+			"channel", channel, "bytes", len(payload), "dropped_total", s.stats.MessagesInvalid.Load())
 		return false
 	case !json.Valid([]byte(payload)):
 		s.stats.MessagesInvalid.Add(1)

@@ -85,11 +85,13 @@ func (r Retention) withDefaults() Retention {
 //
 // KEYS[1] is the user's history key; ARGV are the channel, the payload,
 // the events kept (MAXLEN ~) and the time to live in milliseconds. It
-// returns the event id. Instances see the published event, find it in the
-// history and do not record it again.
+// returns the event id. It publishes the event in an envelope (Envelope:
+// '#', the id, a space, the payload), so instances deliver it with its id
+// at once, without recording it again; clients get the payload byte for
+// byte.
 const PublishSource = `local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[1], '#' .. id .. ' ' .. ARGV[2])
 return id
 `
 
@@ -102,7 +104,7 @@ return id
 // A plain PUBLISH would reach no instance: they SSUBSCRIBE.
 const PublishShardedSource = `local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('SPUBLISH', ARGV[1], ARGV[2])
+redis.call('SPUBLISH', ARGV[1], '#' .. id .. ' ' .. ARGV[2])
 return id
 `
 

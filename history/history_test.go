@@ -147,12 +147,18 @@ func TestPublishedEventsAreNotRecordedAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Published in its envelope: the id, then the payload.
 	msg, err := sub.ReceiveMessage(ctx)
-	if err != nil || msg.Payload != `{"x":1}` {
+	if err != nil || msg.Payload != Envelope(id, `{"x":1}`) || msg.Payload != "#"+id+` {"x":1}` {
 		t.Fatalf("published %v %v", msg, err)
 	}
+	gotID, payload, ok := OpenEnvelope(msg.Payload)
+	if !ok || gotID != id || payload != `{"x":1}` {
+		t.Fatalf("OpenEnvelope(%q) = %q %q %v", msg.Payload, gotID, payload, ok)
+	}
+	// An instance that records it with the script finds it.
 	in := &instance{rdb: rdb}
-	got := in.record(t, "carol", msg.Payload)[0]
+	got := in.record(t, "carol", payload)[0]
 	if got.ID != id || got.Appended {
 		t.Fatalf("instance got %+v, want %s found", got, id)
 	}

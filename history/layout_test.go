@@ -182,13 +182,13 @@ func TestShardedPublisherSpublishesAndKeepsTheEventUnderTheChannelsKey(t *testin
 			if err != nil {
 				t.Fatal(err)
 			}
-			l.expectShardedOnly(t, observer, user, `{"n":1}`)
+			l.expectShardedOnly(t, observer, user, Envelope(id, `{"n":1}`))
 
 			more, err := pub.PublishAll(ctx, user, [][]byte{[]byte(`{"n":2}`), []byte(`{"n":3}`)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			l.expectShardedOnly(t, observer, user, `{"n":2}`, `{"n":3}`)
+			l.expectShardedOnly(t, observer, user, Envelope(more[0], `{"n":2}`), Envelope(more[1], `{"n":3}`))
 			expectKept(t, observer, user, append([]string{id}, more...), `{"n":1}`, `{"n":2}`, `{"n":3}`)
 
 			// Read back through the layout.
@@ -221,7 +221,7 @@ func TestClassicPublisherOnAClusterClientPublishesToEveryListener(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`{"n":1}`, `{"n":2}`} {
+	for _, want := range []string{Envelope(ids[0], `{"n":1}`), Envelope(ids[1], `{"n":2}`)} {
 		if got := receiveWithin(t, sub, "PSUBSCRIBE"); got != want {
 			t.Fatalf("PSUBSCRIBE got %s, want %s", got, want)
 		}

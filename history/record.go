@@ -54,10 +54,13 @@ import (
 // the cursor (the horizon when there is none), "1" when the cursor is an
 // entry's id ("0" for a horizon, "w" for a horizon from which the first
 // event is only to be found, not appended), the number of consumed ids,
-// those ids, then the payloads in the order they were received. It
-// returns the new cursor, its "1" or "0", the consumed ids, then for each
-// payload its id ("" when it lags or is pending) and 1 when this call
-// appended it, 2 when it is pending, 0 otherwise.
+// those ids, then the payloads in the order they were received; an event
+// that came in an envelope is sent as its envelope without the payload
+// ("#1733050000000-0 ", Envelope(id, "")): it is in the history already,
+// and only moves the cursor as Cursor.Known does. It returns the new
+// cursor, its "1" or "0", the consumed ids, then for each payload its id
+// ("" when it lags or is pending) and 1 when this call appended it, 2 when
+// it is pending, 0 otherwise.
 const RecordSource = `
 local key, maxlen, ttl = KEYS[1], ARGV[1], ARGV[2]
 local cursor, entry, nconsumed = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -148,12 +151,31 @@ local function one(payload)
   end
   return found, appended
 end
+-- known takes the id of an event published in an envelope: the cursor
+-- moves to it (Cursor.Known).
+local function known(id)
+  if less(cursor, id) then
+    cursor, entry = id, '1'
+    for c in pairs(consumed) do
+      if not less(cursor, c) then
+        consumed[c] = nil
+        count = count - 1
+      end
+    end
+  end
+  return id, 0
+end
 -- Once one payload is pending, every later one is.
 local pending = false
 for i = 6 + nconsumed, #ARGV do
   local found, appended = '', 2
   if not pending then
-    found, appended = one(ARGV[i])
+    local id = string.match(ARGV[i], '^#(%d+%-%d+) $')
+    if id then
+      found, appended = known(id)
+    else
+      found, appended = one(ARGV[i])
+    end
     if appended == 2 then
       found, pending = '', true
     end
@@ -183,6 +205,31 @@ type Cursor struct {
 	// append it: it and the events after it come back Pending until
 	// another instance has recorded it (RecordSource).
 	WaitFirst bool
+}
+
+// Known returns the cursor after an event this instance learned the id of
+// from its envelope, without a call to RecordSource: what that script
+// would have made of the event, found as the first entry after the cursor.
+// It is that entry: the publish script appended it and published it in one
+// step, so every entry before it was appended before it was published, and
+// this instance, which reads its user's channel in order, has had every
+// event published before it (matched: the cursor or Consumed). An id not
+// after the cursor leaves it as it is.
+func (c Cursor) Known(id string) Cursor {
+	known, ok := ParseID(id)
+	if !ok {
+		return c
+	}
+	if after, ok := ParseID(c.After); ok && !after.Less(known) {
+		return c
+	}
+	kept := c.Consumed[:0:0]
+	for _, consumed := range c.Consumed {
+		if cid, ok := ParseID(consumed); ok && known.Less(cid) {
+			kept = append(kept, consumed)
+		}
+	}
+	return Cursor{After: id, Entry: true, Consumed: kept}
 }
 
 // Recorded is the outcome of recording one event.
