@@ -40,7 +40,7 @@ type inbound struct {
 	// (history.Envelope): it is in the history already.
 	id    string
 	reset bool
-	since    time.Time
+	since time.Time
 	// ack, on the lease holder's recording subscription, is the probe
 	// channel to publish payload on once every event before is recorded.
 	ack string

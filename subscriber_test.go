@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"fanout/history"
 	"fanout/internal/testproc"
 )
 
@@ -22,21 +23,36 @@ func TestBadPublishesAreDroppedCountedAndLoggedSparingly(t *testing.T) {
 	td.publish("u", "not json")
 	td.publish("u", `{"type":"truncated"`)
 	td.publish("u", `{"type":"big","data":"`+strings.Repeat("x", 1100)+`"}`)
+	// Envelopes (history.Envelope) that are not well formed, or hold a
+	// payload that would be dropped on its own.
+	td.publish("u", `#1-0`)
+	td.publish("u", `#x-0 {"type":"bad id"}`)
+	td.publish("u", `#1-0 {"type":"truncated"`)
+	td.publish("u", `#1-0 #2-0 {"type":"twice"}`)
+	td.publish("u", `#1-0 {"type":"big","data":"`+strings.Repeat("x", 1100)+`"}`)
 	td.publish("u", `{"type":"ok","n":1}`)
 	if got := readText(t, conn, 5*time.Second); got != `{"type":"ok","n":1}` {
 		t.Fatalf("first frame %q, want the first valid event", got)
 	}
-	// Exactly at the limit is forwarded.
+	// Exactly at the limit is forwarded, in an envelope too: the limit is
+	// the payload's.
 	exact := `{"d":"` + strings.Repeat("y", 1024-8) + `"}`
 	td.publish("u", exact)
 	if got := readText(t, conn, 5*time.Second); got != exact {
 		t.Fatalf("a payload of exactly MAX_MESSAGE_BYTES was not forwarded")
 	}
-	if got := td.d.stats.MessagesInvalid.Load(); got != 3 {
-		t.Fatalf("MessagesInvalid = %d, want 3", got)
+	td.publish("u", history.Envelope("1-0", exact))
+	if got := readText(t, conn, 5*time.Second); got != exact {
+		t.Fatalf("an envelope of a payload of exactly MAX_MESSAGE_BYTES was not forwarded as the payload")
 	}
-	if got := td.d.stats.MessagesTooLarge.Load(); got != 1 {
-		t.Fatalf("MessagesTooLarge = %d, want 1", got)
+	if got := td.d.stats.MessagesInvalid.Load(); got != 3+4 {
+		t.Fatalf("MessagesInvalid = %d, want 7", got)
+	}
+	if got := td.d.stats.MessagesTooLarge.Load(); got != 2 {
+		t.Fatalf("MessagesTooLarge = %d, want 2", got)
+	}
+	if !strings.Contains(td.logs.String(), "Dropped published message: a malformed envelope") {
+		t.Fatalf("no log line for a malformed envelope:\n%s", td.logs.String())
 	}
 
 	// A flood of bad payloads is counted in full but logged only a little.
@@ -52,8 +68,8 @@ func TestBadPublishesAreDroppedCountedAndLoggedSparingly(t *testing.T) {
 	if got := readText(t, conn, 5*time.Second); got != `{"type":"after flood"}` {
 		t.Fatalf("got %q after the flood", got)
 	}
-	if got := td.d.stats.MessagesInvalid.Load(); got != 3+flood {
-		t.Fatalf("MessagesInvalid = %d, want %d", got, 3+flood)
+	if got := td.d.stats.MessagesInvalid.Load(); got != 7+flood {
+		t.Fatalf("MessagesInvalid = %d, want %d", got, 7+flood)
 	}
 	if lines := countLines(td.logs.String(), "Dropped published message"); lines > 20 {
 		t.Fatalf("%d log lines for %d bad payloads: not rate-limited", lines, flood+4)

@@ -19,11 +19,18 @@ import (
 // the last event it matched or recorded (and a few ids it matched out of
 // order, "consumed"). For each event the script looks through the history
 // after the cursor for the first entry, not consumed, holding the same
-// payload: that is this event, recorded by a faster instance (or by
-// PublishSource) and its id is the answer. When there is none, this
-// instance is the first to see the event: it appends it. Two identical
-// payloads published one after the other are two entries, since the second
-// instance's cursor has moved past the first by then.
+// payload: that is this event, recorded by a faster instance, and its id
+// is the answer. When there is none, this instance is the first to see the
+// event: it appends it. Two identical payloads published one after the
+// other are two entries, since the second instance's cursor has moved past
+// the first by then. An event PublishSource published comes in an envelope
+// with its id: it is not looked for, it only moves the cursor (known).
+//
+// The search looks up to 1024 entries past the cursor: events published
+// with the script while a plain PUBLISH before them waited to be recorded
+// come first in the history. A plain event followed by more than 1024
+// script-published events of its user before any instance recorded it is
+// appended again by the instances that do not find it.
 //
 // An instance that has no cursor for a user starts from its horizon: the
 // time it subscribed (an id made of Redis's clock just before PSUBSCRIBE),
@@ -86,10 +93,11 @@ local anyAppended = false
 -- 0 when not, or nil and 2 when the payload is pending.
 local function one(payload)
   local found, skipped, from, seen = nil, false, cursor, 0
-  -- From a horizon, the events published between the instance's clock
-  -- reading and its subscription come first: look further.
-  local limit, pagesize = 64, 16
-  if entry == '0' then limit, pagesize = 1024, 64 end
+  -- Entries this instance will see later can come first: events the
+  -- publish script appended while a plain PUBLISH before them waited to
+  -- be recorded, and from a horizon the events published between the
+  -- instance's clock reading and its subscription.
+  local limit, pagesize = 1024, 64
   while not found and seen < limit do
     -- Mostly the entry is the first one after the cursor, or there is none.
     local n = pagesize
