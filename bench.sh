@@ -2,8 +2,9 @@
 # bench.sh: run the fanout load-generator scenarios (cmd/fanout-bench)
 # against a fresh daemon each, all on loopback.
 #
-#   ./bench.sh                 # every scenario: S1 S1-max S2 S2-history-off S3
-#                              # S3-history-off S4 connect storm
+#   ./bench.sh                 # every scenario: S1 S1-max S2 S2-script
+#                              # S2-history-off S3 S3-script S3-history-off
+#                              # S4 connect storm
 #   ./bench.sh S2 S3           # a subset
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
 #   PERF_DIR=/tmp/p ./bench.sh S3   # also record the daemon with perf
@@ -56,12 +57,17 @@
 # History: the daemon runs with its defaults (HISTORY=on), except in
 # S2-history-off and S3-history-off (HISTORY=off); S2, S3 and their -off
 # twins use fanout.v1 clients, so the pairs differ only by the history.
+# S2 and S3 publish with plain PUBLISH (the daemon records each event);
+# S2-script and S3-script publish the same load with the publish script
+# (EVALSHA, as fanout publish does: the event is appended and published in
+# an envelope with its id), history on. Each run has all three, so their
+# figures compare within one run (Redis CPU per event included).
 # storm: 5 000 clients of 5 000 users resume at once, 50 events behind,
 # while 200 other users get 500 events/s (cmd/fanout-bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL=(S1 S1-max S2 S2-history-off S3 S3-history-off S4 connect storm)
+ALL=(S1 S1-max S2 S2-script S2-history-off S3 S3-script S3-history-off S4 connect storm)
 # Run only when named: several instances, the ceiling sweep, and the
 # Redis Cluster ramps.
 EXTRA=(scale-pattern scale-user ceiling cluster-classic cluster-sharded)
@@ -282,7 +288,9 @@ scenario_args() {
     S1) echo "-users $(q 9500 950) -conns-per-user 2 -settle 5s" ;;
     S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 5s" ;;
     S2 | S2-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s -subprotocol fanout.v1" ;;
+    S2-script) echo "$(scenario_args S2) -script" ;;
     S3 | S3-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s -subprotocol fanout.v1" ;;
+    S3-script) echo "$(scenario_args S3) -script" ;;
     S4) echo "-users 1 -conns-per-user $(q 5000 500) -events $(q 500 50) -rate 0 -inflight 1000 -then-events $(q 300 30) -then-rate 10 -payload 256 -settle 1s" ;;
     connect) echo "-users $(q 19000 1900) -conns-per-user 1 -settle 1s -dial-concurrency 256" ;;
     # 5 000 resuming clients, one per user (each catch-up its own Redis

@@ -47,8 +47,12 @@ type options struct {
 	admin                      string
 	// redisCluster, when set, is the seeds of a Redis Cluster to publish
 	// to instead of -redis (cluster.go); spublish publishes with SPUBLISH.
-	redisCluster                string
-	spublish                    bool
+	redisCluster string
+	spublish     bool
+	// script publishes with the publish script (history.PublishSource,
+	// PublishShardedSource with -spublish), as fanout publish does: the
+	// event is appended and published in an envelope.
+	script                      bool
 	subprotocol, note           string
 	users, connsPerUser, events int
 	inflight, payload, sources  int
@@ -75,6 +79,7 @@ func main() {
 	flag.StringVar(&o.redis, "redis", "127.0.0.1:6379", "Redis address to publish to")
 	flag.StringVar(&o.redisCluster, "redis-cluster", "", "seed addresses of a Redis Cluster (comma-separated) to publish to instead of -redis; every node's CPU, egress and cluster bus messages are reported")
 	flag.BoolVar(&o.spublish, "spublish", false, "publish with SPUBLISH (sharded pub/sub, PUBSUB_SHARDED=true) instead of PUBLISH")
+	flag.BoolVar(&o.script, "script", false, "publish with the publish script (EVALSHA, as fanout publish does: appended to the history and published with its id) instead of PUBLISH")
 	flag.IntVar(&o.users, "users", 100, "number of users (u0..uN-1)")
 	flag.IntVar(&o.connsPerUser, "conns-per-user", 1, "connections per user")
 	flag.IntVar(&o.events, "events", 0, "events to publish in total (round-robin over users)")
@@ -200,8 +205,8 @@ func (o *options) check() error {
 		return fmt.Errorf("-admin: %d admin URLs for %d -url instances (one each, same order)", len(o.admins()), len(o.urls()))
 	case o.stormClients > 0 && len(o.urls()) > 1:
 		return errors.New("the storm scenario runs against one instance (one -url)")
-	case o.stormClients > 0 && (o.redisCluster != "" || o.spublish):
-		return errors.New("the storm scenario runs on one Redis (-redis) with PUBLISH: no -redis-cluster, no -spublish")
+	case o.stormClients > 0 && (o.redisCluster != "" || o.spublish || o.script):
+		return errors.New("the storm scenario runs on one Redis (-redis) with PUBLISH: no -redis-cluster, no -spublish, no -script")
 	case o.stormClients < 0 || o.stormUsers < 0 || o.stormMissed < 1 || o.stormDialWorkers < 1:
 		return errors.New("-storm-clients and -storm-users must be >= 0, -storm-missed and -storm-dial-concurrency >= 1")
 	}
@@ -787,6 +792,15 @@ func (p *publisher) run(rep *report, pids []int) {
 	}()
 	defer close(stopTick)
 
+	if p.o.script {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := history.Load(ctx, p.rdb)
+		cancel()
+		if err != nil {
+			rep.Notes = append(rep.Notes, "could not load the publish script: "+err.Error())
+		}
+		rep.Notes = append(rep.Notes, "published with the publish script (EVALSHA, as fanout publish): each event appended and published in an envelope with its id")
+	}
 	cpu0, rcpu0 := cpuTicksAll(pids), redisCPU(p.single)
 	t0 := time.Now()
 	windowStartNs.Store(t0.UnixNano())
@@ -907,9 +921,13 @@ func (p *publisher) phase(lo, hi int, rate float64, window int64, ph int, deadli
 				}
 				user := "u" + strconv.Itoa(u)
 				event := appendEvent(make([]byte, 0, p.o.payload+128), user, int64(k/users+1), time.Now().UnixNano(), ph, p.o.payload)
-				if p.o.spublish {
+				switch {
+				case p.o.script:
+					p.publishScript().EvalSha(ctx, pipe, []string{p.layout().Key(user)},
+						history.Channel(user), event, history.DefaultMaxLen, history.DefaultTTL.Milliseconds())
+				case p.o.spublish:
 					pipe.SPublish(ctx, history.Channel(user), event)
-				} else {
+				default:
 					pipe.Publish(ctx, history.Channel(user), event)
 				}
 				pending = append(pending, u)
@@ -924,10 +942,30 @@ func (p *publisher) phase(lo, hi int, rate float64, window int64, ph int, deadli
 
 // command is the publishing command's name.
 func (p *publisher) command() string {
-	if p.o.spublish {
+	switch {
+	case p.o.script:
+		return "EVALSHA (publish script)"
+	case p.o.spublish:
 		return "SPUBLISH"
 	}
 	return "PUBLISH"
+}
+
+// layout is the history layout the publishers write (-spublish: sharded).
+func (p *publisher) layout() history.Layout { return history.Layout{Sharded: p.o.spublish} }
+
+// The publish scripts of -script, loaded on the server by run.
+var (
+	classicPublishScript = redis.NewScript(history.PublishSource)
+	shardedPublishScript = redis.NewScript(history.PublishShardedSource)
+)
+
+// publishScript is the publish script of -script.
+func (p *publisher) publishScript() *redis.Script {
+	if p.o.spublish {
+		return shardedPublishScript
+	}
+	return classicPublishScript
 }
 
 // pipelineMax is the most PUBLISH commands sent in one round trip.
