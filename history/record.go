@@ -71,6 +71,20 @@ import (
 const RecordSource = `
 local key, maxlen, ttl = KEYS[1], ARGV[1], ARGV[2]
 local cursor, entry, nconsumed = ARGV[3], ARGV[4], tonumber(ARGV[5])
+-- Mostly: one payload, after an entry, nothing consumed, and the event
+-- is the first entry after the cursor (a faster instance appended it) or
+-- there is none (this instance is the first).
+if #ARGV == 6 and entry == '1' and nconsumed == 0 and string.byte(ARGV[6]) ~= 35 then
+  local page = redis.call('XRANGE', key, '(' .. cursor, '+', 'COUNT', 1)
+  if #page == 0 then
+    local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[6])
+    redis.call('PEXPIRE', key, ttl)
+    return {id, '1', {}, id, 1}
+  end
+  if page[1][2][2] == ARGV[6] then
+    return {page[1][1], '1', {}, page[1][1], 0}
+  end
+end
 local waitFirst = entry == 'w'
 if waitFirst then entry = '0' end
 local function parse(id)
