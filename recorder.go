@@ -79,6 +79,10 @@ type recorder struct {
 	// stall, set by tests, holds every recording until it is closed: a
 	// recorder falling behind.
 	stall atomic.Pointer[chan struct{}]
+	// callOf says which record script call of a batch a user's key goes
+	// in: all in one on one Redis (and Sentinel), one per hash slot on a
+	// Redis Cluster, where a script's keys share a slot.
+	callOf func(key string) int
 }
 
 type userCursor struct {
@@ -101,7 +105,16 @@ func newRecorder(rdb redis.UniversalClient, layout history.Layout, retention his
 		waitFirst: func() bool { return false },
 		pending:   make(map[string][]inbound),
 		waiting:   make(map[string]time.Time),
+		callOf:    recordCalls(rdb),
 	}
+}
+
+// recordCalls returns the recorder's callOf for rdb.
+func recordCalls(rdb redis.UniversalClient) func(key string) int {
+	if _, onCluster := rdb.(*redis.ClusterClient); onCluster {
+		return history.Slot
+	}
+	return func(string) int { return 0 }
 }
 
 // records reports true: a recorder's resets need Redis's clock
@@ -259,7 +272,9 @@ type userBatch struct {
 	// known is true while every event of the user in the batch came with
 	// its id (an envelope): they need no round trip.
 	known bool
-	rec   history.Recording
+	// recorded is what the record script returned for the user, or err.
+	recorded history.UserRecorded
+	err      error
 }
 
 // record gives evs their ids, in one round trip, and broadcasts them in
@@ -312,20 +327,46 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	if scripted := r.recordKnown(users, order, evs, ids, now); scripted > 0 {
 		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
 		pipe := r.rdb.Pipeline()
+		// One call per group of users (recorder.callOf), in the order of
+		// their first user.
+		calls := make(map[int][]string)
+		var callOrder []int
+		var recs []history.Recording
 		for _, u := range order {
 			if users[u].known {
 				continue
 			}
-			cur := r.cursor(u)
-			if !cur.Entry && waitFirst {
-				since, ok := r.waiting[u]
-				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
+			c := r.callOf(r.layout.Key(u))
+			if _, ok := calls[c]; !ok {
+				callOrder = append(callOrder, c)
 			}
-			users[u].rec = r.layout.Record(rctx, pipe, u, cur, r.retention, users[u].payloads)
+			calls[c] = append(calls[c], u)
+		}
+		for _, c := range callOrder {
+			evs := make([]history.UserEvents, len(calls[c]))
+			for i, u := range calls[c] {
+				cur := r.cursor(u)
+				if !cur.Entry && waitFirst {
+					since, ok := r.waiting[u]
+					cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
+				}
+				evs[i] = history.UserEvents{Username: u, Cursor: cur, Payloads: users[u].payloads}
+			}
+			recs = append(recs, r.layout.RecordUsers(rctx, pipe, r.retention, evs))
 		}
 		// With the scripts loaded again if Redis restarted or flushed them.
 		err = history.ExecScripts(rctx, r.rdb, pipe)
 		cancel()
+		for k, c := range callOrder {
+			recorded, rerr := recs[k].Users()
+			for i, u := range calls[c] {
+				if rerr != nil {
+					users[u].err = rerr
+					continue
+				}
+				users[u].recorded = recorded[i]
+			}
+		}
 	}
 	failed, lagging := 0, 0
 	var held map[int]bool
@@ -334,7 +375,7 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		if ub.known {
 			continue
 		}
-		recs, cur, rerr := ub.rec.Result()
+		recs, cur, rerr := ub.recorded.Recorded, ub.recorded.Cursor, ub.err
 		if rerr != nil {
 			failed += len(ub.index)
 			if err == nil {

@@ -57,36 +57,21 @@ import (
 // offer again a moment later. Once it has found one, everything published
 // before is in the history, and it appends as usual.
 //
-// KEYS[1] is the user's history key. ARGV: MAXLEN, TTL in milliseconds,
-// the cursor (the horizon when there is none), "1" when the cursor is an
-// entry's id ("0" for a horizon, "w" for a horizon from which the first
-// event is only to be found, not appended), the number of consumed ids,
-// those ids, then the payloads in the order they were received; an event
-// that came in an envelope is sent as its envelope without the payload
-// ("#1733050000000-0 ", Envelope(id, "")): it is in the history already,
-// and only moves the cursor as Cursor.Known does. It returns the new
-// cursor, its "1" or "0", the consumed ids, then for each payload its id
-// ("" when it lags or is pending) and 1 when this call appended it, 2 when
-// it is pending, 0 otherwise.
+// One call records the events of several users, in one batch: KEYS are
+// their history keys (on a Redis Cluster, keys of one hash slot). ARGV:
+// MAXLEN, TTL in milliseconds, then for each key in turn: the cursor (the
+// horizon when there is none), "1" when the cursor is an entry's id ("0"
+// for a horizon, "w" for a horizon from which the first event is only to
+// be found, not appended), the number of consumed ids, those ids, the
+// number of payloads, then the payloads in the order they were received;
+// an event that came in an envelope is sent as its envelope without the
+// payload ("#1733050000000-0 ", Envelope(id, "")): it is in the history
+// already, and only moves the cursor as Cursor.Known does. It returns one
+// reply per key: the new cursor, its "1" or "0", the consumed ids, then
+// for each payload its id ("" when it lags or is pending) and 1 when this
+// call appended it, 2 when it is pending, 0 otherwise.
 const RecordSource = `
-local key, maxlen, ttl = KEYS[1], ARGV[1], ARGV[2]
-local cursor, entry, nconsumed = ARGV[3], ARGV[4], tonumber(ARGV[5])
--- Mostly: one payload, after an entry, nothing consumed, and the event
--- is the first entry after the cursor (a faster instance appended it) or
--- there is none (this instance is the first).
-if #ARGV == 6 and entry == '1' and nconsumed == 0 and string.byte(ARGV[6]) ~= 35 then
-  local page = redis.call('XRANGE', key, '(' .. cursor, '+', 'COUNT', 1)
-  if #page == 0 then
-    local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[6])
-    redis.call('PEXPIRE', key, ttl)
-    return {id, '1', {}, id, 1}
-  end
-  if page[1][2][2] == ARGV[6] then
-    return {page[1][1], '1', {}, page[1][1], 0}
-  end
-end
-local waitFirst = entry == 'w'
-if waitFirst then entry = '0' end
+local maxlen, ttl = ARGV[1], ARGV[2]
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -96,122 +81,149 @@ local function less(a, b)
   local bm, bs = parse(b)
   return am < bm or (am == bm and as < bs)
 end
-local consumed, count = {}, 0
-for i = 1, nconsumed do
-  consumed[ARGV[5 + i]] = true
-  count = count + 1
-end
-local out = {}
-local anyAppended = false
--- one records one payload; it returns its id and 1 when it appended it,
--- 0 when not, or nil and 2 when the payload is pending.
-local function one(payload)
-  local found, skipped, from, seen = nil, false, cursor, 0
-  -- Entries this instance will see later can come first: events the
-  -- publish script appended while a plain PUBLISH before them waited to
-  -- be recorded, and from a horizon the events published between the
-  -- instance's clock reading and its subscription.
-  local limit, pagesize = 1024, 64
-  while not found and seen < limit do
-    -- Mostly the entry is the first one after the cursor, or there is none.
-    local n = pagesize
-    if seen == 0 then n = 1 end
-    local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', n)
-    for _, e in ipairs(page) do
-      from = e[1]
-      seen = seen + 1
-      if not consumed[e[1]] then
-        if e[2][2] == payload then
-          found = e[1]
-          break
-        end
-        skipped = true
-      end
+-- user records the payloads of KEYS[u], whose arguments start at ARGV[a];
+-- it returns its reply and where the next user's arguments start.
+local function user(u, a)
+  local key = KEYS[u]
+  local cursor, entry, nconsumed = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local first = a + 4 + nconsumed
+  local last = first + tonumber(ARGV[a + 3 + nconsumed]) - 1
+  -- Mostly: one payload, after an entry, nothing consumed, and the event
+  -- is the first entry after the cursor (a faster instance appended it)
+  -- or there is none (this instance is the first).
+  if first == last and entry == '1' and nconsumed == 0 and string.byte(ARGV[first]) ~= 35 then
+    local page = redis.call('XRANGE', key, '(' .. cursor, '+', 'COUNT', 1)
+    if #page == 0 then
+      local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[first])
+      redis.call('PEXPIRE', key, ttl)
+      return {id, '1', {}, id, 1}, last + 1
     end
-    if #page < n then break end
-  end
-  if not found and waitFirst and entry == '0' then
-    -- Not recorded yet by the instances subscribed all along.
-    return nil, 2
-  end
-  local appended = 0
-  if not found and entry == '1' and seen > 0 then
-    -- Entries after the cursor, none of them this event, and the
-    -- cursor's own entry trimmed away: this instance lags more than the
-    -- retention behind, and this event was appended and trimmed already.
-    -- (Nothing after the cursor: this instance is the first, as usual.)
-    local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
-    if #head > 0 and less(cursor, head[1][1]) then
-      found = ''
+    if page[1][2][2] == ARGV[first] then
+      return {page[1][1], '1', {}, page[1][1], 0}, last + 1
     end
   end
-  if not found then
-    found = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', payload)
-    appended = 1
-    anyAppended = true
-  end
-  if found == '' then
-    -- Left as it is: a later event finds its entry after the cursor.
-  elseif skipped and entry == '1' then
-    consumed[found] = true
+  local waitFirst = entry == 'w'
+  if waitFirst then entry = '0' end
+  local consumed, count = {}, 0
+  for i = 1, nconsumed do
+    consumed[ARGV[a + 2 + i]] = true
     count = count + 1
-  else
-    cursor = found
-    entry = '1'
-    for id in pairs(consumed) do
-      if not less(cursor, id) then
-        consumed[id] = nil
-        count = count - 1
+  end
+  local anyAppended = false
+  -- one records one payload; it returns its id and 1 when it appended it,
+  -- 0 when not, or nil and 2 when the payload is pending.
+  local function one(payload)
+    local found, skipped, from, seen = nil, false, cursor, 0
+    -- Entries this instance will see later can come first: events the
+    -- publish script appended while a plain PUBLISH before them waited to
+    -- be recorded, and from a horizon the events published between the
+    -- instance's clock reading and its subscription.
+    local limit, pagesize = 1024, 64
+    while not found and seen < limit do
+      -- Mostly the entry is the first one after the cursor, or there is none.
+      local n = pagesize
+      if seen == 0 then n = 1 end
+      local page = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', n)
+      for _, e in ipairs(page) do
+        from = e[1]
+        seen = seen + 1
+        if not consumed[e[1]] then
+          if e[2][2] == payload then
+            found = e[1]
+            break
+          end
+          skipped = true
+        end
+      end
+      if #page < n then break end
+    end
+    if not found and waitFirst and entry == '0' then
+      -- Not recorded yet by the instances subscribed all along.
+      return nil, 2
+    end
+    local appended = 0
+    if not found and entry == '1' and seen > 0 then
+      -- Entries after the cursor, none of them this event, and the
+      -- cursor's own entry trimmed away: this instance lags more than the
+      -- retention behind, and this event was appended and trimmed already.
+      -- (Nothing after the cursor: this instance is the first, as usual.)
+      local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
+      if #head > 0 and less(cursor, head[1][1]) then
+        found = ''
       end
     end
-  end
-  if count > 32 then
-    for id in pairs(consumed) do
-      if less(cursor, id) then cursor = id end
+    if not found then
+      found = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', payload)
+      appended = 1
+      anyAppended = true
     end
-    consumed, count, entry = {}, 0, '1'
-  end
-  return found, appended
-end
--- known takes the id of an event published in an envelope: the cursor
--- moves to it (Cursor.Known).
-local function known(id)
-  if less(cursor, id) then
-    cursor, entry = id, '1'
-    for c in pairs(consumed) do
-      if not less(cursor, c) then
-        consumed[c] = nil
-        count = count - 1
-      end
-    end
-  end
-  return id, 0
-end
--- Once one payload is pending, every later one is.
-local pending = false
-for i = 6 + nconsumed, #ARGV do
-  local found, appended = '', 2
-  if not pending then
-    local id = string.match(ARGV[i], '^#(%d+%-%d+) $')
-    if id then
-      found, appended = known(id)
+    if found == '' then
+      -- Left as it is: a later event finds its entry after the cursor.
+    elseif skipped and entry == '1' then
+      consumed[found] = true
+      count = count + 1
     else
-      found, appended = one(ARGV[i])
+      cursor = found
+      entry = '1'
+      for id in pairs(consumed) do
+        if not less(cursor, id) then
+          consumed[id] = nil
+          count = count - 1
+        end
+      end
     end
-    if appended == 2 then
-      found, pending = '', true
+    if count > 32 then
+      for id in pairs(consumed) do
+        if less(cursor, id) then cursor = id end
+      end
+      consumed, count, entry = {}, 0, '1'
     end
+    return found, appended
   end
-  out[#out + 1] = found
-  out[#out + 1] = appended
+  -- known takes the id of an event published in an envelope: the cursor
+  -- moves to it (Cursor.Known).
+  local function known(id)
+    if less(cursor, id) then
+      cursor, entry = id, '1'
+      for c in pairs(consumed) do
+        if not less(cursor, c) then
+          consumed[c] = nil
+          count = count - 1
+        end
+      end
+    end
+    return id, 0
+  end
+  local out = {'', '', {}}
+  -- Once one payload is pending, every later one is.
+  local pending = false
+  for i = first, last do
+    local found, appended = '', 2
+    if not pending then
+      local id = string.match(ARGV[i], '^#(%d+%-%d+) $')
+      if id then
+        found, appended = known(id)
+      else
+        found, appended = one(ARGV[i])
+      end
+      if appended == 2 then
+        found, pending = '', true
+      end
+    end
+    out[#out + 1] = found
+    out[#out + 1] = appended
+  end
+  if anyAppended then redis.call('PEXPIRE', key, ttl) end
+  local list = {}
+  for id in pairs(consumed) do list[#list + 1] = id end
+  out[1], out[2], out[3] = cursor, entry, list
+  return out, last + 1
 end
-if anyAppended then redis.call('PEXPIRE', key, ttl) end
-local list = {}
-for id in pairs(consumed) do list[#list + 1] = id end
-table.insert(out, 1, list)
-table.insert(out, 1, entry)
-table.insert(out, 1, cursor)
-return out
+local replies, a = {}, 3
+for u = 1, #KEYS do
+  replies[u], a = user(u, a)
+end
+return replies
 `
 
 var recordScript = redis.NewScript(RecordSource)
@@ -267,10 +279,20 @@ type Recorded struct {
 	Pending bool
 }
 
-// Recording is one user's part of a pipelined Record call.
+// Recording is a pipelined Record or RecordUsers call.
 type Recording struct {
 	cmd *redis.Cmd
-	n   int
+	// n is the number of payloads of each user, in order.
+	n []int
+}
+
+// UserEvents is one user's part of a RecordUsers call: the payloads
+// received for Username, in order, and the instance's place in that
+// user's history.
+type UserEvents struct {
+	Username string
+	Cursor   Cursor
+	Payloads []string
 }
 
 // Record is Layout{}.Record: classic keys.
@@ -283,27 +305,47 @@ func Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Curs
 // instance passes its horizon instead (see RecordSource).
 // Load must have been called on the Redis server first (EVALSHA).
 func (l Layout) Record(ctx context.Context, pipe redis.Pipeliner, username string, cur Cursor, retention Retention, payloads []string) Recording {
+	return l.RecordUsers(ctx, pipe, retention, []UserEvents{{Username: username, Cursor: cur, Payloads: payloads}})
+}
+
+// RecordUsers queues on pipe one call recording the events of several
+// users (Record, for each). On a Redis Cluster every user's key must be in
+// one hash slot (KeySlot of Layout.Key).
+func (l Layout) RecordUsers(ctx context.Context, pipe redis.Pipeliner, retention Retention, users []UserEvents) Recording {
 	retention = retention.withDefaults()
-	after := cur.After
-	if after == "" {
-		after = "0-0"
+	keys := make([]string, len(users))
+	size := 2
+	for _, u := range users {
+		size += 4 + len(u.Cursor.Consumed) + len(u.Payloads)
 	}
-	args := make([]any, 0, 4+len(cur.Consumed)+len(payloads))
-	entry := "0"
-	switch {
-	case cur.Entry:
-		entry = "1"
-	case cur.WaitFirst:
-		entry = "w"
+	args := make([]any, 0, size)
+	args = append(args, retention.MaxLen, retention.TTL.Milliseconds())
+	n := make([]int, len(users))
+	for i, u := range users {
+		keys[i] = l.Key(u.Username)
+		n[i] = len(u.Payloads)
+		cur := u.Cursor
+		after := cur.After
+		if after == "" {
+			after = "0-0"
+		}
+		entry := "0"
+		switch {
+		case cur.Entry:
+			entry = "1"
+		case cur.WaitFirst:
+			entry = "w"
+		}
+		args = append(args, after, entry, len(cur.Consumed))
+		for _, id := range cur.Consumed {
+			args = append(args, id)
+		}
+		args = append(args, len(u.Payloads))
+		for _, p := range u.Payloads {
+			args = append(args, p)
+		}
 	}
-	args = append(args, retention.MaxLen, retention.TTL.Milliseconds(), after, entry, len(cur.Consumed))
-	for _, id := range cur.Consumed {
-		args = append(args, id)
-	}
-	for _, p := range payloads {
-		args = append(args, p)
-	}
-	return Recording{cmd: recordScript.EvalSha(ctx, pipe, []string{l.Key(username)}, args...), n: len(payloads)}
+	return Recording{cmd: recordScript.EvalSha(ctx, pipe, keys, args...), n: n}
 }
 
 // Horizon returns the cursor of an instance that subscribed at t (by
@@ -315,33 +357,59 @@ func Horizon(t time.Time) Cursor {
 }
 
 // Result returns the ids of the recorded payloads, in order, and the new
-// cursor, once the pipeline has run.
+// cursor, once the pipeline has run: those of a Record call's one user.
 func (r Recording) Result() ([]Recorded, Cursor, error) {
-	vals, err := r.cmd.Slice()
+	users, err := r.Users()
 	if err != nil {
 		return nil, Cursor{}, err
 	}
-	if len(vals) != 3+2*r.n {
-		return nil, Cursor{}, fmt.Errorf("record script returned %d values for %d events", len(vals), r.n)
+	return users[0].Recorded, users[0].Cursor, nil
+}
+
+// UserRecorded is what a Recording returns for one user.
+type UserRecorded struct {
+	// Recorded is each payload's outcome, in order.
+	Recorded []Recorded
+	// Cursor is the instance's new place in the user's history.
+	Cursor Cursor
+}
+
+// Users returns, once the pipeline has run, what the call recorded for
+// each user, in the order of RecordUsers.
+func (r Recording) Users() ([]UserRecorded, error) {
+	replies, err := r.cmd.Slice()
+	if err != nil {
+		return nil, err
 	}
-	var cur Cursor
-	cur.After, _ = vals[0].(string)
-	entry, _ := vals[1].(string)
-	cur.Entry = entry == "1"
-	if list, ok := vals[2].([]any); ok {
-		for _, v := range list {
-			if s, ok := v.(string); ok {
-				cur.Consumed = append(cur.Consumed, s)
+	if len(replies) != len(r.n) {
+		return nil, fmt.Errorf("record script returned %d replies for %d users", len(replies), len(r.n))
+	}
+	out := make([]UserRecorded, len(r.n))
+	for u, reply := range replies {
+		vals, _ := reply.([]any)
+		if len(vals) != 3+2*r.n[u] {
+			return nil, fmt.Errorf("record script returned %d values for %d events", len(vals), r.n[u])
+		}
+		var cur Cursor
+		cur.After, _ = vals[0].(string)
+		entry, _ := vals[1].(string)
+		cur.Entry = entry == "1"
+		if list, ok := vals[2].([]any); ok {
+			for _, v := range list {
+				if s, ok := v.(string); ok {
+					cur.Consumed = append(cur.Consumed, s)
+				}
 			}
 		}
+		recs := make([]Recorded, r.n[u])
+		for i := range recs {
+			id, _ := vals[3+2*i].(string)
+			appended, _ := vals[4+2*i].(int64)
+			recs[i] = Recorded{ID: id, Appended: appended == 1, Pending: appended == 2}
+		}
+		out[u] = UserRecorded{Recorded: recs, Cursor: cur}
 	}
-	out := make([]Recorded, r.n)
-	for i := range out {
-		id, _ := vals[3+2*i].(string)
-		appended, _ := vals[4+2*i].(int64)
-		out[i] = Recorded{ID: id, Appended: appended == 1, Pending: appended == 2}
-	}
-	return out, cur, nil
+	return out, nil
 }
 
 // IsNoScript reports whether err says the server does not have a script
