@@ -29,8 +29,9 @@ const (
 // wsClient is a Client over a WebSocket. Its read pump runs for the life
 // of the connection; a write pump runs only while there is something to
 // write (queued messages, a pong, a ping, a close) and returns when the
-// queue is empty, so an idle connection holds one goroutine, no write
-// buffer and no ticker.
+// queue is empty, and its read side parks while the client sends nothing
+// (readFrames), so an idle connection holds no goroutine, no write buffer
+// and no ticker.
 type wsClient struct {
 	Client
 	conn *wsconn.Conn
@@ -41,6 +42,9 @@ type wsClient struct {
 	// owned by the holder of the write right (not guarded by mu): the write
 	// pump it hands over to finishes the write and counts it.
 	unflushed *message
+	// limiter bounds the data frames the client sends; owned by the read
+	// side, made on the first data frame.
+	limiter *rate.Limiter
 }
 
 // newWSClient makes the client of an upgraded connection. The caller, the
@@ -286,72 +290,109 @@ func (c *wsClient) closeSocket() {
 	c.closeWriteSide()
 }
 
-// readPump reads the client's frames so that pings, pongs and close frames
-// are processed, enforces the read limits, and unregisters the client when
-// the connection ends. It waits for the socket, and reads pings and pongs,
-// on a shallow stack of its own (wsconn's AwaitReadable and NextControl);
-// gorilla reads only data frames, close frames and anything malformed.
+// readPump starts the read side: it sets the read limits and the
+// handlers, then reads (readFrames). The read side reads the client's
+// frames so that pings, pongs and close frames are processed, enforces the
+// read limits, and unregisters the client when the connection ends.
 func (c *wsClient) readPump() {
-	defer c.leave()
-
 	c.conn.SetReadLimit(maxClientMessageSize)
-	extend := func() { _ = c.conn.SetReadDeadline(time.Now().Add(c.settings.pongWait)) }
-	extend()
+	c.extendRead()
 	// For the control frames gorilla reads itself (between the fragments
 	// of a message, or while draining).
-	c.conn.SetPongHandler(func(string) error { extend(); return nil })
-	c.conn.SetPingHandler(func(appData string) error {
-		extend()
-		c.answerPing(appData)
-		return nil
-	})
+	c.conn.SetPongHandler(c.pongRead)
+	c.conn.SetPingHandler(c.pingRead)
 	c.conn.SetCloseHandler(c.peerClosed)
+	c.conn.SetResume(c.readFrames)
+	if c.conn.Park() {
+		return
+	}
+	c.readFrames()
+}
 
-	var limiter *rate.Limiter
+// readFrames reads the client's frames until none is left, then parks the
+// read side (wsconn's Park: an idle connection holds no goroutine) and
+// returns; the parking lot calls it again, on a new goroutine, when the
+// socket has more. Once the connection ends it ends the read side (leave).
+// It reads pings and pongs itself, on a shallow stack (wsconn's NextControl);
+// gorilla reads only data frames, close frames and anything malformed.
+func (c *wsClient) readFrames() {
 	for {
-		if err := c.conn.AwaitReadable(); err != nil {
-			return // the pong wait expired, or the socket was closed
-		}
-		op, payload, err := c.conn.NextControl()
-		if err != nil {
+		if !c.readFrame() {
+			c.leave()
 			return
 		}
-		switch op {
-		case websocket.PongMessage:
-			extend()
-			continue
-		case websocket.PingMessage:
-			extend()
-			c.answerPing(string(payload))
-			continue
-		}
-		_, r, err := c.conn.NextReader()
-		if err == nil {
-			// Reading the whole message enforces the read limit on every
-			// fragment of it.
-			_, err = io.Copy(io.Discard, r)
-		}
-		if err != nil {
-			if websocket.IsUnexpectedCloseError(err, websocket.CloseGoingAway, websocket.CloseNormalClosure, websocket.CloseNoStatusReceived) {
-				c.hub.logger.Debug("Read failed", "username", c.username, "remote", c.remote, "err", err)
-			}
-			if errors.Is(err, websocket.ErrReadLimit) {
-				// gorilla has sent the 1009 close frame.
-				c.drainSocket()
-			}
-			return
-		}
-		extend()
-		if limiter == nil {
-			// Most clients never send a data frame: made on the first one.
-			limiter = rate.NewLimiter(clientMessageRate, clientMessageBurst)
-		}
-		if !limiter.Allow() {
-			c.disconnect(disconnectFlood)
-			c.drainFrames()
+		if c.conn.Park() {
 			return
 		}
 	}
+}
+
+// readFrame reads the client's next frame (a whole message for a data
+// frame), waiting for it if need be, and reports whether the connection
+// goes on.
+func (c *wsClient) readFrame() bool {
+	if err := c.conn.AwaitReadable(); err != nil {
+		return false // the pong wait expired, or the socket was closed
+	}
+	op, payload, err := c.conn.NextControl()
+	if err != nil {
+		return false
+	}
+	switch op {
+	case websocket.PongMessage:
+		c.extendRead()
+		return true
+	case websocket.PingMessage:
+		c.extendRead()
+		c.answerPing(string(payload))
+		return true
+	}
+	_, r, err := c.conn.NextReader()
+	if err == nil {
+		// Reading the whole message enforces the read limit on every
+		// fragment of it.
+		_, err = io.Copy(io.Discard, r)
+	}
+	if err != nil {
+		if websocket.IsUnexpectedCloseError(err, websocket.CloseGoingAway, websocket.CloseNormalClosure, websocket.CloseNoStatusReceived) {
+			c.hub.logger.Debug("Read failed", "username", c.username, "remote", c.remote, "err", err)
+		}
+		if errors.Is(err, websocket.ErrReadLimit) {
+			// gorilla has sent the 1009 close frame.
+			c.drainSocket()
+		}
+		return false
+	}
+	c.extendRead()
+	if c.limiter == nil {
+		// Most clients never send a data frame: made on the first one.
+		c.limiter = rate.NewLimiter(clientMessageRate, clientMessageBurst)
+	}
+	if !c.limiter.Allow() {
+		c.disconnect(disconnectFlood)
+		c.drainFrames()
+		return false
+	}
+	return true
+}
+
+// extendRead gives the client another pong wait to send something.
+func (c *wsClient) extendRead() {
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.settings.pongWait))
+}
+
+// pongRead is the pong handler for the pongs gorilla reads itself.
+func (c *wsClient) pongRead(string) error {
+	c.extendRead()
+	return nil
+}
+
+// pingRead is the ping handler for the pings gorilla reads itself: the
+// holder of the write right answers it.
+func (c *wsClient) pingRead(appData string) error {
+	c.extendRead()
+	c.answerPing(appData)
+	return nil
 }
 
 // drainFrames reads and discards the client's frames until its answer to

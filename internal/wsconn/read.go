@@ -21,6 +21,26 @@ func (c *Conn) AwaitReadable() error {
 	return c.out.raw.Read(socketReadable)
 }
 
+// SetResume sets the read side's entry point: the function Park has the
+// parking lot start on a new goroutine. It is set once, before the first
+// Park.
+func (c *Conn) SetResume(resume func()) { c.out.resume = resume }
+
+// Park hands an idle read side to the parking lot (park_linux.go) instead
+// of waiting for the socket on a goroutine. When it reports true the caller
+// returns at once, holding nothing: resume (SetResume) runs on a new
+// goroutine when the socket becomes readable, its read deadline passes, or
+// it is closed, and reads on where the caller stopped (AwaitReadable). It
+// reports false when gorilla's read buffer holds bytes, or the connection
+// cannot park; the caller then reads on itself. Like AwaitReadable, it is
+// called only between messages.
+func (c *Conn) Park() bool {
+	if c.in == nil || c.out.resume == nil || c.in.Buffered() > 0 {
+		return false
+	}
+	return lot.park(c.out)
+}
+
 // socketReadable reports whether a socket has something to read without
 // reading it: bytes, the peer's end of stream, or an error for the next
 // read to report. It is called again after each readiness notification.

@@ -40,6 +40,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -125,12 +126,13 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	h.out = &batchConn{Conn: conn}
+	h.out = &batchConn{Conn: conn, fd: -1}
 	if h.hold {
 		h.out.cork()
 	}
 	if sc, ok := conn.(syscall.Conn); ok {
 		h.out.raw, _ = sc.SyscallConn()
+		h.out.fd = socketFD(h.out.raw)
 	}
 	if brw.Reader.Buffered() > 0 {
 		// The client sent data before the handshake's answer: gorilla
@@ -200,6 +202,55 @@ type batchConn struct {
 	mu     sync.Mutex
 	corked bool
 	buf    *[]byte
+
+	// readDeadline is the socket's read deadline (UnixNano, 0 for none),
+	// for the parking lot's sweep.
+	readDeadline atomic.Int64
+	// The parking state (park_linux.go), guarded by lot.mu: the socket's
+	// descriptor (-1 when it cannot park), whether it is in the epoll set,
+	// parked or closed, and resume, the read side's entry point.
+	fd         int32
+	registered bool
+	parked     bool
+	closed     bool
+	resume     func()
+}
+
+// Close takes the socket out of the parking lot before closing it, and
+// resumes a parked read side, which finds the socket closed.
+func (b *batchConn) Close() error {
+	wasParked := lot.forget(b)
+	err := b.Conn.Close()
+	if wasParked {
+		go b.resume()
+	}
+	return err
+}
+
+// SetReadDeadline records the deadline for the parking lot too.
+func (b *batchConn) SetReadDeadline(t time.Time) error {
+	var at int64
+	if !t.IsZero() {
+		at = t.UnixNano()
+	}
+	b.readDeadline.Store(at)
+	return b.Conn.SetReadDeadline(t)
+}
+
+// SetDeadline records the read deadline for the parking lot too.
+func (b *batchConn) SetDeadline(t time.Time) error {
+	var at int64
+	if !t.IsZero() {
+		at = t.UnixNano()
+	}
+	b.readDeadline.Store(at)
+	return b.Conn.SetDeadline(t)
+}
+
+// expired reports whether the read deadline has passed at now.
+func (b *batchConn) expired(now time.Time) bool {
+	at := b.readDeadline.Load()
+	return at != 0 && now.UnixNano() >= at
 }
 
 func (b *batchConn) Write(p []byte) (int, error) {
