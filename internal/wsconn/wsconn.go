@@ -31,6 +31,12 @@
 //     fails with websocket.ErrCloseSent.
 //  6. The frame header of a server frame is 2, 4 or 10 bytes (FrameSize):
 //     the daemon counts delivered frames from the bytes a write took.
+//  7. Conn's reader is not tied to a goroutine: between messages, the next
+//     read may come from another goroutine than the last one (Park hands
+//     the read side to a new goroutine when the socket is readable again).
+//  8. Conn.Close closes the net.Conn it was given (our batchConn), and
+//     gorilla closes the socket nowhere else: batchConn.Close takes it out
+//     of the parking lot's epoll set before its descriptor is closed.
 package wsconn
 
 import (
