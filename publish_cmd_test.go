@@ -558,8 +558,8 @@ func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testin
 		}
 		ids := publish([]string{seeds}, "bob")
 		for i := range want {
-			if got := receive(t, sub.Channel()); got != want[i] {
-				t.Fatalf("SUBSCRIBE on %s (the key is on %s), message %d: %q, want %q", elsewhere, keyMaster, i, got, want[i])
+			if got, want := receive(t, sub.Channel()), history.Envelope(ids[i], want[i]); got != want {
+				t.Fatalf("SUBSCRIBE on %s (the key is on %s), message %d: %q, want %q", elsewhere, keyMaster, i, got, want)
 			}
 		}
 		expectKept(history.Layout{}, "bob", ids)
@@ -578,8 +578,8 @@ func TestPublishCommandOnARedisClusterPublishesWhereTheInstancesListen(t *testin
 		}
 		ids := publish([]string{seeds, "PUBSUB_SHARDED=true"}, "alice")
 		for i := range want {
-			if got := receive(t, sub.Channel()); got != want[i] {
-				t.Fatalf("SSUBSCRIBE on %s, message %d: %q, want %q", channelMaster, i, got, want[i])
+			if got, want := receive(t, sub.Channel()), history.Envelope(ids[i], want[i]); got != want {
+				t.Fatalf("SSUBSCRIBE on %s, message %d: %q, want %q", channelMaster, i, got, want)
 			}
 		}
 		expectKept(sharded, "alice", ids)
