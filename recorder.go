@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,6 +84,19 @@ type recorder struct {
 	// in: all in one on one Redis (and Sentinel), one per hash slot on a
 	// Redis Cluster, where a script's keys share a slot.
 	callOf func(key string) int
+
+	// mu guards cursors, horizon, waiting and queued: the recorder's
+	// goroutine holds it while it works on a batch, except during its
+	// round trips to Redis, and add takes it to deliver an event that
+	// came with its id at once. Broadcasts run under it: it comes before
+	// the hub's locks.
+	mu sync.Mutex
+	// queued counts, per user, the events handed to run and not yet
+	// broadcast (pending ones included); queuedMarkers the resets and
+	// markers handed to run and not yet handled. An event with its id is
+	// delivered at once only when nothing is queued before it.
+	queued        map[string]int
+	queuedMarkers int
 }
 
 type userCursor struct {
@@ -106,6 +120,7 @@ func newRecorder(rdb redis.UniversalClient, layout history.Layout, retention his
 		pending:   make(map[string][]inbound),
 		waiting:   make(map[string]time.Time),
 		callOf:    recordCalls(rdb),
+		queued:    make(map[string]int),
 	}
 }
 
@@ -122,14 +137,41 @@ func recordCalls(rdb redis.UniversalClient) func(key string) int {
 func (r *recorder) records() bool { return true }
 
 // add hands in to the recorder, waiting while it is a full batch and more
-// behind; it reports false when ctx ended first.
+// behind; it reports false when ctx ended first. An event that came with
+// its id (an envelope) and has nothing of its user queued before it is
+// broadcast at once, on the caller's goroutine: it needs no round trip,
+// and waits for no other user's.
 func (r *recorder) add(ctx context.Context, in inbound) bool {
+	r.mu.Lock()
+	switch {
+	case in.reset || in.ack != "":
+		r.queuedMarkers++
+	case in.id != "" && r.queuedMarkers == 0 && r.queued[in.username] == 0:
+		// Broadcast under mu: nothing of the user can be queued
+		// meanwhile (the subscription reads one message at a time).
+		r.known(in.username, in.id, time.Now())
+		r.broadcast(in.username, newEvent(in.id, []byte(in.payload), in.received))
+		r.stats.MessagesReceived.Add(1)
+		r.mu.Unlock()
+		return true
+	default:
+		r.queued[in.username]++
+	}
+	r.mu.Unlock()
 	select {
 	case r.in <- in:
 		return true
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// known moves username's place in history past id, an event that came
+// with its id (history.Cursor.Known). mu must be held.
+func (r *recorder) known(username, id string, now time.Time) {
+	r.cursors[username] = &userCursor{cur: r.cursor(username).Known(id), used: now}
+	// Its first event is found: nothing to wait for (recorder.waitFirst).
+	delete(r.waiting, username)
 }
 
 // run records and broadcasts until ctx ends.
@@ -169,6 +211,8 @@ func (r *recorder) run(ctx context.Context) {
 // process records and broadcasts a batch; a reset in it forgets every
 // place in history from there on.
 func (r *recorder) process(ctx context.Context, batch []inbound) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	start := 0
 	for i, in := range batch {
 		if !in.reset && in.ack == "" {
@@ -176,9 +220,13 @@ func (r *recorder) process(ctx context.Context, batch []inbound) {
 		}
 		r.record(ctx, batch[start:i])
 		start = i + 1
+		r.queuedMarkers--
 		if in.ack != "" {
 			actx, cancel := context.WithTimeout(ctx, recordTimeout)
-			if err := r.rdb.Publish(actx, in.ack, in.payload).Err(); err != nil && ctx.Err() == nil {
+			r.mu.Unlock()
+			err := r.rdb.Publish(actx, in.ack, in.payload).Err()
+			r.mu.Lock()
+			if err != nil && ctx.Err() == nil {
 				r.errLog.log(r.logger, slog.LevelWarn, "Could not answer a subscription marker", "err", err)
 			}
 			cancel()
@@ -253,14 +301,10 @@ func (r *recorder) recordKnown(users map[string]*userBatch, order []string, evs 
 			scripted++
 			continue
 		}
-		cur := r.cursor(u)
 		for _, i := range ub.index {
 			ids[i] = evs[i].id
-			cur = cur.Known(evs[i].id)
+			r.known(u, evs[i].id, now)
 		}
-		r.cursors[u] = &userCursor{cur: cur, used: now}
-		// Its first event is found: nothing to wait for (recorder.waitFirst).
-		delete(r.waiting, u)
 	}
 	return scripted
 }
@@ -278,17 +322,20 @@ type userBatch struct {
 }
 
 // record gives evs their ids, in one round trip, and broadcasts them in
-// order. Events whose recording failed are delivered without an id. A
+// order. mu must be held; record releases it during the round trip (and
+// while a test stalls it). Events whose recording failed are delivered without an id. A
 // user whose events in the batch all came in envelopes needs no round
 // trip: their ids are known, and only this instance's place in the user's
 // history moves (history.Cursor.Known); a batch of such users is
 // broadcast at once.
 func (r *recorder) record(ctx context.Context, evs []inbound) {
 	if stall := r.stall.Load(); stall != nil {
+		r.mu.Unlock()
 		select {
 		case <-*stall:
 		case <-ctx.Done():
 		}
+		r.mu.Lock()
 	}
 	if len(r.pending) > 0 {
 		// Before the new ones: a user's events keep their order.
@@ -355,7 +402,9 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 			recs = append(recs, r.layout.RecordUsers(rctx, pipe, r.retention, evs))
 		}
 		// With the scripts loaded again if Redis restarted or flushed them.
+		r.mu.Unlock()
 		err = history.ExecScripts(rctx, r.rdb, pipe)
+		r.mu.Lock()
 		cancel()
 		for k, c := range callOrder {
 			recorded, rerr := recs[k].Users()
@@ -427,5 +476,8 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		}
 		r.broadcast(e.username, newEvent(ids[i], []byte(e.payload), e.received))
 		r.stats.MessagesReceived.Add(1)
+		if r.queued[e.username]--; r.queued[e.username] <= 0 {
+			delete(r.queued, e.username)
+		}
 	}
 }
