@@ -188,3 +188,52 @@ func TestHistoryOffOpensEnvelopesAndGivesNoIDs(t *testing.T) {
 		t.Fatalf("plain client got %q, want %q", got, p)
 	}
 }
+
+// TestAnEnvelopedEventWaitsForNoOtherUsersRecording: while the recorder
+// is stuck recording one user's plain event, another user's event that
+// came with its id is delivered at once; the stuck user's events, plain
+// and enveloped, follow in order once the recording goes on.
+func TestAnEnvelopedEventWaitsForNoOtherUsersRecording(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	td := startDaemon(t, r, nil)
+	td.waitReady()
+	q := func(u string) url.Values { return url.Values{"username": {u}} }
+	slow := openHistory(t, historyTransports()[0], td.baseURL, q("stuck"), "")
+	fast := openHistory(t, historyTransports()[0], td.baseURL, q("other"), "")
+	eventually(t, 5*time.Second, "connections registered", func() bool {
+		return td.d.hub.connectionCount("stuck") == 1 && td.d.hub.connectionCount("other") == 1
+	})
+	stall := make(chan struct{})
+	rec := td.d.sub.(*patternSubscription).sink.(*recorder)
+	rec.stall.Store(&stall)
+	pub := history.NewPublisher(r.client(), history.Retention{})
+
+	plain := event("stuck", 1)
+	publishNow(t, r.client(), "stuck", plain)
+	eventually(t, 5*time.Second, "the plain event queued at the recorder", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.queued["stuck"] == 1
+	})
+	stuckID, err := pub.Publish(t.Context(), "stuck", []byte(event("stuck", 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherID, err := pub.Publish(t.Context(), "other", []byte(event("other", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := nextFrame(t, fast); f.ID != otherID || f.Data != event("other", 1) {
+		t.Fatalf("other user got %s, want %s at once", f, otherID)
+	}
+	// Its own enveloped event waits behind its plain one.
+	close(stall)
+	first := nextFrame(t, slow)
+	if first.Data != plain || first.ID == "" {
+		t.Fatalf("stuck user's first event %s, want %q with an id", first, plain)
+	}
+	if f := nextFrame(t, slow); f.ID != stuckID || f.Data != event("stuck", 2) {
+		t.Fatalf("stuck user's second event %s, want %s", f, stuckID)
+	}
+}

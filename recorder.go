@@ -169,7 +169,11 @@ func (r *recorder) add(ctx context.Context, in inbound) bool {
 // known moves username's place in history past id, an event that came
 // with its id (history.Cursor.Known). mu must be held.
 func (r *recorder) known(username, id string, now time.Time) {
-	r.cursors[username] = &userCursor{cur: r.cursor(username).Known(id), used: now}
+	if uc := r.cursors[username]; uc != nil {
+		uc.cur, uc.used = uc.cur.Known(id), now
+	} else {
+		r.cursors[username] = &userCursor{cur: r.horizon.Known(id), used: now}
+	}
 	// Its first event is found: nothing to wait for (recorder.waitFirst).
 	delete(r.waiting, username)
 }

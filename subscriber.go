@@ -51,7 +51,8 @@ var errProbeOverdue = errors.New("self-probe did not come back: subscription sto
 // How data flows, and where it flows back
 //
 // An event flows one way: Redis → pubsubConn → eventSink (the recorder
-// gives it an id, one Redis round trip per batch) → Hub.broadcast →
+// gives it an id, one Redis round trip per batch, or takes the id its
+// envelope carries) → Hub.broadcast →
 // Client → its transport → the browser. Packages depend one way too: main
 // → the root files → history and internal/* → go-redis. Four edges run
 // against that direction; each is here on purpose:

@@ -257,6 +257,9 @@ func (c Cursor) Known(id string) Cursor {
 	if after, ok := ParseID(c.After); ok && !after.Less(known) {
 		return c
 	}
+	if len(c.Consumed) == 0 {
+		return Cursor{After: id, Entry: true}
+	}
 	kept := c.Consumed[:0:0]
 	for _, consumed := range c.Consumed {
 		if cid, ok := ParseID(consumed); ok && known.Less(cid) {
