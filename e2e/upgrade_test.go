@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -22,25 +23,39 @@ import (
 const beforeEnvelopes = "e47f3b54d200ebc3bd5e6b907b1975109b8d200a"
 
 // buildPrevious builds the daemon of beforeEnvelopes from this checkout's
-// git history, once per run, into binDir.
+// git history, once: a commit never changes, so the binary is kept in the
+// user's cache directory (per Go version) and later runs reuse it.
 var buildPrevious = sync.OnceValues(func() (string, error) {
-	if _, err := buildBinary(); err != nil { // makes binDir
+	cache, err := os.UserCacheDir()
+	if err != nil {
 		return "", err
 	}
-	src := filepath.Join(binDir, "src-"+beforeEnvelopes[:8])
-	if err := os.MkdirAll(src, 0o755); err != nil {
+	dir := filepath.Join(cache, "fanout-e2e")
+	bin := filepath.Join(dir, "fanout-"+beforeEnvelopes[:12]+"-"+runtime.Version())
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
+	src, err := os.MkdirTemp(dir, "src-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(src)
 	archive := exec.Command("sh", "-c", "git archive "+beforeEnvelopes+" | tar -x -C "+src)
 	archive.Dir = ".."
 	if out, err := archive.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("git archive %s (the test needs this repository's git history): %w\n%s", beforeEnvelopes, err, out)
 	}
-	bin := filepath.Join(binDir, "fanout-"+beforeEnvelopes[:8])
-	build := exec.Command("go", "build", "-o", bin, ".")
+	build := exec.Command("go", "build", "-o", filepath.Join(src, "fanout"), ".")
 	build.Dir = src
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build of %s: %w\n%s", beforeEnvelopes, err, out)
+	}
+	// Renamed into place whole: a run that stops half-way leaves no binary.
+	if err := os.Rename(filepath.Join(src, "fanout"), bin); err != nil {
+		return "", err
 	}
 	return bin, nil
 })
