@@ -105,6 +105,9 @@ type daemon struct {
 	topAt time.Time
 	// stopAuth ends the JWKS refresh; run calls it on the way out.
 	stopAuth context.CancelFunc
+	// fresh are the accepted connections whose first request has not
+	// reached a handler yet; a shutdown waits for them.
+	fresh *freshConns
 }
 
 // newDaemon builds the daemon for cfg. Its background work (the JWKS
@@ -141,6 +144,7 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	}, logger, stats)
 	hub.setLimits(cfg.MaxConnections, cfg.MaxConnectionsPerUser)
 	d := &daemon{
+		fresh:    newFreshConns(),
 		cfg:      cfg,
 		logger:   logger,
 		stats:    stats,
@@ -235,12 +239,16 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	wg.Go(func() { d.hub.runPinger(subCtx) })
 	wg.Go(func() { warnUnneededPassword(subCtx, d.cfg, d.logger) })
 
+	fresh := d.fresh
 	httpServer := &http.Server{
-		Handler:           d.server.routes(),
+		Handler:           fresh.handler(d.server.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       httpIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
+		ConnState:         fresh.connState,
+		ConnContext:       fresh.connContext,
 	}
+	ln = &onceCloseListener{Listener: ln}
 	serveErr := make(chan error, 2)
 	wg.Go(func() { serveErr <- fmt.Errorf("serve %s: %w", ln.Addr(), httpServer.Serve(ln)) })
 	var adminServer *http.Server
@@ -271,6 +279,10 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	// has waited for HTTP connections (up to 5 s for one that sent nothing).
 	hubDone := make(chan error, 1)
 	httpServer.RegisterOnShutdown(func() { hubDone <- d.hub.shutdown(shutdownCtx) })
+	// Accept no more, and let the connections accepted just before send
+	// their first request: Shutdown would drop it unanswered (freshConns).
+	_ = ln.Close()
+	fresh.wait(shutdownCtx, freshWait)
 	if serr := httpServer.Shutdown(shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		d.logger.Warn("HTTP shutdown incomplete", "err", serr)
 	}
