@@ -235,22 +235,23 @@ func (b *batchConn) Close() error {
 
 // SetReadDeadline records the deadline for the parking lot too.
 func (b *batchConn) SetReadDeadline(t time.Time) error {
-	var at int64
-	if !t.IsZero() {
-		at = t.UnixNano()
-	}
-	b.readDeadline.Store(at)
+	b.noteReadDeadline(t)
 	return b.Conn.SetReadDeadline(t)
 }
 
 // SetDeadline records the read deadline for the parking lot too.
 func (b *batchConn) SetDeadline(t time.Time) error {
+	b.noteReadDeadline(t)
+	return b.Conn.SetDeadline(t)
+}
+
+// noteReadDeadline keeps t (0 for none) for the parking lot's sweep.
+func (b *batchConn) noteReadDeadline(t time.Time) {
 	var at int64
 	if !t.IsZero() {
 		at = t.UnixNano()
 	}
 	b.readDeadline.Store(at)
-	return b.Conn.SetDeadline(t)
 }
 
 // expired reports whether the read deadline has passed at now.
