@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"fanout/history"
+	"fanout/internal/redisx"
 )
 
 // A catch-up sends a connection the events it missed, from its user's
@@ -112,8 +113,26 @@ func (p *catchUps) read(ctx context.Context, f func(context.Context) ([]history.
 	defer func() { <-p.slots }()
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return f(rctx)
+	evs, err := f(rctx)
+	// A read that failed short of Redis's answer is tried again a few
+	// times: just after a Cluster failover go-redis still sends a slot to
+	// its dead master until its slot map is read again.
+	for wait := readRetryFirst; err != nil && !redisx.IsReply(err) && wait <= readRetryLast; wait *= 2 {
+		redisx.ReloadSlots(rctx, p.rdb)
+		if !redisx.Sleep(rctx, wait) {
+			break
+		}
+		evs, err = f(rctx)
+	}
+	return evs, err
 }
+
+// The waits before a failed history read is tried again: 100, 200 and
+// 400 ms.
+const (
+	readRetryFirst = 100 * time.Millisecond
+	readRetryLast  = 400 * time.Millisecond
+)
 
 // run sends c the events req asks for, then lets its live events
 // through: those that arrived meanwhile were held (catchUp.held), and the

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -412,4 +415,49 @@ func TestManyCatchUpsWithOneReadAtATimeAndSmallPagesMissNothing(t *testing.T) {
 	// The last catch-up's goroutine counts itself out just after its
 	// client has the events.
 	eventually(t, 2*time.Second, "no catch-up counted", func() bool { return td.d.hub.catchups() == 0 })
+}
+
+// redisRefusal is an answer of Redis's own (go-redis's redis.Error).
+type redisRefusal struct{}
+
+func (redisRefusal) Error() string { return "WRONGTYPE refused" }
+func (redisRefusal) RedisError()   {}
+
+// TestAHistoryReadThatDidNotReachRedisIsTriedAgain: a catch-up's read that
+// failed short of Redis (a Cluster node just gone, go-redis not yet told)
+// is tried again, a few times, before the connection is given up; an
+// answer of Redis's own is not.
+func TestAHistoryReadThatDidNotReachRedisIsTriedAgain(t *testing.T) {
+	cfg, err := loadConfig(envOf(map[string]string{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	p := newCatchUps(rdb, cfg, &Stats{}, slog.New(slog.DiscardHandler), nil)
+	want := []history.Event{{ID: "1-0", Data: "{}"}}
+	calls := 0
+	evs, err := p.read(t.Context(), func(context.Context) ([]history.Event, error) {
+		if calls++; calls < 3 {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+		}
+		return want, nil
+	})
+	if err != nil || calls != 3 || len(evs) != 1 || evs[0] != want[0] {
+		t.Fatalf("after 2 refused connects: %v %v, %d calls; want the events on the third", evs, err, calls)
+	}
+	calls = 0
+	if _, err := p.read(t.Context(), func(context.Context) ([]history.Event, error) {
+		calls++
+		return nil, fmt.Errorf("read history: %w", redisRefusal{})
+	}); err == nil || calls != 1 {
+		t.Fatalf("Redis's own refusal: %v after %d calls, want it at once", err, calls)
+	}
+	calls = 0
+	if _, err := p.read(t.Context(), func(context.Context) ([]history.Event, error) {
+		calls++
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	}); err == nil || calls != 4 {
+		t.Fatalf("Redis unreachable: %v after %d calls, want an error after 4", err, calls)
+	}
 }

@@ -163,8 +163,7 @@ func (p *Publisher) Publish(ctx context.Context, username string, payload []byte
 // than by Redis's answer (the node is gone): go-redis alone keeps sending
 // a dead master's slots to it after its replica took over.
 func (p *Publisher) failed(ctx context.Context, err error) {
-	var reply redis.Error
-	if !errors.As(err, &reply) {
+	if !redisx.IsReply(err) {
 		redisx.ReloadSlots(ctx, p.rdb)
 	}
 }

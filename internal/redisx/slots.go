@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,4 +42,12 @@ func KeepSlotsFresh(ctx context.Context, every time.Duration, clients ...redis.U
 			ReloadSlots(ctx, c)
 		}
 	}
+}
+
+// IsReply reports whether err is Redis's own answer (a command refused),
+// not a failure to reach it: only the latter says a Cluster client may be
+// sending to a node that is gone (ReloadSlots).
+func IsReply(err error) bool {
+	var reply redis.Error
+	return errors.As(err, &reply)
 }
