@@ -41,19 +41,28 @@ for name in REDIS_URL REDIS_HOST REDIS_SENTINEL_ADDRS REDIS_SENTINEL_MASTER REDI
     config_error "$name" "" "is set but empty: give it a value, or unset it (an empty one is usually a shell variable a compose file, manifest or env file expected and did not get)"
   fi
 done
+# port_number NAME VALUE: VALUE as a whole number from 1 to 65535, read as
+# Go's strconv.Atoi does (a sign, leading zeros) and printed without them;
+# anything else is the daemon's configuration error for NAME.
+port_number() {
+  local digits=${2#+}
+  digits=${digits#"${digits%%[!0]*}"}
+  if ! [[ "$digits" =~ ^[1-9][0-9]{0,4}$ ]] || [ "$digits" -gt 65535 ]; then
+    config_error "$1" "$2" "must be a whole number from 1 to 65535"
+  fi
+  printf '%s' "$digits"
+}
 REDIS_HOST=$(trim "${REDIS_HOST:-}")
 REDIS_HOST="${REDIS_HOST:-localhost}"
 REDIS_PORT=$(trim "${REDIS_PORT:-}")
 REDIS_PORT="${REDIS_PORT:-6379}"
 if [ -z "$(trim "${REDIS_URL:-}")" ]; then
-  # A whole number from 1 to 65535, read as Go's strconv.Atoi does (a
-  # sign, leading zeros), handed to redis-server without them.
-  digits=${REDIS_PORT#+}
-  digits=${digits#"${digits%%[!0]*}"}
-  if ! [[ "$digits" =~ ^[1-9][0-9]{0,4}$ ]] || [ "$digits" -gt 65535 ]; then
-    config_error REDIS_PORT "$REDIS_PORT" "must be a whole number from 1 to 65535"
-  fi
-  REDIS_PORT=$digits
+  # Handed to redis-server when it starts one.
+  REDIS_PORT=$(port_number REDIS_PORT "$REDIS_PORT") || exit 2
+fi
+# The daemon's own port: checked before a Redis is started for it.
+if [ -n "$(trim "${PORT:-}")" ]; then
+  port_number PORT "$(trim "$PORT")" >/dev/null || exit 2
 fi
 
 script=start.sh

@@ -16,7 +16,7 @@ import (
 	"fanout/internal/testproc"
 )
 
-// start.sh checks the variables it uses itself (REDIS_HOST, REDIS_PORT)
+// start.sh checks the variables it uses itself (REDIS_HOST, REDIS_PORT, PORT)
 // before it starts or builds anything, and says what is wrong in the
 // daemon's own words. These tests run it for real, from a copy of the
 // script in a temporary tree, with redis-server, go and apt-get replaced
@@ -100,6 +100,10 @@ func TestStartScriptRefusesAWrongRedisPortLikeTheDaemonBeforeStartingAnything(t 
 	var envs []map[string]string
 	for _, port := range []string{"abc", "0", "-1", "65536", "99999999999999999999", "6379x", "1e3", " 70000 ", "+0", `a"b\c`} {
 		envs = append(envs, map[string]string{"REDIS_PORT": port})
+	}
+	// The daemon's own port, before a Redis is started for it.
+	for _, port := range []string{"abc", "0", "70000", " 8084x "} {
+		envs = append(envs, map[string]string{"PORT": port})
 	}
 	// A Redis deployment variable set to nothing, as the daemon refuses it.
 	for _, name := range []string{"REDIS_URL", "REDIS_HOST", "REDIS_SENTINEL_ADDRS", "REDIS_SENTINEL_MASTER", "REDIS_CLUSTER_ADDRS"} {
