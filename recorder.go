@@ -148,7 +148,8 @@ func (r *recorder) add(ctx context.Context, in inbound) bool {
 		r.queuedMarkers++
 	case in.id != "" && r.queuedMarkers == 0 && r.queued[in.username] == 0:
 		// Broadcast under mu: nothing of the user can be queued
-		// meanwhile (the subscription reads one message at a time).
+		// meanwhile (a user's channel is read by one subscription
+		// connection, one message at a time).
 		r.known(in.username, in.id, time.Now())
 		r.broadcast(in.username, newEvent(in.id, []byte(in.payload), in.received))
 		r.stats.MessagesReceived.Add(1)
