@@ -102,6 +102,9 @@ type message struct {
 	// prepared and preparedV1, set for a user with at least preparedMin
 	// connections, are the frames encoded once for all of them.
 	prepared, preparedV1 *websocket.PreparedMessage
+	// sse is the event as SSE streams write it, made by the first of them
+	// (sseEvent).
+	sse atomic.Pointer[[]byte]
 }
 
 // newEvent returns the message for a published event with id ("" for

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -139,5 +141,155 @@ func TestShutdownEndsSSEStreamsAtOnce(t *testing.T) {
 	}
 	if _, err := io.ReadAll(resp.Body); err != nil {
 		t.Fatalf("stream did not end cleanly: %v", err)
+	}
+}
+
+// rawSSE is an SSE stream read on the test's goroutine from a raw socket,
+// so that the test holds no goroutine per stream: the response's head is
+// read by openRawSSE, the body through body (chunked or not, as the
+// response says).
+type rawSSE struct {
+	conn   net.Conn
+	header http.Header
+	body   *bufio.Reader
+}
+
+// openRawSSE opens /events?query over proto (HTTP/1.1 or HTTP/1.0) and reads
+// the response's head; the stream is closed at cleanup.
+func openRawSSE(t *testing.T, td *testDaemon, query, proto string) *rawSSE {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(td.baseURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := fmt.Fprintf(conn, "GET /events?%s %s\r\nHost: fanout\r\nAccept: text/event-stream\r\n\r\n", query, proto); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReaderSize(conn, 512)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("HTTP %d", resp.StatusCode)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	// http.ReadResponse's body decodes the chunks, and ends at the last one.
+	return &rawSSE{conn: conn, header: resp.Header, body: bufio.NewReaderSize(resp.Body, 512)}
+}
+
+// next reads the stream's next event (comments and the retry line skipped)
+// within 5 s.
+func (s *rawSSE) next(t *testing.T) sseEvent {
+	t.Helper()
+	_ = s.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer s.conn.SetReadDeadline(time.Time{})
+	return readSSE(t, s.body)
+}
+
+func TestAnIdleSSEStreamHoldsNoGoroutine(t *testing.T) {
+	defer func(d time.Duration) { sseHeartbeat = d }(sseHeartbeat)
+	sseHeartbeat = time.Second
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
+	td.waitReady()
+	// The daemon's own goroutines grow their stacks on the first event:
+	// one goes through before the baseline.
+	warm := openRawSSE(t, td, "username=warm-up", "HTTP/1.1")
+	eventually(t, 5*time.Second, "warm-up registered", func() bool { return td.d.hub.connectionCount("warm-up") == 1 })
+	td.publish("warm-up", `{"type":"x"}`)
+	if ev := warm.next(t); ev.data != `{"type":"x"}` {
+		t.Fatalf("got %+v", ev)
+	}
+	warm.conn.Close()
+	eventually(t, 5*time.Second, "warm-up stream gone", func() bool { return td.d.hub.connections.Load() == 0 })
+	g0, s0 := goroutinesAndStack()
+	const n = 1000
+	streams := make([]*rawSSE, n)
+	for i := range streams {
+		streams[i] = openRawSSE(t, td, fmt.Sprintf("username=user%d", i), "HTTP/1.1")
+	}
+	eventually(t, 5*time.Second, "all registered", func() bool { return td.d.hub.connections.Load() == n })
+	// An event to each, then heartbeats: each stream has been written by
+	// broadcast and by write sides the pinger started.
+	for i := range n {
+		td.publish(fmt.Sprintf("user%d", i), `{"type":"x"}`)
+	}
+	for _, s := range streams {
+		if ev := s.next(t); ev.data != `{"type":"x"}` {
+			t.Fatalf("got %+v", ev)
+		}
+	}
+	time.Sleep(sseHeartbeat + sseHeartbeat/2)
+	// Read the heartbeats, so that no stream's socket is backed up.
+	for _, s := range streams {
+		_ = s.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if line, err := s.body.ReadString('\n'); err != nil || line != ": heartbeat\n" {
+			t.Fatalf("read %q, %v; want a heartbeat", line, err)
+		}
+	}
+	checkIdleCost(t, n, g0, s0, "the stream is taken over from net/http; its read side parks; no write side while idle")
+}
+
+func TestAnSSEClientThatGoesAwayIsNoticedAtOnce(t *testing.T) {
+	td := startDaemon(t, startRedis(t), nil)
+	td.waitReady()
+	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
+		s := openRawSSE(t, td, "username=leaving", proto)
+		eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("leaving") == 1 })
+		// Heartbeats are 15 s apart: only the read side can notice.
+		start := time.Now()
+		s.conn.Close()
+		eventually(t, 2*time.Second, proto+" stream unregistered", func() bool { return td.d.hub.connectionCount("leaving") == 0 })
+		t.Logf("%s: unregistered %v after the client closed", proto, time.Since(start).Round(time.Millisecond))
+	}
+	// A client that sends bytes on its stream (nothing should) is ignored
+	// up to the limit of a client message, and cut off past it.
+	s := openRawSSE(t, td, "username=chatty", "HTTP/1.1")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("chatty") == 1 })
+	if _, err := s.conn.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	td.publish("chatty", `{"n":1}`)
+	if ev := s.next(t); ev.data != `{"n":1}` {
+		t.Fatalf("got %+v", ev)
+	}
+	if _, err := s.conn.Write(bytes.Repeat([]byte("x"), maxClientMessageSize)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "chatty stream cut off", func() bool { return td.d.hub.connectionCount("chatty") == 0 })
+}
+
+func TestAnSSEResponseKeepsItsFramingToTheEnd(t *testing.T) {
+	td := startDaemon(t, startRedis(t), map[string]string{"SHUTDOWN_TIMEOUT": "10s"})
+	td.waitReady()
+	chunked := openRawSSE(t, td, "username=framed", "HTTP/1.1")
+	bare := openRawSSE(t, td, "username=framed", "HTTP/1.0")
+	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("framed") == 2 })
+	for name, want := range map[string]string{"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"} {
+		if got := chunked.header.Get(name); got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+	}
+	// A payload with line breaks is several data lines, and one chunk
+	// carries one whole event.
+	td.publish("framed", "{\"a\":1,\r\n\"b\":2}")
+	for name, s := range map[string]*rawSSE{"HTTP/1.1": chunked, "HTTP/1.0": bare} {
+		ev := s.next(t)
+		if ev.id == "" || ev.data != "{\"a\":1,\n\"b\":2}" {
+			t.Fatalf("%s: got %+v", name, ev)
+		}
+	}
+	if err := td.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The chunked body ends with its last chunk (a missing one is
+	// io.ErrUnexpectedEOF), the bare one with the connection's end.
+	for name, s := range map[string]*rawSSE{"HTTP/1.1": chunked, "HTTP/1.0": bare} {
+		_ = s.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if rest, err := io.ReadAll(s.body); err != nil {
+			t.Errorf("%s: stream ended with %v after %q", name, err, rest)
+		}
 	}
 }

@@ -21,11 +21,6 @@ func (c *Conn) AwaitReadable() error {
 	return c.out.raw.Read(socketReadable)
 }
 
-// SetResume sets the read side's entry point: the function Park has the
-// parking lot start on a new goroutine. It is set once, before the first
-// Park.
-func (c *Conn) SetResume(resume func()) { c.out.resume = resume }
-
 // Park hands an idle read side to the parking lot (park_linux.go) instead
 // of waiting for the socket on a goroutine. When it reports true the caller
 // returns at once, holding nothing: resume (SetResume) runs on a new

@@ -74,7 +74,7 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return 
 // under it, and gorilla's read buffer.
 type Conn struct {
 	*websocket.Conn
-	out *batchConn
+	socket
 	// in is gorilla's read buffer; nil when the client sent data before
 	// the handshake's answer, and the read pump then waits in gorilla.
 	in *bufio.Reader
@@ -100,7 +100,7 @@ func Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*Co
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{Conn: conn, out: h.out, in: h.in}, nil
+	return &Conn{Conn: conn, socket: socket{h.out}, in: h.in}, nil
 }
 
 // UpgradeHeld is Upgrade with the handshake's answer (101 Switching
@@ -113,7 +113,7 @@ func UpgradeHeld(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) 
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{Conn: conn, out: h.out, in: h.in}, nil
+	return &Conn{Conn: conn, socket: socket{h.out}, in: h.in}, nil
 }
 
 // hijacker hands gorilla's Upgrade the socket wrapped in a batchConn, and a
@@ -132,13 +132,9 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	h.out = &batchConn{Conn: conn, fd: -1}
+	h.out = newBatchConn(conn)
 	if h.hold {
 		h.out.cork()
-	}
-	if sc, ok := conn.(syscall.Conn); ok {
-		h.out.raw, _ = sc.SyscallConn()
-		h.out.fd = socketFD(h.out.raw)
 	}
 	if brw.Reader.Buffered() > 0 {
 		// The client sent data before the handshake's answer: gorilla
@@ -149,33 +145,44 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return h.out, bufio.NewReadWriter(h.in, brw.Writer), nil
 }
 
+// socket is the corkable socket under a connection (a WebSocket's Conn,
+// an SSE Stream) and what its holder of the write right does with it.
+type socket struct {
+	out *batchConn
+}
+
 // CanWriteNow reports whether TryFlush can write to the socket without
 // waiting (the socket exposes its file descriptor).
-func (c *Conn) CanWriteNow() bool { return c.out.raw != nil }
+func (s socket) CanWriteNow() bool { return s.out.raw != nil }
 
-// Cork starts collecting gorilla's writes for one Flush.
-func (c *Conn) Cork() { c.out.cork() }
+// Cork starts collecting writes for one Flush.
+func (s socket) Cork() { s.out.cork() }
 
 // TryCork is Cork unless another goroutine is writing to the socket, as
-// gorilla does from the read pump (point 5 above), possibly in a write that
-// waits for the socket: it never waits.
-func (c *Conn) TryCork() bool { return c.out.tryCork() }
+// gorilla does from a WebSocket's read pump (point 5 above), possibly in a
+// write that waits for the socket: it never waits.
+func (s socket) TryCork() bool { return s.out.tryCork() }
 
 // Buffered is how many bytes wait for Flush.
-func (c *Conn) Buffered() int { return c.out.buffered() }
+func (s socket) Buffered() int { return s.out.buffered() }
 
 // Flush writes what was collected in one write with the given deadline and
 // uncorks. It returns how many of the collected bytes reached the socket.
-func (c *Conn) Flush(deadline time.Time) (int, error) { return c.out.flush(deadline) }
+func (s socket) Flush(deadline time.Time) (int, error) { return s.out.flush(deadline) }
 
 // TryFlush is Flush without waiting: it writes what the socket takes at
-// once. done reports whether that was everything and the conn is uncorked;
-// otherwise the rest stays collected, still corked, for Flush.
-func (c *Conn) TryFlush() (done bool, err error) { return c.out.tryFlush() }
+// once. done reports whether that was everything and the socket is
+// uncorked; otherwise the rest stays collected, still corked, for Flush.
+func (s socket) TryFlush() (done bool, err error) { return s.out.tryFlush() }
 
 // Discard drops what was collected and uncorks, returning the buffer to the
 // pool; it is how a connection's end gives the buffer back.
-func (c *Conn) Discard() { c.out.discard() }
+func (s socket) Discard() { s.out.discard() }
+
+// SetResume sets the read side's entry point: the function Park has the
+// parking lot start on a new goroutine. It is set once, before the first
+// Park.
+func (s socket) SetResume(resume func()) { s.out.resume = resume }
 
 // FrameSize is the size on the wire of a server frame (unmasked) with n
 // bytes of payload.
@@ -220,6 +227,16 @@ type batchConn struct {
 	parked     bool
 	closed     bool
 	resume     func()
+}
+
+// newBatchConn wraps a hijacked connection's socket, uncorked.
+func newBatchConn(conn net.Conn) *batchConn {
+	b := &batchConn{Conn: conn, fd: -1}
+	if sc, ok := conn.(syscall.Conn); ok {
+		b.raw, _ = sc.SyscallConn()
+		b.fd = socketFD(b.raw)
+	}
+	return b
 }
 
 // Close takes the socket out of the parking lot before closing it, and
@@ -394,20 +411,20 @@ func (b *batchConn) release() {
 // HoldWrites blocks every write to the socket, as a writer outside the
 // write right does while the socket is full (gorilla answering a protocol
 // error from the read pump), until release is called. For tests.
-func (c *Conn) HoldWrites() (release func()) {
-	c.out.mu.Lock()
-	return c.out.mu.Unlock
+func (s socket) HoldWrites() (release func()) {
+	s.out.mu.Lock()
+	return s.out.mu.Unlock
 }
 
 // SetSendBuffer sets the socket's send buffer (SO_SNDBUF), which turns off
 // the kernel's tuning of it: for tests whose burst must outgrow the socket
 // buffers on any kernel.
-func (c *Conn) SetSendBuffer(bytes int) error {
-	if c.out.raw == nil {
+func (s socket) SetSendBuffer(bytes int) error {
+	if s.out.raw == nil {
 		return errors.New("wsconn: the socket has no file descriptor")
 	}
 	var serr error
-	if err := c.out.raw.Control(func(fd uintptr) {
+	if err := s.out.raw.Control(func(fd uintptr) {
 		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, bytes)
 	}); err != nil {
 		return err
