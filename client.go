@@ -22,8 +22,7 @@ type clientSettings struct {
 // the transport writes and reads.
 type transport interface {
 	// startWriter runs the write side for the goroutine that was just
-	// given the write right (takeRightLocked): a new write pump, or the
-	// SSE request's goroutine, woken.
+	// given the write right (takeRightLocked): a new write pump.
 	startWriter()
 	// claimable reports whether a broadcast may take the write right of
 	// an idle client and write its frame on its own goroutine (writeNow).
@@ -46,7 +45,7 @@ type transport interface {
 // The right to write a connection's socket
 //
 // At any moment one goroutine at most writes a client's socket (frames,
-// flushes, the close frame, SSE events and heartbeats): the holder of the
+// flushes, the close frame, SSE events, heartbeats and the last chunk): the holder of the
 // write right. Client.writer names the holder; c.mu guards it.
 //
 //	writeIdle     nobody; the next piece of work takes the right
@@ -59,14 +58,15 @@ type transport interface {
 //	              once an event has its id) or one of broadcast's fan-out
 //	              goroutines
 //	writePumping  the write side: a WebSocket's write pump goroutine
-//	              (writePump), or an SSE stream's request goroutine
-//	              (serveSSE), woken by startWriter
+//	              (writePump) or an SSE stream's (sseClient.writePump),
+//	              started by startWriter
 //	writeEnded    the connection is closed: nobody writes again
 //
 // The moves, and the one function that makes each:
 //
 //	new → direct       newWSClient, for the upgrade handler
-//	new → direct       handleEvents, until the retry line is out
+//	new → direct       handleEvents, until the retry line is out and the
+//	                   connection is taken over from net/http
 //	idle → direct      enqueue, claiming an idle client with nothing queued
 //	idle → pumping     takeRightLocked, by whoever queues work (a message,
 //	                   a ping, a pong, a close); startPump starts the side
@@ -76,8 +76,8 @@ type transport interface {
 //	pumping → ended    closeWriteSide, by the side that ends the connection
 //
 // What the holder owns, and nobody else touches: the transport's write
-// buffers (wsconn.Conn's Cork, Flush, TryFlush, Discard and wsClient's
-// unflushed; sseClient's buf). A hand-off to a new pump passes them with
+// buffers (wsconn.Conn's and wsconn.Stream's Cork, Flush, TryFlush,
+// Discard, and wsClient's and sseClient's unflushed). A hand-off to a new pump passes them with
 // the go statement, which orders the pump after everything its starter did.
 //
 // Two writes happen outside the right, and the code allows for both:
@@ -131,7 +131,7 @@ const (
 // write side runs only while there is something to write, so an idle
 // connection holds no write buffer and no timer. The hub owns both of a
 // connection's sides through its WaitGroup: one count for the read side
-// (a WebSocket's read pump, an SSE request), released by leave, one for the
+// (a WebSocket's read pump, an SSE stream's readSide), released by leave, one for the
 // write side, released by closeWriteSide.
 type Client struct {
 	hub      *Hub
@@ -416,7 +416,7 @@ func (c *Client) delivered(msgs []*message) {
 
 // How a connection ends, for both transports. The write side ends with
 // closeWriteSide once it has written the close (or failed); the read side
-// (a WebSocket's read pump, an SSE request's goroutine) ends with leave
+// (a WebSocket's read pump, an SSE stream's readSide) ends with leave
 // once the peer is gone or the connection is closed. Each releases its
 // count in the hub's WaitGroup.
 

@@ -46,5 +46,5 @@ go test -race -count=1 -parallel 3 -skip 'TestRollingRestartOf3InstancesWith3000
 # when its 3 000 clients are not slowed by the race detector and by other
 # tests on the same cores.
 echo "== go test (no race): idle connection footprint, rolling restart"
-go test -count=1 -run 'TestIdleConnectionHoldsNoGoroutine' "$@" .
+go test -count=1 -run 'TestIdleConnectionHoldsNoGoroutine|TestAnIdleSSEStreamHoldsNoGoroutine' "$@" .
 go test -count=1 -run 'TestRollingRestartOf3InstancesWith3000UsersLosesNothing' "$@" ./e2e/

@@ -3,7 +3,9 @@
 // batch of frames leaves in one write), a small read buffer the read pump can
 // look into, a write that never waits, a wait for readability on a shallow
 // stack, and a reader of the client's ping and pong frames that keeps them
-// out of gorilla's deep read path.
+// out of gorilla's deep read path. An SSE stream (Stream, stream.go) gets the
+// same corkable socket and the same parking of its idle read side, without
+// gorilla.
 //
 // Everything here that depends on how gorilla/websocket works inside is
 // listed below. It was checked against v1.5.3; upgrading gorilla means
