@@ -107,4 +107,3 @@ func TestAParkedStreamResumesWhenTheClientGoesAwayOrTheStreamCloses(t *testing.T
 		}
 	}
 }
-
