@@ -2,9 +2,9 @@
 # bench.sh: run the fanout load-generator scenarios (cmd/fanout-bench)
 # against a fresh daemon each, all on loopback.
 #
-#   ./bench.sh                 # every scenario: S1 S1-max S2 S2-script
-#                              # S2-history-off S3 S3-script S3-history-off
-#                              # S4 connect storm
+#   ./bench.sh                 # every scenario: S1 S1-sse S1-max S2 S2-sse
+#                              # S2-script S2-history-off S3 S3-script
+#                              # S3-history-off S4 S4-sse connect storm
 #   ./bench.sh S2 S3           # a subset
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
 #   PERF_DIR=/tmp/p ./bench.sh S3   # also record the daemon with perf
@@ -64,10 +64,20 @@
 # figures compare within one run (Redis CPU per event included).
 # storm: 5 000 clients of 5 000 users resume at once, 50 events behind,
 # while 200 other users get 500 events/s (cmd/fanout-bench/README.md).
+#
+# SSE: S1-sse, S2-sse and S4-sse run the loads of S1, S2 and S4 over
+# Server-Sent Events streams (fanout-bench -transport sse: GET
+# /events?username=uN on the daemon's port, the same -url) instead of
+# WebSockets, each right after its WebSocket twin, with the same daemon
+# settings. The daemon's SSE heartbeat is a fixed 15 s, so S1-sse settles
+# 17 s (QUICK too) and RSS is read once every stream has had one (the
+# report says how many had). S2-sse checks the ids of the "id:" lines
+# (history on) as S2 checks fanout.v1's; an "event: resync" counts as a
+# control (a failure). The storm has no SSE twin.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL=(S1 S1-max S2 S2-script S2-history-off S3 S3-script S3-history-off S4 connect storm)
+ALL=(S1 S1-sse S1-max S2 S2-sse S2-script S2-history-off S3 S3-script S3-history-off S4 S4-sse connect storm)
 # Run only when named: several instances, the ceiling sweep, and the
 # Redis Cluster ramps.
 EXTRA=(scale-pattern scale-user ceiling cluster-classic cluster-sharded)
@@ -286,12 +296,18 @@ scenario_args() {
     # (scenario_env) and a 5 s settle, so every connection has answered
     # at least two pings when RSS is read.
     S1) echo "-users $(q 9500 950) -conns-per-user 2 -settle 5s" ;;
+    # The same over SSE: the daemon's heartbeat is every 15 s (fixed),
+    # so a 17 s settle, QUICK too, for every stream to have had one.
+    S1-sse) echo "-users $(q 9500 950) -conns-per-user 2 -settle 17s -transport sse" ;;
     S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 5s" ;;
     S2 | S2-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s -subprotocol fanout.v1" ;;
     S2-script) echo "$(scenario_args S2) -script" ;;
+    # S2's load over SSE: ids from the id: lines, no subprotocol.
+    S2-sse) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s -transport sse" ;;
     S3 | S3-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s -subprotocol fanout.v1" ;;
     S3-script) echo "$(scenario_args S3) -script" ;;
     S4) echo "-users 1 -conns-per-user $(q 5000 500) -events $(q 500 50) -rate 0 -inflight 1000 -then-events $(q 300 30) -then-rate 10 -payload 256 -settle 1s" ;;
+    S4-sse) echo "$(scenario_args S4) -transport sse" ;;
     connect) echo "-users $(q 19000 1900) -conns-per-user 1 -settle 1s -dial-concurrency 256" ;;
     # 5 000 resuming clients, one per user (each catch-up its own Redis
     # read); live users u0..u199, one connection each, 500 events/s.
@@ -337,7 +353,8 @@ instances() {
 # scenario_env S: the daemon's extra settings for scenario S.
 scenario_env() {
   case $1 in
-    S1 | S1-max) echo "PING_INTERVAL=2s PONG_WAIT=6s" ;;
+    # S1-sse: no effect on SSE streams, but the same daemon as S1's.
+    S1 | S1-sse | S1-max) echo "PING_INTERVAL=2s PONG_WAIT=6s" ;;
     S2-history-off | S3-history-off) echo "HISTORY=off" ;;
   esac
 }

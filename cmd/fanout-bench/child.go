@@ -29,7 +29,8 @@ const childEnv = "FANOUT_BENCH_CHILD"
 // URLs[instanceOf(i % Users, len(URLs))] and binds source address
 // 127.0.0.(1 + i % Sources).
 type childConfig struct {
-	URLs        []string      `json:"urls"`                  // one /ws URL per daemon instance
+	URLs        []string      `json:"urls"`                  // one /ws URL (/events with SSE) per daemon instance
+	Transport   string        `json:"transport,omitempty"`   // "sse": SSE streams (sse.go); "" or "ws": WebSocket
 	Subprotocol string        `json:"subprotocol,omitempty"` // offered on every dial ("fanout.v1")
 	UserPrefix  string        `json:"user_prefix"`           // "u" (the S scenarios, live users) or "s" (storm users)
 	Users       int           `json:"users"`
@@ -65,6 +66,10 @@ type childMsg struct {
 	// "p" and "s"
 	D  int64 `json:"d,omitempty"`  // deliveries (right user, not a duplicate)
 	CU int64 `json:"cu,omitempty"` // storm connections caught up since "reconnect"
+	// SSE: comment lines (the daemon's heartbeats) received, and the
+	// streams that have received at least one.
+	HB int64 `json:"hb,omitempty"`
+	HS int64 `json:"hs,omitempty"`
 	// "s"
 	Dups        int64                 `json:"dups,omitempty"`
 	OOO         int64                 `json:"ooo,omitempty"`
@@ -92,7 +97,7 @@ const (
 )
 
 // benchConn is one client connection and its delivery bookkeeping. Its
-// reader goroutine owns every field but ws, leaving and done until it
+// reader goroutine owns every field but ws, conn, leaving and done until it
 // returns (it closes done); the command loop then owns them again (storm
 // reconnects replace ws and done, keeping the bookkeeping, so duplicates
 // across a reconnect are caught).
@@ -108,6 +113,11 @@ type benchConn struct {
 	caughtUp bool
 	leaving  atomic.Bool // the bench is closing it: not a daemon-side disconnect
 	done     chan struct{}
+	// With -transport sse, instead of ws: the stream's socket and its
+	// parser (sse.go), and whether a heartbeat (comment line) arrived.
+	conn    net.Conn
+	sse     *sseStream
+	sawBeat bool
 }
 
 type childState struct {
@@ -118,6 +128,7 @@ type childState struct {
 
 	delivered, dups, ooo, leaks, parseErrs, disconnects atomic.Int64
 	withID, idRegress, controls, caughtUp               atomic.Int64
+	heartbeats, beatStreams                             atomic.Int64    // SSE comment lines; streams with one
 	lastRecv                                            [2]atomic.Int64 // per phase
 	// reconnectAt is the wall clock of the "reconnect" command (0 before).
 	reconnectAt atomic.Int64
@@ -129,6 +140,10 @@ type childState struct {
 	hists  [16][numHists]histogram
 
 	dialers []*websocket.Dialer
+	// With -transport sse: the same source-bound dialers, used raw, and
+	// each instance's /events URL taken apart.
+	netDialers []*net.Dialer
+	targets    []sseTarget
 }
 
 func (s *childState) send(m childMsg) {
@@ -157,9 +172,11 @@ func runChild(raw string) {
 	s := &childState{cfg: cfg, out: bufio.NewWriterSize(os.Stdout, 64<<10)}
 
 	s.dialers = make([]*websocket.Dialer, cfg.Sources)
+	s.netDialers = make([]*net.Dialer, cfg.Sources)
 	for i := range s.dialers {
 		local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}
 		nd := &net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
+		s.netDialers[i] = nd
 		s.dialers[i] = &websocket.Dialer{
 			NetDialContext:   nd.DialContext,
 			HandshakeTimeout: 10 * time.Second,
@@ -168,6 +185,17 @@ func runChild(raw string) {
 		}
 		if cfg.Subprotocol != "" {
 			s.dialers[i].Subprotocols = []string{cfg.Subprotocol}
+		}
+	}
+
+	if cfg.Transport == transportSSE {
+		for _, u := range cfg.URLs {
+			t, err := parseSSETarget(u)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "fanout-bench child:", err)
+				os.Exit(2)
+			}
+			s.targets = append(s.targets, t)
 		}
 	}
 
@@ -187,14 +215,19 @@ func runChild(raw string) {
 	go func() {
 		t := time.NewTicker(10 * time.Millisecond)
 		defer t.Stop()
-		last, lastCU := int64(-1), int64(-1)
+		last, lastCU, lastHB := int64(-1), int64(-1), int64(-1)
 		for range t.C {
 			if s.stopping.Load() {
 				return
 			}
-			if d, cu := s.delivered.Load(), s.caughtUp.Load(); d != last || cu != lastCU {
-				last, lastCU = d, cu
-				s.send(childMsg{T: "p", D: d, CU: cu})
+			// heartbeats before beatStreams (readSSE adds to them the
+			// other way round): a report that shows a stream's first
+			// heartbeat also counts the stream.
+			hb := s.heartbeats.Load()
+			hs := s.beatStreams.Load()
+			if d, cu := s.delivered.Load(), s.caughtUp.Load(); d != last || cu != lastCU || hb != lastHB {
+				last, lastCU, lastHB = d, cu, hb
+				s.send(childMsg{T: "p", D: d, CU: cu, HB: hb, HS: hs})
 			}
 		}
 	}()
@@ -216,6 +249,7 @@ commands:
 	sum := childMsg{T: "s", D: s.delivered.Load(), Dups: s.dups.Load(), OOO: s.ooo.Load(),
 		Leaks: s.leaks.Load(), ParseErrs: s.parseErrs.Load(), Disconnects: s.disconnects.Load(),
 		WithID: s.withID.Load(), IDRegress: s.idRegress.Load(), Controls: s.controls.Load(),
+		HB: s.heartbeats.Load(), HS: s.beatStreams.Load(),
 		LastRecvNs: [2]int64{s.lastRecv[0].Load(), s.lastRecv[1].Load()}, CPUTicks: cpuTicks(os.Getpid())}
 	s.ctlMu.Lock()
 	sum.ControlText = s.ctlText
@@ -233,7 +267,13 @@ commands:
 		sum.HistMax[p] = merged[p].max
 	}
 	s.send(sum)
-	// Exiting closes every socket at once.
+	// The SSE sockets are closed here (the readers, stopping, count no
+	// disconnect); exiting closes the WebSockets at once.
+	for _, c := range conns {
+		if c.conn != nil {
+			c.conn.Close()
+		}
+	}
 	os.Exit(0)
 }
 
@@ -261,10 +301,17 @@ func (s *childState) dialAll(conns []*benchConn, which []int, workers int, query
 				gi := s.cfg.Lo + j
 				c := conns[j]
 				var ws *websocket.Conn
+				var conn net.Conn
+				var st *sseStream
 				err := ctx.Err()
 				if err == nil {
-					u := s.cfg.URLs[instanceOf(gi%s.cfg.Users, len(s.cfg.URLs))]
-					ws, _, err = s.dialers[gi%s.cfg.Sources].DialContext(ctx, u+"?username="+c.user+query(c), nil)
+					inst := instanceOf(gi%s.cfg.Users, len(s.cfg.URLs))
+					q := "?username=" + c.user + query(c)
+					if s.targets != nil {
+						conn, st, err = dialSSE(ctx, s.netDialers[gi%s.cfg.Sources], s.targets[inst], q)
+					} else {
+						ws, _, err = s.dialers[gi%s.cfg.Sources].DialContext(ctx, s.cfg.URLs[inst]+q, nil)
+					}
 				}
 				if err != nil {
 					mu.Lock()
@@ -276,9 +323,14 @@ func (s *childState) dialAll(conns []*benchConn, which []int, workers int, query
 					mu.Unlock()
 					continue
 				}
-				c.ws, c.v1 = ws, ws.Subprotocol() == "fanout.v1"
 				c.leaving.Store(false)
 				c.done = make(chan struct{})
+				if conn != nil {
+					c.conn, c.sse = conn, st
+					go s.readSSE(c, j)
+					continue
+				}
+				c.ws, c.v1 = ws, ws.Subprotocol() == "fanout.v1"
 				go s.read(c, j)
 			}
 		}()
@@ -302,6 +354,10 @@ func (s *childState) disconnectAll(conns []*benchConn) childMsg {
 			continue
 		}
 		c.leaving.Store(true)
+		if c.conn != nil {
+			c.conn.Close()
+			continue
+		}
 		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
 		c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 		c.ws.Close()
@@ -381,12 +437,7 @@ func (s *childState) read(c *benchConn, j int) {
 			// {"id":"<id>","data":<event>} or {"control":…}; the bench
 			// events have no "id" member of their own.
 			if bytes.HasPrefix(buf, controlPrefix) {
-				s.controls.Add(1)
-				s.ctlMu.Lock()
-				if len(s.ctlText) < 3 {
-					s.ctlText = append(s.ctlText, string(buf[:min(len(buf), 200)]))
-				}
-				s.ctlMu.Unlock()
+				s.control(buf)
 				continue
 			}
 			if i := bytes.Index(buf, keyID); i >= 0 {
@@ -396,78 +447,97 @@ func (s *childState) read(c *benchConn, j int) {
 				}
 			}
 		}
-		ev, ok := scanEvent(buf)
-		if !ok {
-			s.parseErrs.Add(1)
-			continue
+		s.account(c, shard, buf, id, now)
+	}
+}
+
+// control counts a control message (a fanout.v1 {"control":…} frame, an
+// SSE named event) and keeps the first few verbatim.
+func (s *childState) control(text []byte) {
+	s.controls.Add(1)
+	s.ctlMu.Lock()
+	if len(s.ctlText) < 3 {
+		s.ctlText = append(s.ctlText, string(text[:min(len(text), 200)]))
+	}
+	s.ctlMu.Unlock()
+}
+
+// account is the bookkeeping of one event received on c at now (both
+// transports' readers call it, from c's reader goroutine): payload is the
+// event's JSON, id its event id (nil when it carried none: a plain
+// WebSocket, or history off). shard is the connection's histogram shard.
+func (s *childState) account(c *benchConn, shard int, payload, id []byte, now int64) {
+	ev, ok := scanEvent(payload)
+	if !ok {
+		s.parseErrs.Add(1)
+		return
+	}
+	if string(ev.user) != c.user {
+		s.leaks.Add(1)
+		return
+	}
+	if ev.seq <= 0 || ev.seq > 1<<24 {
+		s.parseErrs.Add(1)
+		return
+	}
+	w, bit := int(ev.seq>>6), uint64(1)<<(ev.seq&63)
+	for len(c.seen) <= w {
+		c.seen = append(c.seen, 0)
+	}
+	if c.seen[w]&bit != 0 {
+		s.dups.Add(1)
+		return
+	}
+	c.seen[w] |= bit
+	c.distinct++
+	if ev.seq < c.last {
+		s.ooo.Add(1)
+	} else {
+		c.last = ev.seq
+	}
+	if id != nil {
+		s.withID.Add(1)
+		p, ok := history.ParseID(string(id))
+		if !ok || (c.lastID != "" && !c.lastIDp.Less(p)) {
+			s.idRegress.Add(1)
 		}
-		if string(ev.user) != c.user {
-			s.leaks.Add(1)
-			continue
+		c.lastID, c.lastIDp = string(id), p
+	}
+	p := -1
+	switch ev.phase {
+	case 1:
+		p = histPhase1
+	case 2:
+		p = histPhase2
+	}
+	catchUp := int64(-1)
+	if s.cfg.StormTarget > 0 && !c.caughtUp && c.distinct >= s.cfg.StormTarget {
+		if at := s.reconnectAt.Load(); at > 0 {
+			c.caughtUp = true
+			catchUp = now - at
 		}
-		if ev.seq <= 0 || ev.seq > 1<<24 {
-			s.parseErrs.Add(1)
-			continue
-		}
-		w, bit := int(ev.seq>>6), uint64(1)<<(ev.seq&63)
-		for len(c.seen) <= w {
-			c.seen = append(c.seen, 0)
-		}
-		if c.seen[w]&bit != 0 {
-			s.dups.Add(1)
-			continue
-		}
-		c.seen[w] |= bit
-		c.distinct++
-		if ev.seq < c.last {
-			s.ooo.Add(1)
-		} else {
-			c.last = ev.seq
-		}
-		if id != nil {
-			s.withID.Add(1)
-			p, ok := history.ParseID(string(id))
-			if !ok || (c.lastID != "" && !c.lastIDp.Less(p)) {
-				s.idRegress.Add(1)
-			}
-			c.lastID, c.lastIDp = string(id), p
-		}
-		p := -1
-		switch ev.phase {
-		case 1:
-			p = histPhase1
-		case 2:
-			p = histPhase2
-		}
-		catchUp := int64(-1)
-		if s.cfg.StormTarget > 0 && !c.caughtUp && c.distinct >= s.cfg.StormTarget {
-			if at := s.reconnectAt.Load(); at > 0 {
-				c.caughtUp = true
-				catchUp = now - at
-			}
-		}
-		if p >= 0 || catchUp >= 0 {
-			s.histMu[shard].Lock()
-			if p >= 0 {
-				s.hists[shard][p].record(now - ev.sentNs)
-			}
-			if catchUp >= 0 {
-				s.hists[shard][histCatchUp].record(catchUp)
-			}
-			s.histMu[shard].Unlock()
-		}
-		// caughtUp before delivered: a progress report that shows the
-		// last delivery also shows the connection caught up.
-		if catchUp >= 0 {
-			s.caughtUp.Add(1)
-		}
-		s.delivered.Add(1)
+	}
+	if p >= 0 || catchUp >= 0 {
+		s.histMu[shard].Lock()
 		if p >= 0 {
-			for {
-				old := s.lastRecv[p].Load()
-				if now <= old || s.lastRecv[p].CompareAndSwap(old, now) {
-					break
-				}
+			s.hists[shard][p].record(now - ev.sentNs)
+		}
+		if catchUp >= 0 {
+			s.hists[shard][histCatchUp].record(catchUp)
+		}
+		s.histMu[shard].Unlock()
+	}
+	// caughtUp before delivered: a progress report that shows the
+	// last delivery also shows the connection caught up.
+	if catchUp >= 0 {
+		s.caughtUp.Add(1)
+	}
+	s.delivered.Add(1)
+	if p >= 0 {
+		for {
+			old := s.lastRecv[p].Load()
+			if now <= old || s.lastRecv[p].CompareAndSwap(old, now) {
+				break
 			}
 		}
 	}

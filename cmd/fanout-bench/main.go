@@ -1,9 +1,10 @@
 // Command fanout-bench is the fanout daemon's load generator: it opens many
-// WebSocket connections (spread over child processes and loopback source
-// addresses), publishes bench events through Redis, and reports connect
-// rate, daemon RSS per connection, deliveries, losses, duplicates, cross-user
-// leaks, end-to-end latency and daemon CPU per delivery: a table and one
-// "BENCH_JSON {...}" line. See README.md in this directory; ./bench.sh at the
+// WebSocket connections, or SSE streams with -transport sse (sse.go),
+// spread over child processes and loopback source addresses, publishes
+// bench events through Redis, and reports connect rate, daemon RSS per
+// connection, deliveries, losses, duplicates, cross-user leaks, end-to-end
+// latency and daemon CPU per delivery: a table and one "BENCH_JSON {...}"
+// line. See README.md in this directory; ./bench.sh at the
 // repository root runs the standard scenarios against a fresh daemon each.
 //
 // Run the daemon with CONNECT_RATE_PER_IP=0 MAX_CONNECTIONS_PER_USER=0 (one
@@ -61,6 +62,9 @@ type options struct {
 	rate, thenRate              float64
 	settle, timeout             time.Duration
 	jsonOnly                    bool
+	// transport is "ws" (WebSocket to -url) or "sse" (GET /events, the
+	// URL derived from -url: sse.go).
+	transport string
 	// The storm scenario (stormClients > 0); -users, -conns-per-user and
 	// -rate then describe the live users.
 	stormClients, stormUsers, stormMissed int
@@ -99,6 +103,7 @@ func main() {
 	flag.StringVar(&o.scenario, "scenario", "", "scenario name for the report")
 	flag.StringVar(&o.note, "note", "", "a line added to the report's notes (bench.sh: the daemon's settings)")
 	flag.StringVar(&o.subprotocol, "subprotocol", "", `WebSocket subprotocol to offer ("fanout.v1": events arrive as {"id":…,"data":…})`)
+	flag.StringVar(&o.transport, "transport", transportWS, `"ws": WebSocket connections to -url; "sse": Server-Sent Events streams, GET /events (ws://host:port/ws becomes http://host:port/events), ids from "id:" lines, "event: resync" counted as a control, heartbeats counted`)
 	flag.IntVar(&o.stormClients, "storm-clients", 0, "reconnect storm: this many clients (users s0..) leave, miss -storm-missed events each and resume at once (see README)")
 	flag.IntVar(&o.stormUsers, "storm-users", 0, "storm: users the storm clients watch (0: one per client)")
 	flag.IntVar(&o.stormMissed, "storm-missed", 50, "storm: events published to each storm user while its clients are away")
@@ -186,6 +191,9 @@ func (r *report) failed() string {
 }
 
 func (o *options) check() error {
+	if o.transport == "" {
+		o.transport = transportWS
+	}
 	switch {
 	case o.users < 1 || o.connsPerUser < 1:
 		return errors.New("-users and -conns-per-user must be at least 1")
@@ -209,6 +217,15 @@ func (o *options) check() error {
 		return errors.New("the storm scenario runs on one Redis (-redis) with PUBLISH: no -redis-cluster, no -spublish, no -script")
 	case o.stormClients < 0 || o.stormUsers < 0 || o.stormMissed < 1 || o.stormDialWorkers < 1:
 		return errors.New("-storm-clients and -storm-users must be >= 0, -storm-missed and -storm-dial-concurrency >= 1")
+	case o.transport != transportWS && o.transport != transportSSE:
+		return fmt.Errorf("-transport %q: want ws or sse", o.transport)
+	case o.transport == transportSSE && o.stormClients > 0:
+		return errors.New("-transport sse does not run the reconnect storm (-storm-clients): the storm's clients are WebSockets (fanout.v1)")
+	case o.transport == transportSSE && o.subprotocol != "":
+		return errors.New("-subprotocol is a WebSocket option: SSE streams carry their ids in id: lines, with no subprotocol")
+	}
+	if _, err := o.connURLs(); err != nil {
+		return err
 	}
 	if o.stormClients > 0 {
 		if o.stormUsers == 0 || o.stormUsers > o.stormClients {
@@ -231,9 +248,27 @@ func (o *options) check() error {
 	return nil
 }
 
+// connURLs is what the children dial, one per instance: -url's, or with
+// -transport sse the /events URLs derived from them.
+func (o options) connURLs() ([]string, error) {
+	urls := o.urls()
+	if o.transport != transportSSE {
+		return urls, nil
+	}
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		var err error
+		if out[i], err = sseURL(u); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // report is everything measured; JSON field names are the BENCH_JSON keys.
 type report struct {
 	Scenario          string   `json:"scenario"`
+	Transport         string   `json:"transport,omitempty"` // "ws" or "sse" (-transport)
 	Users             int      `json:"users"`
 	ConnsPerUser      int      `json:"conns_per_user"`
 	Procs             int      `json:"procs"`
@@ -289,6 +324,14 @@ type report struct {
 	IDRegressions  int64    `json:"id_regressions"`
 	Controls       int64    `json:"controls"`
 	ControlSamples []string `json:"control_samples,omitempty"`
+
+	// SSE (-transport sse): the streams that had received at least one
+	// heartbeat (a comment line, every 15 s from the daemon) when RSS was
+	// read after -settle, and the heartbeats received by then; and the
+	// heartbeats received in all, by the end of the run.
+	SSEStreamsBeatAtRSS int64 `json:"sse_streams_heartbeat_at_rss,omitempty"`
+	SSEHeartbeatsAtRSS  int64 `json:"sse_heartbeats_at_rss,omitempty"`
+	SSEHeartbeats       int64 `json:"sse_heartbeats,omitempty"`
 
 	// Redis's CPU (INFO cpu: used_cpu_sys + used_cpu_user, µs resolution)
 	// over the same window as the daemon's, per event published in it.
@@ -366,6 +409,8 @@ type child struct {
 	summary      chan childMsg
 	progress     atomic.Int64
 	caughtUp     atomic.Int64
+	// SSE heartbeats received and streams with one, as last reported.
+	heartbeats, beatStreams atomic.Int64
 }
 
 // tracker sums the progress of a group of children and wakes whoever
@@ -479,7 +524,7 @@ func (o options) maxLife() time.Duration {
 
 func run(o options) (*report, error) {
 	total := o.users * o.connsPerUser
-	rep := &report{Scenario: o.scenario, Users: o.users, ConnsPerUser: o.connsPerUser, Procs: o.procs,
+	rep := &report{Scenario: o.scenario, Transport: o.transport, Users: o.users, ConnsPerUser: o.connsPerUser, Procs: o.procs,
 		Sources: o.sources, ConnsRequested: total, Payload: o.payload, Rate: o.rate, Inflight: o.inflight,
 		Subprotocol: o.subprotocol}
 	pids, err := parsePIDs(o.pids)
@@ -523,12 +568,16 @@ func run(o options) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
+	urls, err := o.connURLs()
+	if err != nil {
+		return nil, err
+	}
 	tr := newTracker()
 	defer func() { reap(tr.children) }()
 	workers := max(1, o.dialWorkers/o.procs)
 	start := time.Now()
 	for i := 0; i < o.procs; i++ {
-		cfg := childConfig{URLs: o.urls(), Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
+		cfg := childConfig{URLs: urls, Transport: o.transport, Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
 			Lo: total * i / o.procs, Hi: total * (i + 1) / o.procs,
 			DialWorkers: workers, Timeout: o.timeout, MaxLife: o.maxLife()}
 		if _, err := spawn(self, cfg, tr); err != nil {
@@ -566,6 +615,9 @@ func run(o options) (*report, error) {
 	idle0, idleT0 := cpuTicksAll(pids), time.Now()
 	time.Sleep(o.settle)
 	rep.RSSConnectedBytes = rss(pids)
+	if o.transport == transportSSE {
+		rep.sseHeartbeatsAtRSS(tr.children, o.settle)
+	}
 	if len(pids) > 0 && o.settle > 0 {
 		rep.DaemonIdleCPUPercent = float64(cpuTicksAll(pids)-idle0) * 1e6 / clkTck / 1e4 / time.Since(idleT0).Seconds()
 	}
@@ -674,6 +726,27 @@ func run(o options) (*report, error) {
 	return rep, nil
 }
 
+// sseHeartbeatsAtRSS records the SSE heartbeats the children had
+// reported (10 ms progress) when RSS was read. After a settle meant to
+// cover the daemon's heartbeat (15 s), a note says whether every stream
+// had received one by then.
+func (r *report) sseHeartbeatsAtRSS(children []*child, settle time.Duration) {
+	for _, c := range children {
+		r.SSEHeartbeatsAtRSS += c.heartbeats.Load()
+		r.SSEStreamsBeatAtRSS += c.beatStreams.Load()
+	}
+	if r.Connections == 0 || settle < sseHeartbeatEvery {
+		return
+	}
+	if r.SSEStreamsBeatAtRSS >= int64(r.Connections) {
+		r.Notes = append(r.Notes, fmt.Sprintf("SSE: RSS read after every stream had received a heartbeat (%d of %d streams, %d heartbeats, after a %s settle)",
+			r.SSEStreamsBeatAtRSS, r.Connections, r.SSEHeartbeatsAtRSS, settle))
+	} else {
+		r.Notes = append(r.Notes, fmt.Sprintf("SSE: RSS read when only %d of %d streams had received a heartbeat (%d heartbeats, after a %s settle; the daemon sends one every %s)",
+			r.SSEStreamsBeatAtRSS, r.Connections, r.SSEHeartbeatsAtRSS, settle, sseHeartbeatEvery))
+	}
+}
+
 // windowStartNs is the wall clock of the first publish.
 var windowStartNs atomic.Int64
 
@@ -694,6 +767,7 @@ func collect(children []*child, rep *report) (hist [numHists]histogram, lastRecv
 			rep.EventsWithID += m.WithID
 			rep.IDRegressions += m.IDRegress
 			rep.Controls += m.Controls
+			rep.SSEHeartbeats += m.HB
 			for _, t := range m.ControlText {
 				if len(rep.ControlSamples) < 3 {
 					rep.ControlSamples = append(rep.ControlSamples, t)
@@ -729,6 +803,8 @@ func readChild(c *child, out io.Reader, tr *tracker) {
 		case "rc":
 			c.reconnected <- m
 		case "p":
+			c.heartbeats.Store(m.HB)
+			c.beatStreams.Store(m.HS)
 			c.progress.Store(m.D)
 			c.caughtUp.Store(m.CU)
 			tr.update()

@@ -21,12 +21,16 @@ func (r *report) print(jsonOnly bool) {
 			name = "(unnamed)"
 		}
 		fmt.Fprintf(w, "== fanout-bench %s ==\n", name)
-		row("connections", "%d of %d (%d users x %d; %d procs, %d source addrs)", r.Connections, r.ConnsRequested, r.Users, r.ConnsPerUser, r.Procs, r.Sources)
+		row("connections", "%d of %d (%d users x %d; %d procs, %d source addrs)%s", r.Connections, r.ConnsRequested, r.Users, r.ConnsPerUser, r.Procs, r.Sources, transportNote(r.Transport))
 		row("connect failures", "%d %s", r.ConnectFailures, strings.Join(r.ConnectErrors, "; "))
 		row("connect rate", "%.0f upgrades/s (%.2f s)", r.UpgradesPerSec, r.ConnectSeconds)
 		row("daemon RSS", "%.1f MiB idle -> %.1f MiB connected -> %.1f MiB at end", mib(r.RSSBaseBytes), mib(r.RSSConnectedBytes), mib(r.RSSEndBytes))
 		row("RSS per connection", "%.0f bytes (%.1f KiB): %.0f connections per GiB", r.RSSPerConnBytes, r.RSSPerConnBytes/1024, r.ConnsPerGiB)
 		row("daemon CPU while idle", "%.1f%% of one core (during -settle)", r.DaemonIdleCPUPercent)
+		if r.Transport == transportSSE {
+			row("SSE heartbeats", "%d of %d streams had had one when RSS was read (%d heartbeats by then, %d by the end; the daemon sends one every %s)",
+				r.SSEStreamsBeatAtRSS, r.Connections, r.SSEHeartbeatsAtRSS, r.SSEHeartbeats, sseHeartbeatEvery)
+		}
 		if r.EventsPublished > 0 || r.PublishErrors > 0 {
 			mode := fmt.Sprintf("%.0f events/s", r.Rate)
 			if r.Rate == 0 {
@@ -60,7 +64,11 @@ func (r *report) print(jsonOnly bool) {
 			}
 			row("history", "%d entries added in %d keys; Redis used_memory %.1f -> %.1f MiB: %s per entry",
 				r.HistoryEntries, r.HistoryKeys, mib(r.RedisMemBeforeBytes), mib(r.RedisMemAfterBytes), perEntry(r))
-			row("events with an id / id regressions", "%d / %d (subprotocol %q)", r.EventsWithID, r.IDRegressions, r.Subprotocol)
+			if r.Transport == transportSSE {
+				row("events with an id / id regressions", "%d / %d (SSE id: lines)", r.EventsWithID, r.IDRegressions)
+			} else {
+				row("events with an id / id regressions", "%d / %d (subprotocol %q)", r.EventsWithID, r.IDRegressions, r.Subprotocol)
+			}
 			row("Redis egress", "%s/s (%.0f B per event published; %d B over the window)", bytesHuman(r.RedisEgressBytesPerSec), r.RedisEgressPerEvent, r.RedisEgressBytes)
 		}
 		if len(r.Instances) > 0 {
@@ -110,6 +118,15 @@ func (r *report) print(jsonOnly bool) {
 	}
 	b, _ := json.Marshal(r)
 	fmt.Printf("BENCH_JSON %s\n", b)
+}
+
+// transportNote is what the connections row says of the transport:
+// nothing for WebSocket.
+func transportNote(t string) string {
+	if t == transportSSE {
+		return ", SSE streams (GET /events)"
+	}
+	return ""
 }
 
 // bytesHuman formats a byte count (or rate) in B, KiB or MiB.
