@@ -86,6 +86,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-cache")
 	// nginx would otherwise buffer the stream.
 	h.Set("X-Accel-Buffering", "no")
+	// The connection is taken over below: it ends with the stream, and
+	// a proxy must not keep it for another request.
+	h.Set("Connection", "close")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(c.settings.writeWait))

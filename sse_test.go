@@ -152,6 +152,8 @@ type rawSSE struct {
 	conn   net.Conn
 	header http.Header
 	body   *bufio.Reader
+	// closes is set when the response says Connection: close.
+	closes bool
 }
 
 // openRawSSE opens /events?query over proto (HTTP/1.1 or HTTP/1.0) and reads
@@ -177,7 +179,7 @@ func openRawSSE(t *testing.T, td *testDaemon, query, proto string) *rawSSE {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	// http.ReadResponse's body decodes the chunks, and ends at the last one.
-	return &rawSSE{conn: conn, header: resp.Header, body: bufio.NewReaderSize(resp.Body, 512)}
+	return &rawSSE{conn: conn, header: resp.Header, body: bufio.NewReaderSize(resp.Body, 512), closes: resp.Close}
 }
 
 // next reads the stream's next event (comments and the retry line skipped)
@@ -267,6 +269,9 @@ func TestAnSSEResponseKeepsItsFramingToTheEnd(t *testing.T) {
 	chunked := openRawSSE(t, td, "username=framed", "HTTP/1.1")
 	bare := openRawSSE(t, td, "username=framed", "HTTP/1.0")
 	eventually(t, 5*time.Second, "registered", func() bool { return td.d.hub.connectionCount("framed") == 2 })
+	if !chunked.closes {
+		t.Error("no Connection: close; the stream is the connection's last response")
+	}
 	for name, want := range map[string]string{"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"} {
 		if got := chunked.header.Get(name); got != want {
 			t.Errorf("%s: %q, want %q", name, got, want)
