@@ -25,6 +25,7 @@ import (
 
 	"fanout/history"
 	"fanout/internal/redisx"
+	"fanout/presence"
 )
 
 // Config is every setting of the daemon, read and validated once at start-up
@@ -118,6 +119,15 @@ type Config struct {
 	// channel after its user's last connection leaves.
 	SubscribeMode  string
 	SubscribeGrace time.Duration
+
+	// Presence keeps in Redis which users are connected here (PRESENCE);
+	// PresenceTTL is how soon a dead instance's users stop counting,
+	// PresenceGrace how long a user with no connection left waits before
+	// it is announced offline, PresenceChannel where transitions go.
+	Presence        bool
+	PresenceTTL     time.Duration
+	PresenceGrace   time.Duration
+	PresenceChannel string
 }
 
 // The values of SUBSCRIBE_MODE.
@@ -317,6 +327,14 @@ func loadConfig(lookup func(string) (string, bool)) (Config, error) {
 	if cfg.PubSubSharded && cfg.SubscribeMode != subscribeUser {
 		r.fail("PUBSUB_SHARDED", r.getenv("PUBSUB_SHARDED"), "needs SUBSCRIBE_MODE=user: sharded channels are subscribed one by one, never by pattern")
 	}
+
+	cfg.Presence = r.onOff("PRESENCE", true)
+	cfg.PresenceTTL = r.duration("PRESENCE_TTL", 15*time.Second)
+	if cfg.PresenceTTL < minPresenceTTL {
+		r.fail("PRESENCE_TTL", r.getenv("PRESENCE_TTL"), "must be at least "+minPresenceTTL.String())
+	}
+	cfg.PresenceGrace = r.duration("PRESENCE_GRACE", 5*time.Second)
+	cfg.PresenceChannel = r.str("PRESENCE_CHANNEL", presence.DefaultChannel)
 
 	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
 		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")

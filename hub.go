@@ -66,6 +66,9 @@ type Hub struct {
 	// reserved) and leaves (their last one ends), under the user's shard
 	// lock: the subscription, which in user mode subscribes their channel.
 	watch userWatcher
+	// presence is told whenever a user's connection count here changes
+	// (PRESENCE), with the user's shard lock held.
+	presence presenceTracker
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
 	// the socket in closeSocket), and broadcast's fan-out goroutines; the
@@ -163,7 +166,7 @@ type hubShard struct {
 }
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
-	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}, watch: watchNobody{}}
+	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}, watch: watchNobody{}, presence: presenceOff{}}
 	h.replays, h.stopReplays = context.WithCancel(context.Background())
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})
@@ -366,6 +369,7 @@ func (h *Hub) add(c *Client) error {
 	}
 	c.pingAt = time.Now().Add(c.t.pingEvery()).UnixNano()
 	conns[c] = struct{}{}
+	h.presence.changed(c.username)
 	h.connections.Add(1)
 	// Counted here, with connections, so that no reader sees more open
 	// connections than accepted ones.
@@ -385,6 +389,7 @@ func (h *Hub) unregister(c *Client) int {
 		return len(conns)
 	}
 	delete(conns, c)
+	h.presence.changed(c.username)
 	h.connections.Add(-1)
 	h.slots.Add(-1)
 	if len(conns) == 0 {

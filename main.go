@@ -88,11 +88,13 @@ type daemon struct {
 	recordRdb redis.UniversalClient
 	hub       *Hub
 	// sub is the Redis subscription of the configured mode.
-	sub     subscription
-	auth    *Authenticator
-	server  *Server
-	metrics *metrics
-	sampler *statsSampler
+	sub subscription
+	// presence keeps this instance's users in Redis (PRESENCE).
+	presence presenceTracker
+	auth     *Authenticator
+	server   *Server
+	metrics  *metrics
+	sampler  *statsSampler
 	// id is this process's random name: in its probe channels, its Redis
 	// client name and the recorder lease; instance names it in
 	// /admin/stats: host and id.
@@ -166,6 +168,8 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	}
 	d.sub = newSubscription(subscriptionParts{id: id, rdb: rdb, recordRdb: d.recordRdb, opts: opts, hub: hub, cfg: cfg, logger: logger, stats: stats})
 	hub.watch = d.sub
+	d.presence = newPresence(cfg, rdb, id, hub, stats, logger)
+	hub.presence = d.presence
 	if cfg.History {
 		hub.catchUps = newCatchUps(rdb, cfg, stats, logger, d.sub.waitSynced)
 	}
@@ -237,6 +241,9 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	wg.Go(func() { redisx.KeepSlotsFresh(subCtx, clusterStateEvery, d.rdb, d.recordRdb) })
 	wg.Go(func() { d.sampler.run(subCtx) })
 	wg.Go(func() { d.hub.runPinger(subCtx) })
+	// Ended with the subscription, after the hub's connections are closed:
+	// its last write takes this instance's users out of presence.
+	wg.Go(func() { d.presence.run(subCtx) })
 	wg.Go(func() { warnUnneededPassword(subCtx, d.cfg, d.logger) })
 
 	fresh := d.fresh

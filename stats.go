@@ -49,6 +49,11 @@ type Stats struct {
 	// ResubscribeCatchups counts open connections caught up on the
 	// history once a lost subscription was back (Hub.catchUpAfterLoss).
 	ResubscribeCatchups atomic.Uint64
+	// PresenceTransitions counts the online and offline transitions this
+	// instance published; PresenceErrors its presence ticks that failed
+	// (tried again at the next tick).
+	PresenceTransitions atomic.Uint64
+	PresenceErrors      atomic.Uint64
 }
 
 // rejectReason is why a /ws request was refused, as counted.
@@ -166,6 +171,10 @@ var counterTable = slices.Concat([]counter{
 		metric: &counterMetric{name: "fanout_history_resyncs_total", help: "Resync controls sent: the last event id a client resumed from was trimmed, malformed or unknown."}},
 	{name: "resubscribe_catchups", field: func(s *Stats) *atomic.Uint64 { return &s.ResubscribeCatchups },
 		metric: &counterMetric{name: "fanout_resubscribe_catchups_total", help: "Open connections caught up on the history after their user's Redis subscription was lost and back (failover, slot moved)."}},
+	{name: "presence_transitions", field: func(s *Stats) *atomic.Uint64 { return &s.PresenceTransitions },
+		metric: &counterMetric{name: "fanout_presence_transitions_total", help: "Presence transitions (online, offline) this instance published on PRESENCE_CHANNEL."}},
+	{name: "presence_errors", field: func(s *Stats) *atomic.Uint64 { return &s.PresenceErrors },
+		metric: &counterMetric{name: "fanout_presence_errors_total", help: "Presence updates to Redis that failed (tried again a second later)."}},
 })
 
 // disconnectCounters returns the counters of the disconnect table, in its
