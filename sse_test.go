@@ -74,7 +74,9 @@ func TestSSEFollowsTheSameRulesAsTheWebSocket(t *testing.T) {
 }
 
 func TestSSEHeartbeatsKeepAnIdleStreamAlive(t *testing.T) {
-	defer func(d time.Duration) { sseHeartbeat = d }(sseHeartbeat)
+	// Restored after the daemon has stopped (cleanups run last first).
+	saved := sseHeartbeat
+	t.Cleanup(func() { sseHeartbeat = saved })
 	sseHeartbeat = 50 * time.Millisecond
 	td := startDaemon(t, startRedis(t), nil)
 	td.waitReady()
@@ -192,7 +194,9 @@ func (s *rawSSE) next(t *testing.T) sseEvent {
 }
 
 func TestAnIdleSSEStreamHoldsNoGoroutine(t *testing.T) {
-	defer func(d time.Duration) { sseHeartbeat = d }(sseHeartbeat)
+	// Restored after the daemon has stopped (cleanups run last first).
+	saved := sseHeartbeat
+	t.Cleanup(func() { sseHeartbeat = saved })
 	sseHeartbeat = time.Second
 	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
 	td.waitReady()

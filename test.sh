@@ -17,6 +17,7 @@ ensure_package nginx nginx
 ensure_package chromium chromium
 ensure_package node nodejs
 ensure_package npm npm
+ensure_python_module redis python3-redis
 if [ ! -d e2e/node_modules/playwright-core ]; then
   echo "test.sh: installing playwright-core into e2e/ (npm)"
   npm install --prefix e2e --no-audit --no-fund --loglevel=error >/dev/null

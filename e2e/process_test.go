@@ -22,7 +22,7 @@ import (
 func TestBadConfigExitsWithCode2AndOneLine(t *testing.T) {
 	bin := fanoutBinary(t)
 	t.Parallel()
-	for _, env := range []string{"PORT=abc", "REDIS_PORT=99999", "LOG_FORMAT=xml"} {
+	for _, env := range []string{"PORT=abc", "REDIS_PORT=99999", "LOG_FORMAT=xml", "PRESENCE=maybe", "PRESENCE_TTL=1s", "PRESENCE_GRACE=-1s"} {
 		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(), "ADMIN_ADDR=127.0.0.1:0", env)
 		var stderr bytes.Buffer

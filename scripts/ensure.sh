@@ -20,6 +20,19 @@ ensure_go() {
 ensure_package() {
   command -v "$1" >/dev/null 2>&1 && return 0
   [ -x "/usr/sbin/$1" ] && return 0
+  apt_install "$1" "$2"
+}
+
+# ensure_python_module MODULE PACKAGE: installs Debian's PACKAGE when
+# Debian's python3 cannot import MODULE (the docs' Python recipes).
+ensure_python_module() {
+  /usr/bin/python3 -c "import $1" >/dev/null 2>&1 && return 0
+  apt_install "python3's $1 module" "$2"
+}
+
+# apt_install WHAT PACKAGE: installs Debian's PACKAGE when we are root;
+# otherwise says how to install it (WHAT is missing) and exits.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "$script: installing $2 from Debian's packages"
     if [ -z "${apt_updated:-}" ]; then
