@@ -92,6 +92,7 @@ type transport interface {
 // Lock order:
 //
 //	hubShard.mu → Client.mu
+//	hubShard.mu → redisPresence.mu (presence.go: a leaf)
 //	hubShard.mu → subscription's want/unwant → clusterSubscription.mu → userChannels.mu
 //
 // The hub calls into clients (enqueue, catchUpAfterLoss) and into the

@@ -661,6 +661,10 @@ const rollingDowntime = time.Second
 func rollingRestart(t *testing.T, mode string, users int) {
 	began := time.Now()
 	c := startDrainCluster(t, 3, append(drainModeEnv(mode), "LOG_LEVEL=warn")...)
+	// Presence (on by default): each user is announced online once, and
+	// the restarts, whose clients come back within PRESENCE_GRACE (5 s),
+	// publish nothing.
+	watch := watchPresence(t, c.r.Client())
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -684,6 +688,7 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	})
 	spread, _ := c.spread(0, 1, 2)
 	t.Logf("%d clients connected in %v: %v", users, time.Since(began).Round(time.Millisecond), spread)
+	testproc.Eventually(t, 10*time.Second, "every user announced online", func() bool { return len(watch.transitions()) >= users })
 
 	// The publisher goes on until two rounds after the last restart.
 	var mu sync.Mutex
@@ -728,6 +733,7 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		t.Logf("instance %d: exited %v after SIGTERM, new process ready after %v; connections %v (%d)",
 			i, exited.Round(time.Millisecond), time.Since(step).Round(time.Millisecond), counts, n)
 	}
+	lastStop := time.Now()
 	mu.Lock()
 	restartedAt = roundNow
 	mu.Unlock()
@@ -742,6 +748,9 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // a duplicate would come now
+	// An offline for a client of the last instance restarted would come
+	// PRESENCE_GRACE after its instance left, and a tick or two later.
+	time.Sleep(time.Until(lastStop.Add(5*time.Second + 2500*time.Millisecond)))
 	cancel()
 	wg.Wait()
 
@@ -786,6 +795,23 @@ func rollingRestart(t *testing.T, mode string, users int) {
 	t.Logf("%d closes 1001 (%d clients moved more than once), %d failed dials after them (by HTTP status, 0 for none: %v); %d events delivered without an id (not recorded)",
 		len(moves), movedTwice, failedDials, statuses, withoutID)
 	t.Logf("rolling restart, SUBSCRIBE_MODE=%s: %s", drainModeName(mode), gapSummary(moves))
+	onlines, offlines := map[string]int{}, 0
+	for _, tr := range watch.transitions() {
+		if tr.Online {
+			onlines[tr.Username]++
+		} else {
+			offlines++
+		}
+	}
+	t.Logf("presence: %d users announced online, %d offline transitions during the restarts", len(onlines), offlines)
+	if offlines > 0 {
+		t.Errorf("%d offline transitions in a rolling restart whose clients all came back: want none", offlines)
+	}
+	for _, name := range names {
+		if onlines[name] != 1 {
+			t.Errorf("%s announced online %d times, want once", name, onlines[name])
+		}
+	}
 	t.Logf("whole test %v", time.Since(began).Round(time.Millisecond))
 	for status, n := range statuses {
 		if status >= 500 {

@@ -172,3 +172,32 @@ func TestALeavingInstanceHandsItsUsersTheGrace(t *testing.T) {
 		t.Fatal("the leaving instance's users are still in Redis")
 	}
 }
+
+func TestPresenceWorksOnARedisCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a Redis Cluster takes seconds to start")
+	}
+	c := testproc.StartCluster(t)
+	cc := c.Client()
+	ps := cc.Subscribe(t.Context(), DefaultChannel)
+	defer ps.Close()
+	if _, err := ps.Receive(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	in := instance("a")
+	if _, err := in.Tick(t.Context(), cc, []Update{{"alice", 2}}, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-ps.Channel():
+		if m.Payload != `{"username":"alice","online":true}` {
+			t.Fatalf("transition %q", m.Payload)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no transition on the cluster")
+	}
+	st, err := Query(t.Context(), cc, "alice", "bob")
+	if err != nil || st[0] != (Status{"alice", true, 2}) || st[1].Online {
+		t.Fatalf("query on the cluster: %+v %v", st, err)
+	}
+}
