@@ -339,6 +339,16 @@ type report struct {
 	// the daemon's recording.
 	RedisCPUus       float64 `json:"redis_cpu_us"`
 	RedisCPUPerEvent float64 `json:"redis_cpu_us_per_event"`
+	// Redis's CPU and commands (INFO cpu, INFO commandstats: scripts'
+	// commands included) from before the first dial to the end of the
+	// settle (the connections arriving, and what the daemon writes for
+	// them: presence), and the same per second over the second half of the
+	// settle (connections open, no events). Single Redis only; the bench's own
+	// INFO reads are a few commands.
+	RedisConnectCPUus       float64 `json:"redis_connect_cpu_us"`
+	RedisConnectCommands    int64   `json:"redis_connect_commands"`
+	RedisIdleCPUPercent     float64 `json:"redis_idle_cpu_percent"`
+	RedisIdleCommandsPerSec float64 `json:"redis_idle_commands_per_sec"`
 	// Redis memory (INFO memory used_memory) before the first publish and
 	// after the last delivery, and the history entries added in between
 	// (XLEN over the users' fanout:history:{u} keys): memory per retained
@@ -575,6 +585,7 @@ func run(o options) (*report, error) {
 	tr := newTracker()
 	defer func() { reap(tr.children) }()
 	workers := max(1, o.dialWorkers/o.procs)
+	rcpuStart, rcmdStart := redisCPU(single), redisCommands(single)
 	start := time.Now()
 	for i := 0; i < o.procs; i++ {
 		cfg := childConfig{URLs: urls, Transport: o.transport, Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
@@ -613,7 +624,17 @@ func run(o options) (*report, error) {
 	rep.UpgradesPerSec = float64(rep.Connections) / rep.ConnectSeconds
 
 	idle0, idleT0 := cpuTicksAll(pids), time.Now()
-	time.Sleep(o.settle)
+	// Redis idles over the second half of the settle, once what the
+	// connections caused (presence's writes, a second behind) is done.
+	time.Sleep(o.settle / 2)
+	rcpuIdle, rcmdIdle, redisIdleT0 := redisCPU(single), redisCommands(single), time.Now()
+	time.Sleep(o.settle - o.settle/2)
+	if rcpuEnd, rcmdEnd := redisCPU(single), redisCommands(single); rcpuStart >= 0 && rcpuIdle >= 0 && rcpuEnd >= 0 && rcmdStart >= 0 && rcmdIdle >= 0 && rcmdEnd >= 0 {
+		secs := time.Since(redisIdleT0).Seconds()
+		rep.RedisConnectCPUus, rep.RedisConnectCommands = rcpuEnd-rcpuStart, rcmdEnd-rcmdStart
+		rep.RedisIdleCPUPercent = (rcpuEnd - rcpuIdle) / 1e4 / secs
+		rep.RedisIdleCommandsPerSec = float64(rcmdEnd-rcmdIdle) / secs
+	}
 	rep.RSSConnectedBytes = rss(pids)
 	if o.transport == transportSSE {
 		rep.sseHeartbeatsAtRSS(tr.children, o.settle)

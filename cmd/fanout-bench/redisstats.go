@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"fanout/history"
@@ -49,6 +50,29 @@ func redisCPU(rdb *redis.Client) float64 {
 		return -1
 	}
 	return (sys + user) * 1e6
+}
+
+// redisCommands returns the commands Redis has run so far (INFO
+// commandstats: the calls of every command, those run by scripts included),
+// or -1.
+func redisCommands(rdb *redis.Client) int64 {
+	f, err := redisInfo(rdb, "commandstats")
+	if err != nil {
+		return -1
+	}
+	var n int64
+	for k, v := range f {
+		if !strings.HasPrefix(k, "cmdstat_") {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+		c, err := strconv.ParseInt(calls, 10, 64)
+		if err != nil {
+			return -1
+		}
+		n += c
+	}
+	return n
 }
 
 // redisMemory returns INFO memory used_memory in bytes, or -1.
