@@ -35,6 +35,7 @@ func commands() []command {
 		{"tail", "connect to a daemon as one user and print each event on its own line", runTail},
 		{"publish", "publish events that are kept in the history, from a shell", runPublish},
 		{"presence", "print whether users are connected to any instance, from Redis", runPresence},
+		{"seen", "print the last event id each user acknowledged (read receipts), from Redis", runSeen},
 		{"token", "mint a test token signed with JWT_SECRET, which the daemon accepts", runToken},
 		{"version", "print the version, the commit and the Go version", runVersion},
 		{"help", "print this help, or a command's (fanout help COMMAND)", runHelp},

@@ -128,6 +128,8 @@ type Config struct {
 	PresenceTTL     time.Duration
 	PresenceGrace   time.Duration
 	PresenceChannel string
+	// ReceiptsChannel is where changes of users' seen ids are published.
+	ReceiptsChannel string
 }
 
 // The values of SUBSCRIBE_MODE.
@@ -335,6 +337,7 @@ func loadConfig(lookup func(string) (string, bool)) (Config, error) {
 	}
 	cfg.PresenceGrace = r.duration("PRESENCE_GRACE", 5*time.Second)
 	cfg.PresenceChannel = r.str("PRESENCE_CHANNEL", presence.DefaultChannel)
+	cfg.ReceiptsChannel = r.str("RECEIPTS_CHANNEL", history.DefaultReceiptsChannel)
 
 	if r.err == nil && cfg.Pprof && cfg.AdminAddr == "" {
 		r.fail("PPROF", r.getenv("PPROF"), "needs the admin listener; unset ADMIN_ADDR=off")

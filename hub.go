@@ -69,6 +69,8 @@ type Hub struct {
 	// presence is told whenever a user's connection count here changes
 	// (PRESENCE), with the user's shard lock held.
 	presence presenceTracker
+	// receipts takes the acks of this instance's clients (read receipts).
+	receipts receiptTracker
 	// wg counts, for every client, its read pump and its write side (the
 	// holders of its write right, one at a time, until a write pump closes
 	// the socket in closeSocket), and broadcast's fan-out goroutines; the
@@ -166,7 +168,7 @@ type hubShard struct {
 }
 
 func newHub(settings clientSettings, logger *slog.Logger, stats *Stats) *Hub {
-	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}, watch: watchNobody{}, presence: presenceOff{}}
+	h := &Hub{seed: maphash.MakeSeed(), settings: settings, logger: logger, stats: stats, deliveryLatency: discard{}, watch: watchNobody{}, presence: presenceOff{}, receipts: receiptsOff{stats: stats}}
 	h.replays, h.stopReplays = context.WithCancel(context.Background())
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]map[*Client]struct{})

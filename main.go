@@ -91,6 +91,8 @@ type daemon struct {
 	sub subscription
 	// presence keeps this instance's users in Redis (PRESENCE).
 	presence presenceTracker
+	// receipts writes the acks of this instance's clients (read receipts).
+	receipts receiptTracker
 	auth     *Authenticator
 	server   *Server
 	metrics  *metrics
@@ -170,6 +172,8 @@ func newDaemon(cfg Config, logger *slog.Logger) (*daemon, error) {
 	hub.watch = d.sub
 	d.presence = newPresence(cfg, rdb, id, hub, stats, logger)
 	hub.presence = d.presence
+	d.receipts = newReceipts(cfg, rdb, stats, logger)
+	hub.receipts = d.receipts
 	if cfg.History {
 		hub.catchUps = newCatchUps(rdb, cfg, stats, logger, d.sub.waitSynced)
 	}
@@ -244,6 +248,7 @@ func (d *daemon) run(ctx context.Context, ln, adminLn net.Listener) error {
 	// Ended with the subscription, after the hub's connections are closed:
 	// its last write takes this instance's users out of presence.
 	wg.Go(func() { d.presence.run(subCtx) })
+	wg.Go(func() { d.receipts.run(subCtx) })
 	wg.Go(func() { warnUnneededPassword(subCtx, d.cfg, d.logger) })
 
 	fresh := d.fresh

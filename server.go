@@ -76,6 +76,8 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", s.handleWebSocket)
 	mux.HandleFunc("GET /events", s.handleEvents)
+	mux.HandleFunc("POST /ack", s.handleAck)
+	mux.HandleFunc("OPTIONS /ack", s.handleAckPreflight)
 	mux.HandleFunc("GET /health", s.handleHealth)
 	mux.HandleFunc("GET /ready", s.handleReady)
 	s.webRoutes(mux)
@@ -129,14 +131,7 @@ func (s *Server) admitRequest(w http.ResponseWriter, r *http.Request, credential
 		remote = r.RemoteAddr
 	}
 	s.warnUntrustedForward(r)
-	if origin := r.Header.Get("Origin"); origin != "" && s.originAllowed(r, origin) {
-		w.Header().Set("Access-Control-Allow-Origin", origin)
-		if credentials {
-			w.Header().Set("Access-Control-Allow-Credentials", "true")
-		}
-		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
-		w.Header().Add("Vary", "Origin")
-	}
+	s.corsHeaders(w, r, credentials)
 	req, err := parseReplayRequest(r.URL.Query().Get, r.Header.Get("Last-Event-ID"))
 	if err != nil {
 		s.refuse(w, remote, &refusal{status: http.StatusBadRequest, reason: rejectBadRequest, message: err.Error()})
@@ -158,6 +153,19 @@ func (s *Server) admitRequest(w http.ResponseWriter, r *http.Request, credential
 	return id, req, remote, true
 }
 
+// corsHeaders lets a page of an allowed origin read the answer (with
+// credentials for EventSource's withCredentials and fetch's "include").
+func (s *Server) corsHeaders(w http.ResponseWriter, r *http.Request, credentials bool) {
+	if origin := r.Header.Get("Origin"); origin != "" && s.originAllowed(r, origin) {
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		if credentials {
+			w.Header().Set("Access-Control-Allow-Credentials", "true")
+		}
+		w.Header().Set("Access-Control-Expose-Headers", "Retry-After")
+		w.Header().Add("Vary", "Origin")
+	}
+}
+
 // refusal is the answer to a /ws request that is not upgraded.
 type refusal struct {
 	// status is the HTTP status.
@@ -171,10 +179,35 @@ type refusal struct {
 }
 
 // admit runs the checks of a /ws request in order: shutting down, address
-// rate, protected mode, origin, identity, connection limits. client is the
-// request's client address (clientAddr). On success the identity holds a
-// slot reserved in the hub, which the caller registers or releases.
+// rate, protected mode, origin, identity (identify), connection limits.
+// client is the request's client address (clientAddr). On success the
+// identity holds a slot reserved in the hub, which the caller registers or
+// releases.
 func (s *Server) admit(r *http.Request, client netip.Addr) (identity, *refusal) {
+	id, refused := s.identify(r, client)
+	if refused != nil {
+		return id, refused
+	}
+	switch err := s.hub.reserve(id.username); err {
+	case nil:
+		return id, nil
+	case errUserLimit:
+		return identity{}, &refusal{status: http.StatusTooManyRequests, reason: rejectUserLimit,
+			message:    fmt.Sprintf("%q already has %d connections (MAX_CONNECTIONS_PER_USER); close one and retry", id.username, s.cfg.MaxConnectionsPerUser),
+			retryAfter: retryAfterUserLimit}
+	case errInstanceLimit:
+		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectInstanceLimit,
+			message:    err.Error() + "; retry later or on another instance",
+			retryAfter: retryAfterInstanceLimit}
+	default:
+		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: err.Error()}
+	}
+}
+
+// identify runs the checks of a request that acts as a user (/ws, /events,
+// /ack) up to who it is: shutting down, address rate, protected mode,
+// origin, identity (token or username, and the channel it may watch).
+func (s *Server) identify(r *http.Request, client netip.Addr) (identity, *refusal) {
 	if s.hub.closing.Load() {
 		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: errHubClosed.Error()}
 	}
@@ -212,20 +245,7 @@ func (s *Server) admit(r *http.Request, client netip.Addr) (identity, *refusal) 
 		}
 		return identity{}, &refusal{status: aerr.status, reason: reason, message: aerr.reason}
 	}
-	switch err := s.hub.reserve(id.username); err {
-	case nil:
-		return id, nil
-	case errUserLimit:
-		return identity{}, &refusal{status: http.StatusTooManyRequests, reason: rejectUserLimit,
-			message:    fmt.Sprintf("%q already has %d connections (MAX_CONNECTIONS_PER_USER); close one and retry", id.username, s.cfg.MaxConnectionsPerUser),
-			retryAfter: retryAfterUserLimit}
-	case errInstanceLimit:
-		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectInstanceLimit,
-			message:    err.Error() + "; retry later or on another instance",
-			retryAfter: retryAfterInstanceLimit}
-	default:
-		return identity{}, &refusal{status: http.StatusServiceUnavailable, reason: rejectShuttingDown, message: err.Error()}
-	}
+	return id, nil
 }
 
 // upgradeAndRegister upgrades an admitted request and hands the connection

@@ -54,6 +54,13 @@ type Stats struct {
 	// (tried again at the next tick).
 	PresenceTransitions atomic.Uint64
 	PresenceErrors      atomic.Uint64
+	// ReceiptsRecorded counts acks that moved their user's seen id;
+	// ReceiptsIgnored those that were not ids, not in the user's history,
+	// or came with HISTORY=off; ReceiptsErrors the writes that failed
+	// (tried again a second later).
+	ReceiptsRecorded atomic.Uint64
+	ReceiptsIgnored  atomic.Uint64
+	ReceiptsErrors   atomic.Uint64
 }
 
 // rejectReason is why a /ws request was refused, as counted.
@@ -175,6 +182,12 @@ var counterTable = slices.Concat([]counter{
 		metric: &counterMetric{name: "fanout_presence_transitions_total", help: "Presence transitions (online, offline) this instance published on PRESENCE_CHANNEL."}},
 	{name: "presence_errors", field: func(s *Stats) *atomic.Uint64 { return &s.PresenceErrors },
 		metric: &counterMetric{name: "fanout_presence_errors_total", help: "Presence updates to Redis that failed (tried again a second later)."}},
+	{name: "receipts_recorded", field: func(s *Stats) *atomic.Uint64 { return &s.ReceiptsRecorded },
+		metric: &counterMetric{name: "fanout_receipts_recorded_total", help: "Acks that moved their user's seen id (read receipts)."}},
+	{name: "receipts_ignored", field: func(s *Stats) *atomic.Uint64 { return &s.ReceiptsIgnored },
+		metric: &counterMetric{name: "fanout_receipts_ignored_total", help: "Acks ignored: not an event id, not in the user's history, or HISTORY=off."}},
+	{name: "receipts_errors", field: func(s *Stats) *atomic.Uint64 { return &s.ReceiptsErrors },
+		metric: &counterMetric{name: "fanout_receipts_errors_total", help: "Read-receipt writes to Redis that failed (tried again a second later)."}},
 })
 
 // disconnectCounters returns the counters of the disconnect table, in its

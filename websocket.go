@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"slices"
@@ -348,10 +349,15 @@ func (c *wsClient) readFrame() bool {
 		return true
 	}
 	_, r, err := c.conn.NextReader()
+	var data []byte
 	if err == nil {
 		// Reading the whole message enforces the read limit on every
-		// fragment of it.
-		_, err = io.Copy(io.Discard, r)
+		// fragment of it. A fanout.v1 client's message may be an ack.
+		if c.v1 {
+			data, err = io.ReadAll(r)
+		} else {
+			_, err = io.Copy(io.Discard, r)
+		}
 	}
 	if err != nil {
 		if websocket.IsUnexpectedCloseError(err, websocket.CloseGoingAway, websocket.CloseNormalClosure, websocket.CloseNoStatusReceived) {
@@ -373,7 +379,21 @@ func (c *wsClient) readFrame() bool {
 		c.drainFrames()
 		return false
 	}
+	if data != nil {
+		c.takeAck(data)
+	}
 	return true
+}
+
+// takeAck records a fanout.v1 client's {"ack":"<event id>"} (read
+// receipts); any other message is ignored, as from every client.
+func (c *wsClient) takeAck(data []byte) {
+	var m struct {
+		Ack *string `json:"ack"`
+	}
+	if json.Unmarshal(data, &m) == nil && m.Ack != nil {
+		_ = c.hub.receipts.ack(c.username, *m.Ack)
+	}
 }
 
 // extendRead gives the client another pong wait to send something.

@@ -433,5 +433,8 @@ func Load(ctx context.Context, rdb redis.Scripter) error {
 	if err := publishShardedScript.Load(ctx, rdb).Err(); err != nil {
 		return fmt.Errorf("load the sharded publish script: %w", err)
 	}
+	if err := AckScript.Load(ctx, rdb).Err(); err != nil {
+		return fmt.Errorf("load the ack script: %w", err)
+	}
 	return nil
 }

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"fanout/history"
+)
+
+// Read receipts: a fanout.v1 WebSocket client sends {"ack":"<event id>"},
+// an SSE client POSTs {"id":"<event id>"} to /ack, and the daemon records per
+// user the highest id acknowledged (history.AckScript), across instances,
+// publishing each change on RECEIPTS_CHANNEL. Acks are batched: at most
+// one Redis write per user per second per instance.
+
+// receiptTracker takes the acks of this instance's clients. A mode chosen
+// at start-up: with HISTORY=off events have no ids, and receiptsOff only
+// says so.
+type receiptTracker interface {
+	// ack records that a client of username acknowledged id; an error
+	// says why it is ignored (counted in receipts_ignored).
+	ack(username, id string) error
+	// run writes the acks to Redis once a second until ctx ends, then
+	// writes what is left and returns.
+	run(ctx context.Context)
+}
+
+var (
+	errNoHistory = errors.New("HISTORY=off: events have no ids to acknowledge")
+	errNotAnID   = errors.New("not an event id (ids look like 1733050000000-0)")
+)
+
+// receiptsOff is HISTORY=off.
+type receiptsOff struct{ stats *Stats }
+
+func (r receiptsOff) ack(string, string) error {
+	r.stats.ReceiptsIgnored.Add(1)
+	return errNoHistory
+}
+func (receiptsOff) run(context.Context) {}
+
+// receiptsEvery is how often acks are written: at most one write per user
+// per this period per instance, and how late a publication owed is sent.
+const receiptsEvery = time.Second
+
+// receiptsBatch bounds the script calls of one pipeline.
+const receiptsBatch = 1000
+
+// redisReceipts is HISTORY=on.
+type redisReceipts struct {
+	rdb     redis.UniversalClient
+	layout  history.Layout
+	channel string
+	ttl     time.Duration
+	stats   *Stats
+	logger  *slog.Logger
+	errLog  *logLimiter
+
+	mu sync.Mutex
+	// pending holds, per user, the highest id acknowledged since the last
+	// write, or "" when only a publication is owed (the user's seen id
+	// moved less than a second after the last publication).
+	pending map[string]string
+}
+
+func newReceipts(cfg Config, rdb redis.UniversalClient, stats *Stats, logger *slog.Logger) receiptTracker {
+	if !cfg.History {
+		return receiptsOff{stats: stats}
+	}
+	return &redisReceipts{rdb: rdb, layout: history.Layout{Sharded: cfg.PubSubSharded}, channel: cfg.ReceiptsChannel,
+		ttl: cfg.Retention.TTL, stats: stats, logger: logger, errLog: newLogLimiter(1.0/10, 1),
+		pending: make(map[string]string)}
+}
+
+func (r *redisReceipts) ack(username, id string) error {
+	p, ok := history.ParseID(id)
+	if !ok {
+		r.stats.ReceiptsIgnored.Add(1)
+		return errNotAnID
+	}
+	r.mu.Lock()
+	r.keepHigherLocked(username, id, p)
+	r.mu.Unlock()
+	return nil
+}
+
+// keepHigherLocked makes id username's pending ack unless a higher one is
+// pending; r.mu must be held.
+func (r *redisReceipts) keepHigherLocked(username, id string, p history.ID) {
+	if cur, ok := r.pending[username]; ok && cur != "" {
+		if q, _ := history.ParseID(cur); !q.Less(p) {
+			return
+		}
+	}
+	r.pending[username] = id
+}
+
+func (r *redisReceipts) run(ctx context.Context) {
+	t := time.NewTicker(receiptsEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			r.flush(ctx)
+		case <-ctx.Done():
+			// The connections are closed by now: their last acks.
+			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			r.flush(last)
+			cancel()
+			return
+		}
+	}
+}
+
+// flush writes the pending acks, in pipelines of receiptsBatch script
+// calls. A call that failed is pending again; a publication owed is tried
+// at the next flush.
+func (r *redisReceipts) flush(ctx context.Context) {
+	r.mu.Lock()
+	pending := r.pending
+	if len(pending) == 0 {
+		r.mu.Unlock()
+		return
+	}
+	r.pending = make(map[string]string, len(pending))
+	r.mu.Unlock()
+
+	users := make([]string, 0, len(pending))
+	for u := range pending {
+		users = append(users, u)
+	}
+	for len(users) > 0 {
+		n := min(len(users), receiptsBatch)
+		r.write(ctx, users[:n], pending)
+		users = users[n:]
+	}
+}
+
+// write runs the ack script for users, with their pending ids.
+func (r *redisReceipts) write(ctx context.Context, users []string, pending map[string]string) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	pipe := r.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(users))
+	ttl := r.ttl.Milliseconds()
+	for i, u := range users {
+		cmds[i] = history.AckScript.EvalSha(ctx, pipe, []string{r.layout.SeenKey(u), r.layout.Key(u)},
+			pending[u], r.channel, u, ttl)
+	}
+	err := history.ExecScripts(ctx, r.rdb, pipe)
+	if err != nil {
+		r.errLog.log(r.logger, slog.LevelWarn, "Recording read receipts failed; retrying", "err", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, u := range users {
+		res, err := cmds[i].Int()
+		switch {
+		case err != nil:
+			r.stats.ReceiptsErrors.Add(1)
+			if id := pending[u]; id != "" {
+				p, _ := history.ParseID(id)
+				r.keepHigherLocked(u, id, p)
+			} else if _, ok := r.pending[u]; !ok {
+				r.pending[u] = ""
+			}
+			continue
+		case res < 0:
+			r.stats.ReceiptsIgnored.Add(1)
+			continue
+		case res&1 == 1:
+			r.stats.ReceiptsRecorded.Add(1)
+		}
+		if res&2 == 2 {
+			if _, ok := r.pending[u]; !ok {
+				r.pending[u] = ""
+			}
+		}
+	}
+}
+
+// maxAckBody bounds a POST /ack body.
+const maxAckBody = 1024
+
+// handleAck answers POST /ack: an SSE client (or any HTTP client) acknowledges
+// an event of its user, {"id":"<event id>"}, under the same identity rules
+// as /events. 204 when the ack is taken (it is checked against the user's
+// history when written, within a second); 400 with a one-line reason when
+// it is not an id.
+func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
+	client := clientAddr(r, s.cfg.TrustedProxies)
+	remote := client.String()
+	if !client.IsValid() {
+		remote = r.RemoteAddr
+	}
+	s.corsHeaders(w, r, true)
+	id, refused := s.identify(r, client)
+	if refused != nil {
+		s.refuse(w, remote, refused)
+		return
+	}
+	var body struct {
+		ID *string `json:"id"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAckBody)).Decode(&body); err != nil || body.ID == nil {
+		s.stats.ReceiptsIgnored.Add(1)
+		s.refuse(w, remote, &refusal{status: http.StatusBadRequest, reason: rejectBadRequest,
+			message: `/ack: the body must be {"id":"<event id>"}, at most 1 KiB`})
+		return
+	}
+	if err := s.hub.receipts.ack(id.username, *body.ID); err != nil {
+		s.refuse(w, remote, &refusal{status: http.StatusBadRequest, reason: rejectBadRequest, message: "/ack: " + err.Error()})
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleAckPreflight answers a browser's CORS preflight for POST /ack from
+// an allowed origin (fetch with a JSON content type or an Authorization
+// header).
+func (s *Server) handleAckPreflight(w http.ResponseWriter, r *http.Request) {
+	s.corsHeaders(w, r, true)
+	if w.Header().Get("Access-Control-Allow-Origin") != "" {
+		w.Header().Set("Access-Control-Allow-Methods", "POST")
+		w.Header().Set("Access-Control-Allow-Headers", "Content-Type, Authorization")
+		w.Header().Set("Access-Control-Max-Age", "600")
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
