@@ -30,6 +30,8 @@ type receiptTracker interface {
 	// run writes the acks to Redis once a second until ctx ends, then
 	// writes what is left and returns.
 	run(ctx context.Context)
+	// seen returns username's seen id ("" for none).
+	seen(ctx context.Context, username string) (string, error)
 }
 
 var (
@@ -45,6 +47,9 @@ func (r receiptsOff) ack(string, string) error {
 	return errNoHistory
 }
 func (receiptsOff) run(context.Context) {}
+func (receiptsOff) seen(context.Context, string) (string, error) {
+	return "", errNoHistory
+}
 
 // receiptsEvery is how often acks are written: at most one write per user
 // per this period per instance, and how late a publication owed is sent.
@@ -100,6 +105,10 @@ func (r *redisReceipts) keepHigherLocked(username, id string, p history.ID) {
 		}
 	}
 	r.pending[username] = id
+}
+
+func (r *redisReceipts) seen(ctx context.Context, username string) (string, error) {
+	return r.layout.Seen(ctx, r.rdb, username)
 }
 
 func (r *redisReceipts) run(ctx context.Context) {
@@ -220,6 +229,38 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleSeen answers GET /ack: the seen id of the request's user (the
+// identity rules of /events), {"username":"alice","seen":"<id>"} or
+// "seen":null. The console page shows it.
+func (s *Server) handleSeen(w http.ResponseWriter, r *http.Request) {
+	client := clientAddr(r, s.cfg.TrustedProxies)
+	remote := client.String()
+	if !client.IsValid() {
+		remote = r.RemoteAddr
+	}
+	s.corsHeaders(w, r, true)
+	id, refused := s.identify(r, client)
+	if refused != nil {
+		s.refuse(w, remote, refused)
+		return
+	}
+	seen, err := s.hub.receipts.seen(r.Context(), id.username)
+	if err != nil {
+		s.refuse(w, remote, &refusal{status: http.StatusServiceUnavailable, reason: rejectNotSubscribed, message: "/ack: " + err.Error(), retryAfter: 1})
+		return
+	}
+	line := struct {
+		Username string  `json:"username"`
+		Seen     *string `json:"seen"`
+	}{Username: id.username}
+	if seen != "" {
+		line.Seen = &seen
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(line)
 }
 
 // handleAckPreflight answers a browser's CORS preflight for POST /ack from

@@ -77,6 +77,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /ws", s.handleWebSocket)
 	mux.HandleFunc("GET /events", s.handleEvents)
 	mux.HandleFunc("POST /ack", s.handleAck)
+	mux.HandleFunc("GET /ack", s.handleSeen)
 	mux.HandleFunc("OPTIONS /ack", s.handleAckPreflight)
 	mux.HandleFunc("GET /health", s.handleHealth)
 	mux.HandleFunc("GET /ready", s.handleReady)

@@ -18,6 +18,8 @@
 //   {"cmd":"close","name":"a"}              a.close()
 //   {"cmd":"eventsource","name":"s","url":"…"}
 //       a plain EventSource on url, with no code of its own for resuming
+//   {"cmd":"visibility","state":"hidden"}  makes document.visibilityState
+//                                           say state, and fires visibilitychange
 //   {"cmd":"script","code":"…"}            runs code in the page (a README
 //                                           snippet), which may call report(line)
 //   {"cmd":"exit"}
@@ -25,6 +27,7 @@
 //   status a open code=0 http=0 reconnects=0 reason= delay=0
 //   event a {"type":"…"} id=1764590000000-0
 //   resync a reason=… last=1764590000000-0
+//   ack a 1764590000000-0                 (each acknowledgement sent)
 // (an EventSource prints "status s open", "status s error readyState=N",
 // "event s DATA id=LAST_EVENT_ID" and "resync s DATA").
 import readline from 'node:readline';
@@ -70,6 +73,7 @@ await run(async (browser) => {
             window.report(`status ${cmd.name} ${s.state} code=${s.code} http=${s.httpStatus} reconnects=${s.reconnects} reason=${s.reason} delay=${s.delay}`);
           options.onEvent = (event, raw, info) => window.report(`event ${cmd.name} ${JSON.stringify(event)} id=${info?.id}`);
           options.onResync = (r) => window.report(`resync ${cmd.name} reason=${r.reason} last=${r.lastEventId}`);
+          options.onAck = (id) => window.report(`ack ${cmd.name} ${id}`);
           window.clients[cmd.name] = window.fanout.connect(options);
           break;
         }
@@ -95,6 +99,10 @@ await run(async (browser) => {
         }
         case 'close':
           window.clients[cmd.name].close();
+          break;
+        case 'visibility':
+          Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => cmd.state });
+          document.dispatchEvent(new Event('visibilitychange'));
           break;
         case 'script':
           // The harness's own page, its own code: a README snippet.

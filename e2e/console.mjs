@@ -7,7 +7,8 @@
 // SPEC_JSON: {url, username, history: [{type, run_id}…] (published before
 // the page opens), first: {type, run_id} (one of them), whileDown: {type,
 // run_id}, afterRestart: {type, run_id}, total, filter, filterMatches,
-// select: {type, run_id}, quiet: {url, whileDown: [{type, run_id}…], live:
+// select: {type, run_id}, seenID (the id alice's pages acknowledged, which
+// the console shows), quiet: {url, whileDown: [{type, run_id}…], live:
 // {type, run_id}}}. quiet is a second page, opened with ?username= in its
 // URL, for a user without history: it has listed no event when the daemon
 // restarts.
@@ -58,6 +59,8 @@ await run(async (browser) => {
     throw new Error(`detail pane shows ${JSON.stringify(text)}`);
   }
   const firstID = await row(spec.first).locator('td.id').textContent();
+  // What alice's own pages acknowledged (read receipts), polled from /ack.
+  await page.locator(`#seen[data-seen="${spec.seenID}"]`).waitFor({ timeout });
   const meta = await page.locator('#detail-meta').textContent();
   if (!/^\d+-\d+$/.test(firstID) || !meta.startsWith(`id ${firstID} · `)) {
     throw new Error(`the event's id is ${JSON.stringify(firstID)}, the detail says ${JSON.stringify(meta)}`);

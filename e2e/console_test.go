@@ -94,20 +94,29 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 	r := testproc.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
 	pub := history.NewPublisher(r.Client(), history.Retention{})
-	publishKept := func(user, payload string) {
+	publishKept := func(user, payload string) string {
 		t.Helper()
-		if _, err := pub.Publish(context.Background(), user, []byte(payload)); err != nil {
+		id, err := pub.Publish(context.Background(), user, []byte(payload))
+		if err != nil {
 			t.Fatal(err)
 		}
+		return id
 	}
 
 	// Before the page opens: alice's history holds two events.
 	earlier := consoleEvent("workflow_completed", "run-5e0a12", `"status":"succeeded","duration_ms":6120`)
 	first := consoleEvent("workflow_started", "run-7f3a9c", `"trigger":"schedule","started_at":"2026-11-27T09:00:00Z"`)
 	publishKept("alice", earlier)
-	publishKept("alice", first)
+	firstID := publishKept("alice", first)
 	td := startDaemonOn(t, r, map[string]string{"LOG_LEVEL": "info"}, addr)
 	td.waitReady()
+	// alice's own page acknowledged the first event (read receipts): the
+	// console shows it, and acknowledges nothing itself.
+	resp, err := http.Post(td.baseURL+"/ack?username=alice", "text/plain", strings.NewReader(`{"id":"`+firstID+`"}`))
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("POST /ack: %v %v", resp, err)
+	}
+	resp.Body.Close()
 
 	whileDown := consoleEvent("workflow_started", "run-c3e210", `"trigger":"webhook","source":"crm"`)
 	afterRestart := consoleEvent("node_completed", "run-7f3a9c", `"node":"fetch-sales","status":"succeeded","duration_ms":1840`)
@@ -134,6 +143,7 @@ func TestConsoleShowsEventsAndReconnectsAfterTheDaemonRestarts(t *testing.T) {
 			{"type": "workflow_started", "run_id": "run-7f3a9c"},
 		},
 		"first":         map[string]string{"type": "workflow_started", "run_id": "run-7f3a9c"},
+		"seenID":        firstID,
 		"whileDown":     map[string]string{"type": "workflow_started", "run_id": "run-c3e210"},
 		"afterRestart":  map[string]string{"type": "node_completed", "run_id": "run-7f3a9c"},
 		"total":         4 + len(batch),
@@ -785,6 +795,66 @@ func TestFanoutClientWithHistoryOffGetsEventsWithoutIds(t *testing.T) {
 	waitStep(t, h.p, "event a {\"type\":\"unrecorded\",\"n\":1} id=\n")
 	if u := h.urls("a")[0]; !strings.HasSuffix(u, " protocol=fanout.v1") {
 		t.Fatalf("with HISTORY=off the daemon did not accept fanout.v1: %s", u)
+	}
+	h.exit()
+}
+
+// TestFanoutClientAcknowledgesOnceThePageIsVisible: read receipts from the
+// browser. With the default ack option an event that arrives while the
+// tab is hidden is acknowledged when the page becomes visible; 'receipt'
+// acknowledges on arrival, hidden or not; 'never' never. The daemon records
+// the user's seen id, and the console shows it.
+func TestFanoutClientAcknowledgesOnceThePageIsVisible(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	r := testproc.StartRedis(t)
+	td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+	td.waitReady()
+	seen := func(user string) string {
+		id, err := history.Layout{}.Seen(context.Background(), r.Client(), user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	h := startClientHarness(t, td.baseURL, nil)
+	h.send(map[string]any{"cmd": "visibility", "state": "hidden"})
+	h.connect("a", withOptions("url", td.wsURL, "username", "alice"), false)
+	h.connect("r", withOptions("url", td.wsURL, "username", "rita", "ack", "receipt"), false)
+	h.connect("n", withOptions("url", td.wsURL, "username", "nora", "ack", "never"), false)
+	for _, name := range []string{"a", "r", "n"} {
+		waitStep(t, h.p, "status "+name+" open code=0")
+	}
+	testproc.Eventually(t, 5*time.Second, "clients connected", func() bool {
+		return td.connectionCount("alice") == 1 && td.connectionCount("rita") == 1 && td.connectionCount("nora") == 1
+	})
+	for _, u := range []string{"alice", "rita", "nora"} {
+		td.publish(u, resumeStep(1))
+	}
+	h.waitEvent("a", resumeStep(1))
+	h.waitEvent("r", resumeStep(1))
+	h.waitEvent("n", resumeStep(1))
+	aliceID, ritaID := h.events("a")[0].id, h.events("r")[0].id
+
+	// rita's page acknowledges on arrival, hidden as it is.
+	testproc.Eventually(t, 5*time.Second, "rita's event seen", func() bool { return seen("rita") == ritaID })
+	waitStep(t, h.p, "ack r "+ritaID)
+	// alice's page is hidden: nothing yet.
+	time.Sleep(1500 * time.Millisecond)
+	if got := seen("alice"); got != "" || countLines(h.p.Output(), "ack a ") != 0 {
+		t.Fatalf("alice's hidden page acknowledged (seen %q)", got)
+	}
+	// The user comes back to the tab.
+	h.send(map[string]any{"cmd": "visibility", "state": "visible"})
+	waitStep(t, h.p, "ack a "+aliceID)
+	testproc.Eventually(t, 5*time.Second, "alice's event seen", func() bool { return seen("alice") == aliceID })
+	// A visible page acknowledges new events as they come.
+	td.publish("alice", resumeStep(2))
+	h.waitEvent("a", resumeStep(2))
+	second := h.events("a")[1].id
+	testproc.Eventually(t, 5*time.Second, "alice's second event seen", func() bool { return seen("alice") == second })
+	if got := seen("nora"); got != "" || countLines(h.p.Output(), "ack n ") != 0 {
+		t.Fatalf("ack 'never' acknowledged (seen %q)", got)
 	}
 	h.exit()
 }

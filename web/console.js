@@ -20,6 +20,7 @@ const pauseButton = $('pause');
 const rows = $('rows');
 const empty = $('empty');
 const count = $('count');
+const seenNote = $('seen');
 const json = $('json');
 const detailMeta = $('detail-meta');
 const resyncNote = $('resync');
@@ -82,7 +83,33 @@ function start() {
   history.replaceState(null, '', url);
   empty.textContent = `Waiting for events on workflow:events:${username || '(the token’s user)'}…`;
   resyncNote.hidden = true;
-  client = connect({ username, token: token || undefined, history: MAX_EVENTS, onEvent: receive, onStatus: showStatus, onResync: resynced });
+  // The console watches: it acknowledges nothing on the user's behalf,
+  // and shows what the user's own pages acknowledged (read receipts).
+  client = connect({ username, token: token || undefined, history: MAX_EVENTS, ack: 'never', onEvent: receive, onStatus: showStatus, onResync: resynced });
+  pollSeen(client, username, token);
+}
+
+// pollSeen shows, every 2 s while c is the console's client, the last event
+// id the user acknowledged (GET /ack: the identity rules of /events).
+async function pollSeen(c, username, token) {
+  const url = new URL('ack', c.url.replace(/^ws/, 'http'));
+  if (username) url.searchParams.set('username', username);
+  if (token) url.searchParams.set('token', token);
+  while (client === c) {
+    try {
+      const resp = await fetch(url, { cache: 'no-store' });
+      if (resp.ok) {
+        const { seen } = await resp.json();
+        seenNote.textContent = seen ? `seen up to ${seen}` : 'nothing seen yet';
+        seenNote.dataset.seen = seen ?? '';
+      } else {
+        seenNote.textContent = '';
+      }
+    } catch {
+      seenNote.textContent = '';
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
 }
 
 // resynced: the daemon could not resume after the last id (history trimmed

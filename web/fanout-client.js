@@ -49,6 +49,15 @@
  * the `history` option asks for the last N retained events instead; the
  * `lastEventId` option gives the first connection an id to resume after.
  *
+ * Read receipts: on fanout.v1 the client acknowledges the last event id to
+ * the daemon ({"ack":"<id>"}), which records per user the highest id
+ * acknowledged, so a backend can ask whether the user saw an event. With
+ * the `ack` option 'visible' (the default) it acknowledges once the page
+ * is visible (document.visibilityState): an event that arrives while the
+ * tab is hidden is acknowledged when the user comes back to it; 'receipt'
+ * acknowledges on arrival, 'never' never. At most one ack a second, always
+ * of the last id; onAck is told each one sent.
+ *
  * A daemon without fanout.v1 (older than history): browsers fail a
  * handshake whose server picks none of the offered subprotocols. After two
  * such failures in a row that the daemon's diagnosis (below) says it would
@@ -99,11 +108,15 @@
  *   N retained events (?history=N): a page that opens late still shows them
  * @property {string} [lastEventId] resume after this id on the first
  *   connection, e.g. one kept in sessionStorage across a reload
+ * @property {'visible'|'receipt'|'never'} [ack='visible'] when to acknowledge
+ *   the last event id (read receipts): once the page is visible, on arrival, or never
+ * @property {(id: string) => void} [onAck] each acknowledgement sent, with its id
  * @property {number} [minDelay=500] first backoff delay, ms
  * @property {number} [maxDelay=30000] largest backoff delay, ms
  */
 
 const STABLE_MS = 5000; // a connection open this long resets the backoff
+const ACK_EVERY_MS = 1000; // at most one ack a second (the daemon writes one a second)
 const SUBPROTOCOL = 'fanout.v1'; // events as {"id","data"}, controls as {"control"}
 const FINAL = new Set(['closed', 'unauthorized', 'forbidden', 'expired', 'failed']);
 
@@ -133,11 +146,22 @@ export class FanoutClient {
   #eventFns = new Set();
   #statusFns = new Set();
   #resyncFns = new Set();
+  #ackedId = ''; // the last id acknowledged to the daemon
+  #ackAt = 0; // when it was sent
+  #ackTimer = 0;
+  #onVisibility = null;
   #status = { state: 'connecting', reconnects: 0, code: 0, reason: '', httpStatus: 0, delay: 0 };
 
   /** @param {FanoutOptions} options */
   constructor(options = {}) {
-    this.#opts = { minDelay: 500, maxDelay: 30000, ...options };
+    this.#opts = { minDelay: 500, maxDelay: 30000, ack: 'visible', ...options };
+    if (!['visible', 'receipt', 'never'].includes(this.#opts.ack)) {
+      throw new TypeError(`fanout: ack must be 'visible', 'receipt' or 'never', not ${this.#opts.ack}`);
+    }
+    if (this.#opts.ack === 'visible' && globalThis.document) {
+      this.#onVisibility = () => this.#scheduleAck();
+      document.addEventListener('visibilitychange', this.#onVisibility);
+    }
     /** The /ws URL, without username and token. */
     this.url = toWebSocketURL(options.url);
     this.#lastEventId = options.lastEventId ? String(options.lastEventId) : '';
@@ -157,6 +181,11 @@ export class FanoutClient {
   /** The id of the last event received ('' if none): the next connection resumes after it. */
   get lastEventId() {
     return this.#lastEventId;
+  }
+
+  /** The last event id acknowledged to the daemon ('' if none). */
+  get ackedId() {
+    return this.#ackedId;
   }
 
   /** Adds an event listener; returns a function that removes it. */
@@ -211,6 +240,7 @@ export class FanoutClient {
       const reconnects = this.#status.reconnects + (this.#everOpen ? 1 : 0);
       this.#everOpen = true;
       this.#set('open', { reconnects, code: 0, reason: '', httpStatus: 0 });
+      this.#scheduleAck(); // one owed from before the reconnect
     };
     ws.onmessage = (msg) => {
       if (this.#ws !== ws) return;
@@ -258,6 +288,31 @@ export class FanoutClient {
     const id = typeof frame.id === 'string' ? frame.id : '';
     if (id) this.#lastEventId = id;
     this.#deliver(frame.data, publishedText(text, id), id);
+    if (id) this.#scheduleAck();
+  }
+
+  // #scheduleAck acknowledges the last event id when the ack option says
+  // so, at most once a second: the ack sent is always of the last id.
+  #scheduleAck() {
+    const { ack } = this.#opts;
+    if (ack === 'never' || this.#ackTimer || !this.#lastEventId || this.#lastEventId === this.#ackedId) return;
+    if (ack === 'visible' && globalThis.document && document.visibilityState !== 'visible') return;
+    const wait = Math.max(0, this.#ackAt + ACK_EVERY_MS - Date.now());
+    this.#ackTimer = setTimeout(() => {
+      this.#ackTimer = 0;
+      this.#sendAck();
+    }, wait);
+  }
+
+  #sendAck() {
+    const ws = this.#ws;
+    const id = this.#lastEventId;
+    if (!id || id === this.#ackedId || !ws || ws.readyState !== WebSocket.OPEN || ws.protocol !== SUBPROTOCOL) return;
+    if (this.#opts.ack === 'visible' && globalThis.document && document.visibilityState !== 'visible') return;
+    ws.send(JSON.stringify({ ack: id }));
+    this.#ackedId = id;
+    this.#ackAt = Date.now();
+    if (this.#opts.onAck) this.#emit(new Set([this.#opts.onAck]), id);
   }
 
   #deliver(event, raw, id) {
@@ -334,6 +389,8 @@ export class FanoutClient {
   #stop(state, why) {
     if (FINAL.has(this.#status.state)) return;
     clearTimeout(this.#timer);
+    clearTimeout(this.#ackTimer);
+    if (this.#onVisibility) document.removeEventListener('visibilitychange', this.#onVisibility);
     const ws = this.#ws;
     this.#ws = null;
     ws?.close(1000);
