@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 
 	"fanout/internal/testproc"
@@ -259,4 +260,73 @@ func codeBlock(t *testing.T, page, lang, marker string) string {
 		t.Fatalf("%d %s blocks with %q, want 1", len(found), lang, marker)
 	}
 	return found[0]
+}
+
+// TestTheEmailRecipeWaitsForAReceipt runs docs/presence.md's Python recipe
+// as written: it publishes workflow_completed with fanout publish and waits
+// for alice's receipt; a page of alice that acknowledges what it shows
+// makes it say she saw it, and without one it sends the e-mail.
+func TestTheEmailRecipeWaitsForAReceipt(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	if err := exec.Command("/usr/bin/python3", "-c", "import redis").Run(); err != nil {
+		t.Fatalf("the Python recipe needs Debian's python3 with python3-redis (./test.sh installs it): %v", err)
+	}
+	r := testproc.StartRedis(t)
+	f := startFanout(t, r.Addr())
+	page, err := os.ReadFile("../docs/presence.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	recipe := filepath.Join(dir, "recipe.py")
+	if err := os.WriteFile(recipe, []byte(codeBlock(t, string(page), "python", "WAIT_SECONDS")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(r.Addr())
+	run := func(wait string) string {
+		t.Helper()
+		cmd := exec.Command("/usr/bin/python3", recipe)
+		cmd.Env = append(os.Environ(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+port, "WAIT_SECONDS="+wait,
+			"PATH="+filepath.Dir(fanoutBinary(t))+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("recipe: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+
+	// Nobody watches alice: the e-mail.
+	if out := run("2"); !strings.HasPrefix(out, "alice has not seen ") || !strings.HasSuffix(out, " in time: sending the e-mail\n") {
+		t.Fatalf("with no page: %q", out)
+	}
+	// alice's page acknowledges each event it shows.
+	d := websocket.Dialer{Subprotocols: []string{"fanout.v1"}}
+	conn, _, err := d.Dial(f.wsURL+"?username=alice", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			var frame struct {
+				ID string `json:"id"`
+			}
+			if json.Unmarshal(data, &frame) == nil && frame.ID != "" {
+				_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"ack":"`+frame.ID+`"}`))
+			}
+		}
+	}()
+	defer func() { conn.Close(); <-done }()
+	testproc.Eventually(t, 5*time.Second, "alice connected", func() bool { return f.connections("alice") == 1 })
+	out := run("10")
+	if !strings.HasPrefix(out, "alice saw ") {
+		t.Fatalf("with a page that acknowledges: %q", out)
+	}
 }
