@@ -3,7 +3,7 @@
 # against a fresh daemon each, all on loopback.
 #
 #   ./bench.sh                 # every scenario: S1 S1-sse S1-max S2 S2-sse
-#                              # S2-script S2-history-off S3 S3-script
+#                              # S2-ack S2-script S2-history-off S3 S3-script
 #                              # S3-history-off S4 S4-sse connect storm
 #   ./bench.sh S2 S3           # a subset
 #   QUICK=1 ./bench.sh         # everything scaled down ~10x (smoke run)
@@ -74,10 +74,15 @@
 # report says how many had). S2-sse checks the ids of the "id:" lines
 # (history on) as S2 checks fanout.v1's; an "event: resync" counts as a
 # control (a failure). The storm has no SSE twin.
+#
+# S2-ack is S2 with read receipts flowing: each connection acknowledges
+# the last event id it received, at most once a second (fanout-bench -ack,
+# as fanout-client.js does), so the daemon writes every user's seen id
+# once a second besides recording and delivering.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL=(S1 S1-sse S1-max S2 S2-sse S2-script S2-history-off S3 S3-script S3-history-off S4 S4-sse connect storm)
+ALL=(S1 S1-sse S1-max S2 S2-sse S2-ack S2-script S2-history-off S3 S3-script S3-history-off S4 S4-sse connect storm)
 # Run only when named: several instances, the ceiling sweep, and the
 # Redis Cluster ramps.
 EXTRA=(scale-pattern scale-user ceiling cluster-classic cluster-sharded)
@@ -302,6 +307,7 @@ scenario_args() {
     S1-max) echo "-users $(q 19500 1950) -conns-per-user 1 -settle 5s" ;;
     S2 | S2-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s -subprotocol fanout.v1" ;;
     S2-script) echo "$(scenario_args S2) -script" ;;
+    S2-ack) echo "$(scenario_args S2) -ack" ;;
     # S2's load over SSE: ids from the id: lines, no subprotocol.
     S2-sse) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 20000 2000) -rate $(q 2000 500) -payload 256 -settle 1s -transport sse" ;;
     S3 | S3-history-off) echo "-users $(q 2000 200) -conns-per-user 2 -events $(q 50000 5000) -rate 0 -inflight 1000 -payload 256 -settle 1s -subprotocol fanout.v1" ;;

@@ -51,9 +51,18 @@ func (receiptsOff) seen(context.Context, string) (string, error) {
 	return "", errNoHistory
 }
 
-// receiptsEvery is how often acks are written: at most one write per user
-// per this period per instance, and how late a publication owed is sent.
+// receiptsEvery is the least time between two writes of one user's acks
+// by one instance: how late, at most, an ack or a publication owed is
+// written after the user's last write.
 const receiptsEvery = time.Second
+
+// receiptsTick is how often the acks that are due are written. Users' acks
+// come at their own moments, so small frequent writes spread the Redis work
+// over the second. Measured with S2-ack (2 000 users acknowledging once a
+// second): one write a second for every user at once held Redis, and the
+// events recorded behind it, long enough for a delivery p99 of 14.7 ms;
+// every 50 ms, 4.8 ms; every 10 ms, 2.6 ms (S2 without acks: 1.4 ms).
+const receiptsTick = 10 * time.Millisecond
 
 // receiptsBatch bounds the script calls of one pipeline.
 const receiptsBatch = 1000
@@ -73,6 +82,9 @@ type redisReceipts struct {
 	// write, or "" when only a publication is owed (the user's seen id
 	// moved less than a second after the last publication).
 	pending map[string]string
+	// written holds when each user written in the last receiptsEvery was
+	// written: it is not written again before receiptsEvery has passed.
+	written map[string]time.Time
 }
 
 func newReceipts(cfg Config, rdb redis.UniversalClient, stats *Stats, logger *slog.Logger) receiptTracker {
@@ -81,7 +93,7 @@ func newReceipts(cfg Config, rdb redis.UniversalClient, stats *Stats, logger *sl
 	}
 	return &redisReceipts{rdb: rdb, layout: history.Layout{Sharded: cfg.PubSubSharded}, channel: cfg.ReceiptsChannel,
 		ttl: cfg.Retention.TTL, stats: stats, logger: logger, errLog: newLogLimiter(1.0/10, 1),
-		pending: make(map[string]string)}
+		pending: make(map[string]string), written: make(map[string]time.Time)}
 }
 
 func (r *redisReceipts) ack(username, id string) error {
@@ -112,42 +124,50 @@ func (r *redisReceipts) seen(ctx context.Context, username string) (string, erro
 }
 
 func (r *redisReceipts) run(ctx context.Context) {
-	t := time.NewTicker(receiptsEvery)
+	t := time.NewTicker(receiptsTick)
 	defer t.Stop()
 	for {
 		select {
-		case <-t.C:
-			r.flush(ctx)
+		case now := <-t.C:
+			r.flush(ctx, now, false)
 		case <-ctx.Done():
-			// The connections are closed by now: their last acks.
+			// The connections are closed by now: their last acks, all of
+			// them (a user written less than a second ago is written
+			// again: the one exception to one write a second).
 			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			r.flush(last)
+			r.flush(last, time.Now(), true)
 			cancel()
 			return
 		}
 	}
 }
 
-// flush writes the pending acks, in pipelines of receiptsBatch script
-// calls. A call that failed is pending again; a publication owed is tried
-// at the next flush.
-func (r *redisReceipts) flush(ctx context.Context) {
+// flush writes the pending acks of the users not written in the last
+// receiptsEvery (every pending one with all), in pipelines of
+// receiptsBatch script calls. A call that failed is pending again; a
+// publication owed is pending too, for the user's next write.
+func (r *redisReceipts) flush(ctx context.Context, now time.Time, all bool) {
 	r.mu.Lock()
-	pending := r.pending
-	if len(pending) == 0 {
-		r.mu.Unlock()
-		return
+	for u, at := range r.written {
+		if now.Sub(at) >= receiptsEvery {
+			delete(r.written, u)
+		}
 	}
-	r.pending = make(map[string]string, len(pending))
-	r.mu.Unlock()
-
-	users := make([]string, 0, len(pending))
-	for u := range pending {
+	var users []string
+	due := make(map[string]string)
+	for u, id := range r.pending {
+		if _, recent := r.written[u]; recent && !all {
+			continue
+		}
 		users = append(users, u)
+		due[u] = id
+		delete(r.pending, u)
+		r.written[u] = now
 	}
+	r.mu.Unlock()
 	for len(users) > 0 {
 		n := min(len(users), receiptsBatch)
-		r.write(ctx, users[:n], pending)
+		r.write(ctx, users[:n], due)
 		users = users[n:]
 	}
 }

@@ -47,6 +47,9 @@ type childConfig struct {
 	StormTarget int64 `json:"storm_target,omitempty"`
 	// ReconnectWorkers is the number of concurrent dials on "reconnect".
 	ReconnectWorkers int `json:"reconnect_workers,omitempty"`
+	// Ack: each fanout.v1 connection acknowledges the last event id it
+	// received, at most once a second (read receipts).
+	Ack bool `json:"ack,omitempty"`
 }
 
 // childMsg is one line a child writes on stdout: "c" (connect phase done),
@@ -79,6 +82,7 @@ type childMsg struct {
 	WithID      int64                 `json:"with_id,omitempty"`      // events that carried an id (fanout.v1)
 	IDRegress   int64                 `json:"id_regress,omitempty"`   // ids not above the connection's previous one
 	Controls    int64                 `json:"controls,omitempty"`     // control messages ({"control":…})
+	Acks        int64                 `json:"acks,omitempty"`         // acknowledgements sent (-ack)
 	ControlText []string              `json:"control_text,omitempty"` // a few of them, verbatim
 	LastRecvNs  [2]int64              `json:"last_recv_ns,omitempty"` // per phase
 	Hist        [numHists][][2]uint64 `json:"hist,omitempty"`         // sparse
@@ -118,6 +122,8 @@ type benchConn struct {
 	conn    net.Conn
 	sse     *sseStream
 	sawBeat bool
+	// ackAt is when this connection last acknowledged an event (-ack).
+	ackAt int64
 }
 
 type childState struct {
@@ -127,9 +133,11 @@ type childState struct {
 	stopping atomic.Bool
 
 	delivered, dups, ooo, leaks, parseErrs, disconnects atomic.Int64
-	withID, idRegress, controls, caughtUp               atomic.Int64
-	heartbeats, beatStreams                             atomic.Int64    // SSE comment lines; streams with one
-	lastRecv                                            [2]atomic.Int64 // per phase
+	// acks counts the acknowledgements sent (-ack).
+	acks                                  atomic.Int64
+	withID, idRegress, controls, caughtUp atomic.Int64
+	heartbeats, beatStreams               atomic.Int64    // SSE comment lines; streams with one
+	lastRecv                              [2]atomic.Int64 // per phase
 	// reconnectAt is the wall clock of the "reconnect" command (0 before).
 	reconnectAt atomic.Int64
 
@@ -249,7 +257,7 @@ commands:
 	sum := childMsg{T: "s", D: s.delivered.Load(), Dups: s.dups.Load(), OOO: s.ooo.Load(),
 		Leaks: s.leaks.Load(), ParseErrs: s.parseErrs.Load(), Disconnects: s.disconnects.Load(),
 		WithID: s.withID.Load(), IDRegress: s.idRegress.Load(), Controls: s.controls.Load(),
-		HB: s.heartbeats.Load(), HS: s.beatStreams.Load(),
+		HB: s.heartbeats.Load(), HS: s.beatStreams.Load(), Acks: s.acks.Load(),
 		LastRecvNs: [2]int64{s.lastRecv[0].Load(), s.lastRecv[1].Load()}, CPUTicks: cpuTicks(os.Getpid())}
 	s.ctlMu.Lock()
 	sum.ControlText = s.ctlText
@@ -448,6 +456,13 @@ func (s *childState) read(c *benchConn, j int) {
 			}
 		}
 		s.account(c, shard, buf, id, now)
+		if s.cfg.Ack && id != nil && now-c.ackAt >= int64(time.Second) {
+			// As fanout-client.js does: the last id, at most once a second.
+			c.ackAt = now
+			if err := c.ws.WriteMessage(websocket.TextMessage, append(append([]byte(`{"ack":"`), id...), `"}`...)); err == nil {
+				s.acks.Add(1)
+			}
+		}
 	}
 }
 

@@ -53,7 +53,9 @@ type options struct {
 	// script publishes with the publish script (history.PublishSource,
 	// PublishShardedSource with -spublish), as fanout publish does: the
 	// event is appended and published in an envelope.
-	script                      bool
+	script bool
+	// ack: connections acknowledge events (read receipts).
+	ack                         bool
 	subprotocol, note           string
 	users, connsPerUser, events int
 	inflight, payload, sources  int
@@ -102,6 +104,7 @@ func main() {
 	flag.BoolVar(&o.jsonOnly, "json", false, "print only the BENCH_JSON line")
 	flag.StringVar(&o.scenario, "scenario", "", "scenario name for the report")
 	flag.StringVar(&o.note, "note", "", "a line added to the report's notes (bench.sh: the daemon's settings)")
+	flag.BoolVar(&o.ack, "ack", false, "with -subprotocol fanout.v1: each connection acknowledges the last event id it received, at most once a second (read receipts, as fanout-client.js does)")
 	flag.StringVar(&o.subprotocol, "subprotocol", "", `WebSocket subprotocol to offer ("fanout.v1": events arrive as {"id":…,"data":…})`)
 	flag.StringVar(&o.transport, "transport", transportWS, `"ws": WebSocket connections to -url; "sse": Server-Sent Events streams, GET /events (ws://host:port/ws becomes http://host:port/events), ids from "id:" lines, "event: resync" counted as a control, heartbeats counted`)
 	flag.IntVar(&o.stormClients, "storm-clients", 0, "reconnect storm: this many clients (users s0..) leave, miss -storm-missed events each and resume at once (see README)")
@@ -345,6 +348,8 @@ type report struct {
 	// them: presence), and the same per second over the second half of the
 	// settle (connections open, no events). Single Redis only; the bench's own
 	// INFO reads are a few commands.
+	// Acks counts the acknowledgements the connections sent (-ack).
+	Acks                    int64   `json:"acks,omitempty"`
 	RedisConnectCPUus       float64 `json:"redis_connect_cpu_us"`
 	RedisConnectCommands    int64   `json:"redis_connect_commands"`
 	RedisIdleCPUPercent     float64 `json:"redis_idle_cpu_percent"`
@@ -588,7 +593,7 @@ func run(o options) (*report, error) {
 	rcpuStart, rcmdStart := redisCPU(single), redisCommands(single)
 	start := time.Now()
 	for i := 0; i < o.procs; i++ {
-		cfg := childConfig{URLs: urls, Transport: o.transport, Subprotocol: o.subprotocol, UserPrefix: "u", Users: o.users, Sources: o.sources,
+		cfg := childConfig{URLs: urls, Transport: o.transport, Subprotocol: o.subprotocol, Ack: o.ack, UserPrefix: "u", Users: o.users, Sources: o.sources,
 			Lo: total * i / o.procs, Hi: total * (i + 1) / o.procs,
 			DialWorkers: workers, Timeout: o.timeout, MaxLife: o.maxLife()}
 		if _, err := spawn(self, cfg, tr); err != nil {
@@ -789,6 +794,7 @@ func collect(children []*child, rep *report) (hist [numHists]histogram, lastRecv
 			rep.IDRegressions += m.IDRegress
 			rep.Controls += m.Controls
 			rep.SSEHeartbeats += m.HB
+			rep.Acks += m.Acks
 			for _, t := range m.ControlText {
 				if len(rep.ControlSamples) < 3 {
 					rep.ControlSamples = append(rep.ControlSamples, t)

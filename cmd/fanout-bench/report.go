@@ -27,6 +27,9 @@ func (r *report) print(jsonOnly bool) {
 		row("daemon RSS", "%.1f MiB idle -> %.1f MiB connected -> %.1f MiB at end", mib(r.RSSBaseBytes), mib(r.RSSConnectedBytes), mib(r.RSSEndBytes))
 		row("RSS per connection", "%.0f bytes (%.1f KiB): %.0f connections per GiB", r.RSSPerConnBytes, r.RSSPerConnBytes/1024, r.ConnsPerGiB)
 		row("daemon CPU while idle", "%.1f%% of one core (during -settle)", r.DaemonIdleCPUPercent)
+		if r.Acks > 0 {
+			row("acks sent", "%d (read receipts: each connection's last event id, at most once a second)", r.Acks)
+		}
 		if r.RedisConnectCommands > 0 {
 			row("Redis while connecting", "%.0f ms of CPU, %d commands (first dial to end of -settle; scripts' commands included)", r.RedisConnectCPUus/1e3, r.RedisConnectCommands)
 			row("Redis while idle", "%.2f%% of one core, %.1f commands/s (second half of -settle)", r.RedisIdleCPUPercent, r.RedisIdleCommandsPerSec)
