@@ -13,6 +13,8 @@ import (
 )
 
 func TestPresenceCountsWebSocketsAndStreamsAndAStoppingInstanceHandsItsUsersTheGrace(t *testing.T) {
+	skipShort(t, "two daemons in turn and a grace period")
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, map[string]string{"PRESENCE_TTL": "2s", "PRESENCE_GRACE": "500ms"})
 	td.waitReady()
@@ -66,6 +68,7 @@ func TestPresenceCountsWebSocketsAndStreamsAndAStoppingInstanceHandsItsUsersTheG
 }
 
 func TestPresenceOffWritesNothing(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	td := startDaemon(t, r, map[string]string{"PRESENCE": "off"})
 	td.waitReady()
@@ -82,6 +85,7 @@ func TestPresenceOffWritesNothing(t *testing.T) {
 }
 
 func TestPresenceCommandSaysWhyItCannotAnswer(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	host, port := "127.0.0.1", strconv.Itoa(r.Port)
 	env := map[string]string{"REDIS_HOST": host, "REDIS_PORT": port}

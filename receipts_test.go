@@ -55,6 +55,8 @@ func xranges(t *testing.T, r *redisServer) int {
 }
 
 func TestReadReceiptsAcrossInstancesMoveOnlyForwardAndArePublished(t *testing.T) {
+	skipShort(t, "two daemons and several one-second write periods")
+	t.Parallel()
 	r := startRedis(t)
 	td1 := startDaemon(t, r, map[string]string{"PRESENCE": "off"})
 	td2 := startDaemon(t, r, map[string]string{"PRESENCE": "off"})
@@ -164,6 +166,7 @@ func TestReadReceiptsAcrossInstancesMoveOnlyForwardAndArePublished(t *testing.T)
 }
 
 func TestAcksWithHistoryOffAreRefused(t *testing.T) {
+	t.Parallel()
 	td := startDaemon(t, startRedis(t), map[string]string{"HISTORY": "off"})
 	td.waitReady()
 	status, line := postAck(t, td, "alice", `{"id":"1-0"}`)

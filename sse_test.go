@@ -194,6 +194,7 @@ func (s *rawSSE) next(t *testing.T) sseEvent {
 }
 
 func TestAnIdleSSEStreamHoldsNoGoroutine(t *testing.T) {
+	skipShort(t, "a footprint test of 1 000 streams; ./test.sh runs it with and without the race detector")
 	// Restored after the daemon has stopped (cleanups run last first).
 	saved := sseHeartbeat
 	t.Cleanup(func() { sseHeartbeat = saved })

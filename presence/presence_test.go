@@ -58,6 +58,7 @@ func want(t *testing.T, got map[string]any, user string, online bool) {
 }
 
 func TestPresenceAcrossInstancesAnnouncesEachTransitionOnce(t *testing.T) {
+	t.Parallel()
 	rdb := testproc.StartRedis(t).Client()
 	if _, err := Query(t.Context(), rdb, "alice"); !errors.Is(err, ErrNeverWritten) {
 		t.Fatalf("before any instance: %v, want ErrNeverWritten", err)
@@ -106,6 +107,10 @@ func TestPresenceAcrossInstancesAnnouncesEachTransitionOnce(t *testing.T) {
 }
 
 func TestADeadInstancesUsersGoOfflineWithinTTLPlusGrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out an instance's TTL and a grace period")
+	}
+	t.Parallel()
 	rdb := testproc.StartRedis(t).Client()
 	next := transitions(t, rdb, DefaultChannel)
 	dead, live := instance("dead"), instance("live")
@@ -152,6 +157,7 @@ func TestADeadInstancesUsersGoOfflineWithinTTLPlusGrace(t *testing.T) {
 }
 
 func TestALeavingInstanceHandsItsUsersTheGrace(t *testing.T) {
+	t.Parallel()
 	rdb := testproc.StartRedis(t).Client()
 	next := transitions(t, rdb, DefaultChannel)
 	old, fresh := instance("old"), instance("new")
