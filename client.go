@@ -406,6 +406,23 @@ type work struct {
 	closing *disconnect
 }
 
+// deliveredUpTo counts the messages of chunk that fit in the n bytes
+// written (all of them when err is nil) as delivered; size is a message's
+// bytes on the wire for the transport.
+func (c *Client) deliveredUpTo(chunk []*message, n int, err error, size func(*message) int) {
+	if err != nil {
+		k := 0
+		for ; k < len(chunk); k++ {
+			if n < size(chunk[k]) {
+				break
+			}
+			n -= size(chunk[k])
+		}
+		chunk = chunk[:k]
+	}
+	c.delivered(chunk)
+}
+
 // delivered counts msgs as written to the peer and observes their latency.
 func (c *Client) delivered(msgs []*message) {
 	now := time.Now()

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/redis/go-redis/v9"
-
 	"fanout/history"
 	"fanout/presence"
 )
@@ -70,11 +68,7 @@ func runPresence(ctx context.Context, args []string, lookupEnv func(string) (str
 	if env.err != nil {
 		return fail(usageError, "configuration: %v", env.err)
 	}
-	opts := *cfg.Redis
-	opts.MaxRetries = -1
-	opts.DialerRetries = 1
-	redis.SetLogger(discardRedisLog{})
-	rdb := newRedisClient(cfg, opts)
+	rdb := newCommandRedisClient(cfg)
 	defer rdb.Close()
 	statuses, err := presence.Query(ctx, rdb, users...)
 	if err != nil {

@@ -136,14 +136,7 @@ func runPublish(ctx context.Context, args []string, lookupEnv func(string) (stri
 	// No retries: after a timeout go-redis would send the script again and
 	// could publish an event twice. The caller sees the error instead and
 	// knows from the ids printed which events are in.
-	// One dial, too: a Redis that is down or does not speak TLS is said
-	// at once, not after five dial timeouts.
-	opts := *cfg.Redis
-	opts.MaxRetries = -1
-	opts.DialerRetries = 1
-	// The error says what failed, in one line; go-redis would add its own.
-	redis.SetLogger(discardRedisLog{})
-	rdb := newRedisClient(cfg, opts)
+	rdb := newCommandRedisClient(cfg)
 	defer rdb.Close()
 
 	pub := history.NewPublisher(rdb, retention)
@@ -172,6 +165,18 @@ func runPublish(ctx context.Context, args []string, lookupEnv func(string) (stri
 		return fail(publishFailed, "%v", err)
 	}
 	return 0
+}
+
+// newCommandRedisClient returns the Redis client of a command that reaches
+// Redis as the daemon does (publish, presence, seen): no retries, and one
+// dial, so that a Redis that is down or does not speak TLS is said at
+// once, in the command's one line (go-redis's own log is silenced).
+func newCommandRedisClient(cfg Config) redis.UniversalClient {
+	opts := *cfg.Redis
+	opts.MaxRetries = -1
+	opts.DialerRetries = 1
+	redis.SetLogger(discardRedisLog{})
+	return newRedisClient(cfg, opts)
 }
 
 // retentionMaxLen reads the events kept per user (HISTORY_MAX_LEN).

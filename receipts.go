@@ -224,15 +224,8 @@ const maxAckBody = 1024
 // history when written, within a second); 400 with a one-line reason when
 // it is not an id.
 func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
-	client := clientAddr(r, s.cfg.TrustedProxies)
-	remote := client.String()
-	if !client.IsValid() {
-		remote = r.RemoteAddr
-	}
-	s.corsHeaders(w, r, true)
-	id, refused := s.identify(r, client)
-	if refused != nil {
-		s.refuse(w, remote, refused)
+	id, remote, ok := s.identifyRequest(w, r)
+	if !ok {
 		return
 	}
 	var body struct {
@@ -255,15 +248,8 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 // identity rules of /events), {"username":"alice","seen":"<id>"} or
 // "seen":null. The console page shows it.
 func (s *Server) handleSeen(w http.ResponseWriter, r *http.Request) {
-	client := clientAddr(r, s.cfg.TrustedProxies)
-	remote := client.String()
-	if !client.IsValid() {
-		remote = r.RemoteAddr
-	}
-	s.corsHeaders(w, r, true)
-	id, refused := s.identify(r, client)
-	if refused != nil {
-		s.refuse(w, remote, refused)
+	id, remote, ok := s.identifyRequest(w, r)
+	if !ok {
 		return
 	}
 	seen, err := s.hub.receipts.seen(r.Context(), id.username)
@@ -281,6 +267,24 @@ func (s *Server) handleSeen(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(line)
+}
+
+// identifyRequest runs identify for a request that acts as a user without
+// opening a connection (/ack), with the CORS headers of an allowed origin.
+// When ok is false it has answered the refusal.
+func (s *Server) identifyRequest(w http.ResponseWriter, r *http.Request) (id identity, remote string, ok bool) {
+	client := clientAddr(r, s.cfg.TrustedProxies)
+	remote = client.String()
+	if !client.IsValid() {
+		remote = r.RemoteAddr
+	}
+	s.corsHeaders(w, r, true)
+	id, refused := s.identify(r, client)
+	if refused != nil {
+		s.refuse(w, remote, refused)
+		return identity{}, remote, false
+	}
+	return id, remote, true
 }
 
 // handleAckPreflight answers a browser's CORS preflight for POST /ack from

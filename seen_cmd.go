@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/redis/go-redis/v9"
-
 	"fanout/history"
 )
 
@@ -58,11 +56,7 @@ func runSeen(ctx context.Context, args []string, lookupEnv func(string) (string,
 	if env.err != nil {
 		return fail(usageError, "configuration: %v", env.err)
 	}
-	opts := *cfg.Redis
-	opts.MaxRetries = -1
-	opts.DialerRetries = 1
-	redis.SetLogger(discardRedisLog{})
-	rdb := newRedisClient(cfg, opts)
+	rdb := newCommandRedisClient(cfg)
 	defer rdb.Close()
 	out := bufio.NewWriter(stdout)
 	enc := json.NewEncoder(out)

@@ -215,7 +215,7 @@ func (c *sseClient) writeBatch(w work) error {
 			return nil
 		}
 		n, err := c.stream.Flush(deadline)
-		c.deliveredUpTo(w.batch[from:upTo], n-control, err)
+		c.deliveredUpTo(w.batch[from:upTo], n-control, err, c.eventSize)
 		from, control = upTo, 0
 		return err
 	}
@@ -245,22 +245,8 @@ func (c *sseClient) writeBatch(w work) error {
 	return nil
 }
 
-// deliveredUpTo counts the events of chunk that fit in the n bytes written
-// (all of them when err is nil) as delivered.
-func (c *sseClient) deliveredUpTo(chunk []*message, n int, err error) {
-	if err != nil {
-		k := 0
-		for ; k < len(chunk); k++ {
-			size := c.chunkSize(len(chunk[k].sseEvent()))
-			if n < size {
-				break
-			}
-			n -= size
-		}
-		chunk = chunk[:k]
-	}
-	c.delivered(chunk)
-}
+// eventSize is the bytes on the wire of msg's event on this stream.
+func (c *sseClient) eventSize(msg *message) int { return c.chunkSize(len(msg.sseEvent())) }
 
 // closeStream ends the connection, by the write side: when the stream is
 // at an event's end (clean), the last chunk ends the response, then the

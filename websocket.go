@@ -124,6 +124,9 @@ func (c *wsClient) writeFrame(msg *message) error {
 	return c.conn.WriteMessage(websocket.TextMessage, c.frameData(msg))
 }
 
+// frameSize is the bytes on the wire of msg's frame for this client.
+func (c *wsClient) frameSize(msg *message) int { return wsconn.FrameSize(len(c.frameData(msg))) }
+
 // frameData is what msg's frame carries for this client: the published
 // bytes, or for a fanout.v1 client the {"id","data"} object.
 func (c *wsClient) frameData(msg *message) []byte {
@@ -200,7 +203,7 @@ func (c *wsClient) writeBatch(w work) error {
 			return errEventsStopped
 		}
 		n, err := c.conn.Flush(deadline)
-		c.deliveredUpTo(w.batch[from:upTo], n-control, err)
+		c.deliveredUpTo(w.batch[from:upTo], n-control, err, c.frameSize)
 		from, control = upTo, 0
 		return err
 	}
@@ -236,23 +239,6 @@ func (c *wsClient) writeBatch(w work) error {
 		return flush(0)
 	}
 	return nil
-}
-
-// deliveredUpTo counts the messages of chunk that fit in the n bytes
-// written (all of them when err is nil) as delivered.
-func (c *wsClient) deliveredUpTo(chunk []*message, n int, err error) {
-	if err != nil {
-		k := 0
-		for ; k < len(chunk); k++ {
-			size := wsconn.FrameSize(len(c.frameData(chunk[k])))
-			if n < size {
-				break
-			}
-			n -= size
-		}
-		chunk = chunk[:k]
-	}
-	c.delivered(chunk)
 }
 
 // sendCloseFrame sends the close frame for d, if it has one, and waits
