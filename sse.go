@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"fanout/internal/wsconn"
@@ -34,7 +35,12 @@ const sseRetry = 2 * time.Second
 // until the connection closes for HTTP/1.0.
 type sseClient struct {
 	Client
+	// stream is the connection once taken over; set before any write side
+	// starts. taken is the same, for abort, which may come first.
 	stream *wsconn.Stream
+	taken  atomic.Pointer[wsconn.Stream]
+	// rc is the response's controller, until the connection is taken over.
+	rc *http.ResponseController
 	// chunked is set when the response is chunked (HTTP/1.1).
 	chunked bool
 	// unflushed is a message writeNow handed to the socket only in part;
@@ -52,8 +58,15 @@ func (c *sseClient) controls() bool           { return true }
 func (c *sseClient) pingEvery() time.Duration { return sseHeartbeat }
 
 // abort closes the socket, which unblocks a write side stuck on a client
-// that does not read.
-func (c *sseClient) abort() { _ = c.stream.Close() }
+// that does not read; before the connection is taken over, it makes the
+// handler's write of the retry line fail at once.
+func (c *sseClient) abort() {
+	if s := c.taken.Load(); s != nil {
+		_ = s.Close()
+		return
+	}
+	_ = c.rc.SetWriteDeadline(time.Now())
+}
 
 // handleEvents answers /events: the same events as /ws, as a
 // text/event-stream, with the same checks (admit), limits and slow-client
@@ -64,7 +77,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	c := &sseClient{Client: newClient(s.hub, id.username, remote), chunked: r.ProtoAtLeast(1, 1)}
+	c := &sseClient{Client: newClient(s.hub, id.username, remote), chunked: r.ProtoAtLeast(1, 1), rc: http.NewResponseController(w)}
 	c.t = c
 	// This goroutine holds the write right until the connection is taken
 	// over: events broadcast meanwhile queue behind it.
@@ -90,14 +103,19 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// a proxy must not keep it for another request.
 	h.Set("Connection", "close")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Now().Add(c.settings.writeWait))
+	_ = c.rc.SetWriteDeadline(time.Now().Add(c.settings.writeWait))
 	_, err := io.WriteString(w, "retry: "+strconv.Itoa(int(sseRetry/time.Millisecond))+"\n\n")
 	if err == nil {
-		err = rc.Flush()
+		err = c.rc.Flush()
 	}
 	if err == nil {
 		c.stream, err = wsconn.Hijack(w)
+	}
+	if err == nil {
+		// An abort from here on closes the socket; one just before only
+		// set a deadline that the write side's own deadlines replace, and
+		// the write side, bounded by WRITE_WAIT, ends the stream anyway.
+		c.taken.Store(c.stream)
 	}
 	if err != nil {
 		// Both sides end here: nobody else has started either.

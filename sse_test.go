@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -302,4 +303,12 @@ func TestAnSSEResponseKeepsItsFramingToTheEnd(t *testing.T) {
 			t.Errorf("%s: stream ended with %v after %q", name, err, rest)
 		}
 	}
+}
+
+// TestAbortingAStreamBeforeItIsTakenOverIsSafe: shutdown may give up on a
+// stream whose handler is still writing the retry line (abort before the
+// connection is taken over from net/http).
+func TestAbortingAStreamBeforeItIsTakenOverIsSafe(t *testing.T) {
+	c := &sseClient{rc: http.NewResponseController(httptest.NewRecorder())}
+	c.abort() // no stream yet: sets the response's write deadline, and must not panic
 }
