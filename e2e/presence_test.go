@@ -185,8 +185,10 @@ func TestPresenceAcross3InstancesWithUsersMovingAndAKill9(t *testing.T) {
 	})
 	took := time.Since(killed)
 	t.Logf("solo offline %v after SIGKILL (PRESENCE_TTL %v + PRESENCE_GRACE %v)", took.Round(10*time.Millisecond), ttl, grace)
-	// The bound, and a tick of slack for the subscriber's delivery.
-	if took > ttl+grace+250*time.Millisecond {
+	// The bound, with half a second for scheduling: the instances' ticks
+	// and the subscriber's delivery run on a busy machine (the race
+	// detector, tests in parallel).
+	if took > ttl+grace+500*time.Millisecond {
 		t.Errorf("solo offline %v after its instance died, want within PRESENCE_TTL + PRESENCE_GRACE", took)
 	}
 	time.Sleep(ttl + grace) // anything more would come by now
