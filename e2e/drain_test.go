@@ -23,6 +23,7 @@ import (
 	"fanout/history"
 
 	"fanout/internal/testproc"
+	"fanout/presence"
 )
 
 // The drain tests of issue 12: real fanout processes (SIGTERM is a real
@@ -733,7 +734,6 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		t.Logf("instance %d: exited %v after SIGTERM, new process ready after %v; connections %v (%d)",
 			i, exited.Round(time.Millisecond), time.Since(step).Round(time.Millisecond), counts, n)
 	}
-	lastStop := time.Now()
 	mu.Lock()
 	restartedAt = roundNow
 	mu.Unlock()
@@ -748,9 +748,14 @@ func rollingRestart(t *testing.T, mode string, users int) {
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // a duplicate would come now
-	// An offline for a client of the last instance restarted would come
-	// PRESENCE_GRACE after its instance left, and a tick or two later.
-	time.Sleep(time.Until(lastStop.Add(5*time.Second + 2500*time.Millisecond)))
+	// An offline would be published PRESENCE_GRACE after its user was
+	// left without a connection: until then the user waits in presence's
+	// pending set, which each user's return empties. Once it is empty no
+	// offline can come.
+	testproc.Eventually(t, 10*time.Second, "no user pending offline", func() bool {
+		n, err := c.r.Client().ZCard(context.Background(), presence.PendingKey).Result()
+		return err == nil && n == 0
+	})
 	cancel()
 	wg.Wait()
 

@@ -191,7 +191,14 @@ func TestPresenceAcross3InstancesWithUsersMovingAndAKill9(t *testing.T) {
 	if took > ttl+grace+500*time.Millisecond {
 		t.Errorf("solo offline %v after its instance died, want within PRESENCE_TTL + PRESENCE_GRACE", took)
 	}
-	time.Sleep(ttl + grace) // anything more would come by now
+	// Nothing more can come once nobody is pending offline and the dead
+	// instance is out of presence.
+	testproc.Eventually(t, ttl+grace+3*time.Second, "presence settled", func() bool {
+		pending, err1 := r.Client().ZCard(context.Background(), presence.PendingKey).Result()
+		live, err2 := r.Client().ZCard(context.Background(), presence.InstancesKey).Result()
+		return err1 == nil && err2 == nil && pending == 0 && live == 2
+	})
+	time.Sleep(300 * time.Millisecond) // a transition published just before would have arrived
 	want := map[string][2]int{"solo": {1, 1}, "both": {1, 0}, "leaver": {1, 1}, "mover": {1, 0}, "alice": {1, 0}}
 	for u, w := range want {
 		if on, off := watch.count(u); on != w[0] || off != w[1] {
