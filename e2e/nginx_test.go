@@ -91,7 +91,7 @@ func deployNginxConf(t *testing.T, backends []string, listen, dir string) string
 		fmt.Fprintf(&servers, "        server %s max_fails=0;\n", b)
 	}
 	replace("        server fanout-1:8084 max_fails=0;\n        server fanout-2:8084 max_fails=0;\n        server fanout-3:8084 max_fails=0;\n", servers.String())
-	replace("listen 80;", "listen "+listen+";")
+	replace("listen 80 backlog=4096;", "listen "+listen+" backlog=4096;")
 	replace("worker_processes auto;", "worker_processes 1;")
 	replace("access_log /dev/stdout fanout;", fmt.Sprintf(`access_log off;
     client_body_temp_path %[1]s/body;
