@@ -149,7 +149,7 @@ func readDeployNginx(t *testing.T) deployNginx {
 	for _, m := range regexp.MustCompile(`(?m)^\s*server\s+([^\s;]+)[^;]*;`).FindAllStringSubmatch(block[1], -1) {
 		n.upstreams = append(n.upstreams, m[1])
 	}
-	listen := regexp.MustCompile(`(?m)^\s*listen\s+(\d+)\s*;`).FindAllStringSubmatch(conf, -1)
+	listen := regexp.MustCompile(`(?m)^\s*listen\s+(\d+)(?:\s+[a-z_]+(?:=\S+)?)*\s*;`).FindAllStringSubmatch(conf, -1)
 	if len(n.upstreams) == 0 || len(listen) != 1 {
 		t.Fatalf("deploy/nginx.conf: upstream servers %v, listen %v: want servers and one listen port", n.upstreams, listen)
 	}
