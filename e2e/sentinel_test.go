@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"fanout/history"
 	"fanout/internal/testproc"
+	"fanout/presence"
 )
 
 // TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing is
@@ -18,7 +20,8 @@ import (
 // the sentinels, a publisher that keeps publishing; the master is killed.
 // Once the sentinels promote the replica, each instance resubscribes on
 // its own, /ready is 200 again, live delivery resumes, and clients that
-// resume with their last id get every event the new master holds.
+// resume with their last id get every event the new master holds. Presence
+// and read receipts work through the promoted master.
 func TestSentinelFailoverResubscribesEveryInstanceAndResumeLosesNothing(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
@@ -79,6 +82,35 @@ func sentinelFailover(t *testing.T, mode string) {
 			t.Errorf("instance %d: /ready never left 200 while the master was down", i)
 		}
 	}
+
+	// Presence and read receipts go on through the promoted master: every
+	// user is counted online, and an ack is recorded there.
+	testproc.Eventually(t, 10*time.Second, "every user online in presence after the failover", func() bool {
+		st, err := presence.Query(context.Background(), rdb, users...)
+		if err != nil {
+			return false
+		}
+		for _, s := range st {
+			if !s.Online {
+				return false
+			}
+		}
+		return true
+	})
+	acked := historyOf(t, rdb, history.Layout{}, users[0])
+	if len(acked) == 0 {
+		t.Fatalf("%s has no history", users[0])
+	}
+	id := acked[len(acked)-1].ID
+	resp, err := http.Post(bases[0]+"/ack?username="+users[0], "text/plain", strings.NewReader(`{"id":"`+id+`"}`))
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("POST /ack after the failover: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	testproc.Eventually(t, 5*time.Second, "the ack recorded on the promoted master", func() bool {
+		seen, err := history.Layout{}.Seen(context.Background(), rdb, users[0])
+		return err == nil && seen == id
+	})
 
 	// Some more events after the failover, then every client resumes.
 	more := pub.round() + 20
