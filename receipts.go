@@ -85,6 +85,9 @@ type redisReceipts struct {
 	// written holds when each user written in the last receiptsEvery was
 	// written: it is not written again before receiptsEvery has passed.
 	written map[string]time.Time
+	// kick wakes run when an ack arrives while it idles: with nothing
+	// pending and nobody written in the last second, it stops ticking.
+	kick wakeup
 }
 
 func newReceipts(cfg Config, rdb redis.UniversalClient, stats *Stats, logger *slog.Logger) receiptTracker {
@@ -93,7 +96,7 @@ func newReceipts(cfg Config, rdb redis.UniversalClient, stats *Stats, logger *sl
 	}
 	return &redisReceipts{rdb: rdb, layout: history.Layout{Sharded: cfg.PubSubSharded}, channel: cfg.ReceiptsChannel,
 		ttl: cfg.Retention.TTL, stats: stats, logger: logger, errLog: newLogLimiter(1.0/10, 1),
-		pending: make(map[string]string), written: make(map[string]time.Time)}
+		pending: make(map[string]string), written: make(map[string]time.Time), kick: newWakeup()}
 }
 
 func (r *redisReceipts) ack(username, id string) error {
@@ -105,6 +108,7 @@ func (r *redisReceipts) ack(username, id string) error {
 	r.mu.Lock()
 	r.keepHigherLocked(username, id, p)
 	r.mu.Unlock()
+	r.kick.wake()
 	return nil
 }
 
@@ -127,6 +131,16 @@ func (r *redisReceipts) run(ctx context.Context) {
 	t := time.NewTicker(receiptsTick)
 	defer t.Stop()
 	for {
+		if r.idle() {
+			// No timer while nobody acknowledges anything.
+			t.Stop()
+			select {
+			case <-r.kick:
+				t.Reset(receiptsTick)
+				continue
+			case <-ctx.Done():
+			}
+		}
 		select {
 		case now := <-t.C:
 			r.flush(ctx, now, false)
@@ -140,6 +154,14 @@ func (r *redisReceipts) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// idle reports whether there is nothing to write now or later: no ack
+// pending, nobody written in the last receiptsEvery.
+func (r *redisReceipts) idle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending) == 0 && len(r.written) == 0
 }
 
 // flush writes the pending acks of the users not written in the last
