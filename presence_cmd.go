@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 
-	"fanout/history"
 	"fanout/presence"
 )
 
@@ -51,20 +50,14 @@ func runPresence(ctx context.Context, args []string, lookupEnv func(string) (str
 		return 0
 	}
 	users := fs.Args()
-	if len(users) == 0 {
-		return fail(usageError, "name at least one user (see fanout presence --help)")
-	}
-	for _, u := range users {
-		if err := history.CheckUsername(u); err != nil {
-			return fail(usageError, "%q: %v", u, err)
-		}
+	if err := checkUsernames("presence", users); err != nil {
+		return fail(usageError, "%v", err)
 	}
 	env := &envReader{lookup: lookupEnv}
 	if !env.onOff("PRESENCE", true) {
 		return fail(1, "PRESENCE=off is set here: the instances keep no presence with it, so nobody can be said online or offline")
 	}
-	cfg := Config{Redis: env.redisOptions()}
-	env.redisDeployment(&cfg)
+	cfg := env.commandConfig()
 	if env.err != nil {
 		return fail(usageError, "configuration: %v", env.err)
 	}

@@ -106,8 +106,7 @@ func runPublish(ctx context.Context, args []string, lookupEnv func(string) (stri
 	// (PUBSUB_SHARDED); each retention setting from its flag, or else from
 	// the daemon's variable.
 	env := &envReader{lookup: lookupEnv}
-	cfg := Config{Redis: env.redisOptions()}
-	env.redisDeployment(&cfg)
+	cfg := env.commandConfig()
 	layout := history.Layout{Sharded: env.boolean("PUBSUB_SHARDED", false)}
 	flagValues := &envReader{lookup: func(name string) (string, bool) {
 		return fs.Lookup(strings.TrimPrefix(name, "--")).Value.String(), true
@@ -165,6 +164,29 @@ func runPublish(ctx context.Context, args []string, lookupEnv func(string) (stri
 		return fail(publishFailed, "%v", err)
 	}
 	return 0
+}
+
+// commandConfig reads how a command reaches Redis, as the daemon does: the
+// Redis variables and the deployment (Sentinel, Cluster). Errors are kept
+// in r.err.
+func (r *envReader) commandConfig() Config {
+	cfg := Config{Redis: r.redisOptions()}
+	r.redisDeployment(&cfg)
+	return cfg
+}
+
+// checkUsernames checks the usernames a command was given: at least one,
+// each valid. The error is the command's one line.
+func checkUsernames(command string, users []string) error {
+	if len(users) == 0 {
+		return fmt.Errorf("name at least one user (see fanout %s --help)", command)
+	}
+	for _, u := range users {
+		if err := history.CheckUsername(u); err != nil {
+			return fmt.Errorf("%q: %w", u, err)
+		}
+	}
+	return nil
 }
 
 // newCommandRedisClient returns the Redis client of a command that reaches

@@ -41,17 +41,11 @@ func runSeen(ctx context.Context, args []string, lookupEnv func(string) (string,
 		return fail(usageError, "%v (see fanout seen --help)", err)
 	}
 	users := fs.Args()
-	if len(users) == 0 {
-		return fail(usageError, "name at least one user (see fanout seen --help)")
-	}
-	for _, u := range users {
-		if err := history.CheckUsername(u); err != nil {
-			return fail(usageError, "%q: %v", u, err)
-		}
+	if err := checkUsernames("seen", users); err != nil {
+		return fail(usageError, "%v", err)
 	}
 	env := &envReader{lookup: lookupEnv}
-	cfg := Config{Redis: env.redisOptions()}
-	env.redisDeployment(&cfg)
+	cfg := env.commandConfig()
 	layout := history.Layout{Sharded: env.boolean("PUBSUB_SHARDED", false)}
 	if env.err != nil {
 		return fail(usageError, "configuration: %v", env.err)
