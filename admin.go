@@ -192,12 +192,16 @@ type subscriptionState struct {
 	// held the lease).
 	RecorderLease    bool   `json:"recorder_lease"`
 	RecorderReceived uint64 `json:"recorder_received"`
+	// SoleRecorder, in pattern mode with history on one Redis, is true
+	// while no other instance reads events from it and this one appends
+	// them without looking them up (docs/history.md).
+	SoleRecorder bool `json:"sole_recorder"`
 }
 
 // subscription returns the subscription's state for /admin/stats.
 func (d *daemon) subscription() subscriptionState {
 	sub := d.sub.status()
-	return subscriptionState{Mode: d.cfg.SubscribeMode, Channels: sub.channels, RecorderLease: sub.recorderLease, RecorderReceived: sub.recorderReceived}
+	return subscriptionState{Mode: d.cfg.SubscribeMode, Channels: sub.channels, RecorderLease: sub.recorderLease, RecorderReceived: sub.recorderReceived, SoleRecorder: sub.soleRecorder}
 }
 
 // redisState is the subscription's health in /admin/stats.

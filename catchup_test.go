@@ -346,7 +346,7 @@ func TestACatchUpThatCannotReadTheHistoryClosesWith1011(t *testing.T) {
 }
 
 func TestARecorderForgetsIdleUsersAndItsHorizonMovesToTheNewestForgotten(t *testing.T) {
-	r := newRecorder(nil, history.Layout{}, history.Retention{}, nil, &Stats{}, nil)
+	r := newRecorder(nil, "", history.Layout{}, history.Retention{}, nil, &Stats{}, nil)
 	now := time.Now()
 	r.horizon = history.Cursor{After: "100-0"}
 	r.cursors["idle1"] = &userCursor{cur: history.Cursor{After: "300-2", Entry: true}, used: now.Add(-cursorIdle - time.Second)}

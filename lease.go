@@ -32,8 +32,9 @@ const (
 	handoverOverlap = 200 * time.Millisecond
 )
 
-// leaseScript takes the lease when nobody holds it, renews it when this
-// instance does, and returns 1 when this instance holds it.
+// leaseScript takes the lease (or the sole recorder's key) when nobody
+// holds it, renews it when this instance does, and returns leaseTaken or
+// leaseRenewed when this instance holds it, 0 when another does.
 var leaseScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v == false then
@@ -42,9 +43,15 @@ if v == false then
 end
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return 2
 end
 return 0`)
+
+// What leaseScript returns when this instance holds the key.
+const (
+	leaseTaken   = 1
+	leaseRenewed = 2
+)
 
 // releaseScript gives the lease up if this instance holds it.
 var releaseScript = redis.NewScript(`
@@ -78,7 +85,7 @@ type recordingSubscription struct {
 func newRecordingSubscription(p subscriptionParts) *recordingSubscription {
 	stats := &Stats{}
 	logger := p.logger.With("role", "recorder")
-	rec := newRecorder(p.recordRdb, history.Layout{}, p.cfg.Retention, func(string, *message) {}, stats, logger)
+	rec := newRecorder(p.recordRdb, p.id, history.Layout{}, p.cfg.Retention, func(string, *message) {}, stats, logger)
 	conn := newPubsubConn(newInstanceID(), p.rdb, patternChannels{afterLoss: func() {}}, rec, p.cfg, logger, stats)
 	conn.answersMarkers = true
 	return &recordingSubscription{conn: conn, rec: rec, stats: stats}
@@ -201,7 +208,7 @@ func (l *recorderLease) try(ctx context.Context) (bool, error) {
 	tctx, cancel := context.WithTimeout(ctx, leaseRenew)
 	defer cancel()
 	n, err := leaseScript.Run(tctx, l.rdb, []string{leaseKey}, l.owner, leaseTTL.Milliseconds()).Int()
-	return n == 1, err
+	return n == leaseTaken || n == leaseRenewed, err
 }
 
 // handOver gives the lease up and waits, recording on, until another

@@ -66,10 +66,12 @@ var (
 		"SUBSCRIBE_MODE=user: the user channels Redis holds for this instance (0 in pattern mode).", nil, nil)
 	leaseDesc = prometheus.NewDesc("fanout_recorder_lease",
 		"SUBSCRIBE_MODE=user with history: 1 while this instance holds the recorder lease and records every user's events, else 0.", nil, nil)
+	soleDesc = prometheus.NewDesc("fanout_sole_recorder",
+		"Pattern mode with history on one Redis: 1 while no other instance reads events from it and this one appends them without looking them up, else 0.", nil, nil)
 )
 
 // gaugeDescs are the gauges, as Describe lists them.
-var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc, catchupsDesc, channelsDesc, leaseDesc}
+var gaugeDescs = []*prometheus.Desc{connectionsDesc, usersDesc, queuedFramesDesc, queuedBytesDesc, redisUpDesc, redisReadyDesc, catchupsDesc, channelsDesc, leaseDesc, soleDesc}
 
 // counterDescs describes each counter metric of counterTable, and the
 // refusals by reason.
@@ -118,6 +120,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	sub := d.subscription()
 	gauge(channelsDesc, float64(sub.Channels))
 	gauge(leaseDesc, boolValue(sub.RecorderLease))
+	gauge(soleDesc, boolValue(sub.SoleRecorder))
 	for _, row := range counterTable {
 		if row.metric != nil {
 			counter(row.metric, row.field(s).Load(), row.labels()...)

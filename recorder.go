@@ -45,6 +45,10 @@ type inbound struct {
 	// ack, on the lease holder's recording subscription, is the probe
 	// channel to publish payload on once every event before is recorded.
 	ack string
+	// sole is the marker of a generation of this instance's hold on
+	// history.SoloKey (soleRecorder): the events read after it were
+	// published while no other instance read events.
+	sole uint64
 }
 
 // recorder gives every event its id in its user's history before it is
@@ -84,6 +88,12 @@ type recorder struct {
 	// in: all in one on one Redis (and Sentinel), one per hash slot on a
 	// Redis Cluster, where a script's keys share a slot.
 	callOf func(key string) int
+	// owner names this instance in the record script's fence ("" on a
+	// Redis Cluster: history.RecordUsersAs).
+	owner string
+	// sole, in pattern mode on one Redis, says whether this instance
+	// holds history.SoloKey, and in which generation (soleRecorder).
+	sole *soleRecorder
 
 	// mu guards cursors, horizon, waiting and queued: the recorder's
 	// goroutine holds it while it works on a batch, except during its
@@ -97,6 +107,11 @@ type recorder struct {
 	// delivered at once only when nothing is queued before it.
 	queued        map[string]int
 	queuedMarkers int
+	// soleFrom is the generation whose marker the recorder read last
+	// (inbound.sole), under mu: while this instance still holds
+	// history.SoloKey in that generation, the events read since were
+	// published with no other instance reading, and are appended alone.
+	soleFrom uint64
 }
 
 type userCursor struct {
@@ -104,8 +119,12 @@ type userCursor struct {
 	used time.Time
 }
 
-func newRecorder(rdb redis.UniversalClient, layout history.Layout, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
+func newRecorder(rdb redis.UniversalClient, owner string, layout history.Layout, retention history.Retention, broadcast func(string, *message), stats *Stats, logger *slog.Logger) *recorder {
+	if _, onCluster := rdb.(*redis.ClusterClient); onCluster {
+		owner = ""
+	}
 	return &recorder{
+		owner:     owner,
 		rdb:       rdb,
 		layout:    layout,
 		retention: retention,
@@ -144,7 +163,7 @@ func (r *recorder) records() bool { return true }
 func (r *recorder) add(ctx context.Context, in inbound) bool {
 	r.mu.Lock()
 	switch {
-	case in.reset || in.ack != "":
+	case in.reset || in.ack != "" || in.sole != 0:
 		r.queuedMarkers++
 	case in.id != "" && r.queuedMarkers == 0 && r.queued[in.username] == 0:
 		// Broadcast under mu: nothing of the user can be queued
@@ -220,12 +239,16 @@ func (r *recorder) process(ctx context.Context, batch []inbound) {
 	defer r.mu.Unlock()
 	start := 0
 	for i, in := range batch {
-		if !in.reset && in.ack == "" {
+		if !in.reset && in.ack == "" && in.sole == 0 {
 			continue
 		}
 		r.record(ctx, batch[start:i])
 		start = i + 1
 		r.queuedMarkers--
+		if in.sole != 0 {
+			r.soleFrom = in.sole
+			continue
+		}
 		if in.ack != "" {
 			actx, cancel := context.WithTimeout(ctx, recordTimeout)
 			r.mu.Unlock()
@@ -376,52 +399,130 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	}
 	ids := make([]string, len(evs))
 	var err error
-	if scripted := r.recordKnown(users, order, evs, ids, now); scripted > 0 {
-		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
-		pipe := r.rdb.Pipeline()
-		// One call per group of users (recorder.callOf), in the order of
-		// their first user.
-		calls := make(map[int][]string)
-		var callOrder []int
-		var recs []history.Recording
-		for _, u := range order {
-			if users[u].known {
+	if scripted := r.recordKnown(users, order, evs, ids, now); scripted > 0 && !r.appendAlone(ctx, users, order, evs) {
+		err = r.recordScripted(ctx, users, order, waitFirst, now)
+	}
+	r.finish(ctx, evs, users, order, ids, err, now)
+}
+
+// recordScripted records the events of the users in order that did not
+// all come with their ids, with the record script: one call per group of
+// users (recorder.callOf), in one round trip. It fills in each user's
+// recorded, or err. mu must be held; it is released during the round trip.
+func (r *recorder) recordScripted(ctx context.Context, users map[string]*userBatch, order []string, waitFirst bool, now time.Time) error {
+	rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
+	pipe := r.rdb.Pipeline()
+	// One call per group of users (recorder.callOf), in the order of
+	// their first user.
+	calls := make(map[int][]string)
+	var callOrder []int
+	var recs []history.Recording
+	for _, u := range order {
+		if users[u].known {
+			continue
+		}
+		c := r.callOf(r.layout.Key(u))
+		if _, ok := calls[c]; !ok {
+			callOrder = append(callOrder, c)
+		}
+		calls[c] = append(calls[c], u)
+	}
+	for _, c := range callOrder {
+		evs := make([]history.UserEvents, len(calls[c]))
+		for i, u := range calls[c] {
+			cur := r.cursor(u)
+			if !cur.Entry && waitFirst {
+				since, ok := r.waiting[u]
+				cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
+			}
+			evs[i] = history.UserEvents{Username: u, Cursor: cur, Payloads: users[u].payloads}
+		}
+		recs = append(recs, r.layout.RecordUsersAs(rctx, pipe, r.retention, r.owner, evs))
+	}
+	// With the scripts loaded again if Redis restarted or flushed them.
+	r.mu.Unlock()
+	err := history.ExecScripts(rctx, r.rdb, pipe)
+	r.mu.Lock()
+	for k, c := range callOrder {
+		recorded, rerr := recs[k].Users()
+		for i, u := range calls[c] {
+			if rerr != nil {
+				users[u].err = rerr
 				continue
 			}
-			c := r.callOf(r.layout.Key(u))
-			if _, ok := calls[c]; !ok {
-				callOrder = append(callOrder, c)
-			}
-			calls[c] = append(calls[c], u)
-		}
-		for _, c := range callOrder {
-			evs := make([]history.UserEvents, len(calls[c]))
-			for i, u := range calls[c] {
-				cur := r.cursor(u)
-				if !cur.Entry && waitFirst {
-					since, ok := r.waiting[u]
-					cur.WaitFirst = !ok || now.Sub(since) < waitFirstMax
-				}
-				evs[i] = history.UserEvents{Username: u, Cursor: cur, Payloads: users[u].payloads}
-			}
-			recs = append(recs, r.layout.RecordUsers(rctx, pipe, r.retention, evs))
-		}
-		// With the scripts loaded again if Redis restarted or flushed them.
-		r.mu.Unlock()
-		err = history.ExecScripts(rctx, r.rdb, pipe)
-		r.mu.Lock()
-		cancel()
-		for k, c := range callOrder {
-			recorded, rerr := recs[k].Users()
-			for i, u := range calls[c] {
-				if rerr != nil {
-					users[u].err = rerr
-					continue
-				}
-				users[u].recorded = recorded[i]
-			}
+			users[u].recorded = recorded[i]
 		}
 	}
+	return err
+}
+
+// appendAlone appends the events of the users in order that did not all
+// come with their ids without looking for them first, in one round trip,
+// while this instance holds history.SoloKey in the generation whose marker
+// it read (soleRecorder). It fills in each user's recorded, or err, and
+// reports whether it did: false leaves them to recordScripted. mu must be
+// held; it is released during the round trip.
+func (r *recorder) appendAlone(ctx context.Context, users map[string]*userBatch, order []string, evs []inbound) bool {
+	if r.sole == nil || r.soleFrom == 0 || r.sole.held.Load() != r.soleFrom {
+		return false
+	}
+	var list []history.UserEvents
+	for _, u := range order {
+		if users[u].known {
+			continue
+		}
+		ue := history.UserEvents{Username: u}
+		for _, i := range users[u].index {
+			if evs[i].id == "" {
+				ue.Payloads = append(ue.Payloads, evs[i].payload)
+			}
+		}
+		list = append(list, ue)
+	}
+	rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
+	pipe := r.rdb.Pipeline()
+	call := r.layout.AppendUsers(rctx, pipe, r.retention, r.owner, list)
+	r.mu.Unlock()
+	// The call's nil reply (not held) is no failure: IDs reads it.
+	_ = history.ExecScripts(rctx, r.rdb, pipe)
+	r.mu.Lock()
+	appended, held, err := call.IDs()
+	if err == nil && !held {
+		// Another instance reads events, or Redis lost the key: the
+		// lookup until the next generation's marker.
+		r.soleFrom = 0
+		return false
+	}
+	for k, ue := range list {
+		ub := users[ue.Username]
+		if err != nil {
+			ub.err = err
+			continue
+		}
+		cur := r.cursor(ue.Username)
+		recs := make([]history.Recorded, len(ub.index))
+		next := 0
+		for j, i := range ub.index {
+			if id := evs[i].id; id != "" {
+				recs[j] = history.Recorded{ID: id}
+			} else {
+				recs[j] = history.Recorded{ID: appended[k][next], Appended: true}
+				next++
+			}
+			cur = cur.Known(recs[j].ID)
+		}
+		ub.recorded = history.UserRecorded{Recorded: recs, Cursor: cur}
+	}
+	return true
+}
+
+// finish gives evs the ids recorded for them (ids already holds those
+// that came with theirs), moves this instance's place in each user's
+// history, keeps the pending events back, counts and logs the failures,
+// and broadcasts the others in order. mu must be held.
+func (r *recorder) finish(ctx context.Context, evs []inbound, users map[string]*userBatch, order []string, ids []string, err error, now time.Time) {
 	failed, lagging := 0, 0
 	var held map[int]bool
 	for _, u := range order {

@@ -125,6 +125,10 @@ type subscriptionStatus struct {
 	// events its recording subscription read.
 	recorderLease    bool
 	recorderReceived uint64
+	// soleRecorder, in pattern mode with history on one Redis, is true
+	// while this instance holds history.SoloKey: no other instance reads
+	// events, and it appends them without looking them up.
+	soleRecorder bool
 }
 
 // subscriptionParts is what a subscription is built from.
@@ -147,7 +151,7 @@ func newSubscription(p subscriptionParts) subscription {
 	var sink eventSink = directSink{deliver: deliverTo(p.hub, p.logger), stats: p.stats}
 	var rec *recorder
 	if p.cfg.History {
-		rec = newRecorder(p.recordRdb, history.Layout{Sharded: p.cfg.PubSubSharded}, p.cfg.Retention, deliverTo(p.hub, p.logger), p.stats, p.logger)
+		rec = newRecorder(p.recordRdb, p.id, history.Layout{Sharded: p.cfg.PubSubSharded}, p.cfg.Retention, deliverTo(p.hub, p.logger), p.stats, p.logger)
 		sink = rec
 	}
 	cluster, onCluster := p.rdb.(*redis.ClusterClient)
@@ -213,25 +217,41 @@ func (directSink) run(context.Context) {}
 type patternSubscription struct {
 	conn *pubsubConn
 	sink eventSink
+	// sole, with history on one Redis, lets the recorder append alone
+	// while no other instance reads events (soleRecorder); nil otherwise.
+	sole *soleRecorder
 }
 
 func newPatternSubscription(p subscriptionParts, sink eventSink) *patternSubscription {
 	// Once the pattern is back after a lost session, Redis may have taken
 	// events meanwhile, which the history holds.
 	mode := patternChannels{afterLoss: p.hub.catchUpEveryoneAfterLoss}
-	return &patternSubscription{conn: newPubsubConn(p.id, p.rdb, mode, sink, p.cfg, p.logger, p.stats), sink: sink}
+	s := &patternSubscription{conn: newPubsubConn(p.id, p.rdb, mode, sink, p.cfg, p.logger, p.stats), sink: sink}
+	_, onCluster := p.rdb.(*redis.ClusterClient)
+	if rec, ok := sink.(*recorder); ok && !onCluster {
+		s.sole = newSoleRecorder(p.rdb, p.id, p.opts.ClientName, s.conn, p.logger)
+		rec.sole = s.sole
+	}
+	return s
 }
 
 func (s *patternSubscription) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.sink.run(ctx) })
+	if s.sole != nil {
+		wg.Go(func() { s.sole.run(ctx) })
+	}
 	s.conn.run(ctx)
 }
 
 func (s *patternSubscription) ready() (bool, string) { return s.conn.ready() }
 func (s *patternSubscription) status() subscriptionStatus {
-	return subscriptionStatus{confirmed: s.conn.confirmed.Load(), lastReceived: s.conn.lastReceived.Load()}
+	st := subscriptionStatus{confirmed: s.conn.confirmed.Load(), lastReceived: s.conn.lastReceived.Load()}
+	if s.sole != nil {
+		st.soleRecorder = s.sole.held.Load() != 0
+	}
+	return st
 }
 func (*patternSubscription) want(string)                        {}
 func (*patternSubscription) unwant(string)                      {}
@@ -542,6 +562,14 @@ func (s *pubsubConn) handle(ctx context.Context, channel, payload string) {
 			if n, ok := strings.CutPrefix(payload, ackPrefix); ok {
 				if seq, err := strconv.ParseUint(n, 10, 64); err == nil {
 					s.mode.acked(seq)
+				}
+			}
+			if n, ok := strings.CutPrefix(payload, solePrefix); ok {
+				// The sole recorder's marker (soleRecorder): the events
+				// read from here on were published while no other
+				// instance read events.
+				if gen, err := strconv.ParseUint(n, 10, 64); err == nil {
+					s.sink.add(ctx, inbound{sole: gen})
 				}
 			}
 			return

@@ -57,9 +57,16 @@ import (
 // offer again a moment later. Once it has found one, everything published
 // before is in the history, and it appends as usual.
 //
+// One instance may append alone (AppendSource): while another instance
+// holds SoloKey, this script appends nothing. An event it does not find
+// is pending, as above, until the holder has appended it or given the key
+// up.
+//
 // One call records the events of several users, in one batch: KEYS are
-// their history keys (on a Redis Cluster, keys of one hash slot). ARGV:
-// MAXLEN, TTL in milliseconds, then for each key in turn: the cursor (the
+// their history keys (on a Redis Cluster, keys of one hash slot), then
+// SoloKey when the call names its instance. ARGV: MAXLEN, TTL in
+// milliseconds, the instance ("" for none: no SoloKey, as on a Redis
+// Cluster, where it is in another slot), then for each key in turn: the cursor (the
 // horizon when there is none), "1" when the cursor is an entry's id ("0"
 // for a horizon, "w" for a horizon from which the first event is only to
 // be found, not appended), the number of consumed ids, those ids, the
@@ -71,7 +78,15 @@ import (
 // for each payload its id ("" when it lags or is pending) and 1 when this
 // call appended it, 2 when it is pending, 0 otherwise.
 const RecordSource = `
-local maxlen, ttl = ARGV[1], ARGV[2]
+local maxlen, ttl, owner = ARGV[1], ARGV[2], ARGV[3]
+-- The fence (SoloKey, the last key): held by another instance, which
+-- appends every event alone, this one appends nothing.
+local nusers, fenced = #KEYS, false
+if owner ~= '' then
+  nusers = #KEYS - 1
+  local holder = redis.call('GET', KEYS[#KEYS])
+  fenced = holder ~= false and holder ~= owner
+end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -93,7 +108,7 @@ local function user(u, a)
   -- or there is none (this instance is the first).
   if first == last and entry == '1' and nconsumed == 0 and string.byte(ARGV[first]) ~= 35 then
     local page = redis.call('XRANGE', key, '(' .. cursor, '+', 'COUNT', 1)
-    if #page == 0 then
+    if #page == 0 and not fenced then
       local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[first])
       redis.call('PEXPIRE', key, ttl)
       return {id, '1', {}, id, 1}, last + 1
@@ -137,10 +152,6 @@ local function user(u, a)
       end
       if #page < n then break end
     end
-    if not found and waitFirst and entry == '0' then
-      -- Not recorded yet by the instances subscribed all along.
-      return nil, 2
-    end
     local appended = 0
     if not found and entry == '1' and seen > 0 then
       -- Entries after the cursor, none of them this event, and the
@@ -151,6 +162,11 @@ local function user(u, a)
       if #head > 0 and less(cursor, head[1][1]) then
         found = ''
       end
+    end
+    if not found and (fenced or waitFirst and entry == '0') then
+      -- Not recorded yet by the instances subscribed all along, or by
+      -- the one that appends alone.
+      return nil, 2
     end
     if not found then
       found = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', payload)
@@ -219,8 +235,8 @@ local function user(u, a)
   out[1], out[2], out[3] = cursor, entry, list
   return out, last + 1
 end
-local replies, a = {}, 3
-for u = 1, #KEYS do
+local replies, a = {}, 4
+for u = 1, nusers do
   replies[u], a = user(u, a)
 end
 return replies
@@ -315,14 +331,21 @@ func (l Layout) Record(ctx context.Context, pipe redis.Pipeliner, username strin
 // users (Record, for each). On a Redis Cluster every user's key must be in
 // one hash slot (KeySlot of Layout.Key).
 func (l Layout) RecordUsers(ctx context.Context, pipe redis.Pipeliner, retention Retention, users []UserEvents) Recording {
+	return l.RecordUsersAs(ctx, pipe, retention, "", users)
+}
+
+// RecordUsersAs is RecordUsers by instance owner, which appends nothing
+// while another instance holds SoloKey (AppendSource). Not on a Redis
+// Cluster, where SoloKey is in another slot than the users' keys.
+func (l Layout) RecordUsersAs(ctx context.Context, pipe redis.Pipeliner, retention Retention, owner string, users []UserEvents) Recording {
 	retention = retention.withDefaults()
-	keys := make([]string, len(users))
-	size := 2
+	keys := make([]string, len(users), len(users)+1)
+	size := 3
 	for _, u := range users {
 		size += 4 + len(u.Cursor.Consumed) + len(u.Payloads)
 	}
 	args := make([]any, 0, size)
-	args = append(args, retention.MaxLen, retention.TTL.Milliseconds())
+	args = append(args, retention.MaxLen, retention.TTL.Milliseconds(), owner)
 	n := make([]int, len(users))
 	for i, u := range users {
 		keys[i] = l.Key(u.Username)
@@ -347,6 +370,9 @@ func (l Layout) RecordUsers(ctx context.Context, pipe redis.Pipeliner, retention
 		for _, p := range u.Payloads {
 			args = append(args, p)
 		}
+	}
+	if owner != "" {
+		keys = append(keys, SoloKey)
 	}
 	return Recording{cmd: recordScript.EvalSha(ctx, pipe, keys, args...), n: n}
 }
@@ -432,6 +458,9 @@ func Load(ctx context.Context, rdb redis.Scripter) error {
 	}
 	if err := publishShardedScript.Load(ctx, rdb).Err(); err != nil {
 		return fmt.Errorf("load the sharded publish script: %w", err)
+	}
+	if err := appendScript.Load(ctx, rdb).Err(); err != nil {
+		return fmt.Errorf("load the append script: %w", err)
 	}
 	if err := AckScript.Load(ctx, rdb).Err(); err != nil {
 		return fmt.Errorf("load the ack script: %w", err)
