@@ -365,7 +365,10 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 		}
 		r.mu.Lock()
 	}
-	if len(r.pending) > 0 {
+	// Events held back were read before any marker read since: another
+	// instance may have appended them (appendAlone).
+	repeated := len(r.pending) > 0
+	if repeated {
 		// Before the new ones: a user's events keep their order.
 		var all []inbound
 		for _, p := range r.pending {
@@ -399,7 +402,7 @@ func (r *recorder) record(ctx context.Context, evs []inbound) {
 	}
 	ids := make([]string, len(evs))
 	var err error
-	if scripted := r.recordKnown(users, order, evs, ids, now); scripted > 0 && !r.appendAlone(ctx, users, order, evs) {
+	if scripted := r.recordKnown(users, order, evs, ids, now); scripted > 0 && (repeated || !r.appendAlone(ctx, users, order, evs)) {
 		err = r.recordScripted(ctx, users, order, waitFirst, now)
 	}
 	r.finish(ctx, evs, users, order, ids, err, now)

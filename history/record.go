@@ -113,7 +113,7 @@ local function user(u, a)
       redis.call('PEXPIRE', key, ttl)
       return {id, '1', {}, id, 1}, last + 1
     end
-    if page[1][2][2] == ARGV[first] then
+    if #page > 0 and page[1][2][2] == ARGV[first] then
       return {page[1][1], '1', {}, page[1][1], 0}, last + 1
     end
   end

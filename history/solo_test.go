@@ -91,6 +91,13 @@ func TestRecordAppendsNothingWhileAnotherInstanceHoldsSoloKey(t *testing.T) {
 	if !held {
 		t.Fatal("the holder could not append")
 	}
+	// One event, nothing after the instance's place (the script's
+	// shortcut): pending.
+	ahead := subscribed(t, rdb)
+	ahead.cur = Cursor{After: ids[0], Entry: true}
+	if got := ahead.recordAs(t, "other", "u", `{"n":2}`); !got[0].Pending {
+		t.Fatalf("one event after the last entry: %+v, want pending", got[0])
+	}
 	got := other.recordAs(t, "other", "u", `{"n":1}`, `{"n":2}`, `{"n":3}`)
 	if got[0].ID != ids[0] || got[0].Appended || got[0].Pending {
 		t.Fatalf("the holder's entry: %+v, want found as %s", got[0], ids[0])
