@@ -39,8 +39,11 @@ echo "== go test -race"
 # The whole-process tests (e2e/) mostly wait on timers (failovers, nginx's
 # fail_timeout, steady publishers): three at a time keep 2 cores busy
 # without starving the timing-sensitive ones.
-# The rolling restart runs in the next step instead.
-go test -race -count=1 -parallel 3 -skip 'TestRollingRestartOf3InstancesWith3000UsersLosesNothing' "$@" ./...
+# The rolling restart runs in the next step instead. Three packages at a
+# time (-p 3, go test's default is one per core): the small packages run
+# beside the two long ones (the root package and e2e/, about 135 s each)
+# instead of after them, 138 s instead of 153 s here.
+go test -race -count=1 -p 3 -parallel 3 -skip 'TestRollingRestartOf3InstancesWith3000UsersLosesNothing' "$@" ./...
 # Goroutine stack sizes are only true without the race detector, which
 # doubles the stack guard: the idle-connection footprint test again. The
 # rolling restart's 1001 → back p99 bound (2 s) measures the restart only
