@@ -80,12 +80,17 @@ import (
 const RecordSource = `
 local maxlen, ttl, owner = ARGV[1], ARGV[2], ARGV[3]
 -- The fence (SoloKey, the last key): held by another instance, which
--- appends every event alone, this one appends nothing.
-local nusers, fenced = #KEYS, false
-if owner ~= '' then
-  nusers = #KEYS - 1
-  local holder = redis.call('GET', KEYS[#KEYS])
-  fenced = holder ~= false and holder ~= owner
+-- appends every event alone, this one appends nothing. Read once, and
+-- only by a call about to append: most calls of several instances find
+-- their events.
+local nusers, fence = #KEYS, nil
+if owner == '' then fence = false else nusers = #KEYS - 1 end
+local function fenced()
+  if fence == nil then
+    local holder = redis.call('GET', KEYS[#KEYS])
+    fence = holder ~= false and holder ~= owner
+  end
+  return fence
 end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -108,7 +113,7 @@ local function user(u, a)
   -- or there is none (this instance is the first).
   if first == last and entry == '1' and nconsumed == 0 and string.byte(ARGV[first]) ~= 35 then
     local page = redis.call('XRANGE', key, '(' .. cursor, '+', 'COUNT', 1)
-    if #page == 0 and not fenced then
+    if #page == 0 and not fenced() then
       local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[first])
       redis.call('PEXPIRE', key, ttl)
       return {id, '1', {}, id, 1}, last + 1
@@ -163,7 +168,7 @@ local function user(u, a)
         found = ''
       end
     end
-    if not found and (fenced or waitFirst and entry == '0') then
+    if not found and (waitFirst and entry == '0' or fenced()) then
       -- Not recorded yet by the instances subscribed all along, or by
       -- the one that appends alone.
       return nil, 2
