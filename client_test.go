@@ -105,8 +105,13 @@ func TestSlowClientIsDisconnectedAloneAndOthersKeepTheirPace(t *testing.T) {
 }
 
 func TestClientThatNeverReadsIsDroppedAndMemoryStaysBounded(t *testing.T) {
+	// A write blocked on the full socket ends the connection after
+	// WRITE_WAIT; it counts as slow when the send queue overflowed
+	// meanwhile. 2 s lets it overflow first: at 300 ms a publisher slowed
+	// by other packages' tests on the same cores now and then had not
+	// published enough by then.
 	td := startDaemon(t, startRedis(t), map[string]string{
-		"WRITE_WAIT": "300ms",
+		"WRITE_WAIT": "2s",
 		"LOG_LEVEL":  "info",
 	})
 	td.waitReady()
