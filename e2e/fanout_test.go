@@ -125,8 +125,9 @@ type stats struct {
 		Catchups int64 `json:"catchups"`
 	} `json:"history"`
 	Subscription struct {
-		Mode     string `json:"mode"`
-		Channels int    `json:"channels"`
+		Mode         string `json:"mode"`
+		Channels     int    `json:"channels"`
+		SoleRecorder bool   `json:"sole_recorder"`
 	} `json:"subscription"`
 }
 

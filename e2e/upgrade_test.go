@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,6 +84,7 @@ func TestARollingUpgradeFromBeforeEnvelopesForwardsNoEnvelopeAndLosesNothing(t *
 	old := startFanoutCmd(t, cmd, port, adminPort)
 	old.waitReady()
 	cur := startFanout(t, r.Addr())
+	curStarted := time.Now()
 
 	const user = "upgrading"
 	q := url.Values{"username": {user}}
@@ -145,8 +147,32 @@ func TestARollingUpgradeFromBeforeEnvelopesForwardsNoEnvelopeAndLosesNothing(t *
 		t.Fatalf("the old instance forwarded %s to a fanout.v1 client", f)
 	}
 
+	// The earlier version does not read the sole recorder's key, but its
+	// pub/sub connection counts as another instance: beside it, this one
+	// has never appended alone (two checks, 1 s apart).
+	time.Sleep(time.Until(curStarted.Add(2500 * time.Millisecond)))
+	if cur.stats().Subscription.SoleRecorder || rdb.Exists(t.Context(), history.SoloKey).Val() != 0 {
+		t.Fatal("the new instance appends alone beside an instance of the earlier version")
+	}
+
 	// The old instance is upgraded: its client resumes on the new one.
 	old.sigterm()
 	resumed := openHistory(t, historyTransports()[0], cur.base, q, f0.ID)
 	expectEvents(t, resumed, []history.Event{{ID: ids[0], Data: payloads[0]}, {ID: ids[1], Data: payloads[1]}})
+
+	// Alone now, it appends alone, and its clients get the ids the
+	// history holds.
+	testproc.WaitFor(t, 5*time.Second, "the new instance appending alone", func() string {
+		if !cur.stats().Subscription.SoleRecorder || !strings.Contains(cur.logs(), "appending events without looking them up") {
+			return "not yet"
+		}
+		return ""
+	})
+	last := event(user, 1)
+	publish(t, rdb, user, last)
+	got := nextFrame(t, resumed)
+	entries := streamEntries(t, rdb, user)
+	if n := len(entries); n == 0 || got.Data != last || got.ID != entries[n-1].ID || entries[n-1].Data != last {
+		t.Fatalf("after the upgrade: %s, want %q with the id of the history's last entry %v", got, last, entries[len(entries)-1])
+	}
 }
