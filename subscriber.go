@@ -346,6 +346,10 @@ type pubsubConn struct {
 	probePending atomic.Int64
 	// lastReceived is when the session last read anything (UnixNano).
 	lastReceived atomic.Int64
+	// inSink is true while the session waits for the sink to take what it
+	// read: the daemon is busy (the recorder broadcasting a large batch),
+	// and Redis is not to blame for the silence meanwhile.
+	inSink atomic.Bool
 	// resubscribe carries the prober's request to drop the session.
 	resubscribe wakeup
 
@@ -506,7 +510,10 @@ func (s *pubsubConn) session(ctx context.Context) (confirmed bool, err error) {
 			s.onConfirmed(ctx)
 			s.logger.Info("Subscribed to Redis", append([]any{"addr", s.addr}, s.mode.logAttrs(s)...)...)
 		case *redis.Message:
+			s.inSink.Store(true)
 			s.handle(ctx, m.Channel, m.Payload)
+			s.inSink.Store(false)
+			s.lastReceived.Store(time.Now().UnixNano())
 		}
 	}
 	return confirmed, ctx.Err()
@@ -646,7 +653,12 @@ func (s *pubsubConn) probe(ctx context.Context) {
 		now := time.Now()
 		if pending := s.probePending.Load(); pending != 0 {
 			// A subscription still delivering other messages is alive: the
-			// probe is queued behind them.
+			// probe is queued behind them. So is one whose messages wait
+			// for the daemon: the session is handing one to the sink
+			// (inSink), or was until a moment ago (lastReceived).
+			if s.inSink.Load() {
+				continue
+			}
 			waited := now.Sub(time.Unix(0, pending))
 			silent := now.Sub(time.Unix(0, s.lastReceived.Load()))
 			if waited > s.cfg.ProbeTimeout && silent > s.cfg.ProbeTimeout {

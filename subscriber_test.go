@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -331,5 +332,44 @@ func (p *blackholeProxy) blackholeExisting() {
 		pair.mu.Lock()
 		pair.silent = true
 		pair.mu.Unlock()
+	}
+}
+
+// TestABusyRecorderIsNoDeadSubscription: while the recorder broadcasts a
+// large batch (here one broadcast held back 1.5 s, longer than
+// PROBE_TIMEOUT), the subscription waits to hand it the next event and
+// reads nothing, its probe included. That is the daemon being busy, not
+// Redis being silent: the prober does not resubscribe, which would drop
+// the events still in the connection, and every event arrives with its
+// id.
+func TestABusyRecorderIsNoDeadSubscription(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	td := startDaemon(t, r, map[string]string{"LOG_LEVEL": "info"})
+	td.waitReady()
+	rec := td.d.sub.(*patternSubscription).sink.(*recorder)
+	slow := event("u", 0)
+	rec.mu.Lock()
+	broadcast := rec.broadcast
+	rec.broadcast = func(username string, msg *message) {
+		if string(msg.data) == slow {
+			time.Sleep(1500 * time.Millisecond)
+		}
+		broadcast(username, msg)
+	}
+	rec.mu.Unlock()
+	s := openHistory(t, historyTransports()[0], td.baseURL, url.Values{"username": {"u"}}, "")
+	eventually(t, 5*time.Second, "connection registered", func() bool { return td.d.hub.connectionCount("u") == 1 })
+
+	payloads := numbered("u", 20)
+	publishNow(t, td.pub, "u", payloads[0])
+	time.Sleep(50 * time.Millisecond)
+	publishNow(t, td.pub, "u", payloads[1:]...)
+	expectRecorded(t, td.pub, "u", payloads, s)
+	if n := td.d.stats.ProbesMissed.Load(); n != 0 {
+		t.Fatalf("%d probes missed while the recorder was busy", n)
+	}
+	if n := td.d.stats.RedisFailures.Load(); n != 0 {
+		t.Fatalf("%d Redis failures while the recorder was busy", n)
 	}
 }
