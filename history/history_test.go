@@ -30,9 +30,16 @@ type instance struct {
 
 func (in *instance) record(t *testing.T, user string, payloads ...string) []Recorded {
 	t.Helper()
+	return in.recordAs(t, "", user, payloads...)
+}
+
+// recordAs is record naming the instance owner in the fence of SoloKey
+// ("" for none, as Record).
+func (in *instance) recordAs(t *testing.T, owner, user string, payloads ...string) []Recorded {
+	t.Helper()
 	ctx := context.Background()
 	pipe := in.rdb.Pipeline()
-	rec := Record(ctx, pipe, user, in.cur, in.retention, payloads)
+	rec := Layout{}.RecordUsersAs(ctx, pipe, in.retention, owner, []UserEvents{{Username: user, Cursor: in.cur, Payloads: payloads}})
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatalf("record: %v", err)
 	}

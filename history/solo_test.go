@@ -23,23 +23,6 @@ func appendAlone(t *testing.T, in *instance, owner, user string, payloads ...str
 	return ids[0], true
 }
 
-// recordAs is instance.record naming the instance in the fence.
-func (in *instance) recordAs(t *testing.T, owner, user string, payloads ...string) []Recorded {
-	t.Helper()
-	ctx := context.Background()
-	pipe := in.rdb.Pipeline()
-	rec := Layout{}.RecordUsersAs(ctx, pipe, in.retention, owner, []UserEvents{{Username: user, Cursor: in.cur, Payloads: payloads}})
-	if _, err := pipe.Exec(ctx); err != nil {
-		t.Fatalf("record: %v", err)
-	}
-	out, cur, err := rec.Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.cur = cur
-	return out
-}
-
 func TestAppendUsersAppendsOnlyWhileItsInstanceHoldsSoloKey(t *testing.T) {
 	rdb := client(t)
 	ctx := context.Background()
