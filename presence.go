@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"slices"
@@ -119,8 +120,12 @@ func (p *redisPresence) tick(ctx context.Context, leaving bool) {
 		// last call carries it.
 		published, err := p.inst.Tick(ctx, p.rdb, batch, leaving && n == len(users))
 		if err != nil {
-			p.stats.PresenceErrors.Add(1)
-			p.errLog.log(p.logger, slog.LevelWarn, "Presence update failed; retrying", "err", err)
+			// The daemon stopping during a tick is no failure: the
+			// leaving tick follows, with these users back in dirty.
+			if !errors.Is(err, context.Canceled) {
+				p.stats.PresenceErrors.Add(1)
+				p.errLog.log(p.logger, slog.LevelWarn, "Presence update failed; retrying", "err", err)
+			}
 			p.mu.Lock()
 			for _, u := range users {
 				p.dirty[u] = struct{}{}

@@ -114,3 +114,30 @@ func TestPresenceCommandSaysWhyItCannotAnswer(t *testing.T) {
 		return res.code == 0 && res.stdout == `{"username":"alice","online":true,"connections":1}`+"\n"+`{"username":"bob","online":false,"connections":0}`+"\n"
 	})
 }
+
+// TestAPresenceTickCutShortByShutdownIsNoFailure: the daemon stopping
+// during a periodic tick cancels it; that is neither counted nor logged as
+// a failed update (it was, once per stop), and the users stay to be
+// written by the leaving tick.
+func TestAPresenceTickCutShortByShutdownIsNoFailure(t *testing.T) {
+	t.Parallel()
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "info"})
+	td.waitReady()
+	p := td.d.presence.(*redisPresence)
+	p.changed("alice")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	p.tick(ctx, false)
+	if n := td.d.stats.PresenceErrors.Load(); n != 0 {
+		t.Fatalf("presence_errors = %d after a cancelled tick, want 0", n)
+	}
+	if logs := td.logs.String(); strings.Contains(logs, "Presence update failed") {
+		t.Fatalf("a cancelled tick was logged as a failure:\n%s", logs)
+	}
+	p.mu.Lock()
+	_, dirty := p.dirty["alice"]
+	p.mu.Unlock()
+	if !dirty {
+		t.Fatal("alice was dropped from the users to write")
+	}
+}
