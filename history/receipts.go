@@ -52,16 +52,7 @@ func (l Layout) Seen(ctx context.Context, rdb redis.Cmdable, username string) (s
 // is ahead but a publication was less than a second ago, 2 is added to the
 // result: the caller calls again (ARGV[1] "") a second later. Result: 1
 // when the seen id moved, 0 when not, plus 2 for a publication owed.
-const AckSource = `
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function less(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
+const AckSource = luaIDs + `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local result = 0

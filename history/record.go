@@ -77,7 +77,7 @@ import (
 // reply per key: the new cursor, its "1" or "0", the consumed ids, then
 // for each payload its id ("" when it lags or is pending) and 1 when this
 // call appended it, 2 when it is pending, 0 otherwise.
-const RecordSource = `
+const RecordSource = luaIDs + `
 local maxlen, ttl, owner = ARGV[1], ARGV[2], ARGV[3]
 -- The fence (SoloKey, the last key): held by another instance, which
 -- appends every event alone, this one appends nothing. Read once, and
@@ -91,15 +91,6 @@ local function fenced()
     fence = holder ~= false and holder ~= owner
   end
   return fence
-end
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function less(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
 end
 -- user records the payloads of KEYS[u], whose arguments start at ARGV[a];
 -- it returns its reply and where the next user's arguments start.
@@ -248,6 +239,20 @@ return replies
 `
 
 var recordScript = redis.NewScript(RecordSource)
+
+// luaIDs begins the scripts that compare event ids: parse splits one into
+// its milliseconds and sequence number, less orders two.
+const luaIDs = `
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+`
 
 // Cursor is an instance's place in one user's history (see RecordSource).
 // The zero Cursor means none.
