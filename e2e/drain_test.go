@@ -905,8 +905,8 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 	// (its status goes from reconnecting with a delay to reconnecting with
 	// none) and when the new connection opened.
 	counters := map[string][]int{}
-	closedAt, dialledAt := map[string]float64{}, map[string]float64{}
-	var waits, opens, dials []float64
+	closedAt, dialledAt, chosen := map[string]float64{}, map[string]float64{}, map[string]float64{}
+	var waits, opens, dials, delays, lateness []float64
 	for _, line := range strings.Split(logs, "\n") {
 		f := strings.Fields(line)
 		switch {
@@ -924,6 +924,9 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 					t.Fatalf("%s: a second close 1001", name)
 				}
 				closedAt[name] = at
+				delay, _ := strconv.ParseFloat(strings.TrimPrefix(f[4], "delay="), 64)
+				chosen[name] = delay
+				delays = append(delays, delay)
 			case f[2] == "reconnecting" && f[4] == "delay=0":
 				if start, ok := closedAt[name]; ok {
 					if _, ok := dialledAt[name]; ok {
@@ -931,6 +934,7 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 					}
 					dialledAt[name] = at
 					waits = append(waits, at-start)
+					lateness = append(lateness, at-start-chosen[name])
 					dials = append(dials, at)
 				}
 			case f[2] == "open":
@@ -959,10 +963,18 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 	// Chromium lets one WebSocket per host be connecting at a time
 	// (RFC 6455 4.1), so in one page the handshakes queue behind each
 	// other: the dials show the client's policy, the opens the queue.
-	t.Logf("%d clients of instance %d (connections %v): 1001 → dial %.0f…%.0f ms, dials spread over %.0f ms; 1001 → open median %.0f ms, max %.0f ms",
-		len(waits), stopped, before, waits[0], waits[len(waits)-1], spread, opens[len(opens)/2], opens[len(opens)-1])
-	if waits[0] < ms/2-5 || waits[len(waits)-1] > ms+250 {
-		t.Fatalf("clients dialled %.0f…%.0f ms after their 1001, want a random 50–100 %% of minDelay (%.0f…%.0f ms)", waits[0], waits[len(waits)-1], ms/2, ms)
+	slices.Sort(delays)
+	slices.Sort(lateness)
+	t.Logf("%d clients of instance %d (connections %v): delays chosen %.0f…%.0f ms, 1001 → dial %.0f…%.0f ms (the page's timers %.0f…%.0f ms late), dials spread over %.0f ms; 1001 → open median %.0f ms, max %.0f ms",
+		len(waits), stopped, before, delays[0], delays[len(delays)-1], waits[0], waits[len(waits)-1], lateness[0], lateness[len(lateness)-1], spread, opens[len(opens)/2], opens[len(opens)-1])
+	// The policy is the delay each client chose; when it dialled also
+	// depends on how late the page's timers ran, which on 2 cores shared
+	// with the rest of the suite reached 300 ms for all 30 at once.
+	if delays[0] < ms/2-1 || delays[len(delays)-1] > ms+1 {
+		t.Fatalf("clients chose delays of %.0f…%.0f ms after their 1001, want a random 50–100 %% of minDelay (%.0f…%.0f ms)", delays[0], delays[len(delays)-1], ms/2, ms)
+	}
+	if lateness[0] < -5 || lateness[len(lateness)-1] > 1000 {
+		t.Fatalf("clients dialled %.0f…%.0f ms after the delay they chose, want none early and none more than 1 s late", lateness[0], lateness[len(lateness)-1])
 	}
 	if spread < ms/4 {
 		t.Fatalf("the %d clients dialled within %.0f ms, want them spread over more than minDelay/4 (%.0f ms)", len(waits), spread, ms/4)
