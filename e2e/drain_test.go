@@ -969,15 +969,16 @@ func TestBrowserClientsOfAStoppedInstanceComeBackSpreadOutAndMissNothing(t *test
 		len(waits), stopped, before, delays[0], delays[len(delays)-1], waits[0], waits[len(waits)-1], lateness[0], lateness[len(lateness)-1], spread, opens[len(opens)/2], opens[len(opens)-1])
 	// The policy is the delay each client chose; when it dialled also
 	// depends on how late the page's timers ran, which on 2 cores shared
-	// with the rest of the suite reached 300 ms for all 30 at once.
+	// with the rest of the suite reached 300 ms for all 30 at once, and
+	// 120 ms for the first few only, squeezing the dials' spread.
 	if delays[0] < ms/2-1 || delays[len(delays)-1] > ms+1 {
 		t.Fatalf("clients chose delays of %.0f…%.0f ms after their 1001, want a random 50–100 %% of minDelay (%.0f…%.0f ms)", delays[0], delays[len(delays)-1], ms/2, ms)
 	}
 	if lateness[0] < -5 || lateness[len(lateness)-1] > 1000 {
 		t.Fatalf("clients dialled %.0f…%.0f ms after the delay they chose, want none early and none more than 1 s late", lateness[0], lateness[len(lateness)-1])
 	}
-	if spread < ms/4 {
-		t.Fatalf("the %d clients dialled within %.0f ms, want them spread over more than minDelay/4 (%.0f ms)", len(waits), spread, ms/4)
+	if chosenSpread := delays[len(delays)-1] - delays[0]; chosenSpread < ms/4 {
+		t.Fatalf("the %d clients chose delays within %.0f ms, want them spread over more than minDelay/4 (%.0f ms)", len(delays), chosenSpread, ms/4)
 	}
 }
 
