@@ -276,6 +276,9 @@ func checkIdleCost(t *testing.T, n, g0 int, s0 uint64, why string) {
 func pingRound(t *testing.T, nc net.Conn, tag string) {
 	t.Helper()
 	out := append(maskedFrame(websocket.PongMessage, nil), maskedFrame(websocket.PingMessage, []byte(tag))...)
+	// gorilla answered any ping it read before with a write deadline of
+	// a second, which stays on the socket.
+	_ = nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if _, err := nc.Write(out); err != nil {
 		t.Fatal(err)
 	}
