@@ -180,7 +180,7 @@ func TestFramesArrivingTogetherAreAllReadAtOnce(t *testing.T) {
 func TestIdleConnectionHoldsNoGoroutine(t *testing.T) {
 	// Measured at steady state: after an event and two rounds of pings and
 	// pongs each way, not just after the handshake.
-	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "PING_INTERVAL": "1s", "PONG_WAIT": "30s"})
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "PING_INTERVAL": "1s", "PONG_WAIT": "30s", "PROBE_TIMEOUT": probeTimeoutUnderLoad})
 	td.waitReady()
 	// The daemon's own goroutines (the subscriber, the recorder) grow
 	// their stacks on the first event: that is not per connection, so

@@ -115,6 +115,14 @@ func testEnv(r *redisServer) map[string]string {
 	}
 }
 
+// probeTimeoutUnderLoad is the PROBE_TIMEOUT (the default) of the tests
+// that hold a thousand connections or more and are not about the probe:
+// with the tests' 400 ms, the race detector and the rest of the suite on
+// 2 cores once kept the subscription's read loop from running for 600 ms,
+// the self-probe took that for a dead subscription and resubscribed, and
+// the events waiting in it were dropped.
+const probeTimeoutUnderLoad = "5s"
+
 // startDaemon runs a daemon for t against r with env overriding testEnv.
 func startDaemon(t *testing.T, r *redisServer, env map[string]string) *testDaemon {
 	t.Helper()

@@ -337,11 +337,7 @@ func TestClientThatStopsAnsweringPingsIsDropped(t *testing.T) {
 }
 
 func TestManyConcurrentConnectionsAllReceiveTheirEvents(t *testing.T) {
-	// The default PROBE_TIMEOUT, not the tests' 400 ms: 2 000 connections
-	// under the race detector on 2 cores once kept the subscription's
-	// read loop from running for 600 ms, which the self-probe took for a
-	// dead subscription, and the events waiting in it were dropped.
-	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "PROBE_TIMEOUT": "5s"})
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "PROBE_TIMEOUT": probeTimeoutUnderLoad})
 	td.waitReady()
 	const users, perUser = 1000, 2
 	conns := make([][]*websocket.Conn, users)

@@ -200,7 +200,7 @@ func TestAnIdleSSEStreamHoldsNoGoroutine(t *testing.T) {
 	saved := sseHeartbeat
 	t.Cleanup(func() { sseHeartbeat = saved })
 	sseHeartbeat = time.Second
-	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn"})
+	td := startDaemon(t, startRedis(t), map[string]string{"LOG_LEVEL": "warn", "PROBE_TIMEOUT": probeTimeoutUnderLoad})
 	td.waitReady()
 	// The daemon's own goroutines grow their stacks on the first event:
 	// one goes through before the baseline.
