@@ -161,7 +161,7 @@ func newSubscription(p subscriptionParts) subscription {
 	case p.cfg.SubscribeMode == subscribeUser:
 		return newUserSubscription(p, sink, rec)
 	default:
-		return newPatternSubscription(p, sink)
+		return newPatternSubscription(p, sink, rec, onCluster)
 	}
 }
 
@@ -222,13 +222,15 @@ type patternSubscription struct {
 	sole *soleRecorder
 }
 
-func newPatternSubscription(p subscriptionParts, sink eventSink) *patternSubscription {
+// newPatternSubscription feeds sink; rec is the recorder (nil with
+// HISTORY=off), which appends alone where it can: on one Redis, not a
+// Cluster.
+func newPatternSubscription(p subscriptionParts, sink eventSink, rec *recorder, onCluster bool) *patternSubscription {
 	// Once the pattern is back after a lost session, Redis may have taken
 	// events meanwhile, which the history holds.
 	mode := patternChannels{afterLoss: p.hub.catchUpEveryoneAfterLoss}
 	s := &patternSubscription{conn: newPubsubConn(p.id, p.rdb, mode, sink, p.cfg, p.logger, p.stats), sink: sink}
-	_, onCluster := p.rdb.(*redis.ClusterClient)
-	if rec, ok := sink.(*recorder); ok && !onCluster {
+	if rec != nil && !onCluster {
 		s.sole = newSoleRecorder(p.rdb, p.id, p.opts.ClientName, s.conn, p.logger)
 		rec.sole = s.sole
 	}
